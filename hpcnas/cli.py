@@ -1,0 +1,169 @@
+"""Command line: argument parsing only; every subcommand calls one function.
+
+Heavy modules (torch above all) are imported inside the command functions, so
+``hpcnas --help`` and the MPI dispatcher start without them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Callable, List, Optional
+
+from hpcnas import __version__
+from hpcnas.errors import EXIT_BAD_INPUT, EXIT_FAILURE, UserError
+
+log = logging.getLogger("hpcnas")
+
+
+# --------------------------------------------------------------------------
+# command functions: each turns parsed arguments into one library call
+
+
+def cmd_data_synth(args: argparse.Namespace) -> None:
+    from hpcnas.data.synth import synthesize
+
+    counts = synthesize(args.out, n=args.n, size=args.size, seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction)
+    print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + " patches")
+
+
+def cmd_data_tile(args: argparse.Namespace) -> None:
+    from hpcnas.data.tile import tile_folder
+
+    classes = args.classes.split(",") if args.classes else None
+    counts = tile_folder(
+        args.images, args.masks, args.out, size=args.size, overlap=args.overlap, palette=args.palette,
+        class_names=classes, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed, limit=args.limit,
+    )
+    print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + " patches")
+
+
+def cmd_data_info(args: argparse.Namespace) -> None:
+    from hpcnas.data.hdf5 import read_info
+
+    info = read_info(args.file)
+    print(f"{info.path}: tile {info.tile_size} px, overlap {info.overlap} px, {info.channels} channels")
+    print("patches: " + ", ".join(f"{k} {v}" for k, v in info.split_sizes.items()))
+    total = max(1, int(info.class_pixels.sum()))
+    for name, px, w in zip(info.class_names, info.class_pixels, info.class_weights):
+        print(f"  {name:<16} {100.0 * px / total:6.2f}% of train pixels, weight {w:.3f}")
+
+
+def cmd_smoke(args: argparse.Namespace) -> None:
+    from hpcnas.pipeline import smoke
+
+    smoke(out=args.out, config_path=args.config, overrides=args.set)
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    from hpcnas.pipeline import search
+
+    search(config_path=args.config, overrides=args.set, out=args.out, resume=args.resume, device=args.device)
+
+
+# --------------------------------------------------------------------------
+# parser
+
+
+def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--config", required=required, help="YAML configuration file (see configs/)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one key, e.g. --set search.epochs=3 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``hpcnas`` argument parser with all its subcommands."""
+    parser = argparse.ArgumentParser(prog="hpcnas", description="Neural architecture search for semantic segmentation on SLURM GPU clusters.")
+    parser.add_argument("--version", action="version", version=f"hpcnas {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("smoke", help="local end-to-end run on the embedded synthetic data")
+    p.add_argument("--out", help="run directory (default: a new folder under runs/)")
+    p.add_argument("--config", default=None, help="configuration (default: configs/smoke.yaml settings)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one key (repeatable)")
+    p.set_defaults(func=cmd_smoke)
+
+    p = sub.add_parser("search", help="continuous architecture search (DARTS / PC-DARTS / GAEA)")
+    _add_config_args(p)
+    p.add_argument("--out", help="run directory (default: a new folder under runs/)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its latest checkpoint")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the config's)")
+    p.set_defaults(func=cmd_search)
+
+    data = sub.add_parser("data", help="build or inspect HDF5 data sets").add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    p = data.add_parser("synth", help="write the synthetic rotorcraft data set")
+    p.add_argument("--out", required=True, help="output HDF5 file")
+    p.add_argument("--n", type=int, default=48, help="number of patches (default 48)")
+    p.add_argument("--size", type=int, default=64, help="patch size in pixels (default 64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.25)
+    p.add_argument("--test-fraction", type=float, default=0.25)
+    p.set_defaults(func=cmd_data_synth)
+
+    p = data.add_parser("tile", help="tile large images and masks into an HDF5 data set")
+    p.add_argument("--images", required=True, help="folder of images (JPEG/PNG/TIFF)")
+    p.add_argument("--masks", required=True, help="folder of masks, same relative names")
+    p.add_argument("--out", required=True, help="output HDF5 file")
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--overlap", type=int, default=180)
+    p.add_argument("--palette", help="YAML palette mapping mask colours to classes (see configs/palettes/)")
+    p.add_argument("--classes", help="comma-separated class names for id masks (default background,object)")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--test-fraction", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="tile only the first N images")
+    p.set_defaults(func=cmd_data_tile)
+
+    p = data.add_parser("info", help="check a data set and print what it holds")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_data_info)
+    return parser
+
+
+# --------------------------------------------------------------------------
+# entry points
+
+
+def run(func: Callable[[argparse.Namespace], Optional[int]], args: argparse.Namespace) -> int:
+    """Call a command function; map bad input to exit 2 and failures to exit 1 with a log."""
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    try:
+        return int(func(args) or 0)
+    except UserError as exc:
+        print(f"hpcnas: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("hpcnas: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: log, one line, exit 1
+        logfile = _crash_log_path(args)
+        logfile.write_text(traceback.format_exc())
+        print(f"hpcnas: internal error: {type(exc).__name__}: {exc} (traceback in {logfile})", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _crash_log_path(args: argparse.Namespace) -> Path:
+    out = getattr(args, "out", None) or getattr(args, "resume", None)
+    if out and Path(out).is_dir():
+        return Path(out) / "error.log"
+    return Path(tempfile.gettempdir()) / f"hpcnas-error-{time.strftime('%Y%m%d-%H%M%S')}.log"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``hpcnas`` console script."""
+    args = build_parser().parse_args(argv)
+    return run(args.func, args)
+
+
+def evolve_main(argv: Optional[List[str]] = None) -> int:
+    """``hpcnas-evolve`` console script (the MPI discrete search)."""
+    return main(["evolve"] + list(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""Typed configuration: dataclass defaults (the paper's), YAML files, ``--set``.
+
+A configuration is built in three layers, later ones winning: the dataclass
+defaults below, a YAML file (``--config``), then ``--set section.key=value``
+overrides.  Every layer is validated against the dataclasses: an unknown key,
+a wrong type or an out-of-range value raises :class:`~hpcnas.errors.UserError`
+naming the file and the dotted key (and the nearest valid key, if any).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Sequence, Union
+
+import yaml
+
+from hpcnas.errors import UserError, nearest
+
+
+def _range(lo: Optional[float] = None, hi: Optional[float] = None) -> Dict[str, Any]:
+    """Field metadata: inclusive bounds checked by :func:`validate`."""
+    return {"range": (lo, hi)}
+
+
+@dataclass
+class SynthConfig:
+    """The embedded synthetic data set, generated when ``data.path`` is empty."""
+
+    n: int = field(default=48, metadata=_range(1))
+    size: int = field(default=64, metadata=_range(16))
+    seed: int = 0
+    val_fraction: float = field(default=0.25, metadata=_range(0.0, 0.9))
+    test_fraction: float = field(default=0.25, metadata=_range(0.0, 0.9))
+
+
+@dataclass
+class DataConfig:
+    """Where the patches come from and how they are fed."""
+
+    path: Optional[str] = None  # HDF5 file; None: synthesize into the run directory
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    augment: bool = True  # flips and rot90 on the training split
+    num_workers: int = field(default=0, metadata=_range(0))
+
+
+@dataclass
+class SpaceConfig:
+    """The search space: topology = network structure + cell structure + op set."""
+
+    topology: Literal["darts_unet", "darts_unetpp", "resnext_unet"] = "darts_unet"
+    op_set: Optional[Literal["O_base", "O_large"]] = None  # None: the topology's own
+    channels: int = field(default=16, metadata=_range(1))  # initial channels (paper: 16)
+    depth: int = field(default=3, metadata=_range(1, 6))  # number of 2x downsamplings
+    nodes: int = field(default=4, metadata=_range(1, 8))  # intermediate nodes per DARTS cell
+    towers: int = field(default=4, metadata=_range(1, 16))  # ResNeXt cell: parallel towers
+    tower_depth: int = field(default=2, metadata=_range(1, 8))  # ResNeXt cell: nodes per tower
+
+
+@dataclass
+class DecodeConfig:
+    """How a discrete genotype is read off the architecture parameters."""
+
+    edges_per_node: int = field(default=2, metadata=_range(1))  # K of eq. 12
+    paths: Union[Literal["auto"], int] = "auto"  # UNet++: "auto" = mu + 3 sigma (eq. 13), or a fixed K
+    path_decoder: Literal["multipath", "viterbi"] = "multipath"
+
+
+@dataclass
+class SearchConfig:
+    """Continuous search (DARTS / PC-DARTS / GAEA), paper section 5 defaults."""
+
+    epochs: int = field(default=50, metadata=_range(1))
+    batch_size: int = field(default=2, metadata=_range(1))
+    arch_optimizer: Literal["gaea", "adam"] = "gaea"
+    arch_lr: float = field(default=0.1, metadata=_range(0.0))
+    arch_weight_decay: float = field(default=1e-3, metadata=_range(0.0))  # Adam only
+    arch_start_epoch: int = field(default=15, metadata=_range(0))
+    partial_channels: int = field(default=1, metadata=_range(1))  # K of eq. 7; 1 = plain DARTS
+    edge_normalization: bool = True  # eq. 8 (never applies to ResNeXt cells)
+    lr: float = field(default=0.01, metadata=_range(0.0))
+    lr_min: float = field(default=0.0, metadata=_range(0.0))
+    momentum: float = field(default=0.9, metadata=_range(0.0, 1.0))
+    weight_decay: float = field(default=1e-3, metadata=_range(0.0))
+    grad_clip: float = field(default=5.0, metadata=_range(0.0))
+    data_split: Literal["full", "half"] = "full"  # GAEA style (full set for w and theta) or DARTS 50/50
+    max_steps_per_epoch: Optional[int] = field(default=None, metadata=_range(1))
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+
+@dataclass
+class TrainConfig:
+    """Retraining a discrete architecture (paper section 5)."""
+
+    epochs: int = field(default=80, metadata=_range(1))
+    batch_size: int = field(default=2, metadata=_range(1))
+    lr: float = field(default=0.01, metadata=_range(0.0))
+    lr_min: float = field(default=0.0, metadata=_range(0.0))
+    momentum: float = field(default=0.9, metadata=_range(0.0, 1.0))
+    weight_decay: float = field(default=1e-3, metadata=_range(0.0))
+    grad_clip: float = field(default=5.0, metadata=_range(0.0))
+    select_from_epoch: int = field(default=30, metadata=_range(0))
+    max_steps_per_epoch: Optional[int] = field(default=None, metadata=_range(1))
+
+
+@dataclass
+class Config:
+    """The whole resolved configuration of a run (written to ``config.yaml``)."""
+
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    data: DataConfig = field(default_factory=DataConfig)
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# --------------------------------------------------------------------------
+# loading, overriding, validating
+
+
+def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Config:
+    """Defaults, then the YAML file at ``path``, then ``key=value`` overrides.
+
+    Each layer is validated on its own, so an error names the layer at fault
+    (the file, or ``--set``).
+    """
+    cfg = from_dict(Config, read_yaml_mapping(path) if path else {}, source=str(path) if path else "<defaults>")
+    for item in overrides:
+        key, value = parse_override(item)
+        tree = to_dict(cfg)
+        set_dotted(tree, key, value, source="--set")
+        cfg = from_dict(Config, tree, source="--set")
+    return cfg
+
+
+def read_yaml_mapping(path: str) -> Dict[str, Any]:
+    """Read a YAML file that must hold a mapping (an empty file is ``{}``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError("no such file", source=str(path))
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "malformed YAML"
+        raise UserError(f"{where}malformed YAML ({problem})", source=str(path)) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"expected a mapping at the top level, got {type(data).__name__}", source=str(path))
+    return data
+
+
+def parse_override(item: str) -> "tuple[str, Any]":
+    """``'search.epochs=3'`` -> ``('search.epochs', 3)``; the value is read as YAML."""
+    if "=" not in item:
+        raise UserError(f"'{item}' is not of the form section.key=value", source="--set")
+    key, _, text = item.partition("=")
+    key = key.strip()
+    if not key:
+        raise UserError(f"'{item}' has an empty key", source="--set")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def set_dotted(tree: Dict[str, Any], key: str, value: Any, source: str) -> None:
+    """Set ``tree['a']['b'] = value`` for ``key='a.b'``, creating sections."""
+    parts = key.split(".")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"'{'.'.join(parts[: i + 1])}' is a value, not a section", source=source, key=key)
+        node = child
+    node[parts[-1]] = value
+
+
+def from_dict(cls: type, raw: Dict[str, Any], source: str, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a (partial) mapping, validating every key."""
+    if not isinstance(raw, dict):
+        raise UserError(f"expected a section (mapping), got {raw!r}", source=source, key=prefix.rstrip(".") or None)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in raw:
+        if name not in fields:
+            raise UserError(f"unknown key{nearest(str(name), fields)}", source=source, key=f"{prefix}{name}")
+    values = {}
+    for name, f in fields.items():
+        if name not in raw:
+            continue
+        key = f"{prefix}{name}"
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            values[name] = from_dict(tp, raw[name], source, prefix=f"{key}.")
+        else:
+            values[name] = _coerce(raw[name], tp, source, key)
+            _check_range(values[name], f, source, key)
+    return cls(**values)
+
+
+def _coerce(value: Any, tp: Any, source: str, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted as floats."""
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, source, key)
+            except UserError as exc:
+                errors.append(exc.message)
+        raise UserError(" or ".join(dict.fromkeys(errors)) + f", got {value!r}", source=source, key=key)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices:
+            return value
+        hint = nearest(str(value), [str(c) for c in choices])
+        raise UserError(f"must be one of {', '.join(map(str, choices))}{hint}", source=source, key=key)
+    if tp is type(None):
+        if value is None:
+            return None
+        raise UserError("expected null", source=source, key=key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError("expected true or false", source=source, key=key)
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise UserError("expected an integer", source=source, key=key)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise UserError("expected a number", source=source, key=key)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise UserError("expected a string", source=source, key=key)
+    if origin in (list, List):
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise UserError("expected a list", source=source, key=key)
+        return [_coerce(v, item_tp, source, f"{key}[{i}]") for i, v in enumerate(value)]
+    raise TypeError(f"unsupported config annotation {tp!r} for {key}")
+
+
+def _check_range(value: Any, f: dataclasses.Field, source: str, key: str) -> None:
+    lo, hi = f.metadata.get("range", (None, None))
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    if lo is not None and value < lo:
+        raise UserError(f"must be >= {lo}, got {value}", source=source, key=key)
+    if hi is not None and value > hi:
+        raise UserError(f"must be <= {hi}, got {value}", source=source, key=key)
+
+
+def to_dict(cfg: Any) -> Dict[str, Any]:
+    """A plain-data copy of a config dataclass (for YAML and JSON)."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: Config, path: Path) -> None:
+    """Write the resolved configuration as YAML (atomically)."""
+    from hpcnas.rundir import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,297 @@
+"""The HDF5 patch data set (SPEC.md, "Data"): layout, writer, validating reader.
+
+Layout (one group per split, ``train``, ``val`` and optionally ``test``)::
+
+    /<split>/images   (N, H, W, C) uint8   chunked one patch per chunk, gzip
+    /<split>/masks    (N, H, W)    uint8   class ids; 255 = ignore (padding, unlabeled)
+    /<split>/source   (N,)         int32   index into the root attribute ``sources``
+    /<split>/offsets  (N, 2)       int32   (y, x) of the patch in its source image
+    /<split>/valid    (N, 2)       int32   (h, w) of real pixels; smaller at padded edges
+
+Root attributes: ``format``, ``version``, ``class_names``, ``tile_size``,
+``overlap``, ``ignore_index``, ``sources`` (names), ``source_shapes`` (M, 2),
+``source_split``, ``class_pixels`` and ``class_weights`` (from the train masks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import h5py
+import numpy as np
+
+from hpcnas.errors import UserError
+from hpcnas.rundir import PathLike, atomic_path
+
+FORMAT = "hpcnas-segmentation"
+VERSION = 1
+IGNORE_INDEX = 255
+SPLITS = ("train", "val", "test")
+FIELDS = ("images", "masks", "source", "offsets", "valid")
+
+
+def balanced_class_weights(class_pixels: np.ndarray) -> np.ndarray:
+    """Weights ``total / (C * count_c)`` for the weighted cross-entropy.
+
+    A class with no pixel gets weight 1 (it contributes no loss anyway).
+    """
+    counts = np.asarray(class_pixels, dtype=np.float64)
+    total = counts.sum()
+    weights = np.ones_like(counts)
+    present = counts > 0
+    if total > 0:
+        weights[present] = total / (len(counts) * counts[present])
+    return weights.astype(np.float32)
+
+
+@contextlib.contextmanager
+def create_dataset(path: PathLike, class_names: Sequence[str], tile_size: int, overlap: int, channels: int = 3) -> Iterator["DatasetWriter"]:
+    """Stream patches into a new data set; the file appears at ``path`` only on success.
+
+    On an exception the temporary file is removed and whatever was at ``path``
+    before is left untouched.
+    """
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            writer = DatasetWriter(f, str(path), class_names, tile_size, overlap, channels)
+            yield writer
+            writer.finish()
+
+
+class DatasetWriter:
+    """Appends patches to an open HDF5 file (made by :func:`create_dataset`)."""
+
+    def __init__(self, file: h5py.File, name: str, class_names: Sequence[str], tile_size: int, overlap: int, channels: int):
+        self._file = file
+        self.name = name
+        self.class_names = list(class_names)
+        self.tile_size = int(tile_size)
+        self.overlap = int(overlap)
+        self.channels = int(channels)
+        self.sources: List[str] = []
+        self.source_shapes: List[Tuple[int, int]] = []
+        self.source_split: List[str] = []
+        self.class_pixels = np.zeros(len(self.class_names), dtype=np.int64)
+
+    def add_source(self, name: str, shape: Tuple[int, int], split: str) -> int:
+        """Register a source image; returns its index for :meth:`add_patch`."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}")
+        self.sources.append(str(name))
+        self.source_shapes.append((int(shape[0]), int(shape[1])))
+        self.source_split.append(split)
+        return len(self.sources) - 1
+
+    def add_patch(self, image: np.ndarray, mask: np.ndarray, source: int, offset: Tuple[int, int], valid: Tuple[int, int]) -> None:
+        """Append one patch to the split of its source image."""
+        s = self.tile_size
+        if image.shape != (s, s, self.channels) or mask.shape != (s, s):
+            raise ValueError(f"patch shapes {image.shape}/{mask.shape} do not match tile size {s}")
+        labels = mask[mask != IGNORE_INDEX]
+        if labels.size and int(labels.max()) >= len(self.class_names):
+            raise UserError(
+                f"class id {int(labels.max())} is beyond the {len(self.class_names)} classes {self.class_names}",
+                source=self.sources[source],
+            )
+        split = self.source_split[source]
+        group = self._group(split)
+        n = group["images"].shape[0]
+        for name in FIELDS:
+            group[name].resize(n + 1, axis=0)
+        group["images"][n] = image
+        group["masks"][n] = mask
+        group["source"][n] = source
+        group["offsets"][n] = offset
+        group["valid"][n] = valid
+        if split == "train":
+            self.class_pixels += np.bincount(labels.ravel(), minlength=len(self.class_names))[: len(self.class_names)]
+
+    def patch_counts(self) -> Dict[str, int]:
+        """Patches written so far, per split."""
+        return {s: int(self._file[s]["images"].shape[0]) if s in self._file else 0 for s in SPLITS}
+
+    def _group(self, split: str) -> h5py.Group:
+        if split in self._file:
+            return self._file[split]
+        s, c = self.tile_size, self.channels
+        g = self._file.create_group(split)
+        gz = dict(compression="gzip", compression_opts=4)
+        g.create_dataset("images", (0, s, s, c), maxshape=(None, s, s, c), dtype="u1", chunks=(1, s, s, c), **gz)
+        g.create_dataset("masks", (0, s, s), maxshape=(None, s, s), dtype="u1", chunks=(1, s, s), **gz)
+        g.create_dataset("source", (0,), maxshape=(None,), dtype="i4", chunks=(1024,))
+        g.create_dataset("offsets", (0, 2), maxshape=(None, 2), dtype="i4", chunks=(1024, 2))
+        g.create_dataset("valid", (0, 2), maxshape=(None, 2), dtype="i4", chunks=(1024, 2))
+        return g
+
+    def finish(self) -> None:
+        """Create empty missing splits and write the root attributes."""
+        if "train" not in self._file or self._file["train/images"].shape[0] == 0:
+            raise UserError("no training patch was produced (every source image went to val/test?)", source=self.name)
+        for split in SPLITS:
+            if split not in self._file:
+                self._group(split)  # an empty split is still a valid, readable split
+        a = self._file.attrs
+        a["format"] = FORMAT
+        a["version"] = VERSION
+        a["class_names"] = self.class_names
+        a["tile_size"] = self.tile_size
+        a["overlap"] = self.overlap
+        a["ignore_index"] = IGNORE_INDEX
+        a["sources"] = self.sources
+        a["source_shapes"] = np.asarray(self.source_shapes, dtype=np.int32).reshape(-1, 2)
+        a["source_split"] = self.source_split
+        a["class_pixels"] = self.class_pixels
+        a["class_weights"] = balanced_class_weights(self.class_pixels)
+
+
+@dataclass
+class DatasetInfo:
+    """What a data set holds, read from its attributes without touching the patches."""
+
+    path: Path
+    class_names: List[str]
+    tile_size: int
+    overlap: int
+    channels: int
+    split_sizes: Dict[str, int]
+    class_weights: np.ndarray
+    class_pixels: np.ndarray
+    sources: List[str]
+    source_shapes: np.ndarray
+    source_split: List[str]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (the network's output channels)."""
+        return len(self.class_names)
+
+
+def open_h5(path: PathLike) -> h5py.File:
+    """Open an HDF5 file read-only, turning the usual failures into one clear line."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError("no such file", source=str(path))
+    if p.is_dir():
+        raise UserError("is a directory, expected an HDF5 file", source=str(path))
+    try:
+        return h5py.File(p, "r")
+    except OSError as exc:
+        raise UserError(f"not a readable HDF5 file (truncated or corrupt?): {_short(exc)}", source=str(path)) from None
+
+
+def _short(exc: Exception) -> str:
+    return str(exc).split("(")[0].strip().rstrip(",") or type(exc).__name__
+
+
+def read_info(path: PathLike) -> DatasetInfo:
+    """Validate a data set's structure and return its :class:`DatasetInfo`.
+
+    Checks the format tag, that every split holds every field with consistent
+    lengths and shapes, and that the metadata agree; reads no patch.
+    """
+    src = str(path)
+    with open_h5(path) as f:
+        try:
+            a = f.attrs
+            if a.get("format") != FORMAT:
+                raise UserError(f"not an hpcnas data set (attribute 'format' is {a.get('format')!r}, expected '{FORMAT}')", source=src)
+            for key in ("class_names", "tile_size", "overlap", "class_weights", "class_pixels", "sources", "source_shapes", "source_split"):
+                if key not in a:
+                    raise UserError(f"missing attribute '{key}'", source=src)
+            class_names = [str(c) for c in a["class_names"]]
+            tile = int(a["tile_size"])
+            sizes: Dict[str, int] = {}
+            channels = None
+            for split in SPLITS:
+                if split not in f:
+                    if split == "test":
+                        continue
+                    raise UserError(f"missing group '{split}'", source=src)
+                g = f[split]
+                for name in FIELDS:
+                    if name not in g or not isinstance(g[name], h5py.Dataset):
+                        raise UserError(f"missing dataset '{split}/{name}'", source=src)
+                n = g["images"].shape[0]
+                for name in FIELDS:
+                    if g[name].shape[0] != n:
+                        raise UserError(f"'{split}/{name}' has {g[name].shape[0]} entries, '{split}/images' has {n}", source=src)
+                ishape, mshape = g["images"].shape, g["masks"].shape
+                if len(ishape) != 4 or ishape[1:3] != (tile, tile):
+                    raise UserError(f"'{split}/images' has shape {ishape}, expected (N, {tile}, {tile}, C)", source=src)
+                if mshape[1:] != ishape[1:3]:
+                    raise UserError(f"'{split}/masks' shape {mshape} does not match '{split}/images' {ishape}", source=src)
+                if g["images"].dtype != np.uint8 or g["masks"].dtype != np.uint8:
+                    raise UserError(f"'{split}' images and masks must be uint8", source=src)
+                channels = ishape[3]
+                sizes[split] = n
+            weights = np.asarray(a["class_weights"], dtype=np.float32)
+            if weights.shape != (len(class_names),):
+                raise UserError(f"'class_weights' has {weights.shape[0]} entries for {len(class_names)} classes", source=src)
+            return DatasetInfo(
+                path=Path(path),
+                class_names=class_names,
+                tile_size=tile,
+                overlap=int(a["overlap"]),
+                channels=int(channels),
+                split_sizes=sizes,
+                class_weights=weights,
+                class_pixels=np.asarray(a["class_pixels"], dtype=np.int64),
+                sources=[str(s) for s in a["sources"]],
+                source_shapes=np.asarray(a["source_shapes"], dtype=np.int64).reshape(-1, 2),
+                source_split=[str(s) for s in a["source_split"]],
+            )
+        except UserError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise UserError(f"unreadable or corrupt data set: {_short(exc)}", source=src) from None
+
+
+class PatchReader:
+    """Random access to single patches; opens the file on first use.
+
+    Safe to hand to DataLoader workers: each process opens its own handle
+    (h5py handles must not cross a fork), and only the requested chunk is read.
+    """
+
+    def __init__(self, path: PathLike, split: str, num_classes: int):
+        self.path = str(path)
+        self.split = split
+        self.num_classes = num_classes
+        self._file: Optional[h5py.File] = None
+        self._pid: Optional[int] = None
+
+    def _group(self) -> h5py.Group:
+        if self._file is None or self._pid != os.getpid():
+            self._file = open_h5(self.path)
+            self._pid = os.getpid()
+        return self._file[self.split]
+
+    def read(self, index: int) -> Tuple[np.ndarray, np.ndarray]:
+        """The (image, mask) pair at ``index``; a bad class id is a :class:`UserError`."""
+        g = self._group()
+        try:
+            image = g["images"][index]
+            mask = g["masks"][index]
+        except (OSError, KeyError, ValueError) as exc:
+            raise UserError(f"cannot read patch {self.split}[{index}] (corrupt file?): {_short(exc)}", source=self.path) from None
+        labels = mask[mask != IGNORE_INDEX]
+        if labels.size and int(labels.max()) >= self.num_classes:
+            raise UserError(
+                f"patch {self.split}[{index}] has class id {int(labels.max())}, beyond the {self.num_classes} classes",
+                source=self.path,
+            )
+        return image, mask
+
+    def meta(self, name: str) -> np.ndarray:
+        """A whole small per-patch array (``source``, ``offsets`` or ``valid``)."""
+        return self._group()[name][...]
+
+    def close(self) -> None:
+        """Close the file handle if open."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None

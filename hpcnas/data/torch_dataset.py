@@ -1,0 +1,80 @@
+"""Torch view of the HDF5 data set: Dataset, epoch-seeded sharded sampler, loaders."""
+
+from __future__ import annotations
+
+from typing import Iterator, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from hpcnas.data.hdf5 import PatchReader, read_info
+from hpcnas.data.sharding import shard_indices
+
+
+class SegmentationDataset(Dataset):
+    """Patches of one split as ``(image float32 (C,H,W) in [0,1], mask int64 (H,W))``.
+
+    The file is opened lazily in each process that reads (DataLoader workers
+    included) and only the requested patch is read.  With ``augment`` every
+    sample gets a random flip and rot90 drawn from torch's RNG (so a resumed
+    run that restores the RNG state sees the same augmentations).
+    """
+
+    def __init__(self, path: str, split: str, augment: bool = False, indices: Optional[Sequence[int]] = None):
+        self.info = read_info(path)
+        if split not in self.info.split_sizes:
+            raise ValueError(f"{path} has no split {split!r}")
+        self.split = split
+        self.augment = augment
+        self.reader = PatchReader(path, split, self.info.num_classes)
+        self.indices = list(range(self.info.split_sizes[split])) if indices is None else list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int):
+        image, mask = self.reader.read(self.indices[k])
+        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+        mask = torch.from_numpy(mask.astype(np.int64))
+        if self.augment:
+            flips = torch.randint(0, 2, (2,)).tolist()
+            turns = int(torch.randint(0, 4, (1,)))
+            if flips[0]:
+                image, mask = image.flip(-1), mask.flip(-1)
+            if flips[1]:
+                image, mask = image.flip(-2), mask.flip(-2)
+            if turns:
+                image, mask = image.rot90(turns, (-2, -1)), mask.rot90(turns, (-2, -1))
+            image, mask = image.contiguous(), mask.contiguous()
+        return image, mask
+
+
+class ShardedSampler(Sampler[int]):
+    """This rank's share of an epoch-seeded permutation (see :mod:`hpcnas.data.sharding`)."""
+
+    def __init__(self, count: int, rank: int = 0, world: int = 1, seed: int = 0, shuffle: bool = True):
+        self.count, self.rank, self.world, self.seed, self.shuffle = count, rank, world, seed, shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the permutation of ``epoch`` (call before iterating)."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(shard_indices(self.count, self.rank, self.world, self.epoch, self.seed, self.shuffle))
+
+    def __len__(self) -> int:
+        return -(-self.count // self.world) if self.count else 0
+
+
+def make_loader(dataset: SegmentationDataset, batch_size: int, rank: int = 0, world: int = 1, seed: int = 0, shuffle: bool = True, num_workers: int = 0, drop_last: bool = False) -> DataLoader:
+    """A DataLoader over this rank's shard; call ``loader.sampler.set_epoch(e)`` each epoch."""
+    sampler = ShardedSampler(len(dataset), rank, world, seed, shuffle)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last, persistent_workers=num_workers > 0)
+
+
+def split_indices(count: int, part: int, parts: int = 2) -> List[int]:
+    """Contiguous part ``part`` of ``parts`` of ``range(count)`` (DARTS 50/50 split)."""
+    bounds = np.linspace(0, count, parts + 1).astype(int)
+    return list(range(bounds[part], bounds[part + 1]))

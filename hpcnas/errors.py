@@ -1,0 +1,47 @@
+"""The user-facing error: bad input that the user can fix.
+
+Any layer raises :class:`UserError` for a wrong config key, a broken data
+file, an invalid genotype or a missing device; the command line turns it into
+one line ``hpcnas: error: ...`` on stderr and exit code 2 (SPEC.md).
+Everything else is a bug or an environment failure: exit code 1, with the
+traceback in the run's log file.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterable, Optional
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+
+
+class UserError(Exception):
+    """Bad input, reported as ``hpcnas: error: [SOURCE: ][key 'KEY': ]MESSAGE``."""
+
+    def __init__(self, message: str, source: Optional[str] = None, key: Optional[str] = None):
+        super().__init__(message)
+        self.message = message
+        self.source = source
+        self.key = key
+
+    def __str__(self) -> str:
+        parts = []
+        if self.source:
+            parts.append(str(self.source))
+        if self.key:
+            parts.append(f"key '{self.key}'")
+        parts.append(self.message)
+        return ": ".join(parts)
+
+    def located(self, source: str) -> "UserError":
+        """Return this error with ``source`` filled in when it had none."""
+        if self.source is None:
+            self.source = source
+        return self
+
+
+def nearest(name: str, candidates: Iterable[str]) -> str:
+    """A ``" (did you mean 'x'?)"`` hint for a misspelt name, or ``""``."""
+    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else ""

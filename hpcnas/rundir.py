@@ -1,0 +1,114 @@
+"""The run directory contract (SPEC.md): where every command leaves its files.
+
+Small, dependency-free helpers shared by all layers: create a run directory,
+append JSON lines flushed one by one (a killed run leaves every finished line
+readable), and write files atomically (a failure never leaves a half-written
+file in place of a good one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Union
+
+PathLike = Union[str, Path]
+
+
+def make_run_dir(out: Optional[PathLike], command: str, base: PathLike = "runs") -> Path:
+    """Return ``out`` (created) or a new ``runs/<command>-<timestamp>`` folder."""
+    if out is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = Path(base) / f"{command}-{stamp}"
+        n = 1
+        while out.exists():
+            n += 1
+            out = Path(base) / f"{command}-{stamp}-{n}"
+    path = Path(out)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; rename it onto ``path`` on success.
+
+    On any exception the temporary file is removed and ``path`` is untouched.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and a rename."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def write_json(path: PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+class JsonlWriter:
+    """Append-only JSON-lines file, flushed and fsynced after every record."""
+
+    def __init__(self, path: PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a")
+
+    def write(self, record: Dict[str, Any]) -> None:
+        """Append one record as a single line."""
+        self._fh.write(json.dumps(record, sort_keys=False) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        if not self._fh.closed:
+            self._fh.close()
+
+    def __enter__(self) -> "JsonlWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def read_jsonl(path: PathLike) -> List[Dict[str, Any]]:
+    """Every complete record of a JSON-lines file; a torn last line is skipped."""
+    records = []
+    p = Path(path)
+    if not p.exists():
+        return records
+    with open(p) as fh:
+        for line in fh:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                # only the last line can be torn by a kill; anything else is kept as is
+                continue
+    return records
+
+
+def truncate_jsonl(path: PathLike, keep: int) -> None:
+    """Keep only the first ``keep`` complete records (used when resuming)."""
+    records = read_jsonl(path)[:keep]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))

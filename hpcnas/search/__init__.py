@@ -1,0 +1,1 @@
+"""Continuous search: the supernet training loop, the GAEA optimizer, decoding, checkpoints."""

@@ -1,0 +1,194 @@
+"""The supernet search loop: weights by SGD, architecture by GAEA or Adam (first order).
+
+Per epoch: for each step, an architecture step on one batch (from
+``arch_start_epoch`` on), then a weight step on another; then the supernet's
+validation mIoU, one metrics line, a checkpoint.  At the end the genotype is
+decoded and written.  Resuming restores every parameter, optimizer, scheduler
+and RNG (global and channel sampling), so a killed run that is resumed ends
+exactly like an uninterrupted one on CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
+
+from hpcnas.config import Config
+from hpcnas.data.hdf5 import DatasetInfo
+from hpcnas.data.torch_dataset import SegmentationDataset, make_loader, split_indices
+from hpcnas.errors import UserError
+from hpcnas.rundir import JsonlWriter, truncate_jsonl, write_json
+from hpcnas.runtime import peak_memory_mb, progress, reset_peak_memory, restore_rng_state, rng_state, seed_everything
+from hpcnas.search.checkpoint import BEST, LATEST, load_checkpoint, save_checkpoint
+from hpcnas.search.decode import decode_genotype
+from hpcnas.search.gaea import arch_mode, make_arch_optimizer
+from hpcnas.space.genotype import TOPOLOGIES, Genotype, tower_input
+from hpcnas.space.networks import SearchNetwork, build_search_network, stride
+from hpcnas.train.loop import cosine_sgd, evaluate_confusion, weighted_cross_entropy
+from hpcnas.train.metrics import summarize
+
+log = logging.getLogger("hpcnas")
+
+
+def build_supernet(cfg: Config, info: DatasetInfo) -> SearchNetwork:
+    """The configured supernet for a data set (checks the tile size against the stride)."""
+    sp, se = cfg.space, cfg.search
+    need = stride(sp.topology, sp.depth)
+    if info.tile_size % need:
+        raise UserError(f"tile size {info.tile_size} is not divisible by the network stride {need} (space.depth={sp.depth}, {sp.topology})", source=str(info.path))
+    try:
+        return build_search_network(
+            sp.topology, sp.op_set, info.channels, info.num_classes, sp.channels, sp.depth, sp.nodes, sp.towers, sp.tower_depth,
+            se.partial_channels, se.edge_normalization, arch_mode(se.arch_optimizer), seed=cfg.seed + 1,
+        )
+    except ValueError as exc:
+        raise UserError(str(exc), key="search.partial_channels") from None
+
+
+def decode(cfg: Config, model: SearchNetwork) -> Genotype:
+    """The genotype the current architecture weights stand for."""
+    sp = cfg.space
+    topo = TOPOLOGIES[sp.topology]
+    if topo.cell_kind == "darts":
+        node_inputs, towers = [j + 2 for j in range(sp.nodes)], None
+    else:
+        count = sp.towers * sp.tower_depth
+        node_inputs, towers = [1] * count, [tower_input(j, sp.tower_depth) for j in range(count)]
+    d = cfg.search.decode
+    return decode_genotype(sp.topology, sp.op_set, model.arch.snapshot(), node_inputs, sp.depth, d.edges_per_node, d.paths, d.path_decoder, towers)
+
+
+class SupernetSearch:
+    """One search run in one run directory; :meth:`run` trains, checkpoints and decodes."""
+
+    def __init__(self, cfg: Config, run_dir: Path, data_path: str, info: DatasetInfo, device: torch.device):
+        self.cfg, self.run_dir, self.info, self.device = cfg, Path(run_dir), info, device
+        se = cfg.search
+        seed_everything(cfg.seed)
+        self.model = build_supernet(cfg, info).to(device)
+        train = SegmentationDataset(data_path, "train", augment=cfg.data.augment)
+        if len(train) == 0:
+            raise UserError("the train split is empty", source=data_path)
+        if se.data_split == "half":
+            n = len(train)
+            if n < 2:
+                raise UserError("search.data_split=half needs at least 2 training patches", source=data_path)
+            w_set = SegmentationDataset(data_path, "train", cfg.data.augment, indices=split_indices(n, 0))
+            a_set = SegmentationDataset(data_path, "train", cfg.data.augment, indices=split_indices(n, 1))
+        else:
+            w_set, a_set = train, train
+        self.w_loader = make_loader(w_set, se.batch_size, seed=cfg.seed, num_workers=cfg.data.num_workers, drop_last=len(w_set) >= se.batch_size)
+        self.a_loader = make_loader(a_set, se.batch_size, seed=cfg.seed + 7919, num_workers=cfg.data.num_workers, drop_last=len(a_set) >= se.batch_size)
+        val = SegmentationDataset(data_path, "val", augment=False)
+        self.val_loader = make_loader(val, se.batch_size, shuffle=False) if len(val) else None
+        self.criterion = weighted_cross_entropy(info.class_weights, device)
+        self.w_opt, self.sched = cosine_sgd(self.model.weight_parameters(), se.lr, se.momentum, se.weight_decay, se.epochs, se.lr_min)
+        self.a_opt = make_arch_optimizer(se.arch_optimizer, self.model.arch_parameters(), se.arch_lr, se.arch_weight_decay)
+        self.start_epoch = 0
+        self.best_miou = -1.0
+
+    # -- state ---------------------------------------------------------------
+
+    def state(self, epoch: int) -> Dict[str, Any]:
+        """Everything an exact resume needs, after ``epoch`` finished."""
+        return {
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "w_opt": self.w_opt.state_dict(),
+            "a_opt": self.a_opt.state_dict(),
+            "sched": self.sched.state_dict(),
+            "rng": rng_state(),
+            "channel_rng": self.model.channel_rng.get_state(),
+            "best_miou": self.best_miou,
+        }
+
+    def restore(self, path: Path) -> None:
+        """Load a checkpoint written by :meth:`state`."""
+        state = load_checkpoint(path, self.device)
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise UserError(f"checkpoint does not match the configured supernet ({str(exc).splitlines()[0]})", source=str(path)) from None
+        self.w_opt.load_state_dict(state["w_opt"])
+        self.a_opt.load_state_dict(state["a_opt"])
+        self.sched.load_state_dict(state["sched"])
+        restore_rng_state(state["rng"])
+        self.model.channel_rng.set_state(state["channel_rng"])
+        self.best_miou = state["best_miou"]
+        self.start_epoch = state["epoch"] + 1
+
+    # -- loop ----------------------------------------------------------------
+
+    def train_epoch(self, epoch: int) -> Dict[str, float]:
+        """One epoch of alternating architecture and weight steps."""
+        se = self.cfg.search
+        self.model.train()
+        self.w_loader.sampler.set_epoch(epoch)
+        self.a_loader.sampler.set_epoch(epoch)
+        arch_on = epoch >= se.arch_start_epoch
+        steps = min(len(self.w_loader), len(self.a_loader))
+        if se.max_steps_per_epoch:
+            steps = min(steps, se.max_steps_per_epoch)
+        w_total = a_total = 0.0
+        batches = zip(range(steps), self.w_loader, self.a_loader)
+        for _, (xw, yw), (xa, ya) in progress(batches, steps, f"epoch {epoch}"):
+            if arch_on:
+                self.a_opt.zero_grad(set_to_none=True)
+                a_loss = self.criterion(self.model(xa.to(self.device)), ya.to(self.device))
+                a_loss.backward()
+                self.a_opt.step()
+                a_total += a_loss.item()
+            self.w_opt.zero_grad(set_to_none=True)
+            w_loss = self.criterion(self.model(xw.to(self.device)), yw.to(self.device))
+            w_loss.backward()
+            nn.utils.clip_grad_norm_(self.model.weight_parameters(), se.grad_clip)
+            self.w_opt.step()
+            w_total += w_loss.item()
+        return {"train_loss": w_total / max(steps, 1), "arch_loss": a_total / steps if arch_on and steps else None, "steps": steps, "arch_updates": arch_on}
+
+    def run(self) -> Genotype:
+        """Train from ``start_epoch`` to the end, then decode and write the genotype."""
+        se = self.cfg.search
+        metrics_path = self.run_dir / "metrics.jsonl"
+        truncate_jsonl(metrics_path, self.start_epoch)
+        with JsonlWriter(metrics_path) as metrics:
+            for epoch in range(self.start_epoch, se.epochs):
+                t0 = time.time()
+                reset_peak_memory(self.device)
+                lr = self.sched.get_last_lr()[0]
+                record: Dict[str, Any] = {"epoch": epoch}
+                record.update(self.train_epoch(epoch))
+                self.sched.step()
+                if self.val_loader is not None:
+                    conf = evaluate_confusion(self.model, self.val_loader, self.device, self.info.num_classes)
+                    record.update({f"val_{k}": v for k, v in summarize(conf, self.info.class_names).items()})
+                entropy = self.model.arch.entropies()
+                record.update({"entropy": entropy, "lr": lr, "arch_lr": se.arch_lr, "time_s": round(time.time() - t0, 3), "peak_memory_mb": round(peak_memory_mb(self.device), 1)})
+                record["genotype"] = decode(self.cfg, self.model).to_dict()
+                metrics.write(record)
+                improved = record.get("val_miou", -1.0) > self.best_miou
+                if improved:
+                    self.best_miou = record["val_miou"]
+                save_checkpoint(self.run_dir, LATEST, self.state(epoch))
+                if improved:
+                    save_checkpoint(self.run_dir, BEST, {"epoch": epoch, "model": self.model.state_dict(), "val_miou": self.best_miou})
+                log.info(
+                    "epoch %d/%d  loss %.4f  val mIoU %s  entropy %.4f  %.1fs",
+                    epoch + 1, se.epochs, record["train_loss"],
+                    f"{record['val_miou']:.4f}" if "val_miou" in record else "n/a", entropy["mean"], record["time_s"],
+                )
+        genotype = decode(self.cfg, self.model)
+        genotype.save(self.run_dir / "genotype.json")
+        snap = self.model.arch.snapshot()
+        write_json(self.run_dir / "arch.json", {
+            "ops": {r: w.tolist() for r, w in snap["ops"].items()},
+            "edges": {r: [e.tolist() for e in es] for r, es in snap["edges"].items()} if snap["edges"] else None,
+            "betas": {f"{i},{j}": b.tolist() for (i, j), b in snap["betas"].items()},
+        })
+        log.info("genotype: %s", genotype.describe())
+        return genotype

@@ -1,0 +1,108 @@
+"""Decoding a discrete genotype from architecture weights (numpy only, no torch).
+
+* An edge's op is the argmax of its weights, never ``none`` / ``cut``
+  (eq. 6); with edge normalization its strength is alpha * gamma (eq. 9).
+* A DARTS node keeps its K strongest input edges (eq. 12, K = 2).
+* A ResNeXt node keeps its single edge with its best op.
+* UNet++: every input -> output path is scored by its average
+  log-likelihood under the betas; keep the paths scoring >= mu + 3 sigma
+  (eq. 13; at least the best one) or a fixed K, or the single Viterbi path
+  (Auto-DeepLab).
+
+Ties are broken deterministically: the earlier op in the op set, the lower
+input index, the earlier path in enumeration order.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from hpcnas.space.genotype import OP_SETS, TOPOLOGIES, ZERO_OPS, Cell, Genotype, GridNode, Path_, cell_inputs, unetpp_in_edges, unetpp_nodes, unetpp_paths
+
+
+def best_op(weights: np.ndarray, op_names: Sequence[str]) -> Tuple[int, float]:
+    """(index, weight) of the strongest non-zero op; the first one wins a tie."""
+    allowed = np.array([name not in ZERO_OPS for name in op_names])
+    masked = np.where(allowed, weights, -np.inf)
+    k = int(np.argmax(masked))
+    return k, float(weights[k])
+
+
+def decode_cell(kind: str, op_weights: np.ndarray, op_names: Sequence[str], node_inputs: Sequence[int], edge_weights: Optional[Sequence[np.ndarray]] = None, edges_per_node: int = 2, tower_sources: Optional[Sequence[int]] = None) -> Cell:
+    """One cell's ``(op, input)`` pairs from its (edges, |O|) op weights in edge order."""
+    nodes = []
+    e = 0
+    for j, count in enumerate(node_inputs):
+        candidates = []
+        for k in range(count):
+            op, strength = best_op(op_weights[e + k], op_names)
+            if edge_weights is not None:
+                strength *= float(edge_weights[j][k])
+            source = k if kind == "darts" else tower_sources[j]
+            candidates.append((strength, source, op_names[op]))
+        e += count
+        keep = sorted(candidates, key=lambda c: (-c[0], c[1]))[: edges_per_node if kind == "darts" else 1]
+        nodes.append(tuple((op, source) for _, source, op in sorted(keep, key=lambda c: c[1])))
+    return tuple(nodes)
+
+
+def path_log_likelihoods(betas: Dict[GridNode, np.ndarray], paths: Sequence[Path_]) -> np.ndarray:
+    """Average log-probability of the network edges of each path (single-input edges count log 1)."""
+    scores = []
+    for path in paths:
+        logs = []
+        for src, dst in zip(path, path[1:]):
+            if dst in betas:
+                logs.append(float(np.log(max(betas[dst][unetpp_in_edges(dst).index(src)], 1e-12))))
+            else:
+                logs.append(0.0)
+        scores.append(float(np.mean(logs)) if logs else 0.0)
+    return np.asarray(scores)
+
+
+def select_paths(scores: np.ndarray, k: Union[str, int] = "auto") -> List[int]:
+    """Indices of kept paths: ``score >= mu + 3 sigma`` (at least the best) or the ``k`` best."""
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    if k == "auto":
+        threshold = scores.mean() + 3 * scores.std()
+        chosen = [i for i in order if scores[i] >= threshold - 1e-12]
+        return sorted(chosen or order[:1])
+    return sorted(order[: int(k)])
+
+
+def viterbi_path(betas: Dict[GridNode, np.ndarray], depth: int) -> Path_:
+    """The single most likely path (maximum summed log-probability), Auto-DeepLab style."""
+    best: Dict[GridNode, Tuple[float, Path_]] = {(0, 0): (0.0, ((0, 0),))}
+    for node in unetpp_nodes(depth)[1:]:
+        options = []
+        for k, src in enumerate(unetpp_in_edges(node)):
+            if src in best:
+                logp = float(np.log(max(betas[node][k], 1e-12))) if node in betas else 0.0
+                score, trail = best[src]
+                options.append((score + logp, trail + (node,)))
+        # max score; on a tie the earliest source in edge order
+        best[node] = max(options, key=lambda o: o[0]) if options else None
+        if best[node] is None:
+            del best[node]
+    return best[(0, depth)][1]
+
+
+def decode_genotype(topology: str, op_set: Optional[str], snapshot: Dict, node_inputs: Sequence[int], depth: int, edges_per_node: int = 2, paths: Union[str, int] = "auto", path_decoder: str = "multipath", tower_sources: Optional[Sequence[int]] = None) -> Genotype:
+    """A genotype from an :meth:`ArchParams.snapshot`."""
+    topo = TOPOLOGIES[topology]
+    op_names = OP_SETS[op_set or topo.op_set]
+    cells = []
+    for role in topo.cell_names:
+        edges = snapshot["edges"][role] if snapshot.get("edges") else None
+        cells.append((role, decode_cell(topo.cell_kind, snapshot["ops"][role], op_names, node_inputs, edges, edges_per_node, tower_sources)))
+    kept = None
+    if topo.nested:
+        if path_decoder == "viterbi":
+            kept = (viterbi_path(snapshot["betas"], depth),)
+        else:
+            every = unetpp_paths(depth)
+            scores = path_log_likelihoods(snapshot["betas"], every)
+            kept = tuple(sorted(every[i] for i in select_paths(scores, paths)))
+    return Genotype(topology, op_set or topo.op_set, tuple(cells), kept)

@@ -1,0 +1,1 @@
+"""Search spaces: op sets, mixed ops, cells, networks (torch) and genotypes (no torch)."""

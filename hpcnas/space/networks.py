@@ -1,0 +1,292 @@
+"""Networks: U-Net and UNet++ of cells, the architecture parameters, and the builders.
+
+* U-Net: a stem, ``depth`` encoder cells that halve the resolution, then
+  ``depth`` decoder cells, each fed by the encoder skip at its level
+  (grand-parent) and the upsampled deeper feature (parent).
+* UNet++ (Zhou et al. 2018): two fixed stride-2 stem cells, then the nested
+  grid X(i, j): X(i, 0) are encoder (reduction) cells, every other node sums
+  its incoming network edges (up from X(i+1, j-1), skips from X(i, k<j)),
+  weighted by softmax(beta) in search and kept-path edges after decoding.
+* A segmentation head returns logits at input resolution; inputs must be
+  divisible by the network's :func:`stride`.
+
+Encoder cells share one set of architecture weights, decoder cells another
+(the DARTS convention of one reduction and one normal cell).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from hpcnas.space.cells import CellArch, GraphCell, discrete_edges, make_cell, search_edges
+from hpcnas.space.genotype import OP_SETS, TOPOLOGIES, Genotype, GridNode, cell_inputs, tower_input, unetpp_in_edges, unetpp_nodes
+from hpcnas.space.ops import ReLUConvBN
+
+
+def stride(topology: str, depth: int) -> int:
+    """Input sizes must be multiples of this."""
+    return 2**depth * (4 if TOPOLOGIES[topology].nested else 1)
+
+
+class ArchParams(nn.Module):
+    """Architecture parameters: op weights per cell type, edge weights, UNet++ betas.
+
+    ``mode="simplex"`` (GAEA): each parameter row *is* a probability vector,
+    updated by exponentiated gradient.  ``mode="logits"`` (DARTS): parameters
+    are logits and the weights are their softmax.
+    """
+
+    def __init__(self, mode: str, cells: Dict[str, List[int]], n_ops: int, edge_norm: bool, betas: Sequence[GridNode] = ()):
+        super().__init__()
+        self.mode = mode
+        self.roles = list(cells)
+        self.node_inputs = {role: list(counts) for role, counts in cells.items()}
+        self.ops = nn.ParameterDict({role: self._init(sum(counts), n_ops) for role, counts in cells.items()})
+        self.edges = nn.ParameterDict(
+            {f"{role}_{j}": self._init(n) for role, counts in cells.items() for j, n in enumerate(counts)} if edge_norm else {}
+        )
+        self.betas = nn.ParameterDict({f"{i}_{j}": self._init(len(unetpp_in_edges((i, j)))) for i, j in betas})
+
+    def _init(self, *shape: int) -> nn.Parameter:
+        if self.mode == "simplex":
+            return nn.Parameter(torch.full(shape, 1.0 / shape[-1]))
+        return nn.Parameter(1e-3 * torch.randn(*shape))
+
+    def weights(self, p: torch.Tensor) -> torch.Tensor:
+        """The probability vectors (last dim) a parameter stands for."""
+        return p if self.mode == "simplex" else F.softmax(p, dim=-1)
+
+    def cell_arch(self, role: str) -> CellArch:
+        """Weights for one forward pass of the cells of type ``role``."""
+        edges = None
+        if len(self.edges):
+            edges = [self.weights(self.edges[f"{role}_{j}"]) for j in range(len(self.node_inputs[role]))]
+        return CellArch(self.weights(self.ops[role]), edges)
+
+    def beta(self, node: GridNode) -> torch.Tensor:
+        """softmax(beta) over the incoming network edges of UNet++ node ``node``."""
+        return self.weights(self.betas[f"{node[0]}_{node[1]}"])
+
+    def snapshot(self) -> Dict[str, object]:
+        """Plain numpy copies of every probability vector (for decoding and logs)."""
+        with torch.no_grad():
+            out: Dict[str, object] = {"ops": {r: self.weights(p).cpu().numpy() for r, p in self.ops.items()}}
+            out["edges"] = {r: [self.weights(self.edges[f"{r}_{j}"]).cpu().numpy() for j in range(len(c))] for r, c in self.node_inputs.items()} if len(self.edges) else None
+            out["betas"] = {tuple(int(v) for v in k.split("_")): self.weights(p).cpu().numpy() for k, p in self.betas.items()}
+        return out
+
+    def entropies(self) -> Dict[str, float]:
+        """Mean entropy (nats) of the op distributions per cell type, and their mean."""
+        with torch.no_grad():
+            out = {}
+            for role, p in self.ops.items():
+                w = self.weights(p).clamp_min(1e-12)
+                out[role] = float(-(w * w.log()).sum(-1).mean())
+            out["mean"] = sum(out.values()) / len(self.ops)
+        return out
+
+
+class CellFactory:
+    """Builds the cells of a network: search cells (mixed ops) or discrete cells (a genotype)."""
+
+    def __init__(self, kind: str, roles: Sequence[str], op_names: Sequence[str] = (), nodes: int = 4, towers: int = 4, tower_depth: int = 2, partial: int = 1, generator=None, genotype: Optional[Genotype] = None):
+        self.kind, self.roles, self.op_names = kind, tuple(roles), tuple(op_names)
+        self.nodes, self.towers, self.tower_depth = nodes, towers, tower_depth
+        self.partial, self.generator, self.genotype = partial, generator, genotype
+
+    @property
+    def search(self) -> bool:
+        """Whether the cells hold mixed ops."""
+        return self.genotype is None
+
+    def __call__(self, role: str, in_channels: Sequence[int], c: int, reduce_prev: bool = False) -> GraphCell:
+        reduction = role == self.roles[0]
+        if self.search:
+            edges = search_edges(self.kind, self.op_names, c, reduction, self.nodes, self.towers, self.tower_depth, self.partial, self.generator)
+        else:
+            edges = discrete_edges(self.kind, self.genotype.cell(role), c, reduction)
+        return make_cell(self.kind, edges, in_channels, c, reduction, reduce_prev, affine=not self.search)
+
+    def node_inputs(self) -> List[int]:
+        """Input edges per node of a search cell (for the architecture parameters)."""
+        if self.kind == "darts":
+            return [j + 2 for j in range(self.nodes)]
+        return [1] * (self.towers * self.tower_depth)
+
+
+class UNet(nn.Module):
+    """U-Net of cells; ``arch`` given means a search network."""
+
+    def __init__(self, factory: CellFactory, in_channels: int, num_classes: int, channels: int, depth: int, arch: Optional[ArchParams] = None):
+        super().__init__()
+        self.kind, self.roles, self.arch = factory.kind, factory.roles, arch
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels))
+        enc_ch = [channels]
+        self.down = nn.ModuleList()
+        for level in range(1, depth + 1):
+            ins = [enc_ch[max(level - 2, 0)], enc_ch[level - 1]] if self.kind == "darts" else [enc_ch[level - 1]]
+            cell = factory(self.roles[0], ins, channels * 2**level, reduce_prev=self.kind == "darts" and level >= 2)
+            self.down.append(cell)
+            enc_ch.append(cell.out_channels)
+        self.up = nn.ModuleList()
+        prev = enc_ch[-1]
+        for level in reversed(range(depth)):
+            cell = factory(self.roles[1], [enc_ch[level], prev], channels * 2**level)
+            self.up.append(cell)
+            prev = cell.out_channels
+        self.head = nn.Conv2d(prev, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        enc_arch = self.arch.cell_arch(self.roles[0]) if self.arch is not None else None
+        dec_arch = self.arch.cell_arch(self.roles[1]) if self.arch is not None else None
+        enc = [self.stem(x)]
+        for level, cell in enumerate(self.down, start=1):
+            ins = [enc[max(level - 2, 0)], enc[level - 1]] if self.kind == "darts" else [enc[level - 1]]
+            enc.append(cell(ins, enc_arch))
+        d = enc[-1]
+        for level, cell in zip(reversed(range(len(self.down))), self.up):
+            up = F.interpolate(d, size=enc[level].shape[-2:], mode="bilinear", align_corners=False)
+            d = cell([enc[level], up], dec_arch)
+        return self.head(d)
+
+
+class EdgeAdapter(nn.Module):
+    """A UNet++ network edge: resample to the target level, then 1x1 to its width."""
+
+    def __init__(self, c_in: int, c_out: int, upsample: bool, affine: bool):
+        super().__init__()
+        self.upsample = upsample
+        self.proj = ReLUConvBN(c_in, c_out, 1, affine=affine)
+
+    def forward(self, x: torch.Tensor, size) -> torch.Tensor:
+        if self.upsample:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return self.proj(x)
+
+
+class UNetPlusPlus(nn.Module):
+    """Nested UNet++ of cells; in search every edge exists, after decoding only kept-path edges."""
+
+    def __init__(self, factory: CellFactory, in_channels: int, num_classes: int, channels: int, depth: int, arch: Optional[ArchParams] = None, paths=None):
+        super().__init__()
+        self.kind, self.roles, self.arch, self.depth = factory.kind, factory.roles, arch, depth
+        half = max(channels // 2, 1)
+        self.stem = nn.Sequential(  # two fixed stem cells: 4x smaller
+            nn.Conv2d(in_channels, half, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(half), nn.ReLU(inplace=False),
+            nn.Conv2d(half, channels, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(channels),
+        )
+        kept_edges = None
+        if paths is not None:
+            kept_edges = {(a, b) for path in paths for a, b in zip(path, path[1:])}
+        self.order: List[GridNode] = []
+        self.inputs: Dict[GridNode, List[GridNode]] = {}
+        out_ch: Dict[GridNode, int] = {(0, 0): channels}
+        self.cells = nn.ModuleDict()
+        self.adapters = nn.ModuleDict()
+        for node in unetpp_nodes(depth)[1:]:
+            srcs = [s for s in unetpp_in_edges(node) if kept_edges is None or (s, node) in kept_edges]
+            srcs = [s for s in srcs if s in out_ch]
+            if not srcs:
+                continue
+            i, j = node
+            c = channels * 2**i
+            if j == 0:
+                pp = (max(i - 2, 0), 0)
+                ins = [out_ch[pp], out_ch[(i - 1, 0)]] if self.kind == "darts" else [out_ch[(i - 1, 0)]]
+                cell = factory(self.roles[0], ins, c, reduce_prev=self.kind == "darts" and i >= 2)
+            else:
+                for s in srcs:
+                    self.adapters[_key(s, node)] = EdgeAdapter(out_ch[s], c, upsample=s[0] > i, affine=arch is None)
+                ins = [c] * cell_inputs(self.kind)
+                cell = factory(self.roles[1], ins, c)
+            self.cells[_key(node)] = cell
+            out_ch[node] = cell.out_channels
+            self.inputs[node] = srcs
+            self.order.append(node)
+        self.output = (0, depth)
+        if self.output not in out_ch:
+            raise ValueError("no kept path reaches the output node")
+        self.head = nn.Conv2d(out_ch[self.output], num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        enc_arch = self.arch.cell_arch(self.roles[0]) if self.arch is not None else None
+        dec_arch = self.arch.cell_arch(self.roles[1]) if self.arch is not None else None
+        states = {(0, 0): self.stem(x)}
+        n_in = cell_inputs(self.kind)
+        for node in self.order:
+            i, j = node
+            cell = self.cells[_key(node)]
+            if j == 0:
+                ins = [states[(max(i - 2, 0), 0)], states[(i - 1, 0)]][-n_in:]
+                states[node] = cell(ins, enc_arch)
+                continue
+            size = states[(i, 0)].shape[-2:]
+            adapted = [self.adapters[_key(s, node)](states[s], size) for s in self.inputs[node]]
+            if self.arch is not None:
+                w = self.arch.beta(node)
+                agg = sum(wk * a for wk, a in zip(w, adapted))
+            else:
+                agg = sum(adapted) / len(adapted)
+            states[node] = cell([agg] * n_in, dec_arch)
+        logits = self.head(states[self.output])
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _key(*nodes: GridNode) -> str:
+    return "__".join(f"{i}_{j}" for i, j in nodes)
+
+
+# --------------------------------------------------------------------------
+# builders
+
+
+class SearchNetwork(nn.Module):
+    """A supernet: the network of search cells plus its architecture parameters."""
+
+    def __init__(self, net: nn.Module, arch: ArchParams, channel_rng: torch.Generator):
+        super().__init__()
+        self.net = net
+        self.arch = arch
+        self.channel_rng = channel_rng
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def arch_parameters(self) -> List[nn.Parameter]:
+        """theta / alpha, gamma and beta."""
+        return list(self.arch.parameters())
+
+    def weight_parameters(self) -> List[nn.Parameter]:
+        """Every parameter that is not an architecture parameter."""
+        arch_ids = {id(p) for p in self.arch.parameters()}
+        return [p for p in self.parameters() if id(p) not in arch_ids]
+
+
+def build_search_network(topology: str, op_set: Optional[str], in_channels: int, num_classes: int, channels: int, depth: int, nodes: int, towers: int, tower_depth: int, partial: int, edge_norm: bool, arch_mode: str, seed: int) -> SearchNetwork:
+    """The supernet of a topology, with channel sampling seeded by ``seed``."""
+    topo = TOPOLOGIES[topology]
+    ops = OP_SETS[op_set or topo.op_set]
+    for level in range(depth + 1):
+        if (channels * 2**level) % partial:
+            raise ValueError(f"channels {channels * 2**level} at level {level} are not divisible by partial_channels={partial}")
+    rng = torch.Generator().manual_seed(seed)
+    factory = CellFactory(topo.cell_kind, topo.cell_names, ops, nodes, towers, tower_depth, partial, rng)
+    counts = factory.node_inputs()
+    betas = [n for n in unetpp_nodes(depth) if n[1] > 0] if topo.nested else []
+    arch = ArchParams(arch_mode, {role: counts for role in topo.cell_names}, len(ops), edge_norm and topo.cell_kind == "darts", betas)
+    cls = UNetPlusPlus if topo.nested else UNet
+    return SearchNetwork(cls(factory, in_channels, num_classes, channels, depth, arch=arch), arch, rng)
+
+
+def build_discrete_network(genotype: Genotype, in_channels: int, num_classes: int, channels: int, depth: int, tower_depth: int = 2) -> nn.Module:
+    """The network of a genotype: only the chosen ops (and, for UNet++, kept paths)."""
+    topo = TOPOLOGIES[genotype.topology]
+    factory = CellFactory(topo.cell_kind, topo.cell_names, genotype=genotype, tower_depth=tower_depth)
+    if topo.nested:
+        return UNetPlusPlus(factory, in_channels, num_classes, channels, depth, paths=genotype.paths)
+    return UNet(factory, in_channels, num_classes, channels, depth)

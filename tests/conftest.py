@@ -1,0 +1,30 @@
+"""Shared fixtures: small real HDF5 data sets and the path of the real Dubai set."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DUBAI = ROOT.parent / "shared" / "data" / "dubai_aerial" / "Semantic segmentation dataset"
+
+
+@pytest.fixture(scope="session")
+def synth_h5(tmp_path_factory) -> Path:
+    """A small synthetic data set shared by the read-only tests."""
+    from hpcnas.data.synth import synthesize
+
+    path = tmp_path_factory.mktemp("data") / "synth.h5"
+    synthesize(path, n=24, size=32, seed=1)
+    return path
+
+
+def run_cli(*args: str, cwd=None, env=None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m hpcnas.cli ARGS`` as a user would and capture its output."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "hpcnas.cli", *args], cwd=cwd or ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)

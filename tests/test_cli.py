@@ -1,0 +1,69 @@
+"""The command line: help without torch, exit codes, crash logs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import ROOT, run_cli
+
+
+def _modules_after(code: str) -> set:
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys; print(' '.join(sorted(sys.modules)))"], capture_output=True, text=True, check=True, cwd=ROOT)
+    return set(out.stdout.split())
+
+
+def test_import_and_help_never_import_torch():
+    assert "torch" not in _modules_after("import hpcnas")
+    assert "torch" not in _modules_after(
+        "import hpcnas.cli, hpcnas.config, hpcnas.space.genotype, hpcnas.search.decode, hpcnas.data.hdf5, hpcnas.data.sharding, hpcnas.rundir"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys\nfrom hpcnas.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)"],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert proc.stdout.strip().endswith("False"), proc.stdout
+    assert "search" in proc.stdout and "data" in proc.stdout
+
+
+def test_console_scripts_installed():
+    exe = ROOT / ".venv" / "bin" / "hpcnas"
+    if exe.exists():
+        proc = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
+        assert proc.returncode == 0 and "smoke" in proc.stdout
+
+
+def test_bad_arguments_exit_2():
+    proc = run_cli("data", "synth")
+    assert proc.returncode == 2 and "--out" in proc.stderr
+
+
+def test_missing_config_file_exit_2(tmp_path):
+    proc = run_cli("search", "--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "r"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"hpcnas: error: {tmp_path / 'nope.yaml'}: no such file"
+
+
+def test_missing_gpu_is_a_clear_error(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    proc = run_cli("search", "--config", str(ROOT / "configs/smoke.yaml"), "--out", str(tmp_path / "r"), "--device", "cuda")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("hpcnas: error: --device: device 'cuda' requested but no CUDA GPU is available")
+
+
+def test_internal_error_goes_to_log(tmp_path):
+    """A failure that is not bad input: exit 1, one line, the traceback in the run's error.log."""
+    from hpcnas.cli import run
+
+    class Args:
+        out = str(tmp_path)
+        verbose = False
+
+    def boom(args):
+        raise RuntimeError("disk on fire")
+
+    assert run(boom, Args()) == 1
+    assert "RuntimeError: disk on fire" in (tmp_path / "error.log").read_text()

@@ -1,0 +1,98 @@
+"""Configuration loading: defaults, YAML, --set, and one clear line per mistake."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from hpcnas.config import Config, load_config, to_dict
+from hpcnas.errors import UserError
+from tests.conftest import ROOT, run_cli
+
+
+def write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+def test_defaults_are_the_papers():
+    cfg = Config()
+    assert cfg.space.channels == 16
+    assert cfg.search.arch_start_epoch == 15
+    assert cfg.search.arch_lr == 0.1 and cfg.search.arch_optimizer == "gaea"
+    assert (cfg.search.lr, cfg.search.momentum, cfg.search.weight_decay) == (0.01, 0.9, 1e-3)
+    assert cfg.search.epochs == 50 and cfg.search.batch_size == 2
+    assert cfg.train.epochs == 80 and cfg.train.select_from_epoch == 30
+
+
+def test_file_then_overrides(tmp_path):
+    path = write(tmp_path, "search:\n  epochs: 7\n  lr: 1\nspace:\n  topology: resnext_unet\n")
+    cfg = load_config(path, ["search.epochs=3", "space.channels=8", "search.decode.paths=4"])
+    assert cfg.search.epochs == 3
+    assert cfg.search.lr == 1.0 and isinstance(cfg.search.lr, float)
+    assert cfg.space.topology == "resnext_unet" and cfg.space.channels == 8
+    assert cfg.search.decode.paths == 4
+    assert cfg.search.momentum == 0.9  # untouched default
+
+
+@pytest.mark.parametrize(
+    "text, overrides, expected",
+    [
+        ("search:\n  epocs: 3\n", [], "key 'search.epocs': unknown key (did you mean 'epochs'?)"),
+        ("serch:\n  epochs: 3\n", [], "key 'serch': unknown key (did you mean 'search'?)"),
+        ("search:\n  epochs: three\n", [], "key 'search.epochs': expected an integer"),
+        ("search:\n  epochs: 0\n", [], "key 'search.epochs': must be >= 1, got 0"),
+        ("search:\n  momentum: 1.5\n", [], "key 'search.momentum': must be <= 1.0"),
+        ("space:\n  topology: darts_unet+\n", [], "key 'space.topology': must be one of darts_unet, darts_unetpp, resnext_unet (did you mean 'darts_unet'?)"),
+        ("search:\n  edge_normalization: 1\n", [], "key 'search.edge_normalization': expected true or false"),
+        ("search: 3\n", [], "key 'search': expected a section"),
+        ("", ["search.epochs"], "--set: 'search.epochs' is not of the form section.key=value"),
+        ("", ["seed.x=1"], "--set: key 'seed.x': 'seed' is a value, not a section"),
+        ("", ["search.lrr=0.1"], "key 'search.lrr': unknown key (did you mean 'lr'?)"),
+    ],
+)
+def test_bad_config_names_file_and_key(tmp_path, text, overrides, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(UserError) as info:
+        load_config(path, overrides)
+    assert expected in str(info.value)
+    if not str(info.value).startswith("--set"):
+        assert str(info.value).startswith(path)
+
+
+def test_malformed_yaml_reports_line(tmp_path):
+    path = write(tmp_path, "search:\n  epochs: [1, 2\n")
+    with pytest.raises(UserError) as info:
+        load_config(path)
+    assert str(info.value).startswith(path) and "malformed YAML" in str(info.value)
+
+
+def test_missing_file():
+    with pytest.raises(UserError, match="no such file"):
+        load_config("/nonexistent/c.yaml")
+
+
+def test_every_shipped_config_loads():
+    configs = sorted((ROOT / "configs").glob("*.yaml"))
+    assert configs, "configs/ holds no YAML file"
+    for path in configs:
+        cfg = load_config(str(path))
+        # the resolved config round-trips through YAML
+        assert load_config(None, [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}" for k, v in _flat(to_dict(cfg))]) == cfg
+
+
+def _flat(d, prefix=""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _flat(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def test_cli_bad_key_is_one_line_exit_2(tmp_path):
+    path = write(tmp_path, "search:\n  epocs: 3\n")
+    proc = run_cli("search", "--config", path, "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [f"hpcnas: error: {path}: key 'search.epocs': unknown key (did you mean 'epochs'?)"]
