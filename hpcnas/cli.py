@@ -71,7 +71,7 @@ def cmd_search(args: argparse.Namespace) -> None:
 
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--config", required=required, help="YAML configuration file (see configs/)")
+    p.add_argument("--config", required=required, help="YAML configuration file (see configs/)" + ("" if required else "; with --resume, the run's own config.yaml"))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one key, e.g. --set search.epochs=3 (repeatable)")
 
 
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_smoke)
 
     p = sub.add_parser("search", help="continuous architecture search (DARTS / PC-DARTS / GAEA)")
-    _add_config_args(p)
+    _add_config_args(p, required=False)
     p.add_argument("--out", help="run directory (default: a new folder under runs/)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its latest checkpoint")
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the config's)")

@@ -1,0 +1,105 @@
+"""Supernet cost per topology and partial-channel K: step time and memory.
+
+For each topology and K in {1, 2, 4, 8}: the mean forward+backward time of
+one training step, the activation memory (bytes of tensors saved for
+backward, counted on any device), and on CUDA the peak allocated memory.
+PC-DARTS' premise: K = 4 needs well under half the activation memory of K = 1.
+
+    python benchmarks/supernet.py [--device cuda] [--size 64] [--batch 2] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+from hpcnas.space.genotype import TOPOLOGIES
+from hpcnas.space.networks import build_search_network, stride
+
+
+def activation_bytes(model, x) -> int:
+    """Bytes of distinct storages autograd saves for backward during one forward."""
+    seen = {}
+
+    def pack(t):
+        if isinstance(t, torch.Tensor):
+            try:
+                storage = t.untyped_storage()
+                seen[(storage.data_ptr(), t.device)] = storage.nbytes()
+            except RuntimeError:
+                pass
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(x).float().mean()
+    loss.backward()
+    return sum(seen.values())
+
+
+def measure(topology: str, k: int, args, device: torch.device) -> dict:
+    """One row of the table."""
+    torch.manual_seed(0)
+    model = build_search_network(topology, None, 3, 2, args.channels, args.depth, args.nodes, 4, 2, k, True, "simplex", 0).to(device)
+    size = max(args.size, stride(topology, args.depth))
+    x = torch.randn(args.batch, 3, size, size, device=device)
+    act = activation_bytes(model, x)
+    model.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for i in range(args.warmup + args.steps):
+        t0 = time.perf_counter()
+        model(x).mean().backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+        model.zero_grad(set_to_none=True)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return {
+        "topology": topology, "K": k, "device": str(device), "input": size, "batch": args.batch,
+        "step_ms": 1000 * sum(times) / len(times), "activation_mb": act / 2**20, "peak_mb": peak,
+        "params": sum(p.numel() for p in model.weight_parameters()),
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--topologies", default=",".join(TOPOLOGIES))
+    p.add_argument("--ks", default="1,2,4,8")
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--channels", type=int, default=16)
+    p.add_argument("--depth", type=int, default=3)
+    p.add_argument("--nodes", type=int, default=4)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--json", help="also write the rows to this file")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    rows = [measure(t, int(k), args, device) for t in args.topologies.split(",") for k in args.ks.split(",")]
+    base = {r["topology"]: r for r in rows if r["K"] == 1}
+    for r in rows:
+        ref = base.get(r["topology"])
+        r["activation_vs_k1"] = r["activation_mb"] / ref["activation_mb"] if ref else None
+    print(f"{'topology':<14}{'K':>3}{'step ms':>10}{'activ. MB':>11}{'vs K=1':>8}{'peak MB':>9}{'params':>10}")
+    for r in rows:
+        peak = f"{r['peak_mb']:.0f}" if r["peak_mb"] is not None else "-"
+        ratio = f"{r['activation_vs_k1']:.2f}" if r["activation_vs_k1"] is not None else "-"
+        print(f"{r['topology']:<14}{r['K']:>3}{r['step_ms']:>10.1f}{r['activation_mb']:>11.1f}{ratio:>8}{peak:>9}{r['params']:>10}")
+    text = json.dumps({"benchmark": "supernet", "torch": torch.__version__, "rows": rows}, indent=2)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as fh:
+            fh.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

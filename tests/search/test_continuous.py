@@ -1,0 +1,125 @@
+"""The supernet search loop: frozen architecture before arch_start_epoch, metrics, exact resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from hpcnas.config import load_config
+from hpcnas.pipeline import search
+from hpcnas.rundir import read_jsonl
+from hpcnas.space.genotype import Genotype
+from tests.conftest import ROOT, run_cli
+
+TINY = [
+    "data.synth.n=16", "data.synth.size=32", "space.channels=8", "space.depth=2", "space.nodes=2",
+    "search.epochs=3", "search.batch_size=4", "search.arch_start_epoch=1", "search.partial_channels=2", "search.arch_lr=3.0",
+    "search.lr=0.05", "device=cpu",
+]
+SMOKE = str(ROOT / "configs" / "smoke.yaml")
+
+
+def _runner(tmp_path, extra=()):
+    from hpcnas.data.hdf5 import read_info
+    from hpcnas.pipeline import resolve_data
+    from hpcnas.search.continuous import SupernetSearch
+
+    cfg = load_config(SMOKE, TINY + list(extra))
+    data = resolve_data(cfg, tmp_path)
+    return SupernetSearch(cfg, tmp_path, data, read_info(data), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("optimizer", ["gaea", "adam"])
+def test_architecture_frozen_before_start_epoch(tmp_path, optimizer):
+    runner = _runner(tmp_path, [f"search.arch_optimizer={optimizer}", "search.arch_start_epoch=1"])
+    before = [p.detach().clone() for p in runner.model.arch_parameters()]
+    weights_before = [p.detach().clone() for p in runner.model.weight_parameters()]
+    runner.train_epoch(0)
+    for a, b in zip(before, runner.model.arch_parameters()):
+        assert torch.equal(a, b)
+    assert any(not torch.equal(a, b) for a, b in zip(weights_before, runner.model.weight_parameters()))
+    runner.train_epoch(1)
+    assert any(not torch.equal(a, b) for a, b in zip(before, runner.model.arch_parameters()))
+    if optimizer == "gaea":  # still probability vectors
+        for p in runner.model.arch_parameters():
+            torch.testing.assert_close(p.sum(-1), torch.ones(p.shape[:-1]))
+
+
+def test_search_writes_the_run_directory(tmp_path):
+    genotype, run_dir = search(SMOKE, TINY, out=str(tmp_path / "run"))
+    records = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    first = records[0]
+    for key in ("train_loss", "val_miou", "entropy", "lr", "arch_lr", "time_s", "peak_memory_mb", "genotype"):
+        assert key in first
+    assert set(first["entropy"]) == {"reduce", "normal", "mean"}
+    assert first["entropy"]["mean"] == pytest.approx(math.log(8))  # uniform theta before arch_start_epoch
+    assert records[-1]["entropy"]["mean"] < math.log(8)
+    assert records[0]["lr"] == pytest.approx(0.05) and records[1]["lr"] < 0.05  # cosine annealing
+    assert Genotype.load(str(run_dir / "genotype.json")) == genotype
+    assert (run_dir / "checkpoints" / "latest.pt").exists() and (run_dir / "config.yaml").exists()
+    assert load_config(str(run_dir / "config.yaml")).search.epochs == 3
+
+
+def _final_theta(run_dir):
+    state = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=False)
+    return {k: v for k, v in state["model"].items() if k.startswith("arch.")}
+
+
+def test_resume_in_process_is_exact(tmp_path, monkeypatch):
+    """Interrupt a search inside epoch 2 (after epoch 1's checkpoint); the resumed run equals an uninterrupted one."""
+    from hpcnas.search.continuous import SupernetSearch
+
+    full, full_dir = search(SMOKE, TINY, out=str(tmp_path / "full"))
+    original = SupernetSearch.train_epoch
+
+    def dies_in_epoch_2(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(SupernetSearch, "train_epoch", dies_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        search(SMOKE, TINY, out=str(tmp_path / "cut"))
+    monkeypatch.setattr(SupernetSearch, "train_epoch", original)
+    resumed, cut_dir = search(None, [], resume=str(tmp_path / "cut"))
+    assert resumed == full
+    for k, v in _final_theta(full_dir).items():
+        assert torch.equal(v, _final_theta(cut_dir)[k]), k
+    assert [r["epoch"] for r in read_jsonl(cut_dir / "metrics.jsonl")] == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_killed_search_resumes_exactly(tmp_path):
+    """SIGKILL a real search after its first checkpoint; --resume ends with the same genotype and theta."""
+    args = ["search", "--config", SMOKE, *sum((["--set", s] for s in TINY + ["search.epochs=4"]), [])]
+    ref = run_cli(*args, "--out", str(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr
+    victim = tmp_path / "victim"
+    proc = subprocess.Popen([sys.executable, "-m", "hpcnas.cli", *args, "--out", str(victim)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    ckpt = victim / "checkpoints" / "latest.pt"
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists() and torch.load(ckpt, weights_only=False)["epoch"] >= 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the search ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (victim / "genotype.json").exists()
+    done = run_cli("search", "--resume", str(victim))
+    assert done.returncode == 0, done.stderr
+    assert json.loads((victim / "genotype.json").read_text()) == json.loads((tmp_path / "ref" / "genotype.json").read_text())
+    ref_theta, got_theta = _final_theta(tmp_path / "ref"), _final_theta(victim)
+    assert ref_theta.keys() == got_theta.keys()
+    for k in ref_theta:
+        assert torch.equal(ref_theta[k], got_theta[k]), k
+    assert [r["epoch"] for r in read_jsonl(victim / "metrics.jsonl")] == [0, 1, 2, 3]
