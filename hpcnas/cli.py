@@ -66,6 +66,30 @@ def cmd_search(args: argparse.Namespace) -> None:
     search(config_path=args.config, overrides=args.set, out=args.out, resume=args.resume, device=args.device)
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from hpcnas.pipeline import train
+
+    train(args.config, args.set, genotype=args.genotype, baseline=args.baseline, seed=args.seed, out=args.out, resume=args.resume, device=args.device)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from hpcnas.pipeline import evaluate
+
+    result, target = evaluate(args.checkpoint, args.data, args.split, args.out, args.device)
+    curve = result["objects"]
+    print(f"{args.split}: mIoU {result['miou']:.4f} over {result['images']} full images -> {target / 'evaluation.json'}")
+    print("IoU threshold  " + " ".join(f"{t:5.1f}" for t in curve["thresholds"]))
+    print("precision      " + " ".join(f"{v:5.2f}" for v in curve["precision"]))
+    print("recall         " + " ".join(f"{v:5.2f}" for v in curve["recall"]))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from hpcnas.pipeline import report
+
+    out = report(args.runs, args.out)
+    print(f"report: {out / 'summary.md'}")
+
+
 # --------------------------------------------------------------------------
 # parser
 
@@ -94,6 +118,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its latest checkpoint")
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the config's)")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("train", help="retrain a genotype, a random cell or the ResNet-UNet baseline")
+    _add_config_args(p, required=False)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--genotype", help="genotype JSON file, or 'random' for a random cell of the configured topology")
+    which.add_argument("--baseline", help="hand-designed baseline: resnet_unet")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random genotype (with --genotype random)")
+    p.add_argument("--out", help="run directory (default: a new folder under runs/)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its latest checkpoint")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the config's)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="full-image IoU / mIoU and object precision-recall of a trained network")
+    p.add_argument("--checkpoint", required=True, help="a training checkpoint (RUN/checkpoints/best.pt)")
+    p.add_argument("--data", help="HDF5 data set (default: the run's own)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--out", help="where evaluation.json goes (default: the checkpoint's run directory)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="plots, cell drawings and a summary of one or more runs")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories; the first one gets report/, the others are overlaid")
+    p.add_argument("--out", help="report folder (default: FIRST_RUN/report)")
+    p.set_defaults(func=cmd_report)
 
     data = sub.add_parser("data", help="build or inspect HDF5 data sets").add_subparsers(dest="data_command", metavar="ACTION", required=True)
     p = data.add_parser("synth", help="write the synthetic rotorcraft data set")

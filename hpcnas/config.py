@@ -103,6 +103,8 @@ class TrainConfig:
     grad_clip: float = field(default=5.0, metadata=_range(0.0))
     select_from_epoch: int = field(default=30, metadata=_range(0))
     max_steps_per_epoch: Optional[int] = field(default=None, metadata=_range(1))
+    baseline_width: int = field(default=32, metadata=_range(1))  # ResNet-UNet: channels of the first stage
+    baseline_blocks: int = field(default=2, metadata=_range(1))  # ResNet-UNet: residual blocks per stage
 
 
 @dataclass

@@ -20,27 +20,37 @@ log = logging.getLogger("hpcnas")
 SMOKE_CONFIG = Path(__file__).resolve().parent / "configs" / "smoke.yaml"
 
 
-def prepare_run(command: str, config_path: Optional[str], overrides: Sequence[str], out: Optional[str], resume: Optional[str]) -> Tuple[Config, Path]:
-    """Resolve the configuration and the run directory (a resumed run reuses its own config)."""
+def resolve_config(config_path: Optional[str], overrides: Sequence[str], resume: Optional[str]) -> Config:
+    """The configuration of a new run, or of the run being resumed (its own config.yaml)."""
     if resume:
         run_dir = Path(resume)
         if not (run_dir / "config.yaml").is_file():
             raise UserError("not a run directory (no config.yaml)", source=str(resume))
-        cfg = load_config(config_path or str(run_dir / "config.yaml"), overrides)
-    else:
-        if config_path is None:
-            raise UserError("--config is required (or --resume DIR)")
-        cfg = load_config(config_path, overrides)
-        run_dir = make_run_dir(out, command)
+        return load_config(config_path or str(run_dir / "config.yaml"), overrides)
+    if config_path is None:
+        raise UserError("--config is required (or --resume DIR)")
+    return load_config(config_path, overrides)
+
+
+def open_run(command: str, cfg: Config, out: Optional[str], resume: Optional[str]) -> Path:
+    """Create (or reopen) the run directory; write config.yaml and log into log.txt."""
+    run_dir = Path(resume) if resume else make_run_dir(out, command)
     dump_config(cfg, run_dir / "config.yaml")
     _log_to(run_dir / "log.txt")
-    return cfg, run_dir
+    return run_dir
+
+
+def prepare_run(command: str, config_path: Optional[str], overrides: Sequence[str], out: Optional[str], resume: Optional[str]) -> Tuple[Config, Path]:
+    """:func:`resolve_config` then :func:`open_run`."""
+    cfg = resolve_config(config_path, overrides, resume)
+    return cfg, open_run(command, cfg, out, resume)
 
 
 def _log_to(path: Path) -> None:
     root = logging.getLogger("hpcnas")
-    if any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path.resolve() for h in root.handlers):
-        return
+    for old in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+        root.removeHandler(old)  # one run's log.txt holds that run only
+        old.close()
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     root.addHandler(handler)
@@ -63,13 +73,16 @@ def resolve_data(cfg: Config, run_dir: Path) -> str:
 
 def search(config_path: Optional[str], overrides: Sequence[str] = (), out: Optional[str] = None, resume: Optional[str] = None, device: Optional[str] = None):
     """``hpcnas search``: continuous search into a run directory; returns (genotype, run_dir)."""
-    cfg, run_dir = prepare_run("search", config_path, overrides, out, resume)
+    cfg = resolve_config(config_path, overrides, resume)
     from hpcnas.data.hdf5 import read_info
     from hpcnas.runtime import select_device
     from hpcnas.search.checkpoint import LATEST
     from hpcnas.search.continuous import SupernetSearch
 
     dev = select_device(device or cfg.device)
+    if cfg.data.path:
+        read_info(cfg.data.path)  # a broken data file is reported before the run directory exists
+    run_dir = open_run("search", cfg, out, resume)
     data_path = resolve_data(cfg, run_dir)
     info = read_info(data_path)
     runner = SupernetSearch(cfg, run_dir, data_path, info, dev)
@@ -81,10 +94,105 @@ def search(config_path: Optional[str], overrides: Sequence[str] = (), out: Optio
     return runner.run(), run_dir
 
 
+def train(config_path: Optional[str], overrides: Sequence[str] = (), genotype: Optional[str] = None, baseline: Optional[str] = None, seed: int = 0, out: Optional[str] = None, resume: Optional[str] = None, device: Optional[str] = None):
+    """``hpcnas train``: retrain a genotype file, a random cell (``genotype="random"``) or a baseline."""
+    import json
+    import random
+
+    from hpcnas.data.hdf5 import read_info
+    from hpcnas.rundir import write_json
+    from hpcnas.space.genotype import Genotype, check_against_space, sample_genotype
+
+    cfg = resolve_config(config_path, overrides, resume)
+    sp = cfg.space
+    geno = None
+    if not resume:  # bad input is reported before anything is written
+        if baseline is not None:
+            if baseline != "resnet_unet":
+                raise UserError(f"unknown baseline '{baseline}' (known: resnet_unet)", source="--baseline")
+        elif genotype == "random":
+            geno = sample_genotype(random.Random(seed), sp.topology, sp.op_set, sp.nodes, sp.towers, sp.tower_depth, sp.depth, cfg.search.decode.edges_per_node)
+        elif genotype:
+            geno = Genotype.load(genotype)
+            check_against_space(geno, geno.topology, sp.nodes, sp.towers, sp.tower_depth, sp.depth, genotype)
+        else:
+            raise UserError("give --genotype G.json, --genotype random or --baseline resnet_unet")
+    run_dir = open_run("train", cfg, out, resume)
+    from hpcnas.runtime import select_device
+    from hpcnas.search.checkpoint import LATEST
+    from hpcnas.train.trainer import Trainer, model_spec
+
+    dev = select_device(device or cfg.device)
+    data_path = resolve_data(cfg, run_dir)
+    info = read_info(data_path)
+    if resume:
+        if not (run_dir / "model.json").exists():
+            raise UserError("no model.json: not a training run directory", source=str(run_dir))
+        spec = json.loads((run_dir / "model.json").read_text())
+    else:
+        spec = model_spec(cfg, info, geno, source=genotype or "<random>")
+        write_json(run_dir / "model.json", spec)
+        if geno is not None:
+            geno.save(run_dir / "genotype.json")
+    trainer = Trainer(cfg, run_dir, data_path, info, dev, spec)
+    latest = run_dir / "checkpoints" / LATEST
+    if resume and latest.exists():
+        trainer.restore(latest)
+        log.info("resuming %s from epoch %d", run_dir, trainer.start_epoch)
+    log.info("train %s on %s: %d epochs -> %s", spec["kind"] if spec["kind"] != "genotype" else spec["genotype"]["topology"], dev, cfg.train.epochs, run_dir)
+    best = trainer.run()
+    return best, run_dir
+
+
+def evaluate(checkpoint: str, data: Optional[str] = None, split: str = "test", out: Optional[str] = None, device: Optional[str] = None):
+    """``hpcnas evaluate``: full-image metrics; defaults to the run's own data and directory."""
+    import yaml
+
+    from hpcnas.runtime import select_device
+    from hpcnas.train.evaluate import evaluate as run_evaluation
+
+    ckpt = Path(checkpoint)
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    if data is None:
+        cfg_file = run_dir / "config.yaml"
+        data = (yaml.safe_load(cfg_file.read_text()) or {}).get("data", {}).get("path") if cfg_file.exists() else None
+        data = data or str(run_dir / "data.h5")
+    target = Path(out) if out else run_dir
+    return run_evaluation(str(ckpt), data, split, target, select_device(device or "auto")), target
+
+
+def report(run_dirs: Sequence[str], out: Optional[str] = None) -> Path:
+    """``hpcnas report``: pictures and a summary of one or more runs into the first one's report/."""
+    from hpcnas.report.build import build_report
+
+    for d in run_dirs:
+        if not Path(d).is_dir():
+            raise UserError("no such run directory", source=str(d))
+    return build_report([Path(d) for d in run_dirs], Path(out) if out else None)
+
+
 def smoke(out: Optional[str] = None, config_path: Optional[str] = None, overrides: Sequence[str] = ()) -> Path:
-    """``hpcnas smoke``: the local end-to-end run on the embedded synthetic data."""
+    """``hpcnas smoke``: data -> search -> decode -> retrain -> evaluate -> report, on synthetic data."""
     t0 = time.time()
-    genotype, run_dir = search(config_path or str(SMOKE_CONFIG), overrides, out=out)
-    print(f"smoke search done in {time.time() - t0:.0f}s: {run_dir}/genotype.json")
-    print(genotype.describe())
-    return run_dir
+    root = make_run_dir(out, "smoke")
+    config = config_path or str(SMOKE_CONFIG)
+    data = root / "data.h5"
+    cfg = load_config(config, overrides)
+    if not data.exists():
+        from hpcnas.data.synth import synthesize
+
+        s = cfg.data.synth
+        synthesize(data, n=s.n, size=s.size, seed=s.seed, val_fraction=s.val_fraction, test_fraction=s.test_fraction)
+    with_data = list(overrides) + [f"data.path={data}"]
+    genotype, search_dir = search(config, with_data, out=str(root / "search"))
+    print(f"[smoke] search: {genotype.describe()} ({time.time() - t0:.0f}s)")
+    _, train_dir = train(config, with_data, genotype=str(search_dir / "genotype.json"), out=str(root / "train"))
+    result, _ = evaluate(str(train_dir / "checkpoints" / "best.pt"), str(data), "test")
+    _, base_dir = train(config, with_data, baseline="resnet_unet", out=str(root / "baseline_resnet_unet"))
+    evaluate(str(base_dir / "checkpoints" / "best.pt"), str(data), "test")
+    report_dir = report([str(train_dir), str(base_dir), str(search_dir)])
+    curve = result["objects"]
+    print(f"[smoke] done in {time.time() - t0:.0f}s: {root}")
+    print(f"[smoke] test mIoU {result['miou']:.4f}, object recall@0.5 {curve['recall'][4]:.3f}, precision@0.5 {curve['precision'][4]:.3f}")
+    print(f"[smoke] report: {report_dir / 'summary.md'}")
+    return root

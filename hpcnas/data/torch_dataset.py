@@ -74,6 +74,12 @@ def make_loader(dataset: SegmentationDataset, batch_size: int, rank: int = 0, wo
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last, persistent_workers=num_workers > 0)
 
 
+def validation_loader(path: str, batch_size: int, split: str = "val") -> Optional[DataLoader]:
+    """An unshuffled, unaugmented loader over ``split``, or ``None`` when it is empty."""
+    dataset = SegmentationDataset(path, split, augment=False)
+    return make_loader(dataset, batch_size, shuffle=False) if len(dataset) else None
+
+
 def split_indices(count: int, part: int, parts: int = 2) -> List[int]:
     """Contiguous part ``part`` of ``parts`` of ``range(count)`` (DARTS 50/50 split)."""
     bounds = np.linspace(0, count, parts + 1).astype(int)

@@ -11,7 +11,6 @@ exactly like an uninterrupted one on CPU.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -20,17 +19,15 @@ from torch import nn
 
 from hpcnas.config import Config
 from hpcnas.data.hdf5 import DatasetInfo
-from hpcnas.data.torch_dataset import SegmentationDataset, make_loader, split_indices
+from hpcnas.data.torch_dataset import SegmentationDataset, make_loader, split_indices, validation_loader
 from hpcnas.errors import UserError
-from hpcnas.rundir import JsonlWriter, truncate_jsonl, write_json
-from hpcnas.runtime import peak_memory_mb, progress, reset_peak_memory, restore_rng_state, rng_state, seed_everything
-from hpcnas.search.checkpoint import BEST, LATEST, load_checkpoint, save_checkpoint
+from hpcnas.rundir import write_json
+from hpcnas.runtime import progress, seed_everything
 from hpcnas.search.decode import decode_genotype
 from hpcnas.search.gaea import arch_mode, make_arch_optimizer
 from hpcnas.space.genotype import TOPOLOGIES, Genotype, tower_input
 from hpcnas.space.networks import SearchNetwork, build_search_network, stride
-from hpcnas.train.loop import cosine_sgd, evaluate_confusion, weighted_cross_entropy
-from hpcnas.train.metrics import summarize
+from hpcnas.train.loop import EpochLoop, cosine_sgd, weighted_cross_entropy
 
 log = logging.getLogger("hpcnas")
 
@@ -63,11 +60,12 @@ def decode(cfg: Config, model: SearchNetwork) -> Genotype:
     return decode_genotype(sp.topology, sp.op_set, model.arch.snapshot(), node_inputs, sp.depth, d.edges_per_node, d.paths, d.path_decoder, towers)
 
 
-class SupernetSearch:
+class SupernetSearch(EpochLoop):
     """One search run in one run directory; :meth:`run` trains, checkpoints and decodes."""
 
     def __init__(self, cfg: Config, run_dir: Path, data_path: str, info: DatasetInfo, device: torch.device):
-        self.cfg, self.run_dir, self.info, self.device = cfg, Path(run_dir), info, device
+        super().__init__(run_dir, device, info.class_names)
+        self.cfg, self.info = cfg, info
         se = cfg.search
         seed_everything(cfg.seed)
         self.model = build_supernet(cfg, info).to(device)
@@ -84,47 +82,23 @@ class SupernetSearch:
             w_set, a_set = train, train
         self.w_loader = make_loader(w_set, se.batch_size, seed=cfg.seed, num_workers=cfg.data.num_workers, drop_last=len(w_set) >= se.batch_size)
         self.a_loader = make_loader(a_set, se.batch_size, seed=cfg.seed + 7919, num_workers=cfg.data.num_workers, drop_last=len(a_set) >= se.batch_size)
-        val = SegmentationDataset(data_path, "val", augment=False)
-        self.val_loader = make_loader(val, se.batch_size, shuffle=False) if len(val) else None
+        self.val_loader = validation_loader(data_path, se.batch_size)
         self.criterion = weighted_cross_entropy(info.class_weights, device)
         self.w_opt, self.sched = cosine_sgd(self.model.weight_parameters(), se.lr, se.momentum, se.weight_decay, se.epochs, se.lr_min)
         self.a_opt = make_arch_optimizer(se.arch_optimizer, self.model.arch_parameters(), se.arch_lr, se.arch_weight_decay)
-        self.start_epoch = 0
-        self.best_miou = -1.0
+        self.optimizers = {"w": self.w_opt, "arch": self.a_opt}
+        self.epochs = se.epochs
 
-    # -- state ---------------------------------------------------------------
+    def extra_state(self) -> Dict[str, Any]:
+        return {"channel_rng": self.model.channel_rng.get_state()}
 
-    def state(self, epoch: int) -> Dict[str, Any]:
-        """Everything an exact resume needs, after ``epoch`` finished."""
-        return {
-            "epoch": epoch,
-            "model": self.model.state_dict(),
-            "w_opt": self.w_opt.state_dict(),
-            "a_opt": self.a_opt.state_dict(),
-            "sched": self.sched.state_dict(),
-            "rng": rng_state(),
-            "channel_rng": self.model.channel_rng.get_state(),
-            "best_miou": self.best_miou,
-        }
-
-    def restore(self, path: Path) -> None:
-        """Load a checkpoint written by :meth:`state`."""
-        state = load_checkpoint(path, self.device)
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as exc:
-            raise UserError(f"checkpoint does not match the configured supernet ({str(exc).splitlines()[0]})", source=str(path)) from None
-        self.w_opt.load_state_dict(state["w_opt"])
-        self.a_opt.load_state_dict(state["a_opt"])
-        self.sched.load_state_dict(state["sched"])
-        restore_rng_state(state["rng"])
+    def load_extra_state(self, state: Dict[str, Any]) -> None:
         self.model.channel_rng.set_state(state["channel_rng"])
-        self.best_miou = state["best_miou"]
-        self.start_epoch = state["epoch"] + 1
 
-    # -- loop ----------------------------------------------------------------
+    def epoch_extras(self) -> Dict[str, Any]:
+        return {"entropy": self.model.arch.entropies(), "arch_lr": self.cfg.search.arch_lr, "genotype": decode(self.cfg, self.model).to_dict()}
 
-    def train_epoch(self, epoch: int) -> Dict[str, float]:
+    def train_epoch(self, epoch: int) -> Dict[str, Any]:
         """One epoch of alternating architecture and weight steps."""
         se = self.cfg.search
         self.model.train()
@@ -153,35 +127,7 @@ class SupernetSearch:
 
     def run(self) -> Genotype:
         """Train from ``start_epoch`` to the end, then decode and write the genotype."""
-        se = self.cfg.search
-        metrics_path = self.run_dir / "metrics.jsonl"
-        truncate_jsonl(metrics_path, self.start_epoch)
-        with JsonlWriter(metrics_path) as metrics:
-            for epoch in range(self.start_epoch, se.epochs):
-                t0 = time.time()
-                reset_peak_memory(self.device)
-                lr = self.sched.get_last_lr()[0]
-                record: Dict[str, Any] = {"epoch": epoch}
-                record.update(self.train_epoch(epoch))
-                self.sched.step()
-                if self.val_loader is not None:
-                    conf = evaluate_confusion(self.model, self.val_loader, self.device, self.info.num_classes)
-                    record.update({f"val_{k}": v for k, v in summarize(conf, self.info.class_names).items()})
-                entropy = self.model.arch.entropies()
-                record.update({"entropy": entropy, "lr": lr, "arch_lr": se.arch_lr, "time_s": round(time.time() - t0, 3), "peak_memory_mb": round(peak_memory_mb(self.device), 1)})
-                record["genotype"] = decode(self.cfg, self.model).to_dict()
-                metrics.write(record)
-                improved = record.get("val_miou", -1.0) > self.best_miou
-                if improved:
-                    self.best_miou = record["val_miou"]
-                save_checkpoint(self.run_dir, LATEST, self.state(epoch))
-                if improved:
-                    save_checkpoint(self.run_dir, BEST, {"epoch": epoch, "model": self.model.state_dict(), "val_miou": self.best_miou})
-                log.info(
-                    "epoch %d/%d  loss %.4f  val mIoU %s  entropy %.4f  %.1fs",
-                    epoch + 1, se.epochs, record["train_loss"],
-                    f"{record['val_miou']:.4f}" if "val_miou" in record else "n/a", entropy["mean"], record["time_s"],
-                )
+        self.run_epochs()
         genotype = decode(self.cfg, self.model)
         genotype.save(self.run_dir / "genotype.json")
         snap = self.model.arch.snapshot()

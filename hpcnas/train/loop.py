@@ -34,3 +34,132 @@ def evaluate_confusion(model: nn.Module, loader, device: torch.device, num_class
         conf += confusion(pred, masks.numpy(), num_classes)
     model.train(was_training)
     return conf
+
+
+class EpochLoop:
+    """Epochs, each followed by validation, one metrics line and a checkpoint.
+
+    Subclasses set ``model``, ``optimizers`` (name -> optimizer), ``sched``,
+    ``val_loader`` and ``epochs``, and define :meth:`train_epoch`; they may add
+    per-epoch fields (:meth:`epoch_extras`), restrict which epochs may become
+    the best checkpoint (:meth:`may_be_best`) and carry more state
+    (:meth:`extra_state` / :meth:`load_extra_state`).  A resumed loop restores
+    every parameter, optimizer, scheduler and RNG, so it ends exactly like an
+    uninterrupted one on CPU.
+    """
+
+    model: nn.Module
+    optimizers: dict
+    sched: torch.optim.lr_scheduler.LRScheduler
+    val_loader: object
+    epochs: int
+
+    def __init__(self, run_dir, device: torch.device, class_names):
+        from pathlib import Path
+
+        self.run_dir, self.device, self.class_names = Path(run_dir), device, list(class_names)
+        self.start_epoch = 0
+        self.best_miou = -1.0
+
+    # -- hooks ---------------------------------------------------------------
+
+    def train_epoch(self, epoch: int) -> dict:
+        """Train one epoch; return the fields to log."""
+        raise NotImplementedError
+
+    def epoch_extras(self) -> dict:
+        """Extra fields for this epoch's metrics line."""
+        return {}
+
+    def may_be_best(self, epoch: int) -> bool:
+        """Whether this epoch may become the best checkpoint."""
+        return True
+
+    def extra_state(self) -> dict:
+        """More state to checkpoint (a subclass's own RNGs, say)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        """Inverse of :meth:`extra_state`."""
+
+    def best_state(self) -> dict:
+        """What the best checkpoint holds besides the model weights."""
+        return {}
+
+    # -- state ---------------------------------------------------------------
+
+    def state(self, epoch: int) -> dict:
+        """Everything an exact resume needs, after ``epoch`` finished."""
+        from hpcnas.runtime import rng_state
+
+        return {
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "sched": self.sched.state_dict(),
+            "rng": rng_state(),
+            "best_miou": self.best_miou,
+            "extra": self.extra_state(),
+        }
+
+    def restore(self, path) -> None:
+        """Load a checkpoint written by :meth:`state`; continue after its epoch."""
+        from hpcnas.errors import UserError
+        from hpcnas.runtime import restore_rng_state
+        from hpcnas.search.checkpoint import load_checkpoint
+
+        state = load_checkpoint(path, self.device)
+        try:
+            self.model.load_state_dict(state["model"])
+            for k, o in self.optimizers.items():
+                o.load_state_dict(state["optimizers"][k])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise UserError(f"checkpoint does not match the configured model ({str(exc).splitlines()[0][:200]})", source=str(path)) from None
+        self.sched.load_state_dict(state["sched"])
+        restore_rng_state(state["rng"])
+        self.load_extra_state(state["extra"])
+        self.best_miou = state["best_miou"]
+        self.start_epoch = state["epoch"] + 1
+
+    # -- loop ----------------------------------------------------------------
+
+    def validate(self) -> dict:
+        """``val_miou`` and per-class ``val_iou_*`` (nothing when there is no validation split)."""
+        from hpcnas.train.metrics import summarize
+
+        if self.val_loader is None:
+            return {}
+        conf = evaluate_confusion(self.model, self.val_loader, self.device, len(self.class_names))
+        return {f"val_{k}": v for k, v in summarize(conf, self.class_names).items()}
+
+    def run_epochs(self) -> None:
+        """Run from ``start_epoch`` to ``epochs``; metrics.jsonl and checkpoints as it goes."""
+        import logging
+        import time
+
+        from hpcnas.rundir import JsonlWriter, truncate_jsonl
+        from hpcnas.runtime import peak_memory_mb, reset_peak_memory
+        from hpcnas.search.checkpoint import BEST, LATEST, save_checkpoint
+
+        log = logging.getLogger("hpcnas")
+        metrics_path = self.run_dir / "metrics.jsonl"
+        truncate_jsonl(metrics_path, self.start_epoch)
+        with JsonlWriter(metrics_path) as metrics:
+            for epoch in range(self.start_epoch, self.epochs):
+                t0 = time.time()
+                reset_peak_memory(self.device)
+                record = {"epoch": epoch, "lr": self.sched.get_last_lr()[0]}
+                record.update(self.train_epoch(epoch))
+                self.sched.step()
+                record.update(self.validate())
+                record.update(self.epoch_extras())
+                record.update({"time_s": round(time.time() - t0, 3), "peak_memory_mb": round(peak_memory_mb(self.device), 1)})
+                metrics.write(record)
+                improved = self.may_be_best(epoch) and record.get("val_miou", -1.0) > self.best_miou
+                if improved:
+                    self.best_miou = record["val_miou"]
+                save_checkpoint(self.run_dir, LATEST, self.state(epoch))
+                if improved:
+                    save_checkpoint(self.run_dir, BEST, {"epoch": epoch, "model": self.model.state_dict(), "val_miou": self.best_miou, **self.best_state()})
+                val = f"{record['val_miou']:.4f}" if "val_miou" in record else "n/a"
+                log.info("epoch %d/%d  loss %.4f  val mIoU %s%s  %.1fs", epoch + 1, self.epochs, record["train_loss"], val, " *" if improved else "", record["time_s"])

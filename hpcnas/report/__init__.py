@@ -1,0 +1,1 @@
+"""Reports: plots (matplotlib), cell and network drawings (graphviz), a markdown summary."""

@@ -1,0 +1,96 @@
+"""Assemble a report: read each run's records, draw what exists, write summary.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from hpcnas.report import graphs, plots
+from hpcnas.rundir import atomic_write_text, read_jsonl
+from hpcnas.space.genotype import TOPOLOGIES, Genotype
+
+
+def _examples(npz: Path) -> List[Dict[str, np.ndarray]]:
+    with np.load(npz) as data:
+        names = list(data["names"])
+        return [{"name": n, "image": data[f"image_{i}"], "truth": data[f"truth_{i}"], "pred": data[f"pred_{i}"]} for i, n in enumerate(names)]
+
+
+def _label(run: Path, taken: set) -> str:
+    label = run.name or str(run)
+    while label in taken:
+        label = f"{run.parent.name}/{label}"
+    taken.add(label)
+    return label
+
+
+def build_report(runs: Sequence[Path], out: Optional[Path] = None) -> Path:
+    """Draw every figure the runs' files allow into ``out`` (default ``runs[0]/report``)."""
+    out = Path(out) if out else runs[0] / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    taken: set = set()
+    labels = {run: _label(run, taken) for run in runs}
+    metrics = {labels[r]: read_jsonl(r / "metrics.jsonl") for r in runs if read_jsonl(r / "metrics.jsonl")}
+    evaluations = {labels[r]: json.loads((r / "evaluation.json").read_text()) for r in runs if (r / "evaluation.json").exists()}
+    figures: List[str] = []
+    notes: List[str] = []
+
+    train_like = {k: v for k, v in metrics.items() if "train_loss" in v[0]}
+    if train_like:
+        figures.append(plots.training_curves(train_like, out / "curves.png").name)
+    searched = {k: v for k, v in metrics.items() if "entropy" in v[0]}
+    if searched:
+        figures.append(plots.entropy_curves(searched, out / "entropy.png").name)
+    if evaluations:
+        figures.append(plots.precision_recall(evaluations, out / "precision_recall.png").name)
+    for run in runs:
+        if (run / "predictions.npz").exists():
+            figures.append(plots.prediction_examples(_examples(run / "predictions.npz"), out / f"predictions_{labels[run].replace('/', '_')}.png").name)
+            break
+    for run in runs:
+        history = read_jsonl(run / "history.jsonl")
+        if history:
+            figures.append(plots.evolution_history(history, out / f"evolution_{labels[run].replace('/', '_')}.png").name)
+
+    genotypes = {labels[r]: Genotype.load(str(r / "genotype.json")) for r in runs if (r / "genotype.json").exists()}
+    drawn = set()
+    for label, g in genotypes.items():
+        if g in drawn:
+            continue
+        drawn.add(g)
+        stem = label.replace("/", "_")
+        for role in TOPOLOGIES[g.topology].cell_names:
+            made = graphs.draw_cell(g, role, out / f"cell_{stem}_{role}.png")
+            if made:
+                figures.append(made.name)
+        if g.paths:
+            made = graphs.draw_unetpp(g, out / f"network_{stem}.png")
+            if made:
+                figures.append(made.name)
+    if genotypes and not graphs.have_dot():
+        notes.append("graphviz's `dot` is not installed: cell drawings were written as .dot sources only (envs/setup.sh installs it).")
+
+    lines = ["# hpcnas report", "", "| run | epochs | best val mIoU | test mIoU | object P@0.5 | object R@0.5 |", "| --- | --- | --- | --- | --- | --- |"]
+    for run in runs:
+        label = labels[run]
+        recs = metrics.get(label, [])
+        vals = [r["val_miou"] for r in recs if r.get("val_miou") is not None]
+        ev = evaluations.get(label)
+        cells = [
+            label, str(len(recs)), f"{max(vals):.4f}" if vals else "-",
+            f"{ev['miou']:.4f}" if ev else "-",
+            f"{ev['objects']['precision'][4]:.3f}" if ev else "-",
+            f"{ev['objects']['recall'][4]:.3f}" if ev else "-",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    if genotypes:
+        lines += ["", "## Architectures", ""]
+        lines += [f"- **{label}**: `{g.describe()}`" for label, g in genotypes.items()]
+    lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figures]
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
+    return out

@@ -1,0 +1,103 @@
+"""Matplotlib figures of a run's records (PNG, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def training_curves(runs: Dict[str, List[dict]], path: Path) -> Path:
+    """Training loss and validation mIoU per epoch, one line per run."""
+    fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, records in runs.items():
+        epochs = [r["epoch"] + 1 for r in records]
+        ax_loss.plot(epochs, [r.get("train_loss") for r in records], marker=".", label=label)
+        if any("val_miou" in r for r in records):
+            ax_miou.plot(epochs, [r.get("val_miou") for r in records], marker=".", label=label)
+    ax_loss.set(xlabel="epoch", ylabel="weighted cross-entropy", title="training loss")
+    ax_miou.set(xlabel="epoch", ylabel="mIoU", title="validation mIoU", ylim=(0, 1))
+    for ax in (ax_loss, ax_miou):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def entropy_curves(runs: Dict[str, List[dict]], path: Path) -> Path:
+    """Entropy of theta per cell type over epochs (paper Fig. 3): the convergence indicator."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, records in runs.items():
+        epochs = [r["epoch"] + 1 for r in records]
+        for cell in records[0]["entropy"]:
+            style = "-" if cell == "mean" else "--"
+            ax.plot(epochs, [r["entropy"][cell] for r in records], style, marker=".", label=f"{label}: {cell}")
+    ax.set(xlabel="epoch", ylabel="entropy of theta (nats)", title="architecture entropy per cell")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def precision_recall(evaluations: Dict[str, dict], path: Path) -> Path:
+    """Object precision and recall vs IoU threshold, runs overlaid (paper Figs. 7, 13)."""
+    fig, (ax_p, ax_r) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, ev in evaluations.items():
+        curve = ev["objects"]
+        ax_p.plot(curve["thresholds"], curve["precision"], marker="o", label=f"{label} (mIoU {ev['miou']:.3f})")
+        ax_r.plot(curve["thresholds"], curve["recall"], marker="o", label=label)
+    ax_p.set(xlabel="IoU threshold", ylabel="precision", title="object precision", ylim=(0, 1.02))
+    ax_r.set(xlabel="IoU threshold", ylabel="recall", title="object recall", ylim=(0, 1.02))
+    for ax in (ax_p, ax_r):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def prediction_examples(examples: Sequence[Dict[str, np.ndarray]], path: Path) -> Path:
+    """Rows of image | truth | prediction (paper Figs. 9, 12); ignore pixels shown grey."""
+    rows = len(examples)
+    fig, axes = plt.subplots(rows, 3, figsize=(9, 3 * rows), squeeze=False)
+    for row, ex in zip(axes, examples):
+        row[0].imshow(ex["image"])
+        truth = np.where(ex["truth"] == 255, np.nan, ex["truth"].astype(float))
+        row[1].imshow(truth, cmap="viridis", vmin=0, vmax=max(1, np.nanmax(truth) if np.isfinite(truth).any() else 1), interpolation="nearest")
+        row[2].imshow(ex["pred"], cmap="viridis", vmin=0, vmax=max(1, int(ex["pred"].max())), interpolation="nearest")
+        for ax, title in zip(row, (ex.get("name", "image"), "truth", "prediction")):
+            ax.set_title(str(title), fontsize=9)
+            ax.axis("off")
+    return _save(fig, path)
+
+
+def evolution_history(history: List[dict], path: Path) -> Path:
+    """Discrete search: fitness of every evaluation over time, and counts by status."""
+    fig, (ax_f, ax_s) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 1]})
+    t0 = min(r.get("start", r.get("end", 0)) or 0 for r in history)
+    ok = [r for r in history if r.get("status") == "ok" and r.get("fitness") is not None]
+    ends = [(r["end"] - t0) / 60 for r in ok]
+    ax_f.scatter(ends, [r["fitness"] for r in ok], s=14, alpha=0.7, label="evaluations")
+    if ok:
+        order = np.argsort(ends)
+        best = np.maximum.accumulate(np.array([ok[i]["fitness"] for i in order]))
+        ax_f.step(np.array(ends)[order], best, where="post", color="C3", label="best so far")
+    ax_f.set(xlabel="minutes since start", ylabel="fitness (val mIoU)", title="fitness over time")
+    ax_f.grid(alpha=0.3)
+    ax_f.legend(fontsize=8)
+    statuses = ["ok", "oom", "crashed", "timeout"]
+    counts = [sum(1 for r in history if r.get("status") == s) for s in statuses]
+    ax_s.bar(statuses, counts, color=["C2", "C1", "C3", "C7"])
+    ax_s.set(title="evaluations by status")
+    for k, c in enumerate(counts):
+        ax_s.text(k, c, str(c), ha="center", va="bottom")
+    return _save(fig, path)

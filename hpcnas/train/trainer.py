@@ -1,0 +1,107 @@
+"""Retraining a discrete network: a decoded genotype, a random cell, or the ResNet-UNet baseline.
+
+SGD with the cosine schedule and the weighted cross-entropy, train-time
+flips/rot90, N epochs; the best checkpoint by validation mIoU counted from
+``train.select_from_epoch`` (paper: from the 30th of 80).  Checkpoints carry
+the model spec, so ``evaluate`` rebuilds the network from the file alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
+
+from hpcnas.config import Config
+from hpcnas.data.hdf5 import DatasetInfo
+from hpcnas.data.torch_dataset import SegmentationDataset, make_loader, validation_loader
+from hpcnas.errors import UserError
+from hpcnas.runtime import progress, seed_everything
+from hpcnas.space.genotype import Genotype, check_against_space
+from hpcnas.space.networks import build_discrete_network, stride
+from hpcnas.train.baselines import ResNetUNet
+from hpcnas.train.loop import EpochLoop, cosine_sgd, weighted_cross_entropy
+
+
+def model_spec(cfg: Config, info: DatasetInfo, genotype: Optional[Genotype], source: str = "<genotype>") -> Dict[str, Any]:
+    """Everything needed to rebuild the network: a genotype (checked against the space) or the baseline."""
+    sp = cfg.space
+    spec: Dict[str, Any] = {
+        "kind": "genotype" if genotype is not None else "resnet_unet",
+        "genotype": genotype.to_dict() if genotype is not None else None,
+        "in_channels": info.channels, "num_classes": info.num_classes, "class_names": info.class_names,
+        "channels": sp.channels, "depth": sp.depth, "tower_depth": sp.tower_depth,
+        "baseline_width": cfg.train.baseline_width, "baseline_blocks": cfg.train.baseline_blocks,
+    }
+    if genotype is not None:
+        check_against_space(genotype, genotype.topology, sp.nodes, sp.towers, sp.tower_depth, sp.depth, source)
+        need = stride(genotype.topology, sp.depth)
+    else:
+        need = 2**sp.depth
+    if info.tile_size % need:
+        raise UserError(f"tile size {info.tile_size} is not divisible by the network stride {need} (space.depth={sp.depth})", source=str(info.path))
+    return spec
+
+
+def build_model(spec: Dict[str, Any]) -> nn.Module:
+    """The network a :func:`model_spec` describes."""
+    if spec["kind"] == "genotype":
+        g = Genotype.from_dict(spec["genotype"])
+        return build_discrete_network(g, spec["in_channels"], spec["num_classes"], spec["channels"], spec["depth"], spec["tower_depth"])
+    return ResNetUNet(spec["in_channels"], spec["num_classes"], spec["baseline_width"], spec["depth"], spec["baseline_blocks"])
+
+
+class Trainer(EpochLoop):
+    """Train one discrete network in one run directory."""
+
+    def __init__(self, cfg: Config, run_dir: Path, data_path: str, info: DatasetInfo, device: torch.device, spec: Dict[str, Any]):
+        super().__init__(run_dir, device, info.class_names)
+        self.cfg, self.spec = cfg, spec
+        tr = cfg.train
+        seed_everything(cfg.seed)
+        self.model = build_model(spec).to(device)
+        train = SegmentationDataset(data_path, "train", augment=cfg.data.augment)
+        if len(train) == 0:
+            raise UserError("the train split is empty", source=data_path)
+        self.loader = make_loader(train, tr.batch_size, seed=cfg.seed, num_workers=cfg.data.num_workers, drop_last=len(train) >= tr.batch_size)
+        self.val_loader = validation_loader(data_path, tr.batch_size)
+        self.criterion = weighted_cross_entropy(info.class_weights, device)
+        self.opt, self.sched = cosine_sgd(self.model.parameters(), tr.lr, tr.momentum, tr.weight_decay, tr.epochs, tr.lr_min)
+        self.optimizers = {"w": self.opt}
+        self.epochs = tr.epochs
+
+    def may_be_best(self, epoch: int) -> bool:
+        return epoch >= min(self.cfg.train.select_from_epoch, self.epochs - 1)
+
+    def best_state(self) -> Dict[str, Any]:
+        return {"spec": self.spec}
+
+    def extra_state(self) -> Dict[str, Any]:
+        return {"spec": self.spec}
+
+    def train_epoch(self, epoch: int) -> Dict[str, Any]:
+        """One epoch of SGD steps on the weighted cross-entropy."""
+        tr = self.cfg.train
+        self.model.train()
+        self.loader.sampler.set_epoch(epoch)
+        steps = len(self.loader) if not tr.max_steps_per_epoch else min(len(self.loader), tr.max_steps_per_epoch)
+        total = 0.0
+        for _, (x, y) in progress(zip(range(steps), self.loader), steps, f"epoch {epoch}"):
+            self.opt.zero_grad(set_to_none=True)
+            loss = self.criterion(self.model(x.to(self.device)), y.to(self.device))
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.model.parameters(), tr.grad_clip)
+            self.opt.step()
+            total += loss.item()
+        return {"train_loss": total / max(steps, 1), "steps": steps}
+
+    def run(self) -> float:
+        """Train to the end; returns the best validation mIoU (or -1 without a validation split)."""
+        from hpcnas.search.checkpoint import BEST, save_checkpoint
+
+        self.run_epochs()
+        if not (self.run_dir / "checkpoints" / BEST).exists():  # no validation split: the last epoch stands in
+            save_checkpoint(self.run_dir, BEST, {"epoch": self.epochs - 1, "model": self.model.state_dict(), "val_miou": None, "spec": self.spec})
+        return self.best_miou

@@ -1,0 +1,56 @@
+"""Reports: every expected file exists and every PNG is a valid image."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+
+import numpy as np
+from PIL import Image
+
+from hpcnas.pipeline import report
+from hpcnas.report import graphs
+from hpcnas.space.genotype import sample_genotype
+from tests.conftest import run_cli
+
+
+def fake_run(path, topology="darts_unet", with_eval=True, history=False):
+    path.mkdir(parents=True)
+    with open(path / "metrics.jsonl", "w") as fh:
+        for e in range(4):
+            fh.write(json.dumps({"epoch": e, "train_loss": 1.0 / (e + 1), "val_miou": 0.5 + 0.05 * e, "entropy": {"normal": 2.0 - 0.1 * e, "reduce": 2.0 - 0.2 * e, "mean": 2.0 - 0.15 * e}}) + "\n")
+    sample_genotype(random.Random(1), topology, depth=2).save(path / "genotype.json")
+    if with_eval:
+        curve = {"thresholds": [0.1 * k for k in range(1, 10)], "precision": list(np.linspace(0.9, 0.1, 9)), "recall": list(np.linspace(0.8, 0.0, 9))}
+        (path / "evaluation.json").write_text(json.dumps({"miou": 0.7, "objects": curve}))
+        rng = np.random.default_rng(0)
+        np.savez_compressed(path / "predictions.npz", image_0=rng.integers(0, 255, (20, 20, 3), dtype=np.uint8), truth_0=np.zeros((20, 20), np.uint8), pred_0=np.ones((20, 20), np.uint8), names=np.array(["img"]))
+    if history:
+        now = time.time()
+        with open(path / "history.jsonl", "w") as fh:
+            for k, status in enumerate(["ok", "ok", "oom", "ok", "crashed", "timeout"]):
+                fh.write(json.dumps({"id": k, "status": status, "fitness": 0.1 * k if status == "ok" else None, "start": now + k, "end": now + k + 5}) + "\n")
+
+
+def test_report_files_are_valid_images(tmp_path):
+    fake_run(tmp_path / "a", "darts_unetpp", history=True)
+    fake_run(tmp_path / "b", "resnext_unet")
+    out = report([str(tmp_path / "a"), str(tmp_path / "b")])
+    assert out == tmp_path / "a" / "report"
+    expected = {"curves.png", "entropy.png", "precision_recall.png", "predictions_a.png", "evolution_a.png"}
+    if graphs.have_dot():
+        expected |= {"cell_a_reduce.png", "cell_a_normal.png", "network_a.png", "cell_b_down.png", "cell_b_up.png"}
+    pngs = {p.name for p in out.glob("*.png")}
+    assert expected <= pngs
+    for name in pngs:
+        with Image.open(out / name) as im:
+            im.verify()
+            assert im.size[0] > 100 and im.size[1] > 50
+    summary = (out / "summary.md").read_text()
+    assert "| a |" in summary and "| b |" in summary and "0.7000" in summary
+
+
+def test_report_cli_missing_dir(tmp_path):
+    proc = run_cli("report", str(tmp_path / "nope"))
+    assert proc.returncode == 2 and "no such run directory" in proc.stderr
