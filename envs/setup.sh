@@ -8,7 +8,9 @@
 #
 # Environment: PYTHON (interpreter used to create .venv, default python3),
 # HPCNAS_TORCH (torch requirement, default torch==2.13.0: pinned, because an
-# unpinned torch pulls a multi-GB CUDA build).
+# unpinned torch pulls a multi-GB CUDA build), HPCNAS_SKIP_HOROVOD=1 (no
+# Horovod build: single-process search only), HPCNAS_CACHE (where built
+# wheels are kept, default ~/.cache/hpcnas).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -64,6 +66,33 @@ if [ ! -f "$stamp" ]; then
   "${pip[@]}" install -e ".[$extras]"
   rm -f .venv/.hpcnas-installed-*
   touch "$stamp"
+fi
+
+# --- Horovod (data-parallel search), built once per (horovod, torch, MPI) ----
+# Horovod 0.28.1 is source-only; its CMake forces C++14 while torch >= 2 needs
+# C++17, so the build goes through a compiler wrapper that appends -std=gnu++17
+# (the last -std wins). The built wheel is cached under a key naming all three
+# versions: pip's own wheel cache ignores the torch and MPI it was built against.
+horovod_version="0.28.1"
+if [ "${HPCNAS_SKIP_HOROVOD:-0}" != 1 ] && ! .venv/bin/python -c "import horovod.torch" >/dev/null 2>&1; then
+  torch_version=$(.venv/bin/python -c "import torch; print(torch.__version__)")
+  mpi_version=$(mpirun --version 2>/dev/null | head -n1 | tr -cd '[:alnum:]._-' || echo none)
+  cache="${HPCNAS_CACHE:-$HOME/.cache/hpcnas}/horovod-${horovod_version}-torch${torch_version}-${mpi_version}"
+  if ! ls "$cache"/horovod-*.whl >/dev/null 2>&1; then
+    log "building horovod $horovod_version against torch $torch_version and $mpi_version (about 2 minutes, once)"
+    wrapper_dir=$(mktemp -d)
+    printf '#!/bin/sh\nexec g++ "$@" -std=gnu++17\n' > "$wrapper_dir/cxx17"
+    chmod +x "$wrapper_dir/cxx17"
+    "${pip[@]}" install cmake >/dev/null
+    mkdir -p "$cache"
+    CXX="$wrapper_dir/cxx17" HOROVOD_WITH_PYTORCH=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
+      HOROVOD_WITH_MPI=1 HOROVOD_WITH_GLOO=1 PATH="$here/.venv/bin:$PATH" \
+      .venv/bin/python -m pip wheel -q --no-deps --no-build-isolation --no-cache-dir -w "$cache" "horovod==$horovod_version"
+    rm -rf "$wrapper_dir"
+  fi
+  log "installing horovod $horovod_version from $cache"
+  "${pip[@]}" install --no-deps "$cache"/horovod-*.whl
+  "${pip[@]}" install cloudpickle psutil packaging  # horovod's runtime needs, without letting it touch torch
 fi
 
 log "ready: activate with 'source .venv/bin/activate'"

@@ -66,6 +66,14 @@ def cmd_search(args: argparse.Namespace) -> None:
     search(config_path=args.config, overrides=args.set, out=args.out, resume=args.resume, device=args.device)
 
 
+def cmd_evolve(args: argparse.Namespace) -> None:
+    from hpcnas.pipeline import evolve
+
+    run_dir = evolve(args.config, args.set, out=args.out, resume=args.resume)
+    if run_dir is not None:
+        print(f"evolve done: {run_dir / 'history.jsonl'}")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from hpcnas.pipeline import train
 
@@ -118,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its latest checkpoint")
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the config's)")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("evolve", help="discrete search (regularized evolution, random) on MPI: mpirun -np N hpcnas-evolve ...")
+    _add_config_args(p, required=False)
+    p.add_argument("--out", help="run directory (default: a new folder under runs/)")
+    p.add_argument("--resume", metavar="DIR", help="continue the search in DIR: re-queue what was in flight, retrain nothing finished")
+    p.set_defaults(func=cmd_evolve)
 
     p = sub.add_parser("train", help="retrain a genotype, a random cell or the ResNet-UNet baseline")
     _add_config_args(p, required=False)

@@ -108,6 +108,28 @@ class TrainConfig:
 
 
 @dataclass
+class EvolveConfig:
+    """Discrete search on the MPI orchestrator (paper Appendix A.1)."""
+
+    strategy: Literal["evolution", "random"] = "evolution"
+    mode: Literal["async", "generational"] = "async"  # steady-state, or the paper's Algorithm 1
+    population: int = field(default=20, metadata=_range(1))
+    sample_size: int = field(default=5, metadata=_range(1))
+    max_evaluations: int = field(default=100, metadata=_range(1))
+    time_budget: Optional[float] = field(default=None, metadata=_range(0.0))  # seconds; None: no limit
+    task_timeout: float = field(default=3600.0, metadata=_range(0.1))  # seconds per evaluation
+    grace_period: float = field(default=60.0, metadata=_range(0.0))  # after SIGTERM/SIGUSR2: wait this long for in-flight results
+    proxy_epochs: int = field(default=5, metadata=_range(1))  # the short training schedule of each evaluation
+    retry_oom_half_batch: bool = True  # an OOM is retried once at half the batch size
+    keep_checkpoints: bool = False  # keep each evaluation's checkpoints (disk grows with the search)
+    threads_per_rank: Optional[int] = field(default=None, metadata=_range(1))  # CPU threads of each child; None: cores / ranks on the node
+    inject_faults: List[str] = field(default_factory=list)  # "ID:oom|kill|hang|error": fault tolerance drills
+    evaluator: Literal["train", "sleep"] = "train"  # "sleep": no training, log-normal sleeps (orchestrator benchmarks)
+    sleep_median: float = field(default=1.0, metadata=_range(0.0))  # seconds, evaluator "sleep"
+    sleep_sigma: float = field(default=0.5, metadata=_range(0.0))  # log-normal shape, evaluator "sleep"
+
+
+@dataclass
 class Config:
     """The whole resolved configuration of a run (written to ``config.yaml``)."""
 
@@ -117,6 +139,7 @@ class Config:
     space: SpaceConfig = field(default_factory=SpaceConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    evolve: EvolveConfig = field(default_factory=EvolveConfig)
 
 
 # --------------------------------------------------------------------------

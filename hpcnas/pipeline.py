@@ -171,6 +171,44 @@ def report(run_dirs: Sequence[str], out: Optional[str] = None) -> Path:
     return build_report([Path(d) for d in run_dirs], Path(out) if out else None)
 
 
+def evolve(config_path: Optional[str], overrides: Sequence[str] = (), out: Optional[str] = None, resume: Optional[str] = None) -> Optional[Path]:
+    """``hpcnas-evolve`` / ``hpcnas evolve``: discrete search on every MPI rank of this job.
+
+    Rank 0 resolves the configuration and the run directory and broadcasts
+    them, so only rank 0 writes and only rank 0 reports bad input.
+    """
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        raise UserError("mpi4py is not installed (envs/setup.sh installs it with an MPI)") from None
+    from hpcnas.config import from_dict, to_dict
+    from hpcnas.execution.orchestrator import run_orchestrator
+
+    comm = MPI.COMM_WORLD
+    payload = None
+    if comm.Get_rank() == 0:
+        try:
+            cfg = resolve_config(config_path, overrides, resume)
+            if cfg.data.path:
+                from hpcnas.data.hdf5 import read_info
+
+                read_info(cfg.data.path)
+            run_dir = open_run("evolve", cfg, out, resume)
+            data = resolve_data(cfg, run_dir)
+            payload = (to_dict(cfg), str(run_dir.resolve()), data)
+        except Exception as exc:
+            comm.bcast(None, root=0)
+            raise exc
+    payload = comm.bcast(payload, root=0)
+    if payload is None:  # rank 0 reported the problem
+        raise SystemExit(2)
+    cfg = from_dict(Config, payload[0], source="<broadcast>")
+    run_dir = Path(payload[1])
+    run_orchestrator(comm, cfg, run_dir, payload[2])
+    comm.Barrier()
+    return run_dir if comm.Get_rank() == 0 else None
+
+
 def smoke(out: Optional[str] = None, config_path: Optional[str] = None, overrides: Sequence[str] = ()) -> Path:
     """``hpcnas smoke``: data -> search -> decode -> retrain -> evaluate -> report, on synthetic data."""
     t0 = time.time()

@@ -1,0 +1,135 @@
+"""Orchestrator efficiency: worker utilization and dispatch overhead, asynchronous vs generational.
+
+Runs the real MPI orchestrator (mpirun, child workers) with the ``sleep``
+evaluator: each task sleeps a log-normal time, so no CPU is needed and the
+ranks can be oversubscribed.  From each history:
+
+* utilization (DeepHyper's definition): busy workers integrated over time,
+  divided by workers x wall time; over the whole run and over the steady
+  state (first start to last dispatch, without the final drain);
+* dispatch overhead per task: start (in the child) minus submit (on rank 0).
+
+Targets: asynchronous >= 98 % utilization, <= 5 ms overhead per task.
+
+    python benchmarks/orchestrator.py [--ranks 4,8,16] [--median 2.0] [--tasks-per-rank 4] [--json out.json] [--plot out.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hpcnas.rundir import read_jsonl  # noqa: E402
+
+
+def utilization(history, world: int, until: float = None) -> float:
+    """Busy worker-seconds over world x span, the span from the first submit to ``until`` (default: last end)."""
+    t0 = min(r["submit"] for r in history)
+    t1 = until if until is not None else max(r["end"] for r in history)
+    busy = sum(max(0.0, min(r["end"], t1) - max(r["start"], t0)) for r in history)
+    return busy / (world * (t1 - t0))
+
+
+def busy_curve(history, t0: float, points: int = 400):
+    """(times, busy workers) for plotting."""
+    t1 = max(r["end"] for r in history)
+    ts = np.linspace(t0, t1, points)
+    busy = [sum(1 for r in history if r["start"] <= t < r["end"]) for t in ts]
+    return ts - t0, busy
+
+
+def run_one(world: int, mode: str, args, workdir: Path) -> dict:
+    """One orchestrated search; its figures."""
+    out = workdir / f"{mode}-{world}"
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_rmaps_base_oversubscribe="1")
+    sets = [
+        "evolve.evaluator=sleep", f"evolve.sleep_median={args.median}", f"evolve.sleep_sigma={args.sigma}", f"evolve.mode={mode}",
+        f"evolve.max_evaluations={world * args.tasks_per_rank}", "evolve.population=8", "evolve.sample_size=3", "data.synth.n=4",
+    ]
+    cmd = [args.mpirun, "-np", str(world), "--oversubscribe", sys.executable, "-m", "hpcnas.cli", "evolve", "--config", str(ROOT / "configs/smoke-evolve.yaml"), "--out", str(out)]
+    for s in sets:
+        cmd += ["--set", s]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"mpirun failed for {mode} {world}:\n{proc.stderr[-2000:]}")
+    history = read_jsonl(out / "history.jsonl")
+    dispatch = read_jsonl(out / "dispatch.jsonl")
+    overhead = np.array([r["start"] - r["submit"] for r in history]) * 1000
+    first_per_rank = {}
+    for r in sorted(history, key=lambda r: r["submit"]):
+        first_per_rank.setdefault(r["rank"], r["id"])
+    warm = np.array([(r["start"] - r["submit"]) * 1000 for r in history if r["id"] not in first_per_rank.values()])
+    last_dispatch = max(d["submit"] for d in dispatch)
+    return {
+        "ranks": world, "mode": mode, "tasks": len(history),
+        "utilization": utilization(history, world),
+        "utilization_steady": utilization(history, world, until=last_dispatch),
+        "overhead_ms_mean": float(overhead.mean()), "overhead_ms_median": float(np.median(overhead)),
+        "overhead_ms_warm_mean": float(warm.mean()) if len(warm) else None,
+        "wall_s": max(r["end"] for r in history) - min(r["submit"] for r in history),
+        "curve": busy_curve(history, min(r["submit"] for r in history)),
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ranks", default="4,8,16")
+    p.add_argument("--modes", default="async,generational")
+    p.add_argument("--median", type=float, default=2.0, help="median task seconds")
+    p.add_argument("--sigma", type=float, default=0.5, help="log-normal shape")
+    p.add_argument("--tasks-per-rank", type=int, default=4)
+    p.add_argument("--mpirun", default=shutil.which("mpirun") or "mpirun")
+    p.add_argument("--json", help="write the rows here too")
+    p.add_argument("--plot", help="write the busy-workers plot here (PNG)")
+    args = p.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for world in [int(x) for x in args.ranks.split(",")]:
+            for mode in args.modes.split(","):
+                rows.append(run_one(world, mode, args, Path(tmp)))
+                r = rows[-1]
+                print(f"  {mode:<13} {world:>3} ranks: utilization {100 * r['utilization']:.1f}% (steady {100 * r['utilization_steady']:.1f}%), overhead {r['overhead_ms_median']:.2f} ms median", file=sys.stderr)
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        worlds = sorted({r["ranks"] for r in rows})
+        fig, axes = plt.subplots(1, len(worlds), figsize=(5 * len(worlds), 3.6), squeeze=False)
+        for ax, world in zip(axes[0], worlds):
+            for r in rows:
+                if r["ranks"] == world:
+                    ts, busy = r["curve"]
+                    ax.step(ts, busy, where="post", label=f"{r['mode']} ({100 * r['utilization']:.0f}%)")
+            ax.set(title=f"{world} ranks", xlabel="seconds", ylabel="busy workers", ylim=(0, world + 0.5))
+            ax.legend(fontsize=8)
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=110)
+    print(f"{'mode':<14}{'ranks':>6}{'tasks':>7}{'util %':>9}{'steady %':>10}{'ovh ms med':>12}{'ovh ms mean':>13}{'warm mean':>11}{'wall s':>8}")
+    for r in rows:
+        warm = f"{r['overhead_ms_warm_mean']:.2f}" if r["overhead_ms_warm_mean"] is not None else "-"
+        print(f"{r['mode']:<14}{r['ranks']:>6}{r['tasks']:>7}{100 * r['utilization']:>9.1f}{100 * r['utilization_steady']:>10.1f}{r['overhead_ms_median']:>12.2f}{r['overhead_ms_mean']:>13.2f}{warm:>11}{r['wall_s']:>8.1f}")
+    for r in rows:
+        r.pop("curve")
+    text = json.dumps({"benchmark": "orchestrator", "median_s": args.median, "sigma": args.sigma, "rows": rows}, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""The worker child process: trains one genotype per task, reports one result record per task.
+
+Started by :class:`hpcnas.execution.slot.WorkerSlot` with ``python -m
+hpcnas.execution.worker``; reads one JSON task per line on stdin and writes
+one JSON result per line on its original stdout (anything else printed goes
+to stderr, the rank's log).  torch is imported at the first task and kept, so
+a child serves many tasks; after a failure it exits and the slot starts a
+fresh one (a CUDA context after an OOM or an error is not to be trusted).
+
+Statuses: ``ok``; ``oom`` (CUDA or host allocator out of memory); ``crashed``
+(any other exception here; a signal or an exit is classified by the slot).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Dict
+
+OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory", "outofmemory")
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether an exception is an allocator failure (CUDA or host)."""
+    if isinstance(exc, MemoryError):
+        return True
+    name = type(exc).__name__.lower()
+    text = str(exc).lower()
+    return "outofmemory" in name or any(m in text for m in OOM_MARKERS)
+
+
+def inject(fault: str, device) -> None:
+    """A real fault, on purpose: for fault-tolerance drills and tests."""
+    import signal
+
+    if fault == "oom":
+        import torch
+
+        torch.empty(2**44, dtype=torch.uint8, device=device)  # 16 TiB: the real allocator refuses
+    elif fault == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif fault == "hang":
+        while True:
+            time.sleep(60)
+    elif fault == "error":
+        raise RuntimeError("injected failure")
+
+
+def _device(local_rank: int):
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def count_flops(model, in_channels: int, size: int, device) -> int:
+    """Forward FLOPs of one (1, C, size, size) input."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, in_channels, size, size, device=device))
+    return int(counter.get_total_flops())
+
+
+def train_task(task: Dict[str, Any], setup: Dict[str, Any]) -> Dict[str, Any]:
+    """Proxy-train the task's genotype; the fitness is the best validation mIoU."""
+    import torch
+
+    from hpcnas.config import load_config
+    from hpcnas.data.hdf5 import read_info
+    from hpcnas.runtime import peak_memory_mb, reset_peak_memory
+    from hpcnas.space.genotype import Genotype
+    from hpcnas.train.trainer import Trainer, model_spec
+
+    device = _device(setup["local_rank"])
+    if task.get("fault"):
+        inject(task["fault"], device)
+    cfg = load_config(setup["config"], [f"train.epochs={setup['proxy_epochs']}", "train.select_from_epoch=0", f"train.batch_size={task['batch_size']}"])
+    info = read_info(setup["data"])
+    genotype = Genotype.from_dict(task["genotype"])
+    spec = model_spec(cfg, info, genotype)
+    eval_dir = Path(setup["run_dir"]) / "evals" / f"{task['id']:05d}"
+    shutil.rmtree(eval_dir, ignore_errors=True)  # a re-queued task starts clean
+    reset_peak_memory(device)
+    trainer = Trainer(cfg, eval_dir, setup["data"], info, device, spec)
+    best = trainer.run()
+    if not setup.get("keep_checkpoints"):
+        shutil.rmtree(eval_dir / "checkpoints", ignore_errors=True)
+    return {
+        "fitness": best if best >= 0 else None,
+        "params": sum(p.numel() for p in trainer.model.parameters()),
+        "flops": count_flops(trainer.model, info.channels, info.tile_size, device),
+        "peak_memory_mb": round(peak_memory_mb(device), 1),
+        "device": str(device),
+    }
+
+
+def sleep_task(task: Dict[str, Any], setup: Dict[str, Any]) -> Dict[str, Any]:
+    """The benchmarking evaluator: sleep a log-normal time, report a seeded random fitness."""
+    rng = random.Random(task["id"])
+    duration = setup["sleep_median"] * math.exp(setup["sleep_sigma"] * rng.gauss(0, 1))
+    if task.get("fault") in ("kill", "hang", "error"):
+        inject(task["fault"], None)
+    time.sleep(duration)
+    return {"fitness": rng.random(), "params": None, "flops": None, "peak_memory_mb": None, "slept_s": duration}
+
+
+def _exit_with_parent() -> None:
+    """The child dies when its rank does (the rank may be SIGKILLed with everything in flight)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def main() -> int:
+    """Serve tasks from stdin until it closes."""
+    setup = json.loads(sys.argv[1])
+    results = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # stray prints from libraries go to the log, not into the result stream
+    _exit_with_parent()
+    if setup.get("evaluator") == "train":
+        import torch  # here, in the child, while the slot waits for its first task
+
+        if setup.get("threads"):
+            torch.set_num_threads(int(setup["threads"]))
+    run = sleep_task if setup.get("evaluator") == "sleep" else train_task
+    for line in sys.stdin:
+        task = json.loads(line)
+        record: Dict[str, Any] = {"id": task["id"], "start": time.time(), "pid": os.getpid()}
+        try:
+            record.update(run(task, setup))
+            record["status"] = "ok"
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes a result
+            record["status"] = "oom" if is_oom(exc) else "crashed"
+            record["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            traceback.print_exc()
+        record["end"] = time.time()
+        results.write(json.dumps(record) + "\n")
+        results.flush()
+        if record["status"] != "ok":
+            return 3  # replaced by a fresh child
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

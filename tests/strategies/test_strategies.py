@@ -1,0 +1,82 @@
+"""Strategies: plain Python, seeded, regularized evolution's tournament and ageing, the generational barrier."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from hpcnas.space.genotype import Genotype
+from hpcnas.strategies.base import Generational, SpaceShape
+from hpcnas.strategies.evolution import RegularizedEvolution
+from hpcnas.strategies.random import RandomSearch
+from tests.conftest import ROOT
+
+SHAPE = SpaceShape("darts_unet", nodes=2, depth=2)
+
+
+def drive(strategy, results):
+    """Ask/tell in lock-step; ``results(i, genotype)`` gives (status, fitness)."""
+    log = []
+    for i in range(len(results)):
+        proposal = strategy.ask()
+        status, fitness = results[i]
+        record = {"id": i, "genotype": proposal.genotype.to_dict(), "status": status, "fitness": fitness, "parent": proposal.parent}
+        strategy.tell(record)
+        log.append(record)
+    return log
+
+
+def test_strategies_never_import_torch():
+    code = "import sys, hpcnas.strategies.evolution, hpcnas.strategies.random, hpcnas.execution.orchestrator, hpcnas.execution.slot; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_deterministic_for_a_sequence_of_results():
+    results = [("ok", 0.1 * (i % 7)) for i in range(30)]
+    a = drive(RegularizedEvolution(SHAPE, seed=3, population=6, sample_size=3), results)
+    b = drive(RegularizedEvolution(SHAPE, seed=3, population=6, sample_size=3), results)
+    c = drive(RegularizedEvolution(SHAPE, seed=4, population=6, sample_size=3), results)
+    assert a == b and a != c
+    assert drive(RandomSearch(SHAPE, seed=1), results[:5]) == drive(RandomSearch(SHAPE, seed=1), results[:5])
+
+
+def test_random_phase_then_mutations_of_tournament_winners():
+    evo = RegularizedEvolution(SHAPE, seed=0, population=4, sample_size=4)
+    log = drive(evo, [("ok", f) for f in (0.1, 0.9, 0.3, 0.2)])
+    assert all(r["parent"] is None for r in log)
+    # sample_size == population: the tournament picks the fittest alive; ageing kills the oldest,
+    # so the champion (id 1, 0.9) fathers two children, then id 2 (0.3), then id 3 (0.2)
+    for i, expected_parent in zip(range(4, 8), [1, 1, 2, 3]):
+        p = evo.ask()
+        assert p.parent == expected_parent
+        parent = Genotype.from_dict(log[expected_parent]["genotype"])
+        diffs = sum(x != y for (_, ca), (_, cb) in zip(parent.cells, p.genotype.cells) for na, nb in zip(ca, cb) for x, y in zip(na, nb))
+        assert diffs == 1
+        evo.tell({"id": i, "genotype": p.genotype.to_dict(), "status": "ok", "fitness": 0.0})
+    assert [r["id"] for r in evo.population] == [4, 5, 6, 7]
+
+
+def test_failures_never_become_parents():
+    evo = RegularizedEvolution(SHAPE, seed=0, population=3, sample_size=3)
+    drive(evo, [("oom", None), ("ok", 0.5), ("crashed", None), ("timeout", None), ("ok", 0.2), ("ok", 0.1)])
+    assert [r["id"] for r in evo.population] == [1, 4, 5]
+    assert evo.ask().parent == 1
+
+
+def test_no_genotype_proposed_twice():
+    rs = RandomSearch(SHAPE, seed=0)
+    seen = [rs.ask().genotype for _ in range(40)]
+    assert len(set(seen)) == 40
+
+
+def test_generational_waits_for_the_whole_generation():
+    gen = Generational(RegularizedEvolution(SHAPE, seed=0, population=3, sample_size=2), size=3)
+    first = [gen.ask() for _ in range(3)]
+    assert all(first) and gen.ask() is None  # generation dispatched: wait
+    for i, p in enumerate(first[:2]):
+        gen.tell({"id": i, "genotype": p.genotype.to_dict(), "status": "ok", "fitness": 0.5})
+    assert gen.ask() is None  # one still running
+    gen.tell({"id": 2, "genotype": first[2].genotype.to_dict(), "status": "ok", "fitness": 0.7})
+    nxt = gen.ask()
+    assert nxt is not None and nxt.parent in (0, 1, 2)
