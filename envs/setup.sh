@@ -83,16 +83,16 @@ if [ "${HPCNAS_SKIP_HOROVOD:-0}" != 1 ] && ! .venv/bin/python -c "import horovod
     wrapper_dir=$(mktemp -d)
     printf '#!/bin/sh\nexec g++ "$@" -std=gnu++17\n' > "$wrapper_dir/cxx17"
     chmod +x "$wrapper_dir/cxx17"
-    "${pip[@]}" install cmake >/dev/null
+    command -v cmake >/dev/null || as_root apt-get install -y -qq cmake >/dev/null
     mkdir -p "$cache"
-    CXX="$wrapper_dir/cxx17" HOROVOD_WITH_PYTORCH=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
+    CMAKE_POLICY_VERSION_MINIMUM=3.5 CXX="$wrapper_dir/cxx17" HOROVOD_WITH_PYTORCH=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
       HOROVOD_WITH_MPI=1 HOROVOD_WITH_GLOO=1 PATH="$here/.venv/bin:$PATH" \
       .venv/bin/python -m pip wheel -q --no-deps --no-build-isolation --no-cache-dir -w "$cache" "horovod==$horovod_version"
     rm -rf "$wrapper_dir"
   fi
   log "installing horovod $horovod_version from $cache"
   "${pip[@]}" install --no-deps "$cache"/horovod-*.whl
-  "${pip[@]}" install cloudpickle psutil packaging  # horovod's runtime needs, without letting it touch torch
+  "${pip[@]}" install cloudpickle psutil packaging cffi pyyaml  # horovod's runtime needs, without letting it touch torch
 fi
 
 log "ready: activate with 'source .venv/bin/activate'"

@@ -197,7 +197,10 @@ def run(func: Callable[[argparse.Namespace], Optional[int]], args: argparse.Name
     try:
         return int(func(args) or 0)
     except UserError as exc:
-        print(f"hpcnas: error: {exc}", file=sys.stderr)
+        from hpcnas.distributed import launched_rank
+
+        if launched_rank() == 0:  # every rank sees the same bad input: one line, from rank 0
+            print(f"hpcnas: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("hpcnas: interrupted", file=sys.stderr)

@@ -86,6 +86,7 @@ class SearchConfig:
     weight_decay: float = field(default=1e-3, metadata=_range(0.0))
     grad_clip: float = field(default=5.0, metadata=_range(0.0))
     data_split: Literal["full", "half"] = "full"  # GAEA style (full set for w and theta) or DARTS 50/50
+    sync_batchnorm: bool = True  # data parallel: BatchNorm statistics over all ranks (exact N x b == 1 x N*b), slower
     max_steps_per_epoch: Optional[int] = field(default=None, metadata=_range(1))
     decode: DecodeConfig = field(default_factory=DecodeConfig)
 

@@ -34,6 +34,8 @@ def resolve_config(config_path: Optional[str], overrides: Sequence[str], resume:
 
 def open_run(command: str, cfg: Config, out: Optional[str], resume: Optional[str]) -> Path:
     """Create (or reopen) the run directory; write config.yaml and log into log.txt."""
+    if not resume and out and (Path(out) / "config.yaml").exists():
+        raise UserError(f"already holds a run: continue it with --resume {out}, or choose another --out", source=str(out))
     run_dir = Path(resume) if resume else make_run_dir(out, command)
     dump_config(cfg, run_dir / "config.yaml")
     _log_to(run_dir / "log.txt")
@@ -75,22 +77,35 @@ def search(config_path: Optional[str], overrides: Sequence[str] = (), out: Optio
     """``hpcnas search``: continuous search into a run directory; returns (genotype, run_dir)."""
     cfg = resolve_config(config_path, overrides, resume)
     from hpcnas.data.hdf5 import read_info
+    from hpcnas.distributed import setup
     from hpcnas.runtime import select_device
     from hpcnas.search.checkpoint import LATEST
     from hpcnas.search.continuous import SupernetSearch
 
+    ctx = setup()
     dev = select_device(device or cfg.device)
+    if dev.type == "cuda" and ctx.size > 1:
+        import torch
+
+        dev = torch.device("cuda", torch.cuda.current_device())  # pinned to the local rank
     if cfg.data.path:
         read_info(cfg.data.path)  # a broken data file is reported before the run directory exists
-    run_dir = open_run("search", cfg, out, resume)
-    data_path = resolve_data(cfg, run_dir)
+    placed = None
+    if ctx.is_root:  # rank 0 alone creates the run directory and the synthetic data
+        run_dir = open_run("search", cfg, out, resume)
+        placed = (str(run_dir), resolve_data(cfg, run_dir))
+    run_dir, data_path = ctx.broadcast_object(placed)
+    run_dir = Path(run_dir)
     info = read_info(data_path)
-    runner = SupernetSearch(cfg, run_dir, data_path, info, dev)
+    runner = SupernetSearch(cfg, run_dir, data_path, info, dev, ctx)
     latest = run_dir / "checkpoints" / LATEST
     if resume and latest.exists():
         runner.restore(latest)
-        log.info("resuming %s from epoch %d", run_dir, runner.start_epoch)
-    log.info("search %s on %s: %s, %d epochs -> %s", cfg.space.topology, dev, cfg.search.arch_optimizer, cfg.search.epochs, run_dir)
+        ctx.broadcast_state(runner.model, runner.optimizers)
+        if ctx.is_root:
+            log.info("resuming %s from epoch %d", run_dir, runner.start_epoch)
+    if ctx.is_root:
+        log.info("search %s on %s x %d rank(s): %s, %d epochs -> %s", cfg.space.topology, dev, ctx.size, cfg.search.arch_optimizer, cfg.search.epochs, run_dir)
     return runner.run(), run_dir
 
 

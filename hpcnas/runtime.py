@@ -64,7 +64,7 @@ def restore_rng_state(state: Dict[str, Any]) -> None:
 
 def reset_peak_memory(device: torch.device) -> None:
     """Start a new peak-memory window (CUDA only; host RSS peak is per process)."""
-    if device.type == "cuda":
+    if device.type == "cuda" and torch.cuda.is_initialized():  # before CUDA starts there is nothing to reset (and torch refuses)
         torch.cuda.reset_peak_memory_stats(device)
 
 

@@ -67,3 +67,32 @@ def test_internal_error_goes_to_log(tmp_path):
 
     assert run(boom, Args()) == 1
     assert "RuntimeError: disk on fire" in (tmp_path / "error.log").read_text()
+
+
+def test_out_on_an_existing_run_is_refused(tmp_path):
+    """Nothing already written is lost: a second run into the same --out stops before writing."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("seed: 0\n")
+    (out / "metrics.jsonl").write_text('{"epoch": 0}\n')
+    proc = run_cli("search", "--config", str(ROOT / "configs/smoke.yaml"), "--out", str(out))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"hpcnas: error: {out}: already holds a run: continue it with --resume {out}, or choose another --out"
+    assert (out / "metrics.jsonl").read_text() == '{"epoch": 0}\n' and (out / "config.yaml").read_text() == "seed: 0\n"
+
+
+def test_launch_detection(monkeypatch):
+    from hpcnas.distributed import launched_rank, launched_size
+
+    for name in ("HOROVOD_SIZE", "HOROVOD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "PMI_SIZE", "PMI_RANK", "PMIX_RANK", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_STEP_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert (launched_size(), launched_rank()) == (1, 0)
+    monkeypatch.setenv("SLURM_NTASKS", "8")  # an sbatch script, not yet under srun: one process
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert launched_size() == 1
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    assert (launched_size(), launched_rank()) == (8, 3)
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "1")
+    assert (launched_size(), launched_rank()) == (2, 1)

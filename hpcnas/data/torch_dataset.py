@@ -74,10 +74,14 @@ def make_loader(dataset: SegmentationDataset, batch_size: int, rank: int = 0, wo
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last, persistent_workers=num_workers > 0)
 
 
-def validation_loader(path: str, batch_size: int, split: str = "val") -> Optional[DataLoader]:
-    """An unshuffled, unaugmented loader over ``split``, or ``None`` when it is empty."""
-    dataset = SegmentationDataset(path, split, augment=False)
-    return make_loader(dataset, batch_size, shuffle=False) if len(dataset) else None
+def validation_loader(path: str, batch_size: int, split: str = "val", rank: int = 0, world: int = 1) -> Optional[DataLoader]:
+    """An unshuffled, unaugmented loader over this rank's share of ``split`` (no padding: every
+    patch counted once across ranks), or ``None`` when the split is empty."""
+    count = SegmentationDataset(path, split, augment=False).info.split_sizes.get(split, 0)
+    if not count:
+        return None
+    dataset = SegmentationDataset(path, split, augment=False, indices=range(rank, count, world))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
 
 
 def split_indices(count: int, part: int, parts: int = 2) -> List[int]:

@@ -92,8 +92,8 @@ def train_task(task: Dict[str, Any], setup: Dict[str, Any]) -> Dict[str, Any]:
     spec = model_spec(cfg, info, genotype)
     eval_dir = Path(setup["run_dir"]) / "evals" / f"{task['id']:05d}"
     shutil.rmtree(eval_dir, ignore_errors=True)  # a re-queued task starts clean
-    reset_peak_memory(device)
     trainer = Trainer(cfg, eval_dir, setup["data"], info, device, spec)
+    reset_peak_memory(device)
     best = trainer.run()
     if not setup.get("keep_checkpoints"):
         shutil.rmtree(eval_dir / "checkpoints", ignore_errors=True)

@@ -27,7 +27,7 @@ from hpcnas.search.decode import decode_genotype
 from hpcnas.search.gaea import arch_mode, make_arch_optimizer
 from hpcnas.space.genotype import TOPOLOGIES, Genotype, tower_input
 from hpcnas.space.networks import SearchNetwork, build_search_network, stride
-from hpcnas.train.loop import EpochLoop, cosine_sgd, weighted_cross_entropy
+from hpcnas.train.loop import EpochLoop, GlobalWeightedCrossEntropy, cosine_sgd
 
 log = logging.getLogger("hpcnas")
 
@@ -63,12 +63,14 @@ def decode(cfg: Config, model: SearchNetwork) -> Genotype:
 class SupernetSearch(EpochLoop):
     """One search run in one run directory; :meth:`run` trains, checkpoints and decodes."""
 
-    def __init__(self, cfg: Config, run_dir: Path, data_path: str, info: DatasetInfo, device: torch.device):
-        super().__init__(run_dir, device, info.class_names)
+    def __init__(self, cfg: Config, run_dir: Path, data_path: str, info: DatasetInfo, device: torch.device, ctx=None):
+        super().__init__(run_dir, device, info.class_names, ctx)
+        ctx = self.ctx
         self.cfg, self.info = cfg, info
         se = cfg.search
         seed_everything(cfg.seed)
-        self.model = build_supernet(cfg, info).to(device)
+        model = build_supernet(cfg, info)
+        self.model = (ctx.sync_batch_norm(model) if se.sync_batchnorm else model).to(device)
         train = SegmentationDataset(data_path, "train", augment=cfg.data.augment)
         if len(train) == 0:
             raise UserError("the train split is empty", source=data_path)
@@ -80,14 +82,24 @@ class SupernetSearch(EpochLoop):
             a_set = SegmentationDataset(data_path, "train", cfg.data.augment, indices=split_indices(n, 1))
         else:
             w_set, a_set = train, train
-        self.w_loader = make_loader(w_set, se.batch_size, seed=cfg.seed, num_workers=cfg.data.num_workers, drop_last=len(w_set) >= se.batch_size)
-        self.a_loader = make_loader(a_set, se.batch_size, seed=cfg.seed + 7919, num_workers=cfg.data.num_workers, drop_last=len(a_set) >= se.batch_size)
-        self.val_loader = validation_loader(data_path, se.batch_size)
-        self.criterion = weighted_cross_entropy(info.class_weights, device)
-        self.w_opt, self.sched = cosine_sgd(self.model.weight_parameters(), se.lr, se.momentum, se.weight_decay, se.epochs, se.lr_min)
+        # se.batch_size is per rank: N ranks with batch b step like one rank with batch N*b
+        shard = dict(rank=ctx.rank, world=ctx.size, num_workers=cfg.data.num_workers)
+        self.w_loader = make_loader(w_set, se.batch_size, seed=cfg.seed, drop_last=len(w_set) >= se.batch_size * ctx.size, **shard)
+        self.a_loader = make_loader(a_set, se.batch_size, seed=cfg.seed + 7919, drop_last=len(a_set) >= se.batch_size * ctx.size, **shard)
+        self.val_loader = validation_loader(data_path, se.batch_size, rank=ctx.rank, world=ctx.size)
+        self.criterion = GlobalWeightedCrossEntropy(info.class_weights, device, ctx)
+        arch_ids = {id(p) for p in self.model.arch_parameters()}
+        self.w_params = self.model.weight_parameters()
+        w_opt, self.sched = cosine_sgd(self.w_params, se.lr, se.momentum, se.weight_decay, se.epochs, se.lr_min)
+        named = [(f"w.{n}", p) for n, p in self.model.named_parameters() if id(p) not in arch_ids]
+        self.w_opt = ctx.distributed_optimizer(w_opt, named)
         self.a_opt = make_arch_optimizer(se.arch_optimizer, self.model.arch_parameters(), se.arch_lr, se.arch_weight_decay)
         self.optimizers = {"w": self.w_opt, "arch": self.a_opt}
         self.epochs = se.epochs
+        ctx.broadcast_state(self.model, self.optimizers)
+
+    def check_replicas(self) -> None:
+        self.ctx.check_identical(self.model.arch_parameters(), "architecture parameters")
 
     def extra_state(self) -> Dict[str, Any]:
         return {"channel_rng": self.model.channel_rng.get_state()}
@@ -110,25 +122,33 @@ class SupernetSearch(EpochLoop):
             steps = min(steps, se.max_steps_per_epoch)
         w_total = a_total = 0.0
         batches = zip(range(steps), self.w_loader, self.a_loader)
-        for _, (xw, yw), (xa, ya) in progress(batches, steps, f"epoch {epoch}"):
+        for step, (xw, yw), (xa, ya) in progress(batches, steps, f"epoch {epoch}", enabled=self.ctx.is_root):
             if arch_on:
                 self.a_opt.zero_grad(set_to_none=True)
+                for p in self.w_params:  # the architecture step computes no weight gradient
+                    p.requires_grad_(False)
                 a_loss = self.criterion(self.model(xa.to(self.device)), ya.to(self.device))
                 a_loss.backward()
+                for p in self.w_params:
+                    p.requires_grad_(True)
+                self.ctx.average_gradients_(self.model.arch_parameters())  # identical theta on every rank
                 self.a_opt.step()
                 a_total += a_loss.item()
-            self.w_opt.zero_grad(set_to_none=True)
+            self.w_opt.zero_grad()  # horovod's optimizer takes no set_to_none
             w_loss = self.criterion(self.model(xw.to(self.device)), yw.to(self.device))
             w_loss.backward()
-            nn.utils.clip_grad_norm_(self.model.weight_parameters(), se.grad_clip)
-            self.w_opt.step()
+            self.ctx.step(self.w_opt, before_step=lambda: nn.utils.clip_grad_norm_(self.w_params, se.grad_clip))
             w_total += w_loss.item()
+            if step % 50 == 49:
+                self.check_replicas()
         return {"train_loss": w_total / max(steps, 1), "arch_loss": a_total / steps if arch_on and steps else None, "steps": steps, "arch_updates": arch_on}
 
     def run(self) -> Genotype:
         """Train from ``start_epoch`` to the end, then decode and write the genotype."""
         self.run_epochs()
         genotype = decode(self.cfg, self.model)
+        if not self.ctx.is_root:
+            return genotype
         genotype.save(self.run_dir / "genotype.json")
         snap = self.model.arch.snapshot()
         write_json(self.run_dir / "arch.json", {

@@ -17,6 +17,26 @@ def weighted_cross_entropy(class_weights: np.ndarray, device: torch.device) -> n
     return nn.CrossEntropyLoss(weight=torch.as_tensor(class_weights, dtype=torch.float32, device=device), ignore_index=IGNORE_INDEX)
 
 
+class GlobalWeightedCrossEntropy(nn.Module):
+    """Weighted cross-entropy normalized by the weight sum of the *global* batch.
+
+    Each rank returns ``sum_rank(w * l) / (W_global / ranks)``, so averaging the
+    ranks' gradients gives exactly the gradient of one weighted mean over the
+    union of their batches (a per-rank mean would weigh ranks unequally).
+    """
+
+    def __init__(self, class_weights: np.ndarray, device: torch.device, ctx):
+        super().__init__()
+        self.weight = torch.as_tensor(class_weights, dtype=torch.float32, device=device)
+        self.ctx = ctx
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        total = nn.functional.cross_entropy(logits, target, weight=self.weight, ignore_index=IGNORE_INDEX, reduction="sum")
+        labelled = target[target != IGNORE_INDEX]
+        weight_sum = self.ctx.sum(self.weight[labelled].sum().detach().reshape(1))[0]
+        return total / (weight_sum.clamp_min(1e-12) / self.ctx.size)
+
+
 def cosine_sgd(params: Iterable[nn.Parameter], lr: float, momentum: float, weight_decay: float, epochs: int, lr_min: float) -> Tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """SGD with momentum, cosine-annealed from ``lr`` to ``lr_min`` over ``epochs`` (paper section 5)."""
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -54,10 +74,13 @@ class EpochLoop:
     val_loader: object
     epochs: int
 
-    def __init__(self, run_dir, device: torch.device, class_names):
+    def __init__(self, run_dir, device: torch.device, class_names, ctx=None):
         from pathlib import Path
 
+        from hpcnas.distributed import SingleProcess
+
         self.run_dir, self.device, self.class_names = Path(run_dir), device, list(class_names)
+        self.ctx = ctx or SingleProcess()
         self.start_epoch = 0
         self.best_miou = -1.0
 
@@ -85,6 +108,9 @@ class EpochLoop:
     def best_state(self) -> dict:
         """What the best checkpoint holds besides the model weights."""
         return {}
+
+    def check_replicas(self) -> None:
+        """Raise if ranks hold different values where they must agree (called every epoch)."""
 
     # -- state ---------------------------------------------------------------
 
@@ -129,7 +155,8 @@ class EpochLoop:
 
         if self.val_loader is None:
             return {}
-        conf = evaluate_confusion(self.model, self.val_loader, self.device, len(self.class_names))
+        # summed intersections and unions over every rank's shard, not averaged mIoUs
+        conf = self.ctx.sum(evaluate_confusion(self.model, self.val_loader, self.device, len(self.class_names)))
         return {f"val_{k}": v for k, v in summarize(conf, self.class_names).items()}
 
     def run_epochs(self) -> None:
@@ -142,24 +169,34 @@ class EpochLoop:
         from hpcnas.search.checkpoint import BEST, LATEST, save_checkpoint
 
         log = logging.getLogger("hpcnas")
+        root = self.ctx.is_root  # only rank 0 writes metrics, checkpoints and logs
         metrics_path = self.run_dir / "metrics.jsonl"
-        truncate_jsonl(metrics_path, self.start_epoch)
-        with JsonlWriter(metrics_path) as metrics:
+        if root:
+            truncate_jsonl(metrics_path, self.start_epoch)
+        metrics = JsonlWriter(metrics_path) if root else None
+        try:
             for epoch in range(self.start_epoch, self.epochs):
                 t0 = time.time()
                 reset_peak_memory(self.device)
                 record = {"epoch": epoch, "lr": self.sched.get_last_lr()[0]}
                 record.update(self.train_epoch(epoch))
+                record["train_s"] = round(time.time() - t0, 3)
                 self.sched.step()
                 record.update(self.validate())
+                self.check_replicas()
                 record.update(self.epoch_extras())
-                record.update({"time_s": round(time.time() - t0, 3), "peak_memory_mb": round(peak_memory_mb(self.device), 1)})
-                metrics.write(record)
+                record.update({"time_s": round(time.time() - t0, 3), "peak_memory_mb": round(peak_memory_mb(self.device), 1), "ranks": self.ctx.size})
                 improved = self.may_be_best(epoch) and record.get("val_miou", -1.0) > self.best_miou
                 if improved:
                     self.best_miou = record["val_miou"]
+                if not root:
+                    continue
+                metrics.write(record)
                 save_checkpoint(self.run_dir, LATEST, self.state(epoch))
                 if improved:
                     save_checkpoint(self.run_dir, BEST, {"epoch": epoch, "model": self.model.state_dict(), "val_miou": self.best_miou, **self.best_state()})
                 val = f"{record['val_miou']:.4f}" if "val_miou" in record else "n/a"
                 log.info("epoch %d/%d  loss %.4f  val mIoU %s%s  %.1fs", epoch + 1, self.epochs, record["train_loss"], val, " *" if improved else "", record["time_s"])
+        finally:
+            if metrics is not None:
+                metrics.close()

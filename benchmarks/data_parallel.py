@@ -1,0 +1,84 @@
+"""Data-parallel search throughput: images per second on 1 and N ranks, scaling efficiency.
+
+Runs the real ``hpcnas search`` (alone, then under ``mpirun -np N`` with
+Horovod) on synthetic data with a fixed per-rank batch (weak scaling), and
+reads the training time of each epoch from metrics.jsonl (the first epoch is
+warm-up and not counted). Every step consumes two batches per rank: one for
+the architecture step, one for the weight step.
+
+    python benchmarks/data_parallel.py [--ranks 1,2] [--device cpu|cuda] [--size 64] [--batch 4] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hpcnas.rundir import read_jsonl  # noqa: E402
+
+
+def run_one(ranks: int, args, workdir: Path) -> dict:
+    """One search; images per second from its metrics."""
+    out = workdir / f"r{ranks}"
+    sets = [
+        f"data.synth.n={args.patches}", f"data.synth.size={args.size}", "data.synth.val_fraction=0.1", "data.synth.test_fraction=0.0",
+        f"search.batch_size={args.batch}", f"search.epochs={args.epochs}", "search.arch_start_epoch=0", f"search.max_steps_per_epoch={args.steps}",
+        f"device={args.device}", f"space.channels={args.channels}", "space.depth=3", "space.nodes=4", "search.partial_channels=4",
+        f"search.sync_batchnorm={args.sync_batchnorm}",
+    ]
+    cmd = [sys.executable, "-m", "hpcnas.cli", "search", "--config", str(ROOT / "configs/smoke.yaml"), "--out", str(out)]
+    for s in sets:
+        cmd += ["--set", s]
+    if ranks > 1:
+        cmd = [args.mpirun, "-np", str(ranks), "--oversubscribe"] + cmd
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"search on {ranks} rank(s) failed:\n{proc.stderr[-3000:]}")
+    records = read_jsonl(out / "metrics.jsonl")[1:]  # epoch 0 is warm-up
+    steps = sum(r["steps"] for r in records)
+    seconds = sum(r["train_s"] for r in records)
+    images = steps * args.batch * ranks * 2
+    return {"ranks": ranks, "device": args.device, "sync_batchnorm": args.sync_batchnorm == "true", "batch_per_rank": args.batch, "input": args.size, "steps": steps, "train_s": seconds, "images_per_s": images / seconds}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ranks", default="1,2")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--channels", type=int, default=8)
+    p.add_argument("--patches", type=int, default=96)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--mpirun", default=shutil.which("mpirun") or "mpirun")
+    p.add_argument("--sync-batchnorm", default="true", choices=["true", "false"])
+    p.add_argument("--json")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [run_one(int(n), args, Path(tmp)) for n in args.ranks.split(",")]
+    base = rows[0]["images_per_s"] / rows[0]["ranks"]
+    for r in rows:
+        r["scaling_efficiency"] = r["images_per_s"] / (base * r["ranks"])
+    print(f"{'ranks':>6}{'device':>8}{'batch/rank':>12}{'images/s':>10}{'efficiency':>12}")
+    for r in rows:
+        print(f"{r['ranks']:>6}{r['device']:>8}{r['batch_per_rank']:>12}{r['images_per_s']:>10.2f}{r['scaling_efficiency']:>12.2f}")
+    text = json.dumps({"benchmark": "data_parallel", "cpus": os.cpu_count(), "rows": rows}, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

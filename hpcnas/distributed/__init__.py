@@ -1,0 +1,91 @@
+"""Data parallelism behind one small interface, with two backends.
+
+:class:`SingleProcess` is the plain run; :class:`~hpcnas.distributed.horovod.HorovodContext`
+is the same interface under ``horovodrun``, ``mpirun`` or ``srun``.  The
+search loop calls only these methods, so it reads the same either way.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Iterable, List
+
+RANK_VARIABLES = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID")
+SIZE_VARIABLES = ("HOROVOD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS")
+
+
+def launched_size() -> int:
+    """How many ranks the launcher started (1 when run alone)."""
+    for name in SIZE_VARIABLES:
+        if os.environ.get(name, "").isdigit():
+            if name == "SLURM_NTASKS" and "SLURM_STEP_ID" not in os.environ:
+                continue  # inside an sbatch script but not under srun: still one process
+            return int(os.environ[name])
+    return 1
+
+
+def launched_rank() -> int:
+    """This process's rank according to the launcher (0 when run alone)."""
+    for name in RANK_VARIABLES:
+        if os.environ.get(name, "").isdigit():
+            if name == "SLURM_PROCID" and "SLURM_STEP_ID" not in os.environ:
+                continue
+            return int(os.environ[name])
+    return 0
+
+
+class SingleProcess:
+    """The one-process backend: every collective is the identity."""
+
+    rank = 0
+    size = 1
+    local_rank = 0
+    local_size = 1
+
+    @property
+    def is_root(self) -> bool:
+        """Whether this rank writes files and logs."""
+        return self.rank == 0
+
+    def average_gradients_(self, params: Iterable) -> None:
+        """Average ``p.grad`` across ranks, in place."""
+
+    def sum(self, value):
+        """Sum a tensor or numpy array across ranks."""
+        return value
+
+    def broadcast_state(self, model, optimizers: Dict[str, Any]) -> None:
+        """Give every rank rank 0's parameters, buffers and optimizer states."""
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        return obj
+
+    def distributed_optimizer(self, optimizer, named_parameters: List):
+        """Wrap the weight optimizer so gradients are averaged across ranks."""
+        return optimizer
+
+    def step(self, optimizer, before_step=None) -> None:
+        """Synchronize gradients, run ``before_step`` (clipping), then step."""
+        if before_step is not None:
+            before_step()
+        optimizer.step()
+
+    def sync_batch_norm(self, model):
+        """BatchNorm layers whose statistics span every rank's batch."""
+        return model
+
+    def check_identical(self, tensors: Iterable, what: str) -> None:
+        """Raise if ``tensors`` differ across ranks."""
+
+    def barrier(self) -> None:
+        """Wait for every rank."""
+
+
+def setup() -> "SingleProcess":
+    """The backend for how this process was launched."""
+    if launched_size() <= 1:
+        return SingleProcess()
+    from hpcnas.distributed.horovod import HorovodContext
+
+    return HorovodContext()

@@ -1,0 +1,143 @@
+"""Horovod backend: initialization, optimizers, synchronized BatchNorm, collectives, drift checks.
+
+* mpi4py is imported before ``hvd.init(comm=...)`` so Horovod's shutdown does
+  not finalize MPI under mpi4py (ENVIRONMENT.md).
+* Weights: ``hvd.DistributedOptimizer``; architecture parameters: their
+  gradients averaged by allreduce before the GAEA / Adam step, so every rank
+  holds identical theta; a cheap checksum turns any drift into an error.
+* BatchNorm statistics are summed over all ranks (:class:`SyncBatchNorm2d`),
+  so N ranks with per-rank batch b compute what one rank with batch N*b does.
+* Horovod's stall check is on by default, so a dead rank ends the job with an
+  error within a bounded time instead of a silent hang.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Iterable, List
+
+import torch
+from torch import nn
+
+from hpcnas.distributed import SingleProcess
+from hpcnas.errors import UserError
+
+STALL_DEFAULTS = {"HOROVOD_STALL_CHECK_TIME_SECONDS": "30", "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "120"}
+
+
+class DriftError(RuntimeError):
+    """Ranks disagree on values that must be identical."""
+
+
+class HorovodContext(SingleProcess):
+    """Horovod over MPI (or Gloo under ``horovodrun --gloo``)."""
+
+    def __init__(self) -> None:
+        for key, value in STALL_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+        try:
+            import horovod.torch as hvd
+        except ImportError:
+            raise UserError("launched on several ranks but horovod is not installed (envs/setup.sh builds it)") from None
+        comm = None
+        if "HOROVOD_RANK" not in os.environ:  # MPI launch (mpirun / srun): share mpi4py's communicator
+            try:
+                from mpi4py import MPI
+
+                comm = MPI.COMM_WORLD
+            except ImportError:
+                comm = None
+        hvd.init(comm=comm) if comm is not None else hvd.init()
+        self.hvd = hvd
+        self.rank, self.size = hvd.rank(), hvd.size()
+        self.local_rank, self.local_size = hvd.local_rank(), hvd.local_size()
+        if torch.cuda.is_available():
+            torch.cuda.set_device(self.local_rank % torch.cuda.device_count())
+        else:  # share the node's cores between its ranks
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.local_size))
+
+    def average_gradients_(self, params: Iterable) -> None:
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            reduced = self.hvd.grouped_allreduce(grads, op=self.hvd.Average, name="arch_grads")
+            for g, r in zip(grads, reduced):
+                g.copy_(r)
+
+    def sum(self, value):
+        import numpy as np
+
+        if isinstance(value, np.ndarray):
+            return self.hvd.allreduce(torch.from_numpy(value), op=self.hvd.Sum, name="sum_np").numpy()
+        return self.hvd.allreduce(value, op=self.hvd.Sum)
+
+    def broadcast_state(self, model, optimizers: Dict[str, Any]) -> None:
+        self.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+        for opt in optimizers.values():
+            self.hvd.broadcast_optimizer_state(opt, root_rank=0)
+
+    def broadcast_object(self, obj: Any) -> Any:
+        return self.hvd.broadcast_object(obj, root_rank=0, name="hpcnas.object")
+
+    def distributed_optimizer(self, optimizer, named_parameters: List):
+        return self.hvd.DistributedOptimizer(optimizer, named_parameters=named_parameters)
+
+    def step(self, optimizer, before_step=None) -> None:
+        optimizer.synchronize()  # averaged gradients first, so clipping sees the global gradient
+        if before_step is not None:
+            before_step()
+        with optimizer.skip_synchronize():
+            optimizer.step()
+
+    def sync_batch_norm(self, model):
+        return convert_sync_batch_norm(model, self)
+
+    def check_identical(self, tensors: Iterable, what: str) -> None:
+        with torch.no_grad():
+            local = torch.stack([t.detach().double().sum().cpu() for t in tensors]).sum().reshape(1)
+        every = self.hvd.allgather(local, name="checksum")
+        spread = float(every.max() - every.min())
+        if spread > 1e-6 * (1.0 + float(every.abs().max())):
+            raise DriftError(f"{what} differ across ranks (checksums {every.tolist()}): ranks diverged")
+
+    def barrier(self) -> None:
+        self.hvd.allreduce(torch.zeros(1), name="barrier")
+
+
+class SyncBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm whose batch statistics are summed across every rank (differentiable allreduce)."""
+
+    ctx: HorovodContext = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        c = x.shape[1]
+        count = torch.tensor([x.numel() / c], dtype=x.dtype, device=x.device)
+        stats = torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count])
+        total = self.ctx.hvd.allreduce(stats, op=self.ctx.hvd.Sum, name=None)
+        n = total[-1]
+        mean = total[:c] / n
+        var = total[c : 2 * c] / n - mean * mean
+        if self.track_running_stats:
+            with torch.no_grad():
+                m = self.momentum if self.momentum is not None else 0.1
+                self.running_mean.mul_(1 - m).add_(m * mean.detach())
+                self.running_var.mul_(1 - m).add_(m * var.detach() * n / max(float(n) - 1, 1.0))
+                self.num_batches_tracked += 1
+        y = (x - mean[None, :, None, None]) * torch.rsqrt(var[None, :, None, None] + self.eps)
+        if self.affine:
+            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return y
+
+
+def convert_sync_batch_norm(module: nn.Module, ctx: HorovodContext) -> nn.Module:
+    """Replace every BatchNorm2d (weights and buffers kept) by :class:`SyncBatchNorm2d`."""
+    for name, child in list(module.named_children()):
+        if type(child) is nn.BatchNorm2d:
+            sync = SyncBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+            sync.load_state_dict(child.state_dict())
+            sync.ctx = ctx
+            setattr(module, name, sync.to(next(child.buffers()).device))
+        else:
+            convert_sync_batch_norm(child, ctx)
+    return module
