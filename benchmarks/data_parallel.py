@@ -12,7 +12,6 @@ the architecture step, one for the weight step.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -23,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _emit import emit  # noqa: E402 - benchmarks/_emit.py, beside this script
 from hpcnas.rundir import read_jsonl  # noqa: E402
 
 
@@ -73,10 +73,7 @@ def main(argv=None) -> int:
     print(f"{'ranks':>6}{'device':>8}{'batch/rank':>12}{'images/s':>10}{'efficiency':>12}")
     for r in rows:
         print(f"{r['ranks']:>6}{r['device']:>8}{r['batch_per_rank']:>12}{r['images_per_s']:>10.2f}{r['scaling_efficiency']:>12.2f}")
-    text = json.dumps({"benchmark": "data_parallel", "cpus": os.cpu_count(), "rows": rows}, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    emit({"benchmark": "data_parallel", "cpus": os.cpu_count(), "rows": rows}, args.json)
     return 0
 
 

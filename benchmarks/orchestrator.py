@@ -17,7 +17,6 @@ Targets: asynchronous >= 98 % utilization, <= 5 ms overhead per task.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -30,6 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _emit import emit  # noqa: E402 - benchmarks/_emit.py, beside this script
 from hpcnas.rundir import read_jsonl  # noqa: E402
 
 
@@ -124,10 +124,7 @@ def main(argv=None) -> int:
         print(f"{r['mode']:<14}{r['ranks']:>6}{r['tasks']:>7}{100 * r['utilization']:>9.1f}{100 * r['utilization_steady']:>10.1f}{r['overhead_ms_median']:>12.2f}{r['overhead_ms_mean']:>13.2f}{warm:>11}{r['wall_s']:>8.1f}")
     for r in rows:
         r.pop("curve")
-    text = json.dumps({"benchmark": "orchestrator", "median_s": args.median, "sigma": args.sigma, "rows": rows}, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    emit({"benchmark": "orchestrator", "median_s": args.median, "sigma": args.sigma, "rows": rows}, args.json)
     return 0
 
 

@@ -11,11 +11,12 @@ PC-DARTS' premise: K = 4 needs well under half the activation memory of K = 1.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
 import torch
+
+from _emit import emit  # benchmarks/_emit.py, beside this script
 
 from hpcnas.space.genotype import TOPOLOGIES
 from hpcnas.space.networks import build_search_network, stride
@@ -93,11 +94,7 @@ def main(argv=None) -> int:
         peak = f"{r['peak_mb']:.0f}" if r["peak_mb"] is not None else "-"
         ratio = f"{r['activation_vs_k1']:.2f}" if r["activation_vs_k1"] is not None else "-"
         print(f"{r['topology']:<14}{r['K']:>3}{r['step_ms']:>10.1f}{r['activation_mb']:>11.1f}{ratio:>8}{peak:>9}{r['params']:>10}")
-    text = json.dumps({"benchmark": "supernet", "torch": torch.__version__, "rows": rows}, indent=2)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as fh:
-            fh.write(text + "\n")
+    emit({"benchmark": "supernet", "torch": torch.__version__, "rows": rows}, args.json)
     return 0
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 from hpcnas.config import Config, dump_config, load_config
 from hpcnas.errors import UserError
@@ -40,12 +40,6 @@ def open_run(command: str, cfg: Config, out: Optional[str], resume: Optional[str
     dump_config(cfg, run_dir / "config.yaml")
     _log_to(run_dir / "log.txt")
     return run_dir
-
-
-def prepare_run(command: str, config_path: Optional[str], overrides: Sequence[str], out: Optional[str], resume: Optional[str]) -> Tuple[Config, Path]:
-    """:func:`resolve_config` then :func:`open_run`."""
-    cfg = resolve_config(config_path, overrides, resume)
-    return cfg, open_run(command, cfg, out, resume)
 
 
 def _log_to(path: Path) -> None:

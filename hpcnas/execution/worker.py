@@ -75,8 +75,6 @@ def count_flops(model, in_channels: int, size: int, device) -> int:
 
 def train_task(task: Dict[str, Any], setup: Dict[str, Any]) -> Dict[str, Any]:
     """Proxy-train the task's genotype; the fitness is the best validation mIoU."""
-    import torch
-
     from hpcnas.config import load_config
     from hpcnas.data.hdf5 import read_info
     from hpcnas.runtime import peak_memory_mb, reset_peak_memory

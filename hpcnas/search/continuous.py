@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import torch
 from torch import nn
@@ -27,7 +27,7 @@ from hpcnas.search.decode import decode_genotype
 from hpcnas.search.gaea import arch_mode, make_arch_optimizer
 from hpcnas.space.genotype import TOPOLOGIES, Genotype, tower_input
 from hpcnas.space.networks import SearchNetwork, build_search_network, stride
-from hpcnas.train.loop import EpochLoop, GlobalWeightedCrossEntropy, cosine_sgd
+from hpcnas.train.loop import EpochLoop, WeightedCrossEntropy, cosine_sgd
 
 log = logging.getLogger("hpcnas")
 
@@ -87,7 +87,7 @@ class SupernetSearch(EpochLoop):
         self.w_loader = make_loader(w_set, se.batch_size, seed=cfg.seed, drop_last=len(w_set) >= se.batch_size * ctx.size, **shard)
         self.a_loader = make_loader(a_set, se.batch_size, seed=cfg.seed + 7919, drop_last=len(a_set) >= se.batch_size * ctx.size, **shard)
         self.val_loader = validation_loader(data_path, se.batch_size, rank=ctx.rank, world=ctx.size)
-        self.criterion = GlobalWeightedCrossEntropy(info.class_weights, device, ctx)
+        self.criterion = WeightedCrossEntropy(info.class_weights, device, ctx)
         arch_ids = {id(p) for p in self.model.arch_parameters()}
         self.w_params = self.model.weight_parameters()
         w_opt, self.sched = cosine_sgd(self.w_params, se.lr, se.momentum, se.weight_decay, se.epochs, se.lr_min)

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from hpcnas.space.genotype import OP_SETS, TOPOLOGIES, ZERO_OPS, Cell, Genotype, GridNode, Path_, cell_inputs, unetpp_in_edges, unetpp_nodes, unetpp_paths
+from hpcnas.space.genotype import OP_SETS, TOPOLOGIES, ZERO_OPS, Cell, Genotype, GridNode, Path_, unetpp_in_edges, unetpp_nodes, unetpp_paths
 
 
 def best_op(weights: np.ndarray, op_names: Sequence[str]) -> Tuple[int, float]:

@@ -16,7 +16,6 @@ Encoder cells share one set of architecture weights, decoder cells another
 
 from __future__ import annotations
 
-import math
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -24,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from hpcnas.space.cells import CellArch, GraphCell, discrete_edges, make_cell, search_edges
-from hpcnas.space.genotype import OP_SETS, TOPOLOGIES, Genotype, GridNode, cell_inputs, tower_input, unetpp_in_edges, unetpp_nodes
+from hpcnas.space.genotype import OP_SETS, TOPOLOGIES, Genotype, GridNode, cell_inputs, unetpp_in_edges, unetpp_nodes
 from hpcnas.space.ops import ReLUConvBN
 
 

@@ -7,4 +7,6 @@ sequence of asks and tells rebuilds exactly the same state (that is how a
 killed search resumes).
 """
 
-from hpcnas.strategies.base import Proposal, Strategy  # noqa: F401
+from hpcnas.strategies.base import Proposal, Strategy
+
+__all__ = ["Proposal", "Strategy"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import time
+from pathlib import Path
 from typing import Iterable, Tuple
 
 import numpy as np
@@ -9,16 +12,19 @@ import torch
 from torch import nn
 
 from hpcnas.data.hdf5 import IGNORE_INDEX
-from hpcnas.train.metrics import confusion
+from hpcnas.distributed import SingleProcess
+from hpcnas.errors import UserError
+from hpcnas.rundir import JsonlWriter, truncate_jsonl
+from hpcnas.runtime import peak_memory_mb, reset_peak_memory, restore_rng_state, rng_state
+from hpcnas.search.checkpoint import BEST, LATEST, load_checkpoint, save_checkpoint
+from hpcnas.train.metrics import confusion, summarize
+
+log = logging.getLogger("hpcnas")
 
 
-def weighted_cross_entropy(class_weights: np.ndarray, device: torch.device) -> nn.Module:
-    """Cross-entropy weighted by the data set's class weights, ignoring padded pixels."""
-    return nn.CrossEntropyLoss(weight=torch.as_tensor(class_weights, dtype=torch.float32, device=device), ignore_index=IGNORE_INDEX)
-
-
-class GlobalWeightedCrossEntropy(nn.Module):
-    """Weighted cross-entropy normalized by the weight sum of the *global* batch.
+class WeightedCrossEntropy(nn.Module):
+    """Cross-entropy weighted by the data set's class weights (padding ignored), normalized by
+    the weight sum of the *global* batch (all ranks; one rank: the usual weighted mean).
 
     Each rank returns ``sum_rank(w * l) / (W_global / ranks)``, so averaging the
     ranks' gradients gives exactly the gradient of one weighted mean over the
@@ -75,10 +81,6 @@ class EpochLoop:
     epochs: int
 
     def __init__(self, run_dir, device: torch.device, class_names, ctx=None):
-        from pathlib import Path
-
-        from hpcnas.distributed import SingleProcess
-
         self.run_dir, self.device, self.class_names = Path(run_dir), device, list(class_names)
         self.ctx = ctx or SingleProcess()
         self.start_epoch = 0
@@ -116,8 +118,6 @@ class EpochLoop:
 
     def state(self, epoch: int) -> dict:
         """Everything an exact resume needs, after ``epoch`` finished."""
-        from hpcnas.runtime import rng_state
-
         return {
             "epoch": epoch,
             "model": self.model.state_dict(),
@@ -130,10 +130,6 @@ class EpochLoop:
 
     def restore(self, path) -> None:
         """Load a checkpoint written by :meth:`state`; continue after its epoch."""
-        from hpcnas.errors import UserError
-        from hpcnas.runtime import restore_rng_state
-        from hpcnas.search.checkpoint import load_checkpoint
-
         state = load_checkpoint(path, self.device)
         try:
             self.model.load_state_dict(state["model"])
@@ -151,8 +147,6 @@ class EpochLoop:
 
     def validate(self) -> dict:
         """``val_miou`` and per-class ``val_iou_*`` (nothing when there is no validation split)."""
-        from hpcnas.train.metrics import summarize
-
         if self.val_loader is None:
             return {}
         # summed intersections and unions over every rank's shard, not averaged mIoUs
@@ -161,14 +155,6 @@ class EpochLoop:
 
     def run_epochs(self) -> None:
         """Run from ``start_epoch`` to ``epochs``; metrics.jsonl and checkpoints as it goes."""
-        import logging
-        import time
-
-        from hpcnas.rundir import JsonlWriter, truncate_jsonl
-        from hpcnas.runtime import peak_memory_mb, reset_peak_memory
-        from hpcnas.search.checkpoint import BEST, LATEST, save_checkpoint
-
-        log = logging.getLogger("hpcnas")
         root = self.ctx.is_root  # only rank 0 writes metrics, checkpoints and logs
         metrics_path = self.run_dir / "metrics.jsonl"
         if root:

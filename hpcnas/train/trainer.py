@@ -22,7 +22,7 @@ from hpcnas.runtime import progress, seed_everything
 from hpcnas.space.genotype import Genotype, check_against_space
 from hpcnas.space.networks import build_discrete_network, stride
 from hpcnas.train.baselines import ResNetUNet
-from hpcnas.train.loop import EpochLoop, cosine_sgd, weighted_cross_entropy
+from hpcnas.train.loop import EpochLoop, WeightedCrossEntropy, cosine_sgd
 
 
 def model_spec(cfg: Config, info: DatasetInfo, genotype: Optional[Genotype], source: str = "<genotype>") -> Dict[str, Any]:
@@ -67,7 +67,7 @@ class Trainer(EpochLoop):
             raise UserError("the train split is empty", source=data_path)
         self.loader = make_loader(train, tr.batch_size, seed=cfg.seed, num_workers=cfg.data.num_workers, drop_last=len(train) >= tr.batch_size)
         self.val_loader = validation_loader(data_path, tr.batch_size)
-        self.criterion = weighted_cross_entropy(info.class_weights, device)
+        self.criterion = WeightedCrossEntropy(info.class_weights, device, self.ctx)
         self.opt, self.sched = cosine_sgd(self.model.parameters(), tr.lr, tr.momentum, tr.weight_decay, tr.epochs, tr.lr_min)
         self.optimizers = {"w": self.opt}
         self.epochs = tr.epochs

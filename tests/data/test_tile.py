@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from hpcnas.data.hdf5 import IGNORE_INDEX, read_info
-from hpcnas.data.tile import Palette, tile_array, tile_folder, tile_positions
+from hpcnas.data.tile import tile_array, tile_folder, tile_positions
 from hpcnas.errors import UserError
 from tests.conftest import DUBAI, ROOT, run_cli
 

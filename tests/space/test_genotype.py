@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import random
 
 import pytest
 
 from hpcnas.errors import UserError
 from hpcnas.space.genotype import TOPOLOGIES, Genotype, check_against_space, mutate_genotype, sample_genotype, unetpp_paths
-from tests.conftest import run_cli
 
 
 @pytest.mark.parametrize("topology", list(TOPOLOGIES))
