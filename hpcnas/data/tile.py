@@ -119,15 +119,26 @@ def list_images(folder: PathLike) -> List[Path]:
 
 
 def pair_images_and_masks(images: PathLike, masks: PathLike) -> List[Tuple[Path, Path]]:
-    """Match every image to the mask with the same relative path and stem."""
-    image_files = list_images(images)
-    mask_files = {p.relative_to(masks).with_suffix(""): p for p in list_images(masks)}
+    """Match every image to the mask with the same relative path and stem.
+
+    A data set laid out as ``<anything>/images/X.jpg`` + ``<anything>/masks/X.png``
+    (the Dubai aerial set, among others) also pairs with ``--images`` and
+    ``--masks`` both given its root: files under an ``images`` folder are the
+    images, files under a ``masks`` folder their masks.
+    """
+    images, masks = Path(images), Path(masks)
+    image_files = [p for p in list_images(images) if "masks" not in p.relative_to(images).parts[:-1]]
+    mask_files = {p.relative_to(masks).with_suffix(""): p for p in list_images(masks) if "images" not in p.relative_to(masks).parts[:-1]}
+    if not image_files:
+        raise UserError("no image files outside 'masks' folders", source=str(images))
     pairs = []
     for img in image_files:
-        key = img.relative_to(images).with_suffix("")
-        if key not in mask_files:
-            raise UserError(f"no mask for this image in {masks} (expected {key}.png or similar)", source=str(img))
-        pairs.append((img, mask_files[key]))
+        rel = img.relative_to(images).with_suffix("")
+        swapped = Path(*["masks" if part == "images" else part for part in rel.parts])
+        mask = mask_files.get(rel) or mask_files.get(swapped)
+        if mask is None:
+            raise UserError(f"no mask for this image in {masks} (expected {rel}.png or {swapped}.png)", source=str(img))
+        pairs.append((img, mask))
     return pairs
 
 

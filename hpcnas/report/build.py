@@ -58,6 +58,9 @@ def build_report(runs: Sequence[Path], out: Optional[Path] = None) -> Path:
     genotypes = {labels[r]: Genotype.load(str(r / "genotype.json")) for r in runs if (r / "genotype.json").exists()}
     drawn = set()
     for label, g in genotypes.items():
+        if not graphs.have_dot():
+            notes.append("graphviz (the `dot` program or its Python package) is missing: cells and networks were not drawn (envs/setup.sh installs both).")
+            break
         if g in drawn:
             continue
         drawn.add(g)
@@ -70,8 +73,6 @@ def build_report(runs: Sequence[Path], out: Optional[Path] = None) -> Path:
             made = graphs.draw_unetpp(g, out / f"network_{stem}.png")
             if made:
                 figures.append(made.name)
-    if genotypes and not graphs.have_dot():
-        notes.append("graphviz's `dot` is not installed: cell drawings were written as .dot sources only (envs/setup.sh installs it).")
 
     lines = ["# hpcnas report", "", "| run | epochs | best val mIoU | test mIoU | object P@0.5 | object R@0.5 |", "| --- | --- | --- | --- | --- | --- |"]
     for run in runs:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -10,16 +11,13 @@ from hpcnas.space.genotype import TOPOLOGIES, Genotype, cell_inputs, unetpp_node
 
 
 def have_dot() -> bool:
-    """Whether graphviz's ``dot`` program is installed (envs/setup.sh installs it)."""
-    return shutil.which("dot") is not None
+    """Whether graphviz (the Python package and its ``dot`` program) can draw here (envs/setup.sh installs both)."""
+    return shutil.which("dot") is not None and importlib.util.find_spec("graphviz") is not None
 
 
 def _render(graph, path: Path) -> Optional[Path]:
-    """Write ``path`` (PNG) when dot exists; always keep the ``.dot`` source beside it."""
-    source = path.with_suffix(".dot")
-    source.write_text(graph.source)
-    if not have_dot():
-        return None
+    """Write ``path`` (PNG) and keep the ``.dot`` source beside it."""
+    path.with_suffix(".dot").write_text(graph.source)
     graph.render(outfile=str(path), format="png", cleanup=True)
     return path
 

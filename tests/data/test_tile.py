@@ -129,6 +129,20 @@ def test_empty_folder_and_missing_mask(tmp_path):
         tile_folder(images, masks, tmp_path / "o.h5", size=16, overlap=0)
 
 
+def test_images_and_masks_folders_under_one_root(tmp_path):
+    """The Dubai layout: <root>/Tile N/images/X.jpg and <root>/Tile N/masks/X.png, one root for both."""
+    rng = np.random.default_rng(0)
+    for tile in ("Tile 1", "Tile 2"):
+        (tmp_path / "set" / tile / "images").mkdir(parents=True)
+        (tmp_path / "set" / tile / "masks").mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "set" / tile / "images" / "part_1.jpg")
+        Image.fromarray(rng.integers(0, 2, (20, 20), dtype=np.uint8)).save(tmp_path / "set" / tile / "masks" / "part_1.png")
+    out = tmp_path / "o.h5"
+    counts = tile_folder(tmp_path / "set", tmp_path / "set", out, size=20, overlap=0, val_fraction=0)
+    assert counts["train"] == 2
+    assert sorted(read_info(out).sources) == ["Tile 1/images/part_1.jpg", "Tile 2/images/part_1.jpg"]
+
+
 def test_cli_tile_bad_input_keeps_old_output(tmp_path):
     images, masks = make_folder(tmp_path, [(20, 20)], values=(0, 5))
     out = tmp_path / "o.h5"

@@ -54,3 +54,11 @@ def test_report_files_are_valid_images(tmp_path):
 def test_report_cli_missing_dir(tmp_path):
     proc = run_cli("report", str(tmp_path / "nope"))
     assert proc.returncode == 2 and "no such run directory" in proc.stderr
+
+
+def test_report_without_graphviz_still_writes_everything_else(tmp_path, monkeypatch):
+    monkeypatch.setattr(graphs, "have_dot", lambda: False)
+    fake_run(tmp_path / "a")
+    out = report([str(tmp_path / "a")])
+    assert not list(out.glob("cell_*")) and (out / "precision_recall.png").exists()
+    assert "graphviz" in (out / "summary.md").read_text()
