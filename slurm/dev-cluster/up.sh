@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# A real single-host SLURM cluster from Debian packages, for trying hpcnas jobs
+# on a laptop or a CI machine: munge, MariaDB + slurmdbd (accounting, so sacct
+# and submitit's job states work), slurmctld and one slurmd per emulated node.
+# No systemd needed: every daemon is started by hand and stopped by its pid
+# file (slurm/dev-cluster/down.sh). Idempotent: a running cluster is kept.
+#
+#   sudo slurm/dev-cluster/up.sh [--nodes N] [--cpus C]     (default 2 nodes, 2 CPUs each)
+#   sinfo; sbatch ...; slurm/dev-cluster/down.sh
+set -euo pipefail
+
+nodes=2
+cpus=2
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --nodes) nodes="$2"; shift 2 ;;
+    --cpus) cpus="$2"; shift 2 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "up.sh: error: unknown option '$1' (known: --nodes N, --cpus C)" >&2; exit 2 ;;
+  esac
+done
+[ "$(id -u)" = 0 ] || { echo "up.sh: error: run as root (the daemons need it)" >&2; exit 2; }
+
+state=/var/lib/hpcnas-slurm
+run=/run/hpcnas-slurm
+host=$(hostname -s)
+log() { printf '[dev-cluster] %s\n' "$*"; }
+alive() { [ -f "$1" ] && ps -o stat= -p "$(cat "$1")" 2>/dev/null | grep -qv Z; }
+
+packages=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server)
+missing=()
+for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+mkdir -p "$state" "$run" /var/log/hpcnas-slurm /etc/slurm
+
+# --- munge ------------------------------------------------------------------
+if [ ! -s /etc/munge/munge.key ]; then
+  dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key status=none
+fi
+chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
+mkdir -p /run/munge && chown munge:munge /run/munge
+if ! alive /run/munge/munged.pid; then
+  log "starting munged"
+  runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/munged.pid
+fi
+
+# --- MariaDB (accounting storage) ---------------------------------------------
+mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld  # its pid file must not live in a root-owned folder
+if [ ! -d /var/lib/mysql/mysql ]; then
+  mariadb-install-db --user=mysql --datadir=/var/lib/mysql >/dev/null
+fi
+if ! alive /run/mysqld/mysqld.pid; then
+  log "starting mariadbd"
+  (runuser -u mysql -- /usr/sbin/mariadbd --pid-file=/run/mysqld/mysqld.pid --socket=/run/mysqld/mysqld.sock >/var/log/hpcnas-slurm/mariadb.log 2>&1 &)
+  for _ in $(seq 100); do [ -S /run/mysqld/mysqld.sock ] && break; sleep 0.1; done
+fi
+mariadb --socket=/run/mysqld/mysqld.sock -e "CREATE DATABASE IF NOT EXISTS slurm_acct_db; CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'hpcnas-dev'; GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;"
+
+# --- configuration ------------------------------------------------------------
+cat > /etc/slurm/slurmdbd.conf <<CONF
+AuthType=auth/munge
+DbdHost=localhost
+SlurmUser=root
+StorageType=accounting_storage/mysql
+StorageHost=localhost
+StoragePort=3306
+StorageUser=slurm
+StoragePass=hpcnas-dev
+StorageLoc=slurm_acct_db
+PidFile=$run/slurmdbd.pid
+LogFile=/var/log/hpcnas-slurm/slurmdbd.log
+CONF
+chmod 600 /etc/slurm/slurmdbd.conf
+
+last_port=$((17000 + nodes))
+cat > /etc/slurm/slurm.conf <<CONF
+ClusterName=hpcnas-dev
+SlurmctldHost=$host
+SlurmUser=root
+AuthType=auth/munge
+AuthInfo=cred_expire=10
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SwitchType=switch/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+MpiDefault=pmix
+SchedulerParameters=bf_interval=1,sched_interval=2
+SlurmdParameters=config_overrides
+ReturnToService=2
+MailProg=/bin/true
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=localhost
+SlurmctldPidFile=$run/slurmctld.pid
+SlurmdPidFile=$run/slurmd-%n.pid
+StateSaveLocation=$state/ctld
+SlurmdSpoolDir=$state/d-%n
+SlurmctldLogFile=/var/log/hpcnas-slurm/slurmctld.log
+SlurmdLogFile=/var/log/hpcnas-slurm/slurmd-%n.log
+TmpFS=$state/tmp-%n
+InactiveLimit=0
+KillWait=5
+MinJobAge=300
+NodeName=n[1-$nodes] NodeHostname=$host Port=17001-$last_port CPUs=$cpus RealMemory=2000 State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+CONF
+mkdir -p "$state/ctld"
+for k in $(seq "$nodes"); do mkdir -p "$state/d-n$k" "$state/tmp-n$k"; done
+
+# --- daemons ------------------------------------------------------------------
+if ! alive "$run/slurmdbd.pid"; then
+  log "starting slurmdbd"
+  /usr/sbin/slurmdbd
+  for _ in $(seq 100); do sacctmgr -n list cluster >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+sacctmgr -i -Q add cluster hpcnas-dev >/dev/null 2>&1 || true
+if ! alive "$run/slurmctld.pid"; then
+  log "starting slurmctld"
+  /usr/sbin/slurmctld
+fi
+for k in $(seq "$nodes"); do
+  if ! alive "$run/slurmd-n$k.pid"; then
+    log "starting slurmd n$k"
+    /usr/sbin/slurmd -N "n$k"
+  fi
+done
+for _ in $(seq 150); do
+  idle=$(sinfo -h -t idle -o '%D' 2>/dev/null | head -n1)
+  [ "${idle:-0}" -ge "$nodes" ] && break
+  scontrol update nodename="n[1-$nodes]" state=resume >/dev/null 2>&1 || true
+  sleep 0.2
+done
+sinfo
+log "up: $nodes node(s) x $cpus CPU(s); stop with slurm/dev-cluster/down.sh"
