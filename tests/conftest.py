@@ -28,3 +28,21 @@ def run_cli(*args: str, cwd=None, env=None, timeout: float = 600) -> subprocess.
     full_env = dict(os.environ)
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "hpcnas.cli", *args], cwd=cwd or ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_interrupted_in_epoch(monkeypatch, loop_cls, epoch: int, run) -> None:
+    """Call ``run()`` with ``loop_cls.train_epoch`` dying at the start of ``epoch`` (after the
+    previous epoch's checkpoint), as a kill would; the patch is undone afterwards."""
+    original = loop_cls.train_epoch
+
+    def dies(self, e):
+        if e == epoch:
+            raise KeyboardInterrupt
+        return original(self, e)
+
+    monkeypatch.setattr(loop_cls, "train_epoch", dies)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run()
+    finally:
+        monkeypatch.setattr(loop_cls, "train_epoch", original)

@@ -17,7 +17,7 @@ from hpcnas.config import load_config
 from hpcnas.pipeline import search
 from hpcnas.rundir import read_jsonl
 from hpcnas.space.genotype import Genotype
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, run_interrupted_in_epoch
 
 TINY = [
     "data.synth.n=16", "data.synth.size=32", "space.channels=8", "space.depth=2", "space.nodes=2",
@@ -79,17 +79,7 @@ def test_resume_in_process_is_exact(tmp_path, monkeypatch):
     from hpcnas.search.continuous import SupernetSearch
 
     full, full_dir = search(SMOKE, TINY, out=str(tmp_path / "full"))
-    original = SupernetSearch.train_epoch
-
-    def dies_in_epoch_2(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(SupernetSearch, "train_epoch", dies_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        search(SMOKE, TINY, out=str(tmp_path / "cut"))
-    monkeypatch.setattr(SupernetSearch, "train_epoch", original)
+    run_interrupted_in_epoch(monkeypatch, SupernetSearch, 2, lambda: search(SMOKE, TINY, out=str(tmp_path / "cut")))
     resumed, cut_dir = search(None, [], resume=str(tmp_path / "cut"))
     assert resumed == full
     for k, v in _final_theta(full_dir).items():

@@ -14,7 +14,7 @@ from hpcnas.data.tile import tile_folder
 from hpcnas.pipeline import evaluate, search, train
 from hpcnas.rundir import read_jsonl
 from hpcnas.train.evaluate import full_images
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, run_interrupted_in_epoch
 
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 TINY = ["data.synth.n=16", "data.synth.size=32", "space.channels=8", "space.depth=2", "space.nodes=2", "train.epochs=3",
@@ -100,17 +100,7 @@ def test_train_resumed_mid_way_matches(tmp_path, monkeypatch):
 
     args = dict(genotype="random", seed=1)
     train(SMOKE, TINY, out=str(tmp_path / "full"), **args)
-    original = Trainer.train_epoch
-
-    def dies(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", dies)
-    with pytest.raises(KeyboardInterrupt):
-        train(SMOKE, TINY, out=str(tmp_path / "cut"), **args)
-    monkeypatch.setattr(Trainer, "train_epoch", original)
+    run_interrupted_in_epoch(monkeypatch, Trainer, 2, lambda: train(SMOKE, TINY, out=str(tmp_path / "cut"), **args))
     train(None, [], resume=str(tmp_path / "cut"))
     full = torch.load(tmp_path / "full/checkpoints/latest.pt", weights_only=False)["model"]
     cut = torch.load(tmp_path / "cut/checkpoints/latest.pt", weights_only=False)["model"]
