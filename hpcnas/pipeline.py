@@ -155,8 +155,6 @@ def train(config_path: Optional[str], overrides: Sequence[str] = (), genotype: O
 
 def evaluate(checkpoint: str, data: Optional[str] = None, split: str = "test", out: Optional[str] = None, device: Optional[str] = None):
     """``hpcnas evaluate``: full-image metrics; defaults to the run's own data and directory."""
-    import yaml
-
     from hpcnas.runtime import select_device
     from hpcnas.train.evaluate import evaluate as run_evaluation
 
@@ -164,7 +162,7 @@ def evaluate(checkpoint: str, data: Optional[str] = None, split: str = "test", o
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     if data is None:
         cfg_file = run_dir / "config.yaml"
-        data = (yaml.safe_load(cfg_file.read_text()) or {}).get("data", {}).get("path") if cfg_file.exists() else None
+        data = load_config(str(cfg_file)).data.path if cfg_file.exists() else None
         data = data or str(run_dir / "data.h5")
     target = Path(out) if out else run_dir
     return run_evaluation(str(ckpt), data, split, target, select_device(device or "auto")), target

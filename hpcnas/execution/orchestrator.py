@@ -94,7 +94,9 @@ class Dispatcher:
         self.inflight: Dict[int, Dict[str, Any]] = {}
         self.idle: List[int] = list(range(self.world))
         self.stop = StopFlag()
-        self.exhausted = False
+        from mpi4py import MPI  # imported here, not at module level: importing it initializes MPI
+
+        self.status, self.any_source = MPI.Status(), MPI.ANY_SOURCE  # reused by every poll of the dispatch loop
 
     # -- tasks ---------------------------------------------------------------
 
@@ -117,14 +119,12 @@ class Dispatcher:
             self.comm.send(task, dest=rank, tag=TAG_TASK)
 
     def _collect(self) -> List[tuple]:
-        from mpi4py import MPI
-
         results = []
         record = self.slot.poll()
         if record is not None:
             results.append((0, record))
-        status = MPI.Status()
-        while self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_RESULT, status=status):
+        status = self.status
+        while self.comm.Iprobe(source=self.any_source, tag=TAG_RESULT, status=status):
             source = status.Get_source()
             results.append((source, self.comm.recv(source=source, tag=TAG_RESULT)))
         return results
