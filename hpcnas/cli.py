@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from hpcnas import __version__
-from hpcnas.errors import EXIT_BAD_INPUT, EXIT_FAILURE, UserError
+from hpcnas.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_RESUMABLE, Interrupted, UserError
 
 log = logging.getLogger("hpcnas")
 
@@ -107,6 +107,20 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one key, e.g. --set search.epochs=3 (repeatable)")
 
 
+def _add_resume_existing(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume-existing", action="store_true", help="with --out DIR: continue the run if DIR already holds one, else start it (what a requeued job wants)")
+
+
+def _resolve_resume_existing(args: argparse.Namespace) -> None:
+    """``--out DIR --resume-existing`` means ``--resume DIR`` once DIR holds a run."""
+    if not getattr(args, "resume_existing", False):
+        return
+    if not args.out or args.resume:
+        raise UserError("--resume-existing needs --out DIR (and no --resume)")
+    if (Path(args.out) / "config.yaml").exists():
+        args.resume, args.out = args.out, None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``hpcnas`` argument parser with all its subcommands."""
     parser = argparse.ArgumentParser(prog="hpcnas", description="Neural architecture search for semantic segmentation on SLURM GPU clusters.")
@@ -124,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p, required=False)
     p.add_argument("--out", help="run directory (default: a new folder under runs/)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its latest checkpoint")
+    _add_resume_existing(p)
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the config's)")
     p.set_defaults(func=cmd_search)
 
@@ -131,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p, required=False)
     p.add_argument("--out", help="run directory (default: a new folder under runs/)")
     p.add_argument("--resume", metavar="DIR", help="continue the search in DIR: re-queue what was in flight, retrain nothing finished")
+    _add_resume_existing(p)
     p.set_defaults(func=cmd_evolve)
 
     p = sub.add_parser("train", help="retrain a genotype, a random cell or the ResNet-UNet baseline")
@@ -141,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random genotype (with --genotype random)")
     p.add_argument("--out", help="run directory (default: a new folder under runs/)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its latest checkpoint")
+    _add_resume_existing(p)
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the config's)")
     p.set_defaults(func=cmd_train)
 
@@ -195,7 +212,14 @@ def run(func: Callable[[argparse.Namespace], Optional[int]], args: argparse.Name
     """Call a command function; map bad input to exit 2 and failures to exit 1 with a log."""
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     try:
+        _resolve_resume_existing(args)
         return int(func(args) or 0)
+    except Interrupted as exc:
+        from hpcnas.distributed import launched_rank
+
+        if launched_rank() == 0:
+            print(f"hpcnas: {exc}", file=sys.stderr)
+        return EXIT_RESUMABLE
     except UserError as exc:
         from hpcnas.distributed import launched_rank
 

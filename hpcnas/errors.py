@@ -4,7 +4,9 @@ Any layer raises :class:`UserError` for a wrong config key, a broken data
 file, an invalid genotype or a missing device; the command line turns it into
 one line ``hpcnas: error: ...`` on stderr and exit code 2 (SPEC.md).
 Everything else is a bug or an environment failure: exit code 1, with the
-traceback in the run's log file.
+traceback in the run's log file.  A run stopped by a signal after saving its
+state raises :class:`Interrupted`: exit code 75 (``EX_TEMPFAIL``, "try again"),
+which the SLURM job scripts answer with a requeue.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Iterable, Optional
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
+EXIT_RESUMABLE = 75
 
 
 class UserError(Exception):
@@ -39,6 +42,14 @@ class UserError(Exception):
         if self.source is None:
             self.source = source
         return self
+
+
+class Interrupted(Exception):
+    """A run stopped by ``signal`` after writing everything a ``--resume`` needs into ``run_dir``."""
+
+    def __init__(self, run_dir, signal: str, where: str):
+        super().__init__(f"stopped by {signal} {where}: state saved in {run_dir}; continue with --resume {run_dir}")
+        self.run_dir, self.signal, self.where = run_dir, signal, where
 
 
 def nearest(name: str, candidates: Iterable[str]) -> str:

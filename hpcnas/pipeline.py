@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from hpcnas.config import Config, dump_config, load_config
-from hpcnas.errors import UserError
+from hpcnas.errors import Interrupted, UserError
 from hpcnas.rundir import make_run_dir
 
 log = logging.getLogger("hpcnas")
@@ -97,7 +97,7 @@ def search(config_path: Optional[str], overrides: Sequence[str] = (), out: Optio
         runner.restore(latest)
         ctx.broadcast_state(runner.model, runner.optimizers)
         if ctx.is_root:
-            log.info("resuming %s from epoch %d", run_dir, runner.start_epoch)
+            log.info("resuming %s at %s", run_dir, runner.resume_point())
     if ctx.is_root:
         log.info("search %s on %s x %d rank(s): %s, %d epochs -> %s", cfg.space.topology, dev, ctx.size, cfg.search.arch_optimizer, cfg.search.epochs, run_dir)
     return runner.run(), run_dir
@@ -112,6 +112,10 @@ def train(config_path: Optional[str], overrides: Sequence[str] = (), genotype: O
     from hpcnas.rundir import write_json
     from hpcnas.space.genotype import Genotype, check_against_space, sample_genotype
 
+    from hpcnas.distributed import launched_size
+
+    if launched_size() > 1:
+        raise UserError(f"train runs as one process, but this launch started {launched_size()}: give it one task (slurm/train.sh, hpcnas submit --command train)")
     cfg = resolve_config(config_path, overrides, resume)
     sp = cfg.space
     geno = None
@@ -147,7 +151,7 @@ def train(config_path: Optional[str], overrides: Sequence[str] = (), genotype: O
     latest = run_dir / "checkpoints" / LATEST
     if resume and latest.exists():
         trainer.restore(latest)
-        log.info("resuming %s from epoch %d", run_dir, trainer.start_epoch)
+        log.info("resuming %s at %s", run_dir, trainer.resume_point())
     log.info("train %s on %s: %d epochs -> %s", spec["kind"] if spec["kind"] != "genotype" else spec["genotype"]["topology"], dev, cfg.train.epochs, run_dir)
     best = trainer.run()
     return best, run_dir
@@ -211,8 +215,9 @@ def evolve(config_path: Optional[str], overrides: Sequence[str] = (), out: Optio
         raise SystemExit(2)
     cfg = from_dict(Config, payload[0], source="<broadcast>")
     run_dir = Path(payload[1])
-    run_orchestrator(comm, cfg, run_dir, payload[2])
-    comm.Barrier()
+    stopped_by = comm.bcast(run_orchestrator(comm, cfg, run_dir, payload[2]), root=0)
+    if stopped_by:
+        raise Interrupted(run_dir, stopped_by, "with evaluations left")
     return run_dir if comm.Get_rank() == 0 else None
 
 

@@ -46,3 +46,27 @@ def run_interrupted_in_epoch(monkeypatch, loop_cls, epoch: int, run) -> None:
             run()
     finally:
         monkeypatch.setattr(loop_cls, "train_epoch", original)
+
+
+def run_signalled_at_step(monkeypatch, loop_cls, epoch: int, step: int, run) -> None:
+    """Call ``run()`` with a real SIGUSR2 arriving during step ``step`` of ``epoch``; expect the
+    loop to save a mid-epoch checkpoint and raise Interrupted (the patch is undone afterwards)."""
+    import signal
+
+    from hpcnas.errors import Interrupted
+
+    original = loop_cls.train_step
+    calls = {}
+
+    def signalled(self, e, batch):
+        calls[e] = calls.get(e, 0) + 1
+        if e == epoch and calls[e] == step + 1:
+            os.kill(os.getpid(), signal.SIGUSR2)
+        return original(self, e, batch)
+
+    monkeypatch.setattr(loop_cls, "train_step", signalled)
+    try:
+        with pytest.raises(Interrupted, match=f"SIGUSR2 in epoch {epoch} after step {step + 1}/"):
+            run()
+    finally:
+        monkeypatch.setattr(loop_cls, "train_step", original)

@@ -51,21 +51,23 @@ class SegmentationDataset(Dataset):
 
 
 class ShardedSampler(Sampler[int]):
-    """This rank's share of an epoch-seeded permutation (see :mod:`hpcnas.data.sharding`)."""
+    """This rank's share of an epoch-seeded permutation (see :mod:`hpcnas.data.sharding`),
+    optionally without its first ``skip`` indices (an epoch resumed in the middle)."""
 
     def __init__(self, count: int, rank: int = 0, world: int = 1, seed: int = 0, shuffle: bool = True):
         self.count, self.rank, self.world, self.seed, self.shuffle = count, rank, world, seed, shuffle
         self.epoch = 0
+        self.skip = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the permutation of ``epoch`` (call before iterating)."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Select the permutation of ``epoch`` and start after its first ``skip`` indices (call before iterating)."""
+        self.epoch, self.skip = epoch, skip
 
     def __iter__(self) -> Iterator[int]:
-        return iter(shard_indices(self.count, self.rank, self.world, self.epoch, self.seed, self.shuffle))
+        return iter(shard_indices(self.count, self.rank, self.world, self.epoch, self.seed, self.shuffle)[self.skip:])
 
     def __len__(self) -> int:
-        return -(-self.count // self.world) if self.count else 0
+        return max(0, (-(-self.count // self.world) if self.count else 0) - self.skip)
 
 
 def make_loader(dataset: SegmentationDataset, batch_size: int, rank: int = 0, world: int = 1, seed: int = 0, shuffle: bool = True, num_workers: int = 0, drop_last: bool = False) -> DataLoader:

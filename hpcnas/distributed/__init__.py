@@ -81,6 +81,10 @@ class SingleProcess:
     def barrier(self) -> None:
         """Wait for every rank."""
 
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any rank (every rank gets the same answer)."""
+        return bool(flag)
+
 
 def setup() -> "SingleProcess":
     """The backend for how this process was launched."""

@@ -102,6 +102,9 @@ class HorovodContext(SingleProcess):
     def barrier(self) -> None:
         self.hvd.allreduce(torch.zeros(1), name="barrier")
 
+    def any(self, flag: bool) -> bool:
+        return bool(self.hvd.allreduce(torch.tensor([float(flag)]), op=self.hvd.Max, name="any_flag")[0] > 0)
+
 
 class SyncBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm whose batch statistics are summed across every rank (differentiable allreduce)."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import time
 from collections import deque
 from pathlib import Path
@@ -24,6 +23,7 @@ from hpcnas.config import Config
 from hpcnas.errors import UserError
 from hpcnas.execution.history import SearchLog
 from hpcnas.execution.slot import WorkerSlot
+from hpcnas.signals import StopFlag, ignore_stop_signals
 from hpcnas.space.genotype import Genotype
 from hpcnas.strategies.base import Generational, SpaceShape, Strategy
 from hpcnas.strategies.evolution import RegularizedEvolution
@@ -68,18 +68,6 @@ def replay(strategy: Strategy, search_log: SearchLog) -> None:
         proposal = strategy.ask()
         if proposal is None or proposal.genotype.to_dict() != event["genotype"]:
             log.warning("replay diverged at evaluation %d (code or config changed?): continuing from the logged records", event["id"])
-
-
-class StopFlag:
-    """Set by SIGTERM or SIGUSR2 (SLURM's warning before the time limit)."""
-
-    def __init__(self) -> None:
-        self.signal: Optional[str] = None
-        for sig in (signal.SIGTERM, signal.SIGUSR2):
-            signal.signal(sig, self._set)
-
-    def _set(self, signum, frame) -> None:
-        self.signal = signal.Signals(signum).name
 
 
 class Dispatcher:
@@ -159,32 +147,15 @@ class Dispatcher:
             return False
         return len(self.log.finished) + len(self.inflight) < ev.max_evaluations
 
-    def run(self) -> None:
-        """Dispatch until the budget is spent (or a signal), then stop every rank."""
+    def run(self) -> Optional[str]:
+        """Dispatch until the budget is spent (or a signal), then stop every rank.
+
+        Returns the signal's name when one cut the search short (work is left for ``--resume``).
+        """
         started = time.time()
-        stop_deadline = None
         try:
-            while True:
-                dispatched = 0
-                while self.idle and self._budget_left(started):
-                    task = self._next_task()
-                    if task is None:
-                        break
-                    self._send(self.idle.pop(0), task)
-                    dispatched += 1
-                results = self._collect()
-                for rank, result in results:
-                    self._handle(rank, result)
-                if not self.inflight and (not self._budget_left(started) or not (dispatched or results)):
-                    break  # budget spent, or nothing in flight and nothing left to propose
-                if self.stop.signal and stop_deadline is None:
-                    stop_deadline = time.time() + self.cfg.evolve.grace_period
-                    log.info("%s received: no new dispatch; waiting up to %.0f s for %d evaluation(s) in flight", self.stop.signal, self.cfg.evolve.grace_period, len(self.inflight))
-                if stop_deadline is not None and time.time() > stop_deadline:
-                    log.info("grace period over: %d evaluation(s) left in flight are re-queued on --resume", len(self.inflight))
-                    break
-                if not results:
-                    time.sleep(POLL_S)
+            with self.stop:
+                self._dispatch_loop(started)
         finally:
             for rank in range(1, self.world):
                 self.comm.send(None, dest=rank, tag=TAG_STOP)
@@ -192,14 +163,43 @@ class Dispatcher:
                 self.slot.kill()
             self.slot.close()
             self.log.close()
+        if not self.stop.requested:
+            return None
+        ev = self.cfg.evolve
+        out_of_time = ev.time_budget is not None and time.time() - started >= ev.time_budget
+        work_left = bool(self.inflight) or (len(self.log.finished) < ev.max_evaluations and not out_of_time)
+        return self.stop.signal if work_left else None
+
+    def _dispatch_loop(self, started: float) -> None:
+        stop_deadline = None
+        while True:
+            dispatched = 0
+            while self.idle and self._budget_left(started):
+                task = self._next_task()
+                if task is None:
+                    break
+                self._send(self.idle.pop(0), task)
+                dispatched += 1
+            results = self._collect()
+            for rank, result in results:
+                self._handle(rank, result)
+            if not self.inflight and (not self._budget_left(started) or not (dispatched or results)):
+                break  # budget spent, or nothing in flight and nothing left to propose
+            if self.stop.signal and stop_deadline is None:
+                stop_deadline = time.time() + self.cfg.evolve.grace_period
+                log.info("%s received: no new dispatch; waiting up to %.0f s for %d evaluation(s) in flight", self.stop.signal, self.cfg.evolve.grace_period, len(self.inflight))
+            if stop_deadline is not None and time.time() > stop_deadline:
+                log.info("grace period over: %d evaluation(s) left in flight are re-queued on --resume", len(self.inflight))
+                break
+            if not results:
+                time.sleep(POLL_S)
 
 
 def serve(comm, slot: WorkerSlot) -> None:
     """Ranks > 0: run the tasks rank 0 sends until it says stop."""
     from mpi4py import MPI
 
-    for sig in (signal.SIGTERM, signal.SIGUSR2):  # rank 0 coordinates the stop
-        signal.signal(sig, lambda *_: None)
+    ignore_stop_signals()  # rank 0 coordinates the stop
     status = MPI.Status()
     try:
         while True:
@@ -231,8 +231,11 @@ def worker_setup(cfg: Config, run_dir: Path, data: str, local_rank: int, local_s
     }
 
 
-def run_orchestrator(comm, cfg: Config, run_dir: Path, data: str) -> None:
-    """Every rank calls this: rank 0 dispatches (and trains), the others serve."""
+def run_orchestrator(comm, cfg: Config, run_dir: Path, data: str) -> Optional[str]:
+    """Every rank calls this: rank 0 dispatches (and trains), the others serve.
+
+    Returns, on rank 0, the signal that stopped the search with work left (else ``None``).
+    """
     from mpi4py import MPI
 
     rank = comm.Get_rank()
@@ -242,7 +245,7 @@ def run_orchestrator(comm, cfg: Config, run_dir: Path, data: str) -> None:
     slot.prestart()
     if rank != 0:
         serve(comm, slot)
-        return
+        return None
     search_log = SearchLog(run_dir)
     strategy = make_strategy(cfg, comm.Get_size())
     replay(strategy, search_log)
@@ -250,9 +253,10 @@ def run_orchestrator(comm, cfg: Config, run_dir: Path, data: str) -> None:
     if done or pending:
         log.info("resuming: %d evaluation(s) done, %d re-queued", done, pending)
     log.info("evolve (%s, %s) on %d rank(s): budget %d evaluations -> %s", cfg.evolve.strategy, cfg.evolve.mode, comm.Get_size(), cfg.evolve.max_evaluations, run_dir)
-    Dispatcher(comm, slot, cfg, run_dir, search_log, strategy).run()
+    interrupted = Dispatcher(comm, slot, cfg, run_dir, search_log, strategy).run()
     ok = [r for r in search_log.finished if r["status"] == "ok" and r["fitness"] is not None]
     if ok:
         best = max(ok, key=lambda r: r["fitness"])
         Genotype.from_dict(best["genotype"]).save(run_dir / "genotype.json")
         log.info("best: evaluation %d, fitness %.4f -> %s", best["id"], best["fitness"], run_dir / "genotype.json")
+    return interrupted

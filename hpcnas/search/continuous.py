@@ -22,7 +22,7 @@ from hpcnas.data.hdf5 import DatasetInfo
 from hpcnas.data.torch_dataset import SegmentationDataset, make_loader, split_indices, validation_loader
 from hpcnas.errors import UserError
 from hpcnas.rundir import write_json
-from hpcnas.runtime import progress, seed_everything
+from hpcnas.runtime import seed_everything
 from hpcnas.search.decode import decode_genotype
 from hpcnas.search.gaea import arch_mode, make_arch_optimizer
 from hpcnas.space.genotype import TOPOLOGIES, Genotype, tower_input
@@ -96,6 +96,7 @@ class SupernetSearch(EpochLoop):
         self.a_opt = make_arch_optimizer(se.arch_optimizer, self.model.arch_parameters(), se.arch_lr, se.arch_weight_decay)
         self.optimizers = {"w": self.w_opt, "arch": self.a_opt}
         self.epochs = se.epochs
+        self.steps_per_epoch = min(len(self.w_loader), len(self.a_loader), se.max_steps_per_epoch or len(self.w_loader))
         ctx.broadcast_state(self.model, self.optimizers)
 
     def check_replicas(self) -> None:
@@ -110,38 +111,39 @@ class SupernetSearch(EpochLoop):
     def epoch_extras(self) -> Dict[str, Any]:
         return {"entropy": self.model.arch.entropies(), "arch_lr": self.cfg.search.arch_lr, "genotype": decode(self.cfg, self.model).to_dict()}
 
-    def train_epoch(self, epoch: int) -> Dict[str, Any]:
-        """One epoch of alternating architecture and weight steps."""
+    def epoch_batches(self, epoch: int, first_step: int):
+        """Pairs (weight batch, architecture batch) of ``epoch`` from ``first_step`` on."""
+        skip = first_step * self.cfg.search.batch_size
+        self.w_loader.sampler.set_epoch(epoch, skip)
+        self.a_loader.sampler.set_epoch(epoch, skip)
+        return zip(self.w_loader, self.a_loader)
+
+    def train_step(self, epoch: int, batch) -> Dict[str, float]:
+        """An architecture step on one batch (from ``arch_start_epoch`` on), then a weight step on the other."""
+        (xw, yw), (xa, ya) = batch
         se = self.cfg.search
-        self.model.train()
-        self.w_loader.sampler.set_epoch(epoch)
-        self.a_loader.sampler.set_epoch(epoch)
-        arch_on = epoch >= se.arch_start_epoch
-        steps = min(len(self.w_loader), len(self.a_loader))
-        if se.max_steps_per_epoch:
-            steps = min(steps, se.max_steps_per_epoch)
-        w_total = a_total = 0.0
-        batches = zip(range(steps), self.w_loader, self.a_loader)
-        for step, (xw, yw), (xa, ya) in progress(batches, steps, f"epoch {epoch}", enabled=self.ctx.is_root):
-            if arch_on:
-                self.a_opt.zero_grad(set_to_none=True)
-                for p in self.w_params:  # the architecture step computes no weight gradient
-                    p.requires_grad_(False)
-                a_loss = self.criterion(self.model(xa.to(self.device)), ya.to(self.device))
-                a_loss.backward()
-                for p in self.w_params:
-                    p.requires_grad_(True)
-                self.ctx.average_gradients_(self.model.arch_parameters())  # identical theta on every rank
-                self.a_opt.step()
-                a_total += a_loss.item()
-            self.w_opt.zero_grad()  # horovod's optimizer takes no set_to_none
-            w_loss = self.criterion(self.model(xw.to(self.device)), yw.to(self.device))
-            w_loss.backward()
-            self.ctx.step(self.w_opt, before_step=lambda: nn.utils.clip_grad_norm_(self.w_params, se.grad_clip))
-            w_total += w_loss.item()
-            if step % 50 == 49:
-                self.check_replicas()
-        return {"train_loss": w_total / max(steps, 1), "arch_loss": a_total / steps if arch_on and steps else None, "steps": steps, "arch_updates": arch_on}
+        sums = {}
+        if epoch >= se.arch_start_epoch:
+            self.a_opt.zero_grad(set_to_none=True)
+            for p in self.w_params:  # the architecture step computes no weight gradient
+                p.requires_grad_(False)
+            a_loss = self.criterion(self.model(xa.to(self.device)), ya.to(self.device))
+            a_loss.backward()
+            for p in self.w_params:
+                p.requires_grad_(True)
+            self.ctx.average_gradients_(self.model.arch_parameters())  # identical theta on every rank
+            self.a_opt.step()
+            sums["arch_loss"] = a_loss.item()
+        self.w_opt.zero_grad()  # horovod's optimizer takes no set_to_none
+        w_loss = self.criterion(self.model(xw.to(self.device)), yw.to(self.device))
+        w_loss.backward()
+        self.ctx.step(self.w_opt, before_step=lambda: nn.utils.clip_grad_norm_(self.w_params, se.grad_clip))
+        sums["train_loss"] = w_loss.item()
+        return sums
+
+    def epoch_summary(self, epoch: int, sums: Dict[str, float], steps: int) -> Dict[str, Any]:
+        arch_on = epoch >= self.cfg.search.arch_start_epoch
+        return {"train_loss": sums.get("train_loss", 0.0) / max(steps, 1), "arch_loss": sums["arch_loss"] / steps if arch_on and steps else None, "steps": steps, "arch_updates": arch_on}
 
     def run(self) -> Genotype:
         """Train from ``start_epoch`` to the end, then decode and write the genotype."""

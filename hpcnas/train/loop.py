@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Iterable, Tuple
+from typing import Dict, Iterable, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -13,10 +13,11 @@ from torch import nn
 
 from hpcnas.data.hdf5 import IGNORE_INDEX
 from hpcnas.distributed import SingleProcess
-from hpcnas.errors import UserError
+from hpcnas.errors import Interrupted, UserError
 from hpcnas.rundir import JsonlWriter, truncate_jsonl
-from hpcnas.runtime import peak_memory_mb, reset_peak_memory, restore_rng_state, rng_state
+from hpcnas.runtime import peak_memory_mb, progress, reset_peak_memory, restore_rng_state, rng_state
 from hpcnas.search.checkpoint import BEST, LATEST, load_checkpoint, save_checkpoint
+from hpcnas.signals import StopFlag
 from hpcnas.train.metrics import confusion, summarize
 
 log = logging.getLogger("hpcnas")
@@ -63,15 +64,21 @@ def evaluate_confusion(model: nn.Module, loader, device: torch.device, num_class
 
 
 class EpochLoop:
-    """Epochs, each followed by validation, one metrics line and a checkpoint.
+    """Epochs of steps, each epoch followed by validation, one metrics line and a checkpoint.
 
     Subclasses set ``model``, ``optimizers`` (name -> optimizer), ``sched``,
-    ``val_loader`` and ``epochs``, and define :meth:`train_epoch`; they may add
-    per-epoch fields (:meth:`epoch_extras`), restrict which epochs may become
-    the best checkpoint (:meth:`may_be_best`) and carry more state
-    (:meth:`extra_state` / :meth:`load_extra_state`).  A resumed loop restores
-    every parameter, optimizer, scheduler and RNG, so it ends exactly like an
-    uninterrupted one on CPU.
+    ``val_loader``, ``epochs`` and ``steps_per_epoch``, and define
+    :meth:`epoch_batches`, :meth:`train_step` and :meth:`epoch_summary`; they
+    may add per-epoch fields (:meth:`epoch_extras`), restrict which epochs may
+    become the best checkpoint (:meth:`may_be_best`) and carry more state
+    (:meth:`extra_state` / :meth:`load_extra_state`).
+
+    A resumed loop restores every parameter, optimizer, scheduler and RNG, so
+    it ends exactly like an uninterrupted one on CPU.  SIGUSR2 / SIGTERM stop
+    it between two steps: every rank agrees on the step (one tiny allreduce
+    per step), rank 0 saves a mid-epoch checkpoint (step index, running sums,
+    RNG) and :class:`~hpcnas.errors.Interrupted` is raised; the resumed epoch
+    skips the batches already trained, so no finished step is lost or redone.
     """
 
     model: nn.Module
@@ -79,17 +86,28 @@ class EpochLoop:
     sched: torch.optim.lr_scheduler.LRScheduler
     val_loader: object
     epochs: int
+    steps_per_epoch: int
 
     def __init__(self, run_dir, device: torch.device, class_names, ctx=None):
         self.run_dir, self.device, self.class_names = Path(run_dir), device, list(class_names)
         self.ctx = ctx or SingleProcess()
         self.start_epoch = 0
         self.best_miou = -1.0
+        self.resume_step, self.resume_sums, self.resume_rng = 0, {}, None  # set by a mid-epoch checkpoint
+        self.stop = StopFlag()
 
     # -- hooks ---------------------------------------------------------------
 
-    def train_epoch(self, epoch: int) -> dict:
-        """Train one epoch; return the fields to log."""
+    def epoch_batches(self, epoch: int, first_step: int) -> Iterator:
+        """The batches of ``epoch`` from step ``first_step`` on (set the samplers' epoch and skip)."""
+        raise NotImplementedError
+
+    def train_step(self, epoch: int, batch) -> Dict[str, float]:
+        """One optimization step; returns values to sum over the epoch."""
+        raise NotImplementedError
+
+    def epoch_summary(self, epoch: int, sums: Dict[str, float], steps: int) -> dict:
+        """The fields to log, from the epoch's summed step values."""
         raise NotImplementedError
 
     def epoch_extras(self) -> dict:
@@ -112,14 +130,16 @@ class EpochLoop:
         return {}
 
     def check_replicas(self) -> None:
-        """Raise if ranks hold different values where they must agree (called every epoch)."""
+        """Raise if ranks hold different values where they must agree (called every 50 steps and every epoch)."""
 
     # -- state ---------------------------------------------------------------
 
-    def state(self, epoch: int) -> dict:
-        """Everything an exact resume needs, after ``epoch`` finished."""
+    def state(self, epoch: int, step: int = 0, sums: Optional[Dict[str, float]] = None) -> dict:
+        """Everything an exact resume needs: after ``epoch`` finished, or after ``step`` steps of it."""
         return {
             "epoch": epoch,
+            "step": step,
+            "sums": dict(sums or {}),
             "model": self.model.state_dict(),
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "sched": self.sched.state_dict(),
@@ -129,7 +149,7 @@ class EpochLoop:
         }
 
     def restore(self, path) -> None:
-        """Load a checkpoint written by :meth:`state`; continue after its epoch."""
+        """Load a checkpoint written by :meth:`state`; continue after its epoch, or inside it."""
         state = load_checkpoint(path, self.device)
         try:
             self.model.load_state_dict(state["model"])
@@ -141,9 +161,37 @@ class EpochLoop:
         restore_rng_state(state["rng"])
         self.load_extra_state(state["extra"])
         self.best_miou = state["best_miou"]
-        self.start_epoch = state["epoch"] + 1
+        if state.get("step"):  # stopped inside the epoch
+            self.start_epoch, self.resume_step, self.resume_sums, self.resume_rng = state["epoch"], state["step"], state["sums"], state["rng"]
+        else:
+            self.start_epoch = state["epoch"] + 1
+
+    def resume_point(self) -> str:
+        """Where a restored loop continues, for the log."""
+        return f"epoch {self.start_epoch}" + (f", step {self.resume_step}" if self.resume_step else "")
 
     # -- loop ----------------------------------------------------------------
+
+    def train_epoch(self, epoch: int) -> dict:
+        """Train one epoch (the rest of it, when resumed inside it); return the fields to log."""
+        self.model.train()
+        first, sums = 0, {}
+        if epoch == self.start_epoch and self.resume_step:
+            first, sums = self.resume_step, dict(self.resume_sums)
+        batches = iter(self.epoch_batches(epoch, first))
+        if first:  # creating the loaders' iterators drew from the RNG: be where the interrupted run was
+            restore_rng_state(self.resume_rng)
+        steps = self.steps_per_epoch
+        for step in progress(range(first, steps), steps - first, f"epoch {epoch}", enabled=self.ctx.is_root):
+            for key, value in self.train_step(epoch, next(batches)).items():
+                sums[key] = sums.get(key, 0.0) + value
+            if step % 50 == 49:
+                self.check_replicas()
+            if step + 1 < steps and self.ctx.any(self.stop.requested):
+                if self.ctx.is_root:
+                    save_checkpoint(self.run_dir, LATEST, self.state(epoch, step + 1, sums))
+                raise Interrupted(self.run_dir, self.stop.signal or "another rank's signal", f"in epoch {epoch} after step {step + 1}/{steps}")
+        return self.epoch_summary(epoch, sums, steps)
 
     def validate(self) -> dict:
         """``val_miou`` and per-class ``val_iou_*`` (nothing when there is no validation split)."""
@@ -161,28 +209,34 @@ class EpochLoop:
             truncate_jsonl(metrics_path, self.start_epoch)
         metrics = JsonlWriter(metrics_path) if root else None
         try:
-            for epoch in range(self.start_epoch, self.epochs):
-                t0 = time.time()
-                reset_peak_memory(self.device)
-                record = {"epoch": epoch, "lr": self.sched.get_last_lr()[0]}
-                record.update(self.train_epoch(epoch))
-                record["train_s"] = round(time.time() - t0, 3)
-                self.sched.step()
-                record.update(self.validate())
-                self.check_replicas()
-                record.update(self.epoch_extras())
-                record.update({"time_s": round(time.time() - t0, 3), "peak_memory_mb": round(peak_memory_mb(self.device), 1), "ranks": self.ctx.size})
-                improved = self.may_be_best(epoch) and record.get("val_miou", -1.0) > self.best_miou
-                if improved:
-                    self.best_miou = record["val_miou"]
-                if not root:
-                    continue
-                metrics.write(record)
-                save_checkpoint(self.run_dir, LATEST, self.state(epoch))
-                if improved:
-                    save_checkpoint(self.run_dir, BEST, {"epoch": epoch, "model": self.model.state_dict(), "val_miou": self.best_miou, **self.best_state()})
-                val = f"{record['val_miou']:.4f}" if "val_miou" in record else "n/a"
-                log.info("epoch %d/%d  loss %.4f  val mIoU %s%s  %.1fs", epoch + 1, self.epochs, record["train_loss"], val, " *" if improved else "", record["time_s"])
+            with self.stop:
+                for epoch in range(self.start_epoch, self.epochs):
+                    self._run_epoch(epoch, metrics)
+                    if epoch + 1 < self.epochs and self.ctx.any(self.stop.requested):
+                        raise Interrupted(self.run_dir, self.stop.signal or "another rank's signal", f"after epoch {epoch}")
         finally:
             if metrics is not None:
                 metrics.close()
+
+    def _run_epoch(self, epoch: int, metrics: Optional[JsonlWriter]) -> None:
+        t0 = time.time()
+        reset_peak_memory(self.device)
+        record = {"epoch": epoch, "lr": self.sched.get_last_lr()[0]}
+        record.update(self.train_epoch(epoch))
+        record["train_s"] = round(time.time() - t0, 3)
+        self.sched.step()
+        record.update(self.validate())
+        self.check_replicas()
+        record.update(self.epoch_extras())
+        record.update({"time_s": round(time.time() - t0, 3), "peak_memory_mb": round(peak_memory_mb(self.device), 1), "ranks": self.ctx.size})
+        improved = self.may_be_best(epoch) and record.get("val_miou", -1.0) > self.best_miou
+        if improved:
+            self.best_miou = record["val_miou"]
+        if metrics is None:
+            return
+        metrics.write(record)
+        save_checkpoint(self.run_dir, LATEST, self.state(epoch))
+        if improved:
+            save_checkpoint(self.run_dir, BEST, {"epoch": epoch, "model": self.model.state_dict(), "val_miou": self.best_miou, **self.best_state()})
+        val = f"{record['val_miou']:.4f}" if "val_miou" in record else "n/a"
+        log.info("epoch %d/%d  loss %.4f  val mIoU %s%s  %.1fs", epoch + 1, self.epochs, record["train_loss"], val, " *" if improved else "", record["time_s"])

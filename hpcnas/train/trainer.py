@@ -18,7 +18,7 @@ from hpcnas.config import Config
 from hpcnas.data.hdf5 import DatasetInfo
 from hpcnas.data.torch_dataset import SegmentationDataset, make_loader, validation_loader
 from hpcnas.errors import UserError
-from hpcnas.runtime import progress, seed_everything
+from hpcnas.runtime import seed_everything
 from hpcnas.space.genotype import Genotype, check_against_space
 from hpcnas.space.networks import build_discrete_network, stride
 from hpcnas.train.baselines import ResNetUNet
@@ -71,6 +71,7 @@ class Trainer(EpochLoop):
         self.opt, self.sched = cosine_sgd(self.model.parameters(), tr.lr, tr.momentum, tr.weight_decay, tr.epochs, tr.lr_min)
         self.optimizers = {"w": self.opt}
         self.epochs = tr.epochs
+        self.steps_per_epoch = min(len(self.loader), tr.max_steps_per_epoch or len(self.loader))
 
     def may_be_best(self, epoch: int) -> bool:
         return epoch >= min(self.cfg.train.select_from_epoch, self.epochs - 1)
@@ -81,21 +82,23 @@ class Trainer(EpochLoop):
     def extra_state(self) -> Dict[str, Any]:
         return {"spec": self.spec}
 
-    def train_epoch(self, epoch: int) -> Dict[str, Any]:
-        """One epoch of SGD steps on the weighted cross-entropy."""
-        tr = self.cfg.train
-        self.model.train()
-        self.loader.sampler.set_epoch(epoch)
-        steps = len(self.loader) if not tr.max_steps_per_epoch else min(len(self.loader), tr.max_steps_per_epoch)
-        total = 0.0
-        for _, (x, y) in progress(zip(range(steps), self.loader), steps, f"epoch {epoch}"):
-            self.opt.zero_grad(set_to_none=True)
-            loss = self.criterion(self.model(x.to(self.device)), y.to(self.device))
-            loss.backward()
-            nn.utils.clip_grad_norm_(self.model.parameters(), tr.grad_clip)
-            self.opt.step()
-            total += loss.item()
-        return {"train_loss": total / max(steps, 1), "steps": steps}
+    def epoch_batches(self, epoch: int, first_step: int):
+        """The training batches of ``epoch`` from ``first_step`` on."""
+        self.loader.sampler.set_epoch(epoch, first_step * self.cfg.train.batch_size)
+        return self.loader
+
+    def train_step(self, epoch: int, batch) -> Dict[str, float]:
+        """One SGD step on the weighted cross-entropy."""
+        x, y = batch
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.criterion(self.model(x.to(self.device)), y.to(self.device))
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        self.opt.step()
+        return {"train_loss": loss.item()}
+
+    def epoch_summary(self, epoch: int, sums: Dict[str, float], steps: int) -> Dict[str, Any]:
+        return {"train_loss": sums.get("train_loss", 0.0) / max(steps, 1), "steps": steps}
 
     def run(self) -> float:
         """Train to the end; returns the best validation mIoU (or -1 without a validation split)."""

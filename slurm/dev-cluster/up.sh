@@ -5,18 +5,23 @@
 # No systemd needed: every daemon is started by hand and stopped by its pid
 # file (slurm/dev-cluster/down.sh). Idempotent: a running cluster is kept.
 #
-#   sudo slurm/dev-cluster/up.sh [--nodes N] [--cpus C]     (default 2 nodes, 2 CPUs each)
+#   sudo slurm/dev-cluster/up.sh [--nodes N] [--cpus C] [--gpus G]   (default 2 nodes, 2 CPUs, 4 GPUs each)
+#
+# The GPUs are GRES entries without devices, so job scripts written for GPU
+# nodes (--gres=gpu:4) are scheduled here unchanged; the jobs run on the CPU.
 #   sinfo; sbatch ...; slurm/dev-cluster/down.sh
 set -euo pipefail
 
 nodes=2
 cpus=2
+gpus=4
 while [ $# -gt 0 ]; do
   case "$1" in
     --nodes) nodes="$2"; shift 2 ;;
     --cpus) cpus="$2"; shift 2 ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
-    *) echo "up.sh: error: unknown option '$1' (known: --nodes N, --cpus C)" >&2; exit 2 ;;
+    --gpus) gpus="$2"; shift 2 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    *) echo "up.sh: error: unknown option '$1' (known: --nodes N, --cpus C, --gpus G)" >&2; exit 2 ;;
   esac
 done
 [ "$(id -u)" = 0 ] || { echo "up.sh: error: run as root (the daemons need it)" >&2; exit 2; }
@@ -94,6 +99,7 @@ SlurmdParameters=config_overrides
 ReturnToService=2
 MailProg=/bin/true
 JobAcctGatherType=jobacct_gather/none
+GresTypes=gpu
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 SlurmctldPidFile=$run/slurmctld.pid
@@ -106,8 +112,15 @@ TmpFS=$state/tmp-%n
 InactiveLimit=0
 KillWait=5
 MinJobAge=300
-NodeName=n[1-$nodes] NodeHostname=$host Port=17001-$last_port CPUs=$cpus RealMemory=2000 State=UNKNOWN
+NodeName=n[1-$nodes] NodeHostname=$host Port=17001-$last_port CPUs=$cpus RealMemory=2000 Gres=gpu:$gpus State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+CONF
+# slurmd counts GPUs by their device files: character devices that are /dev/null stand in
+for g in $(seq 0 $((gpus - 1))); do
+  [ -c "$state/fake-gpu$g" ] || mknod "$state/fake-gpu$g" c 1 3
+done
+cat > /etc/slurm/gres.conf <<CONF
+NodeName=n[1-$nodes] Name=gpu File=$state/fake-gpu[0-$((gpus - 1))]
 CONF
 mkdir -p "$state/ctld"
 for k in $(seq "$nodes"); do mkdir -p "$state/d-n$k" "$state/tmp-n$k"; done
@@ -130,8 +143,8 @@ for k in $(seq "$nodes"); do
   fi
 done
 for _ in $(seq 150); do
-  idle=$(sinfo -h -t idle -o '%D' 2>/dev/null | head -n1)
-  [ "${idle:-0}" -ge "$nodes" ] && break
+  idle=$(sinfo -h -N -o '%N %t' 2>/dev/null | awk '$2 == "idle"' | sort -u | wc -l)  # not drained, not down
+  [ "$idle" -ge "$nodes" ] && break
   scontrol update nodename="n[1-$nodes]" state=resume >/dev/null 2>&1 || true
   sleep 0.2
 done

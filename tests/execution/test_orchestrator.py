@@ -128,17 +128,23 @@ def test_killed_mpirun_resumes_without_retraining(tmp_path):
 @needs_mpi
 @pytest.mark.slow
 def test_sigusr2_stops_cleanly_with_grace(tmp_path):
-    """SLURM's warning signal: no new dispatch, in-flight results kept, exit 0, history consistent."""
+    """SLURM's warning signal: no new dispatch, in-flight results kept, exit 75 (work left: requeue
+    me), history consistent; --resume-existing then finishes the budget."""
     out = tmp_path / "signalled"
     cmd = evolve_cmd(3, out, "evolve.evaluator=sleep", "evolve.sleep_median=1.5", "evolve.sleep_sigma=0.1", "evolve.max_evaluations=100", "evolve.grace_period=30")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, **MPI_ENV), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert _wait_for_lines(out / "history.jsonl", 3, proc, time.time() + 120)
     proc.send_signal(signal.SIGUSR2)  # mpirun forwards SIGUSR2 to every rank
     stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stderr[-3000:]
+    assert proc.returncode == 75, stderr[-3000:]
+    assert f"stopped by SIGUSR2 with evaluations left: state saved in {out.resolve()}" in stderr
     history = read_jsonl(out / "history.jsonl")
     dispatched = {d["id"] for d in read_jsonl(out / "dispatch.jsonl")}
     assert {r["id"] for r in history} == dispatched, "every in-flight evaluation finished within the grace period"
     assert len(history) < 100 and "SIGUSR2 received" in (out / "log.txt").read_text()
     for line in (out / "history.jsonl").read_text().splitlines():
         json.loads(line)
+    cmd = evolve_cmd(3, out, "evolve.evaluator=sleep", "evolve.sleep_median=0.05", "evolve.sleep_sigma=0.1", "evolve.max_evaluations=100") + ["--resume-existing"]
+    finished = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, **MPI_ENV), capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert len(read_jsonl(out / "history.jsonl")) == 100

@@ -17,7 +17,7 @@ from hpcnas.config import load_config
 from hpcnas.pipeline import search
 from hpcnas.rundir import read_jsonl
 from hpcnas.space.genotype import Genotype
-from tests.conftest import ROOT, run_cli, run_interrupted_in_epoch
+from tests.conftest import ROOT, run_cli, run_interrupted_in_epoch, run_signalled_at_step
 
 TINY = [
     "data.synth.n=16", "data.synth.size=32", "space.channels=8", "space.depth=2", "space.nodes=2",
@@ -85,6 +85,51 @@ def test_resume_in_process_is_exact(tmp_path, monkeypatch):
     for k, v in _final_theta(full_dir).items():
         assert torch.equal(v, _final_theta(cut_dir)[k]), k
     assert [r["epoch"] for r in read_jsonl(cut_dir / "metrics.jsonl")] == [0, 1, 2]
+
+
+def test_signal_mid_epoch_checkpoints_and_resumes_exactly(tmp_path, monkeypatch):
+    """SIGUSR2 inside epoch 1: a mid-epoch checkpoint, Interrupted; the resumed run skips the trained
+    batches and ends bit-identical to an uninterrupted one (augmentation and channel sampling included)."""
+    from hpcnas.search.continuous import SupernetSearch
+
+    config = TINY + ["data.augment=true"]
+    full, full_dir = search(SMOKE, config, out=str(tmp_path / "full"))
+    cut_dir = tmp_path / "cut"
+    run_signalled_at_step(monkeypatch, SupernetSearch, 1, 0, lambda: search(SMOKE, config, out=str(cut_dir)))
+    state = torch.load(cut_dir / "checkpoints" / "latest.pt", weights_only=False)
+    assert (state["epoch"], state["step"]) == (1, 1) and set(state["sums"]) == {"train_loss", "arch_loss"}
+    assert [r["epoch"] for r in read_jsonl(cut_dir / "metrics.jsonl")] == [0]
+    resumed, _ = search(None, [], resume=str(cut_dir))
+    assert resumed == full
+    for k, v in _final_theta(full_dir).items():
+        assert torch.equal(v, _final_theta(cut_dir)[k]), k
+    strip = lambda rs: [{k: v for k, v in r.items() if not k.endswith("_s") and k != "peak_memory_mb"} for r in rs]  # noqa: E731
+    assert strip(read_jsonl(cut_dir / "metrics.jsonl")) == strip(read_jsonl(full_dir / "metrics.jsonl"))
+
+
+@pytest.mark.slow
+def test_usr2_exits_75_and_resume_existing_finishes(tmp_path):
+    """The command line: SIGUSR2 -> checkpoint, one line, exit 75; the same command with
+    --resume-existing continues it (what a requeued SLURM job runs) to the uninterrupted genotype."""
+    args = ["search", "--config", SMOKE, *sum((["--set", s] for s in TINY + ["search.epochs=4"]), [])]
+    ref = run_cli(*args, "--out", str(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr
+    run = tmp_path / "run"
+    again = [*args, "--out", str(run), "--resume-existing"]
+    proc = subprocess.Popen([sys.executable, "-m", "hpcnas.cli", *again], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (run / "checkpoints" / "latest.pt").exists():
+        time.sleep(0.05)
+    assert proc.poll() is None, "the search ended before it could be signalled"
+    os.kill(proc.pid, signal.SIGUSR2)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, err
+    assert f"stopped by SIGUSR2" in err and f"continue with --resume {run}" in err
+    assert not (run / "genotype.json").exists()
+    done = run_cli(*again)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((run / "genotype.json").read_text()) == json.loads((tmp_path / "ref" / "genotype.json").read_text())
+    assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == [0, 1, 2, 3]
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from hpcnas.data.tile import tile_folder
 from hpcnas.pipeline import evaluate, search, train
 from hpcnas.rundir import read_jsonl
 from hpcnas.train.evaluate import full_images
-from tests.conftest import ROOT, run_cli, run_interrupted_in_epoch
+from tests.conftest import ROOT, run_cli, run_interrupted_in_epoch, run_signalled_at_step
 
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 TINY = ["data.synth.n=16", "data.synth.size=32", "space.channels=8", "space.depth=2", "space.nodes=2", "train.epochs=3",
@@ -101,6 +101,21 @@ def test_train_resumed_mid_way_matches(tmp_path, monkeypatch):
     args = dict(genotype="random", seed=1)
     train(SMOKE, TINY, out=str(tmp_path / "full"), **args)
     run_interrupted_in_epoch(monkeypatch, Trainer, 2, lambda: train(SMOKE, TINY, out=str(tmp_path / "cut"), **args))
+    train(None, [], resume=str(tmp_path / "cut"))
+    full = torch.load(tmp_path / "full/checkpoints/latest.pt", weights_only=False)["model"]
+    cut = torch.load(tmp_path / "cut/checkpoints/latest.pt", weights_only=False)["model"]
+    for k in full:
+        assert torch.equal(full[k], cut[k]), k
+    assert [r["train_loss"] for r in read_jsonl(tmp_path / "full/metrics.jsonl")] == [r["train_loss"] for r in read_jsonl(tmp_path / "cut/metrics.jsonl")]
+
+
+def test_train_signalled_mid_epoch_resumes_exactly(tmp_path, monkeypatch):
+    from hpcnas.train.trainer import Trainer
+
+    args = dict(genotype="random", seed=1)
+    train(SMOKE, TINY, out=str(tmp_path / "full"), **args)
+    run_signalled_at_step(monkeypatch, Trainer, 1, 0, lambda: train(SMOKE, TINY, out=str(tmp_path / "cut"), **args))
+    assert torch.load(tmp_path / "cut/checkpoints/latest.pt", weights_only=False)["step"] == 1
     train(None, [], resume=str(tmp_path / "cut"))
     full = torch.load(tmp_path / "full/checkpoints/latest.pt", weights_only=False)["model"]
     cut = torch.load(tmp_path / "cut/checkpoints/latest.pt", weights_only=False)["model"]

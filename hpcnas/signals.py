@@ -1,0 +1,60 @@
+"""Stopping early, on purpose: SLURM's warning before the time limit, or a preemption.
+
+``sbatch --signal=USR2@T`` sends SIGUSR2 T seconds before the limit; ``scancel``
+and preemption send SIGTERM.  A handler only sets a flag; the loops look at it
+where stopping is safe (between steps, between dispatches), save their state
+and raise :class:`hpcnas.errors.Interrupted`, which the command line turns
+into exit code 75 so the job script knows to requeue.  No torch here: the MPI
+dispatcher uses it too.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Dict, Optional
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+
+
+class StopFlag:
+    """A context manager that catches SIGTERM and SIGUSR2 while it is active.
+
+    ``signal`` holds the name of the first one received (``None`` before);
+    the previous handlers come back on exit.  Outside the main thread (where
+    Python cannot install handlers) it stays inert.
+    """
+
+    def __init__(self) -> None:
+        self.signal: Optional[str] = None
+        self._previous: Dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        """Whether a stop signal has arrived."""
+        return self.signal is not None
+
+    def _set(self, signum, frame) -> None:
+        if self.signal is None:
+            self.signal = signal.Signals(signum).name
+
+    def __enter__(self) -> "StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._set)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+def _ignore(signum, frame) -> None:
+    """A no-op handler (not SIG_IGN: that would be inherited by child processes across exec)."""
+
+
+def ignore_stop_signals() -> None:
+    """Let SIGTERM and SIGUSR2 pass over this process (a rank whose stop another rank coordinates)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _ignore)
