@@ -91,6 +91,33 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print("recall         " + " ".join(f"{v:5.2f}" for v in curve["recall"]))
 
 
+def cmd_submit(args: argparse.Namespace) -> None:
+    from hpcnas.cluster.submit import Request, sbatch_text, submit
+
+    request = Request(
+        command=args.command_name, config=args.config, overrides=args.set, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+        cpus_per_task=args.cpus_per_task, time=args.time, partition=args.partition, account=args.account, qos=args.qos,
+        constraint=args.constraint, array=args.array, signal_delay_s=args.signal_delay, genotype=args.genotype, baseline=args.baseline, out=args.out, logs=args.logs,
+    )
+    if args.dry_run:
+        print(sbatch_text(request))
+        return None
+    jobs = submit(request, local=args.local)
+    for job, run_dir in jobs:
+        print(f"submitted job {job.job_id} ({'local' if args.local else 'slurm'}): hpcnas {request.command} -> {run_dir}; logs {job.paths.stdout}")
+    if args.wait or args.local:
+        failed = 0
+        for job, _ in jobs:
+            try:
+                result = job.results()[0]  # rank 0's (every task returns one)
+                print(f"job {job.job_id} done: {result['run_dir']}")
+            except Exception as exc:  # noqa: BLE001 - submitit re-raises the job's own failure
+                failed += 1
+                print(f"hpcnas: job {job.job_id} failed: {str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__} (log: {job.paths.stderr})", file=sys.stderr)
+        return EXIT_FAILURE if failed else None
+    return None
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from hpcnas.pipeline import report
 
@@ -113,12 +140,10 @@ def _add_resume_existing(p: argparse.ArgumentParser) -> None:
 
 def _resolve_resume_existing(args: argparse.Namespace) -> None:
     """``--out DIR --resume-existing`` means ``--resume DIR`` once DIR holds a run."""
-    if not getattr(args, "resume_existing", False):
-        return
-    if not args.out or args.resume:
-        raise UserError("--resume-existing needs --out DIR (and no --resume)")
-    if (Path(args.out) / "config.yaml").exists():
-        args.resume, args.out = args.out, None
+    if getattr(args, "resume_existing", False):
+        from hpcnas.pipeline import start_or_resume
+
+        args.out, args.resume = start_or_resume(None if args.resume else args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,6 +194,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("submit", help="submit search / evolve / train as a SLURM job (submitit), requeued and resumed at the time limit")
+    p.add_argument("--config", required=True, help="YAML configuration file (checked before submitting)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one key (repeatable)")
+    p.add_argument("--command", dest="command_name", required=True, choices=["search", "evolve", "train"], help="what the job runs")
+    p.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
+    p.add_argument("--gpus-per-node", type=int, default=4, help="GPUs per node = ranks per node for search/evolve (default 4; train uses 1)")
+    p.add_argument("--cpus-per-task", type=int, default=10, help="CPUs per rank (default 10)")
+    p.add_argument("--time", default="01:00:00", help="time limit, HH:MM:SS or D-HH:MM:SS (default 01:00:00)")
+    for name in ("partition", "account", "qos", "constraint"):
+        p.add_argument(f"--{name}", help=f"SLURM {name} (default: sbatch's, e.g. SBATCH_{name.upper()})")
+    p.add_argument("--signal-delay", type=int, default=120, metavar="SECONDS", help="SIGUSR2 this long before the time limit: checkpoint, requeue (default 120)")
+    p.add_argument("--array", type=int, metavar="N", help="train N random cells as a job array (random baselines)")
+    p.add_argument("--genotype", help="train: the genotype JSON to retrain")
+    p.add_argument("--baseline", help="train: a hand-designed baseline (resnet_unet)")
+    p.add_argument("--out", help="run directory; %%j becomes the job id (default runs/COMMAND-%%j)")
+    p.add_argument("--logs", default="runs/submitit", help="submitit's folder for job scripts and logs (default runs/submitit)")
+    p.add_argument("--dry-run", action="store_true", help="print the generated sbatch script, submit nothing")
+    p.add_argument("--local", action="store_true", help="run here without SLURM (one process), for debugging; waits for the end")
+    p.add_argument("--wait", action="store_true", help="wait for the job(s) to finish and report how they ended")
+    p.set_defaults(func=cmd_submit)
+
     p = sub.add_parser("report", help="plots, cell drawings and a summary of one or more runs")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories; the first one gets report/, the others are overlaid")
     p.add_argument("--out", help="report folder (default: FIRST_RUN/report)")
@@ -211,9 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
 def run(func: Callable[[argparse.Namespace], Optional[int]], args: argparse.Namespace) -> int:
     """Call a command function; map bad input to exit 2 and failures to exit 1 with a log."""
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    from hpcnas.signals import STOP
+
     try:
         _resolve_resume_existing(args)
-        return int(func(args) or 0)
+        with STOP:  # from the start: SLURM's warning may come while the run is still setting up
+            return int(func(args) or 0)
     except Interrupted as exc:
         from hpcnas.distributed import launched_rank
 

@@ -32,6 +32,16 @@ def resolve_config(config_path: Optional[str], overrides: Sequence[str], resume:
     return load_config(config_path, overrides)
 
 
+def start_or_resume(out: Optional[str]) -> tuple:
+    """``(out, resume)`` for a command line that must start a run in ``out`` or, when ``out``
+    already holds one (a requeued job), continue it: ``--out DIR --resume-existing``."""
+    if not out:
+        raise UserError("--resume-existing needs --out DIR (and no --resume)")
+    if (Path(out) / "config.yaml").exists():
+        return None, out
+    return out, None
+
+
 def open_run(command: str, cfg: Config, out: Optional[str], resume: Optional[str]) -> Path:
     """Create (or reopen) the run directory; write config.yaml and log into log.txt."""
     if not resume and out and (Path(out) / "config.yaml").exists():

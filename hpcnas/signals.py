@@ -18,16 +18,20 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 
 
 class StopFlag:
-    """A context manager that catches SIGTERM and SIGUSR2 while it is active.
+    """A re-entrant context manager that catches SIGTERM and SIGUSR2 while it is active.
 
-    ``signal`` holds the name of the first one received (``None`` before);
-    the previous handlers come back on exit.  Outside the main thread (where
-    Python cannot install handlers) it stays inert.
+    ``signal`` holds the name of the first one received (``None`` before).
+    The outermost ``with`` clears it and installs the handlers; nested ones
+    (the command line around a loop) share them, so a signal that arrives
+    while a run is still starting is seen by the loop's first check.  The
+    previous handlers come back when the outermost ``with`` ends.  Outside the
+    main thread (where Python cannot install handlers) it stays inert.
     """
 
     def __init__(self) -> None:
         self.signal: Optional[str] = None
         self._previous: Dict[int, object] = {}
+        self._depth = 0
 
     @property
     def requested(self) -> bool:
@@ -39,15 +43,23 @@ class StopFlag:
             self.signal = signal.Signals(signum).name
 
     def __enter__(self) -> "StopFlag":
-        if threading.current_thread() is threading.main_thread():
-            for sig in STOP_SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._set)
+        self._depth += 1
+        if self._depth == 1:
+            self.signal = None
+            if threading.current_thread() is threading.main_thread():
+                for sig in STOP_SIGNALS:
+                    self._previous[sig] = signal.signal(sig, self._set)
         return self
 
     def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
+        self._depth -= 1
+        if self._depth == 0:
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)
+            self._previous.clear()
+
+
+STOP = StopFlag()  # the one flag of this process: the command line and the loops share it
 
 
 def _ignore(signum, frame) -> None:

@@ -23,7 +23,7 @@ from hpcnas.config import Config
 from hpcnas.errors import UserError
 from hpcnas.execution.history import SearchLog
 from hpcnas.execution.slot import WorkerSlot
-from hpcnas.signals import StopFlag, ignore_stop_signals
+from hpcnas.signals import STOP, ignore_stop_signals
 from hpcnas.space.genotype import Genotype
 from hpcnas.strategies.base import Generational, SpaceShape, Strategy
 from hpcnas.strategies.evolution import RegularizedEvolution
@@ -81,7 +81,7 @@ class Dispatcher:
         self.requeue: Deque[Dict[str, Any]] = deque(search_log.in_flight())
         self.inflight: Dict[int, Dict[str, Any]] = {}
         self.idle: List[int] = list(range(self.world))
-        self.stop = StopFlag()
+        self.stop = STOP
         from mpi4py import MPI  # imported here, not at module level: importing it initializes MPI
 
         self.status, self.any_source = MPI.Status(), MPI.ANY_SOURCE  # reused by every poll of the dispatch loop

@@ -17,7 +17,7 @@ from hpcnas.errors import Interrupted, UserError
 from hpcnas.rundir import JsonlWriter, truncate_jsonl
 from hpcnas.runtime import peak_memory_mb, progress, reset_peak_memory, restore_rng_state, rng_state
 from hpcnas.search.checkpoint import BEST, LATEST, load_checkpoint, save_checkpoint
-from hpcnas.signals import StopFlag
+from hpcnas.signals import STOP
 from hpcnas.train.metrics import confusion, summarize
 
 log = logging.getLogger("hpcnas")
@@ -94,7 +94,7 @@ class EpochLoop:
         self.start_epoch = 0
         self.best_miou = -1.0
         self.resume_step, self.resume_sums, self.resume_rng = 0, {}, None  # set by a mid-epoch checkpoint
-        self.stop = StopFlag()
+        self.stop = STOP
 
     # -- hooks ---------------------------------------------------------------
 

@@ -97,6 +97,7 @@ MpiDefault=pmix
 SchedulerParameters=bf_interval=1,sched_interval=2
 SlurmdParameters=config_overrides
 ReturnToService=2
+EnforcePartLimits=ALL
 MailProg=/bin/true
 JobAcctGatherType=jobacct_gather/none
 GresTypes=gpu

@@ -1,0 +1,202 @@
+"""``hpcnas submit``: the jobs of ``slurm/*.sh``, generated and submitted by submitit.
+
+Every SLURM specific sits here: how a request becomes sbatch parameters
+(:func:`slurm_parameters`), the job every task runs (:class:`PipelineJob`) and
+the submission itself (:func:`submit`).  The job is checkpointable: SLURM's
+USR2 warning makes our loops save their state and raise ``Interrupted``; rank 0
+then hands over to submitit's own handler, which requeues the job, and the
+requeued job continues the same run directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import re
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from hpcnas.errors import Interrupted, UserError
+
+COMMANDS = ("search", "evolve", "train")
+SIGNAL_DELAY_S = 120  # USR2 this long before the limit: time to finish a step and write a checkpoint
+MAX_REQUEUES = 20
+JOB_ID = "%j"  # in --out: replaced by the job id (array: <array id>_<index>) on the node
+
+try:
+    from submitit.helpers import Checkpointable
+except ImportError:  # the package imports without it; submit() reports it
+    Checkpointable = object
+
+
+@dataclass
+class Request:
+    """What the user asked ``hpcnas submit`` for."""
+
+    command: str
+    config: str
+    overrides: List[str] = field(default_factory=list)
+    nodes: int = 1
+    gpus_per_node: int = 4
+    cpus_per_task: int = 10
+    time: str = "01:00:00"
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    array: Optional[int] = None
+    signal_delay_s: int = SIGNAL_DELAY_S
+    genotype: Optional[str] = None
+    baseline: Optional[str] = None
+    out: Optional[str] = None
+    logs: str = "runs/submitit"
+
+
+def time_minutes(text: str) -> int:
+    """SLURM's ``[D-]HH:MM:SS`` as whole minutes (rounded up; SLURM counts minutes)."""
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+):(\d\d):(\d\d)", text.strip())
+    if not m or int(m.group(3)) >= 60 or int(m.group(4)) >= 60:
+        raise UserError(f"'{text}' is not a time limit: use HH:MM:SS or D-HH:MM:SS", source="--time")
+    days, hours, minutes, seconds = (int(g or 0) for g in m.groups())
+    total = math.ceil(((days * 24 + hours) * 60 + minutes) + seconds / 60)
+    if total < 1:
+        raise UserError("the time limit must be at least one minute", source="--time")
+    return total
+
+
+def tasks_per_node(req: Request) -> int:
+    """One rank per GPU, except training, which is one process on one GPU."""
+    return 1 if req.command == "train" else max(1, req.gpus_per_node)
+
+
+def slurm_parameters(req: Request) -> Dict[str, Any]:
+    """The sbatch parameters (submitit's names) for a request; the same defaults as slurm/*.sh."""
+    params: Dict[str, Any] = {
+        "job_name": f"hpcnas-{req.command}",
+        "nodes": req.nodes,
+        "ntasks_per_node": tasks_per_node(req),
+        "cpus_per_task": req.cpus_per_task,
+        "time": time_minutes(req.time),
+        "signal_delay_s": req.signal_delay_s,
+        "additional_parameters": {"hint": "nomultithread"},
+        "setup": ["export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}  # torch's threads: this task's CPUs"],
+    }
+    gpus = 1 if req.command == "train" and req.gpus_per_node else req.gpus_per_node
+    if gpus:
+        params["gres"] = f"gpu:{gpus}"
+    for key in ("partition", "account", "qos", "constraint"):
+        if getattr(req, key):
+            params[key] = getattr(req, key)
+    return params
+
+
+class PipelineJob(Checkpointable):
+    """One hpcnas command, run on every task of a job; requeued at the time limit and resumed."""
+
+    def __init__(self, command: str, config: str, overrides: List[str], out: str, genotype: Optional[str] = None, baseline: Optional[str] = None, seed: int = 0):
+        self.command, self.config, self.overrides, self.out = command, config, list(overrides), out
+        self.genotype, self.baseline, self.seed = genotype, baseline, seed
+
+    def __call__(self) -> Dict[str, Any]:
+        import submitit
+
+        from hpcnas import pipeline
+
+        env = submitit.JobEnvironment()
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+        run_dir = self.out.replace(JOB_ID, str(env.job_id))
+        submitit_handler = signal.getsignal(signal.SIGUSR2)  # checkpoint + requeue, installed by submitit
+        out, resume = pipeline.start_or_resume(run_dir)
+        try:
+            if self.command == "search":
+                pipeline.search(self.config, self.overrides, out=out, resume=resume)
+            elif self.command == "evolve":
+                pipeline.evolve(self.config, self.overrides, out=out, resume=resume)
+            else:
+                pipeline.train(self.config, self.overrides, genotype=self.genotype, baseline=self.baseline, seed=self.seed, out=out, resume=resume)
+        except Interrupted as exc:
+            logging.getLogger("hpcnas").info("%s", exc)
+            if env.global_rank == 0 and callable(submitit_handler):
+                submitit_handler(signal.SIGUSR2, None)  # dumps checkpoint(), scontrol requeue, exits
+            return {"run_dir": run_dir, "finished": False}
+        return {"run_dir": run_dir, "finished": True}
+
+
+def _check(req: Request) -> None:
+    if req.command not in COMMANDS:
+        raise UserError(f"unknown command '{req.command}' (known: {', '.join(COMMANDS)})", source="--command")
+    from hpcnas.config import load_config
+
+    load_config(req.config, req.overrides)  # a missing or wrong config fails here, not on the cluster
+    if req.nodes < 1 or req.gpus_per_node < 0 or req.cpus_per_task < 1:
+        raise UserError("--nodes and --cpus-per-task must be at least 1, --gpus-per-node at least 0")
+    if req.command == "train" and req.nodes != 1:
+        raise UserError("train runs as one process: use --nodes 1", source="--nodes")
+    if req.array is not None:
+        if req.command != "train" or req.genotype or req.baseline:
+            raise UserError("--array N trains N random cells: use it with --command train and without --genotype/--baseline", source="--array")
+        if req.array < 1:
+            raise UserError("--array needs at least 1 task", source="--array")
+    elif req.command == "train" and not (req.genotype or req.baseline):
+        raise UserError("--command train needs --genotype G.json, --baseline resnet_unet or --array N (random cells)")
+    if not 0 < req.signal_delay_s < time_minutes(req.time) * 60:
+        raise UserError(f"the warning must come before the time limit ({req.time})", source="--signal-delay")
+
+
+def jobs_for(req: Request) -> List[PipelineJob]:
+    """The job objects of a request: one, or one per array task (random cell seeded by its index)."""
+    out = str(Path(req.out or f"runs/{req.command}-{JOB_ID}").resolve())
+    config = str(Path(req.config).resolve())
+    genotype = str(Path(req.genotype).resolve()) if req.genotype else None
+    if req.array is None:
+        return [PipelineJob(req.command, config, req.overrides, out, genotype, req.baseline)]
+    per_task = (lambda i: out) if JOB_ID in out else (lambda i: f"{out}/{i}")  # one run directory per array task
+    return [PipelineJob("train", config, req.overrides, per_task(i), "random", None, seed=i) for i in range(req.array)]
+
+
+def sbatch_text(req: Request) -> str:
+    """The sbatch script submitit would submit (``--dry-run``)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    _check(req)
+    params = slurm_parameters(req)
+    if req.array is not None:
+        params["map_count"] = req.array
+    folder = Path(req.logs).resolve() / JOB_ID
+    return _make_sbatch_string(command=f"{sys.executable} -u -m submitit.core._submit {folder}", folder=folder, **params)
+
+
+def submit(req: Request, local: bool = False) -> List[Tuple[Any, str]]:
+    """Submit the request's job(s) to SLURM (or run them locally); returns (submitit job, run directory) pairs."""
+    _check(req)
+    try:
+        import submitit
+    except ImportError:
+        raise UserError("submitit is not installed (pip install submitit, or envs/setup.sh)") from None
+    folder = Path(req.logs).resolve() / JOB_ID
+    if local:
+        executor = submitit.LocalExecutor(folder, max_num_timeout=MAX_REQUEUES)
+        executor.update_parameters(timeout_min=time_minutes(req.time), tasks_per_node=1, nodes=1)
+    else:
+        try:
+            executor = submitit.SlurmExecutor(folder, max_num_timeout=MAX_REQUEUES)
+        except RuntimeError:
+            raise UserError("no SLURM here (no srun on PATH): use --local to run without SLURM, or --dry-run to see the job") from None
+        executor.update_parameters(**slurm_parameters(req))
+    jobs = jobs_for(req)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # submitit echoes sbatch's stderr: we report it once, below
+            if len(jobs) == 1:
+                submitted = [executor.submit(jobs[0])]
+            else:
+                with executor.batch():
+                    submitted = [executor.submit(job) for job in jobs]
+    except submitit.core.utils.FailedJobError as exc:
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        raise UserError(f"sbatch refused the job: {lines[0] if lines else exc}") from None  # sbatch's first line names the cause
+    return [(s, job.out.replace(JOB_ID, str(s.job_id))) for s, job in zip(submitted, jobs)]
