@@ -104,8 +104,7 @@ def search(config_path: Optional[str], overrides: Sequence[str] = (), out: Optio
     runner = SupernetSearch(cfg, run_dir, data_path, info, dev, ctx)
     latest = run_dir / "checkpoints" / LATEST
     if resume and latest.exists():
-        runner.restore(latest)
-        ctx.broadcast_state(runner.model, runner.optimizers)
+        runner.restore(latest)  # every rank reads the same file: identical state, nothing to broadcast
         if ctx.is_root:
             log.info("resuming %s at %s", run_dir, runner.resume_point())
     if ctx.is_root:

@@ -72,8 +72,10 @@ class HorovodContext(SingleProcess):
 
     def broadcast_state(self, model, optimizers: Dict[str, Any]) -> None:
         self.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-        for opt in optimizers.values():
-            self.hvd.broadcast_optimizer_state(opt, root_rank=0)
+        for name, opt in optimizers.items():
+            # as a pickled object, not hvd.broadcast_optimizer_state: that sends the learning rate
+            # through a float32 tensor, and the rounded lr then drifts the cosine schedule
+            opt.load_state_dict(self.hvd.broadcast_object(opt.state_dict(), root_rank=0, name=f"hpcnas.optimizer.{name}"))
 
     def broadcast_object(self, obj: Any) -> Any:
         return self.hvd.broadcast_object(obj, root_rank=0, name="hpcnas.object")

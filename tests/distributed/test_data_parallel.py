@@ -115,3 +115,29 @@ def test_a_dead_rank_ends_the_job(tmp_path):
     proc.communicate(timeout=180)  # bounded: never a silent hang
     assert proc.returncode != 0
     assert time.time() - started < 180
+
+
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    """SIGUSR2 to rank 1 alone: rank 0 learns of it through the per-step allreduce, writes the
+    checkpoint, both exit 75; resuming on 2 ranks ends like the uninterrupted 2-rank run."""
+    extra = ["search.batch_size=2", "search.epochs=3", "data.synth.n=48"]
+    out = tmp_path / "cut"
+    proc = subprocess.Popen(search_cmd(2, out, extra), cwd=ROOT, env=dict(os.environ, **MPI_ENV), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and len(read_jsonl(out / "metrics.jsonl")) < 1:
+        time.sleep(0.05)
+    ranks = sorted(int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split())
+    assert proc.poll() is None and len(ranks) == 2, "the search ended before it could be signalled"
+    os.kill(ranks[-1], signal.SIGUSR2)  # the later-started rank: not the one that writes
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, err[-3000:]
+    assert "hpcnas: stopped by another rank's signal" in err and err.count("hpcnas: stopped by") == 1
+    state = torch.load(out / "checkpoints" / "latest.pt", weights_only=False)
+    assert state["epoch"] >= 0 and not (out / "genotype.json").exists()
+    resumed = run(search_cmd(2, out, resume=True))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    ref = run(search_cmd(2, tmp_path / "ref", extra))
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    assert (out / "genotype.json").read_text() == (tmp_path / "ref" / "genotype.json").read_text()
+    assert_close_theta(theta(out), theta(tmp_path / "ref"), tol=1e-6)
+    assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [0, 1, 2]
