@@ -90,9 +90,9 @@ class SupernetSearch(EpochLoop):
         self.criterion = WeightedCrossEntropy(info.class_weights, device, ctx)
         arch_ids = {id(p) for p in self.model.arch_parameters()}
         self.w_params = self.model.weight_parameters()
-        w_opt, self.sched = cosine_sgd(self.w_params, se.lr, se.momentum, se.weight_decay, se.epochs, se.lr_min)
         named = [(f"w.{n}", p) for n, p in self.model.named_parameters() if id(p) not in arch_ids]
-        self.w_opt = ctx.distributed_optimizer(w_opt, named)
+        self.w_opt, self.sched = cosine_sgd(self.w_params, se.lr, se.momentum, se.weight_decay, se.epochs, se.lr_min,
+                                            wrap=lambda opt: ctx.distributed_optimizer(opt, named))
         self.a_opt = make_arch_optimizer(se.arch_optimizer, self.model.arch_parameters(), se.arch_lr, se.arch_weight_decay)
         self.optimizers = {"w": self.w_opt, "arch": self.a_opt}
         self.epochs = se.epochs

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -44,9 +44,15 @@ class WeightedCrossEntropy(nn.Module):
         return total / (weight_sum.clamp_min(1e-12) / self.ctx.size)
 
 
-def cosine_sgd(params: Iterable[nn.Parameter], lr: float, momentum: float, weight_decay: float, epochs: int, lr_min: float) -> Tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """SGD with momentum, cosine-annealed from ``lr`` to ``lr_min`` over ``epochs`` (paper section 5)."""
+def cosine_sgd(params: Iterable[nn.Parameter], lr: float, momentum: float, weight_decay: float, epochs: int, lr_min: float, wrap: Optional[Callable] = None) -> Tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """SGD with momentum, cosine-annealed from ``lr`` to ``lr_min`` over ``epochs`` (paper section 5).
+
+    ``wrap`` (Horovod's DistributedOptimizer) is applied before the schedule is attached: the
+    schedule must drive the optimizer that steps, whose param groups a checkpoint load replaces.
+    """
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if wrap is not None:
+        opt = wrap(opt)
     return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=lr_min)
 
 
