@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="submit search / evolve / train as a SLURM job (submitit), requeued and resumed at the time limit")
     p.add_argument("--config", required=True, help="YAML configuration file (checked before submitting)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one key (repeatable)")
-    p.add_argument("--command", dest="command_name", required=True, choices=["search", "evolve", "train"], help="what the job runs")
+    p.add_argument("--command", dest="command_name", default="search", choices=["search", "evolve", "train"], help="what the job runs (default search)")
     p.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
     p.add_argument("--gpus-per-node", type=int, default=4, help="GPUs per node = ranks per node for search/evolve (default 4; train uses 1)")
     p.add_argument("--cpus-per-task", type=int, default=10, help="CPUs per rank (default 10)")

@@ -35,16 +35,18 @@ hpcnas_job_environment() {
   command -v hpcnas >/dev/null || hpcnas_job_error "no 'hpcnas' on PATH: run envs/setup.sh in $HPCNAS_ROOT, or set HPCNAS_ENV to the commands that load your environment"
 }
 
-# The value of --out in the arguments (--out DIR or --out=DIR), empty when absent.
+# The value of the last --out in the arguments (--out DIR or --out=DIR; the last one wins, as
+# in hpcnas), empty when absent.
 hpcnas_job_out() {
-  local previous=
+  local previous= found=
   for arg in "$@"; do
     case "$arg" in
-      --out=*) echo "${arg#--out=}"; return ;;
+      --out=*) found=${arg#--out=} ;;
+      *) [ "$previous" = --out ] && found=$arg ;;
     esac
-    if [ "$previous" = --out ]; then echo "$arg"; return; fi
     previous=$arg
   done
+  echo "$found"
 }
 
 hpcnas_job() {
@@ -71,7 +73,7 @@ hpcnas_job() {
   local code=$?
   if [ "$code" -eq "$EXIT_RESUMABLE" ]; then
     if [ "$restarts" -ge "${HPCNAS_MAX_REQUEUES:-20}" ]; then
-      echo "[hpcnas job] $(date -Is) stopped with work left after $restarts requeue(s) (HPCNAS_MAX_REQUEUES): continue with sbatch again, it resumes $out" >&2
+      echo "[hpcnas job] $(date -Is) stopped with work left after $restarts requeue(s) (HPCNAS_MAX_REQUEUES): submit the script again with --out $out to continue" >&2
       return "$code"
     fi
     echo "[hpcnas job] $(date -Is) state saved in $out: requeueing job ${SLURM_JOB_ID}"

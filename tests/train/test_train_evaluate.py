@@ -95,6 +95,15 @@ def test_baselines_train(tmp_path, how):
     assert spec["kind"] == ("resnet_unet" if "baseline" in how else "genotype")
 
 
+def _assert_cut_run_matches_full(tmp_path):
+    """The resumed ``cut`` run ended with the weights and losses of the uninterrupted ``full`` one."""
+    full = torch.load(tmp_path / "full/checkpoints/latest.pt", weights_only=False)["model"]
+    cut = torch.load(tmp_path / "cut/checkpoints/latest.pt", weights_only=False)["model"]
+    for k in full:
+        assert torch.equal(full[k], cut[k]), k
+    assert [r["train_loss"] for r in read_jsonl(tmp_path / "full/metrics.jsonl")] == [r["train_loss"] for r in read_jsonl(tmp_path / "cut/metrics.jsonl")]
+
+
 def test_train_resumed_mid_way_matches(tmp_path, monkeypatch):
     from hpcnas.train.trainer import Trainer
 
@@ -102,11 +111,7 @@ def test_train_resumed_mid_way_matches(tmp_path, monkeypatch):
     train(SMOKE, TINY, out=str(tmp_path / "full"), **args)
     run_interrupted_in_epoch(monkeypatch, Trainer, 2, lambda: train(SMOKE, TINY, out=str(tmp_path / "cut"), **args))
     train(None, [], resume=str(tmp_path / "cut"))
-    full = torch.load(tmp_path / "full/checkpoints/latest.pt", weights_only=False)["model"]
-    cut = torch.load(tmp_path / "cut/checkpoints/latest.pt", weights_only=False)["model"]
-    for k in full:
-        assert torch.equal(full[k], cut[k]), k
-    assert [r["train_loss"] for r in read_jsonl(tmp_path / "full/metrics.jsonl")] == [r["train_loss"] for r in read_jsonl(tmp_path / "cut/metrics.jsonl")]
+    _assert_cut_run_matches_full(tmp_path)
 
 
 def test_train_signalled_mid_epoch_resumes_exactly(tmp_path, monkeypatch):
@@ -117,11 +122,7 @@ def test_train_signalled_mid_epoch_resumes_exactly(tmp_path, monkeypatch):
     run_signalled_at_step(monkeypatch, Trainer, 1, 0, lambda: train(SMOKE, TINY, out=str(tmp_path / "cut"), **args))
     assert torch.load(tmp_path / "cut/checkpoints/latest.pt", weights_only=False)["step"] == 1
     train(None, [], resume=str(tmp_path / "cut"))
-    full = torch.load(tmp_path / "full/checkpoints/latest.pt", weights_only=False)["model"]
-    cut = torch.load(tmp_path / "cut/checkpoints/latest.pt", weights_only=False)["model"]
-    for k in full:
-        assert torch.equal(full[k], cut[k]), k
-    assert [r["train_loss"] for r in read_jsonl(tmp_path / "full/metrics.jsonl")] == [r["train_loss"] for r in read_jsonl(tmp_path / "cut/metrics.jsonl")]
+    _assert_cut_run_matches_full(tmp_path)
 
 
 def test_bad_genotype_file_is_one_line(tmp_path):
