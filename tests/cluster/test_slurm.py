@@ -133,6 +133,19 @@ def test_submit_search_completes_through_submitit(cluster, tmp_path):
     assert [r["ranks"] for r in read_jsonl(run / "metrics.jsonl")] == [2] and (run / "genotype.json").exists()
 
 
+def test_submit_evolve_and_a_random_cell_array(cluster, tmp_path):
+    evolve = run_cli("submit", "--config", str(ROOT / "configs" / "smoke-evolve.yaml"), "--command", "evolve", "--nodes", "2", "--gpus-per-node", "1",
+                     "--cpus-per-task", "1", "--time", "00:10:00", "--out", str(tmp_path / "evolve"), "--logs", str(tmp_path / "logs"), "--wait", env=JOB_ENV)
+    assert evolve.returncode == 0, evolve.stderr
+    assert {r["rank"] for r in read_jsonl(tmp_path / "evolve" / "history.jsonl")} == {0, 1}
+    array = run_cli("submit", "--config", SMOKE, *sets(TINY + ["train.epochs=1"]), "--command", "train", "--array", "2", "--gpus-per-node", "1",
+                    "--cpus-per-task", "1", "--time", "00:10:00", "--out", str(tmp_path / "random"), "--logs", str(tmp_path / "logs"), "--wait", env=JOB_ENV)
+    assert array.returncode == 0, array.stderr
+    assert re.findall(r"submitted job (\d+)_(\d) \(slurm\)", array.stdout)[1][1] == "1"  # one array job, two tasks
+    genotypes = [(tmp_path / "random" / str(i) / "genotype.json").read_text() for i in (0, 1)]
+    assert genotypes[0] != genotypes[1]
+
+
 def test_submitted_job_is_requeued_at_its_time_limit_and_resumes(cluster, tmp_path, reference):
     run = tmp_path / "run"
     done = run_cli("submit", "--config", SMOKE, *sets(LONG), "--command", "search", "--nodes", "1", "--gpus-per-node", "1",
