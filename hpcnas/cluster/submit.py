@@ -165,8 +165,8 @@ def jobs_for(req: Request) -> List[PipelineJob]:
 
 
 def sbatch_text(req: Request) -> str:
-    """The sbatch script submitit would submit (``--dry-run``)."""
-    from submitit.slurm.slurm import _make_sbatch_string
+    """The sbatch script submitit would submit (``--dry-run``), without needing SLURM here."""
+    from submitit.slurm.slurm import _make_sbatch_string  # what SlurmExecutor itself calls (submitit pinned < 2)
 
     _check(req)
     params = slurm_parameters(req)
