@@ -91,7 +91,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print("recall         " + " ".join(f"{v:5.2f}" for v in curve["recall"]))
 
 
-def cmd_submit(args: argparse.Namespace) -> None:
+def cmd_submit(args: argparse.Namespace) -> Optional[int]:
     from hpcnas.cluster.submit import Request, sbatch_text, submit
 
     request = Request(
@@ -257,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(func: Callable[[argparse.Namespace], Optional[int]], args: argparse.Namespace) -> int:
     """Call a command function; map bad input to exit 2 and failures to exit 1 with a log."""
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    from hpcnas.distributed import launched_rank
     from hpcnas.signals import STOP
 
     try:
@@ -264,14 +265,10 @@ def run(func: Callable[[argparse.Namespace], Optional[int]], args: argparse.Name
         with STOP:  # from the start: SLURM's warning may come while the run is still setting up
             return int(func(args) or 0)
     except Interrupted as exc:
-        from hpcnas.distributed import launched_rank
-
         if launched_rank() == 0:
             print(f"hpcnas: {exc}", file=sys.stderr)
         return EXIT_RESUMABLE
     except UserError as exc:
-        from hpcnas.distributed import launched_rank
-
         if launched_rank() == 0:  # every rank sees the same bad input: one line, from rank 0
             print(f"hpcnas: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -23,6 +23,11 @@ def synth_h5(tmp_path_factory) -> Path:
     return path
 
 
+def set_args(overrides) -> list:
+    """``["--set", k=v, "--set", ...]`` for a list of overrides."""
+    return [arg for item in overrides for arg in ("--set", item)]
+
+
 def run_cli(*args: str, cwd=None, env=None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run ``python -m hpcnas.cli ARGS`` as a user would and capture its output."""
     full_env = dict(os.environ)

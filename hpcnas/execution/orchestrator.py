@@ -139,13 +139,14 @@ class Dispatcher:
 
     # -- loop ----------------------------------------------------------------
 
+    def _out_of_time(self, started: float) -> bool:
+        budget = self.cfg.evolve.time_budget
+        return budget is not None and time.time() - started >= budget
+
     def _budget_left(self, started: float) -> bool:
-        ev = self.cfg.evolve
-        if self.stop.signal:
+        if self.stop.signal or self._out_of_time(started):
             return False
-        if ev.time_budget is not None and time.time() - started >= ev.time_budget:
-            return False
-        return len(self.log.finished) + len(self.inflight) < ev.max_evaluations
+        return len(self.log.finished) + len(self.inflight) < self.cfg.evolve.max_evaluations
 
     def run(self) -> Optional[str]:
         """Dispatch until the budget is spent (or a signal), then stop every rank.
@@ -165,9 +166,7 @@ class Dispatcher:
             self.log.close()
         if not self.stop.requested:
             return None
-        ev = self.cfg.evolve
-        out_of_time = ev.time_budget is not None and time.time() - started >= ev.time_budget
-        work_left = bool(self.inflight) or (len(self.log.finished) < ev.max_evaluations and not out_of_time)
+        work_left = bool(self.inflight) or (len(self.log.finished) < self.cfg.evolve.max_evaluations and not self._out_of_time(started))
         return self.stop.signal if work_left else None
 
     def _dispatch_loop(self, started: float) -> None:

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from hpcnas.rundir import read_jsonl
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, set_args as sets
 
 pytestmark = pytest.mark.slow
 
@@ -27,10 +27,6 @@ TINY = ["data.synth.n=16", "data.synth.size=32", "space.channels=8", "space.dept
 # long enough that a job with a 2-minute limit and the warning 90 s before it is signalled at least once
 LONG = ["data.synth.n=32", *TINY[1:], "search.epochs=30"]
 JOB_ENV = dict(os.environ, OMPI_MCA_btl="self,tcp")  # Open MPI between emulated nodes of one host: TCP
-
-
-def sets(overrides):
-    return [a for s in overrides for a in ("--set", s)]
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import pytest
 
 from hpcnas.cluster.submit import Request, jobs_for, sbatch_text, slurm_parameters, time_minutes
 from hpcnas.errors import UserError
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, set_args
 
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 
@@ -67,7 +67,7 @@ def test_bad_requests_are_one_line(args, message):
 def test_local_runs_the_job_here_and_waits(tmp_path):
     tiny = ["data.synth.n=16", "data.synth.size=32", "space.channels=8", "space.depth=2", "space.nodes=2", "search.epochs=1", "device=cpu"]
     run = tmp_path / "run"
-    done = run_cli("submit", "--config", SMOKE, *[a for s in tiny for a in ("--set", s)], "--command", "search", "--local",
+    done = run_cli("submit", "--config", SMOKE, *set_args(tiny), "--command", "search", "--local",
                    "--out", str(run), "--logs", str(tmp_path / "logs"))
     assert done.returncode == 0, done.stderr
     assert "(local): hpcnas search -> " + str(run) in done.stdout and f"done: {run}" in done.stdout

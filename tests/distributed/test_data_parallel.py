@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from hpcnas.rundir import read_jsonl
-from tests.conftest import ROOT
+from tests.conftest import ROOT, set_args as sets
 
 MPIRUN = shutil.which("mpirun")
 MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMPI_MCA_rmaps_base_oversubscribe": "1", "PYTHONUNBUFFERED": "1"}
@@ -31,10 +31,6 @@ pytestmark = [
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 # augmentation off: flips drawn per sample would differ between 1 and 2 ranks; the paper's arch lr
 BASE = ["data.augment=false", "search.epochs=3", "search.arch_start_epoch=1", "data.synth.n=16", "device=cpu", "search.arch_lr=0.1"]
-
-
-def sets(items):
-    return sum((["--set", s] for s in items), [])
 
 
 def search_cmd(ranks, out, extra=(), resume=False):

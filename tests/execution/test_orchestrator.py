@@ -13,7 +13,7 @@ import time
 import pytest
 
 from hpcnas.rundir import read_jsonl
-from tests.conftest import ROOT
+from tests.conftest import ROOT, set_args
 
 SMOKE_EVOLVE = str(ROOT / "configs" / "smoke-evolve.yaml")
 MPIRUN = shutil.which("mpirun")
@@ -22,7 +22,7 @@ needs_mpi = pytest.mark.skipif(MPIRUN is None, reason="no mpirun (envs/setup.sh 
 
 
 def sets(*items):
-    return sum((["--set", s] for s in items), [])
+    return set_args(items)
 
 
 def evolve_cmd(np_, out, *overrides, resume=False):

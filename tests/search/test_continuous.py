@@ -17,7 +17,7 @@ from hpcnas.config import load_config
 from hpcnas.pipeline import search
 from hpcnas.rundir import read_jsonl
 from hpcnas.space.genotype import Genotype
-from tests.conftest import ROOT, run_cli, run_interrupted_in_epoch, run_signalled_at_step
+from tests.conftest import ROOT, run_cli, run_interrupted_in_epoch, run_signalled_at_step, set_args
 
 TINY = [
     "data.synth.n=16", "data.synth.size=32", "space.channels=8", "space.depth=2", "space.nodes=2",
@@ -111,7 +111,7 @@ def test_signal_mid_epoch_checkpoints_and_resumes_exactly(tmp_path, monkeypatch)
 def test_usr2_exits_75_and_resume_existing_finishes(tmp_path):
     """The command line: SIGUSR2 -> checkpoint, one line, exit 75; the same command with
     --resume-existing continues it (what a requeued SLURM job runs) to the uninterrupted genotype."""
-    args = ["search", "--config", SMOKE, *sum((["--set", s] for s in TINY + ["search.epochs=4"]), [])]
+    args = ["search", "--config", SMOKE, *set_args(TINY + ["search.epochs=4"])]
     ref = run_cli(*args, "--out", str(tmp_path / "ref"))
     assert ref.returncode == 0, ref.stderr
     run = tmp_path / "run"
@@ -135,7 +135,7 @@ def test_usr2_exits_75_and_resume_existing_finishes(tmp_path):
 @pytest.mark.slow
 def test_killed_search_resumes_exactly(tmp_path):
     """SIGKILL a real search after its first checkpoint; --resume ends with the same genotype and theta."""
-    args = ["search", "--config", SMOKE, *sum((["--set", s] for s in TINY + ["search.epochs=4"]), [])]
+    args = ["search", "--config", SMOKE, *set_args(TINY + ["search.epochs=4"])]
     ref = run_cli(*args, "--out", str(tmp_path / "ref"))
     assert ref.returncode == 0, ref.stderr
     victim = tmp_path / "victim"
