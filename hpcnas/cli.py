@@ -17,6 +17,7 @@ from typing import Callable, List, Optional
 
 from hpcnas import __version__
 from hpcnas.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_RESUMABLE, Interrupted, UserError
+from hpcnas.signals import ignore_stop_signals
 
 log = logging.getLogger("hpcnas")
 
@@ -258,12 +259,10 @@ def run(func: Callable[[argparse.Namespace], Optional[int]], args: argparse.Name
     """Call a command function; map bad input to exit 2 and failures to exit 1 with a log."""
     logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     from hpcnas.distributed import launched_rank
-    from hpcnas.signals import STOP
 
     try:
         _resolve_resume_existing(args)
-        with STOP:  # from the start: SLURM's warning may come while the run is still setting up
-            return int(func(args) or 0)
+        return int(func(args) or 0)
     except Interrupted as exc:
         if launched_rank() == 0:
             print(f"hpcnas: {exc}", file=sys.stderr)
@@ -292,7 +291,11 @@ def _crash_log_path(args: argparse.Namespace) -> Path:
 def main(argv: Optional[List[str]] = None) -> int:
     """``hpcnas`` console script."""
     args = build_parser().parse_args(argv)
-    return run(args.func, args)
+    code = run(args.func, args)
+    # the command is over: a SLURM warning arriving now (the process still has to shut torch and
+    # MPI down) has nothing left to save, and must not turn a finished run into death by SIGUSR2
+    ignore_stop_signals()
+    return code
 
 
 def evolve_main(argv: Optional[List[str]] = None) -> int:

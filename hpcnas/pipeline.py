@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 from hpcnas.config import Config, dump_config, load_config
 from hpcnas.errors import Interrupted, UserError
 from hpcnas.rundir import make_run_dir
+from hpcnas.signals import stoppable
 
 log = logging.getLogger("hpcnas")
 
@@ -77,6 +78,7 @@ def resolve_data(cfg: Config, run_dir: Path) -> str:
     return str(path)
 
 
+@stoppable
 def search(config_path: Optional[str], overrides: Sequence[str] = (), out: Optional[str] = None, resume: Optional[str] = None, device: Optional[str] = None):
     """``hpcnas search``: continuous search into a run directory; returns (genotype, run_dir)."""
     cfg = resolve_config(config_path, overrides, resume)
@@ -112,6 +114,7 @@ def search(config_path: Optional[str], overrides: Sequence[str] = (), out: Optio
     return runner.run(), run_dir
 
 
+@stoppable
 def train(config_path: Optional[str], overrides: Sequence[str] = (), genotype: Optional[str] = None, baseline: Optional[str] = None, seed: int = 0, out: Optional[str] = None, resume: Optional[str] = None, device: Optional[str] = None):
     """``hpcnas train``: retrain a genotype file, a random cell (``genotype="random"``) or a baseline."""
     import json
@@ -191,6 +194,7 @@ def report(run_dirs: Sequence[str], out: Optional[str] = None) -> Path:
     return build_report([Path(d) for d in run_dirs], Path(out) if out else None)
 
 
+@stoppable
 def evolve(config_path: Optional[str], overrides: Sequence[str] = (), out: Optional[str] = None, resume: Optional[str] = None) -> Optional[Path]:
     """``hpcnas-evolve`` / ``hpcnas evolve``: discrete search on every MPI rank of this job.
 

@@ -10,6 +10,7 @@ dispatcher uses it too.
 
 from __future__ import annotations
 
+import functools
 import signal
 import threading
 from typing import Dict, Optional
@@ -22,7 +23,7 @@ class StopFlag:
 
     ``signal`` holds the name of the first one received (``None`` before).
     The outermost ``with`` clears it and installs the handlers; nested ones
-    (the command line around a loop) share them, so a signal that arrives
+    (a command around its loop, see :func:`stoppable`) share them, so a signal that arrives
     while a run is still starting is seen by the loop's first check.  The
     previous handlers come back when the outermost ``with`` ends.  Outside the
     main thread (where Python cannot install handlers) it stays inert.
@@ -59,7 +60,19 @@ class StopFlag:
             self._previous.clear()
 
 
-STOP = StopFlag()  # the one flag of this process: the command line and the loops share it
+STOP = StopFlag()  # the one flag of this process: the commands and their loops share it
+
+
+def stoppable(func):
+    """Run ``func`` holding :data:`STOP` from its first line, so a warning that arrives while a
+    run is still setting up is acted on at the loop's first step (for the commands that resume)."""
+
+    @functools.wraps(func)
+    def holding_stop(*args, **kwargs):
+        with STOP:
+            return func(*args, **kwargs)
+
+    return holding_stop
 
 
 def _ignore(signum, frame) -> None:

@@ -96,3 +96,15 @@ def test_launch_detection(monkeypatch):
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
     monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "1")
     assert (launched_size(), launched_rank()) == (2, 1)
+
+
+def test_a_warning_after_the_command_finished_does_not_kill_the_process(tmp_path):
+    """SLURM's USR2 can land after the work is done, while the process shuts down: the run
+    stays a success (exit 0), not a death by signal (exit 140) that fails the job."""
+    code = (
+        "import os, signal, sys\nfrom hpcnas.cli import main\n"
+        f"code = main(['data', 'synth', '--out', {str(tmp_path / 'd.h5')!r}, '--n', '8', '--size', '32'])\n"
+        "os.kill(os.getpid(), signal.SIGUSR2)\nos.kill(os.getpid(), signal.SIGTERM)\nsys.exit(code)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

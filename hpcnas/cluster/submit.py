@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from hpcnas.errors import Interrupted, UserError
-from hpcnas.signals import STOP
+from hpcnas.signals import ignore_stop_signals
 
 COMMANDS = ("search", "evolve", "train")
 SIGNAL_DELAY_S = 120  # USR2 this long before the limit: time to finish a step and write a checkpoint
@@ -114,13 +114,13 @@ class PipelineJob(Checkpointable):
         submitit_handler = signal.getsignal(signal.SIGUSR2)  # checkpoint + requeue, installed by submitit
         out, resume = pipeline.start_or_resume(run_dir)
         try:
-            with STOP:  # from here on a warning is noted and acted on at the loop's next step
-                self._run(pipeline, out, resume)
+            self._run(pipeline, out, resume)
         except Interrupted as exc:
             logging.getLogger("hpcnas").info("%s", exc)
             if env.global_rank == 0 and callable(submitit_handler):
                 submitit_handler(signal.SIGUSR2, None)  # dumps checkpoint(), scontrol requeue, exits
             return {"run_dir": run_dir, "finished": False}
+        ignore_stop_signals()  # finished: a late warning must not make submitit requeue a done job
         return {"run_dir": run_dir, "finished": True}
 
     def _run(self, pipeline, out: Optional[str], resume: Optional[str]) -> None:
