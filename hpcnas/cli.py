@@ -40,6 +40,7 @@ def cmd_data_tile(args: argparse.Namespace) -> None:
     counts = tile_folder(
         args.images, args.masks, args.out, size=args.size, overlap=args.overlap, palette=args.palette,
         class_names=classes, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed, limit=args.limit,
+        scale=args.scale, stratify=args.stratify,
     )
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + " patches")
 
@@ -78,7 +79,8 @@ def cmd_evolve(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from hpcnas.pipeline import train
 
-    train(args.config, args.set, genotype=args.genotype, baseline=args.baseline, seed=args.seed, out=args.out, resume=args.resume, device=args.device)
+    train(args.config, args.set, genotype=args.genotype, baseline=args.baseline, seed=args.seed, out=args.out, resume=args.resume, device=args.device,
+          evaluate_split=args.evaluate)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -185,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its latest checkpoint")
     _add_resume_existing(p)
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the config's)")
+    p.add_argument("--evaluate", metavar="SPLIT", choices=["val", "test"], help="then evaluate the best checkpoint on SPLIT (full images) into evaluation.json")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="full-image IoU / mIoU and object precision-recall of a trained network")
@@ -243,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="tile only the first N images")
+    p.add_argument("--scale", type=float, default=1.0, help="resize images (bilinear) and masks (nearest) by this factor first (default 1)")
+    p.add_argument("--stratify", action="store_true",
+                   help="spread images with and without foreground evenly over train/val/test (small-object data)")
     p.set_defaults(func=cmd_data_tile)
 
     p = data.add_parser("info", help="check a data set and print what it holds")

@@ -66,6 +66,7 @@ class DecodeConfig:
     edges_per_node: int = field(default=2, metadata=_range(1))  # K of eq. 12
     paths: Union[Literal["auto"], int] = "auto"  # UNet++: "auto" = mu + 3 sigma (eq. 13), or a fixed K
     path_decoder: Literal["multipath", "viterbi"] = "multipath"
+    max_skips: Optional[int] = field(default=None, metadata=_range(0))  # P-DARTS: at most this many skips per decoder cell
 
 
 @dataclass
@@ -75,10 +76,13 @@ class SearchConfig:
     epochs: int = field(default=50, metadata=_range(1))
     batch_size: int = field(default=2, metadata=_range(1))
     arch_optimizer: Literal["gaea", "adam"] = "gaea"
-    arch_lr: float = field(default=0.1, metadata=_range(0.0))
+    arch_lr: Optional[float] = field(default=None, metadata=_range(0.0))  # None: the optimizer's own (gaea 0.1, adam 6e-4)
     arch_weight_decay: float = field(default=1e-3, metadata=_range(0.0))  # Adam only
-    arch_start_epoch: int = field(default=15, metadata=_range(0))
+    arch_start_epoch: int = field(default=15, metadata=_range(0))  # 1-based: the first epoch with architecture steps
     partial_channels: int = field(default=1, metadata=_range(1))  # K of eq. 7; 1 = plain DARTS
+    channel_sampling: Literal["shuffle", "random"] = "shuffle"  # PC-DARTS reference slice + shuffle, or random channels
+    aux_skip: float = field(default=0.0, metadata=_range(0.0))  # DARTS-: auxiliary skip weight, decayed linearly to 0
+    early_stop_skips: Optional[int] = field(default=None, metadata=_range(1))  # DARTS+: stop when the decoder cell has this many skips
     edge_normalization: bool = True  # eq. 8 (never applies to ResNeXt cells)
     lr: float = field(default=0.01, metadata=_range(0.0))
     lr_min: float = field(default=0.0, metadata=_range(0.0))
@@ -102,7 +106,9 @@ class TrainConfig:
     momentum: float = field(default=0.9, metadata=_range(0.0, 1.0))
     weight_decay: float = field(default=1e-3, metadata=_range(0.0))
     grad_clip: float = field(default=5.0, metadata=_range(0.0))
-    select_from_epoch: int = field(default=30, metadata=_range(0))
+    select_from_epoch: int = field(default=30, metadata=_range(0))  # 1-based: the first epoch that may be the best
+    channels: Optional[int] = field(default=None, metadata=_range(1))  # a genotype's width when retrained; None: space.channels
+    target_params: Optional[int] = field(default=None, metadata=_range(1))  # scale the width to about this many parameters
     max_steps_per_epoch: Optional[int] = field(default=None, metadata=_range(1))
     baseline_width: int = field(default=32, metadata=_range(1))  # ResNet-UNet: channels of the first stage
     baseline_blocks: int = field(default=2, metadata=_range(1))  # ResNet-UNet: residual blocks per stage

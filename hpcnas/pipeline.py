@@ -6,6 +6,7 @@ Every function here resolves a configuration, prepares the run directory
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -115,9 +116,12 @@ def search(config_path: Optional[str], overrides: Sequence[str] = (), out: Optio
 
 
 @stoppable
-def train(config_path: Optional[str], overrides: Sequence[str] = (), genotype: Optional[str] = None, baseline: Optional[str] = None, seed: int = 0, out: Optional[str] = None, resume: Optional[str] = None, device: Optional[str] = None):
-    """``hpcnas train``: retrain a genotype file, a random cell (``genotype="random"``) or a baseline."""
-    import json
+def train(config_path: Optional[str], overrides: Sequence[str] = (), genotype: Optional[str] = None, baseline: Optional[str] = None, seed: int = 0, out: Optional[str] = None, resume: Optional[str] = None, device: Optional[str] = None, evaluate_split: Optional[str] = None):
+    """``hpcnas train``: retrain a genotype file, a random cell (``genotype="random"``) or a baseline.
+
+    ``train.channels`` / ``train.target_params`` size the network.  With ``evaluate_split`` the best checkpoint is then evaluated on that split
+    (full images), into the run's ``evaluation.json``.
+    """
     import random
 
     from hpcnas.data.hdf5 import read_info
@@ -154,6 +158,11 @@ def train(config_path: Optional[str], overrides: Sequence[str] = (), genotype: O
         if not (run_dir / "model.json").exists():
             raise UserError("no model.json: not a training run directory", source=str(run_dir))
         spec = json.loads((run_dir / "model.json").read_text())
+        if "params" not in spec:  # a run started before sizes were recorded
+            from hpcnas.train.complexity import complexity
+            from hpcnas.train.trainer import build_model
+
+            spec.update(complexity(lambda: build_model(spec), info.channels, info.tile_size))
     else:
         spec = model_spec(cfg, info, geno, source=genotype or "<random>")
         write_json(run_dir / "model.json", spec)
@@ -164,8 +173,16 @@ def train(config_path: Optional[str], overrides: Sequence[str] = (), genotype: O
     if resume and latest.exists():
         trainer.restore(latest)
         log.info("resuming %s at %s", run_dir, trainer.resume_point())
-    log.info("train %s on %s: %d epochs -> %s", spec["kind"] if spec["kind"] != "genotype" else spec["genotype"]["topology"], dev, cfg.train.epochs, run_dir)
+    what = spec["kind"] if spec["kind"] != "genotype" else spec["genotype"]["topology"]
+    width = spec["channels"] if spec["kind"] == "genotype" else spec["baseline_width"]
+    log.info("train %s (width %d: %s parameters, %.3g GFLOPs per %d px tile) on %s: %d epochs -> %s", what, width,
+             f"{spec['params']:,}", spec["flops"] / 1e9, info.tile_size, dev, cfg.train.epochs, run_dir)
     best = trainer.run()
+    if evaluate_split:
+        from hpcnas.search.checkpoint import BEST
+        from hpcnas.train.evaluate import evaluate as run_evaluation
+
+        run_evaluation(str(run_dir / "checkpoints" / BEST), data_path, evaluate_split, run_dir, dev)
     return best, run_dir
 
 
@@ -249,10 +266,9 @@ def smoke(out: Optional[str] = None, config_path: Optional[str] = None, override
     with_data = list(overrides) + [f"data.path={data}"]
     genotype, search_dir = search(config, with_data, out=str(root / "search"))
     print(f"[smoke] search: {genotype.describe()} ({time.time() - t0:.0f}s)")
-    _, train_dir = train(config, with_data, genotype=str(search_dir / "genotype.json"), out=str(root / "train"))
-    result, _ = evaluate(str(train_dir / "checkpoints" / "best.pt"), str(data), "test")
-    _, base_dir = train(config, with_data, baseline="resnet_unet", out=str(root / "baseline_resnet_unet"))
-    evaluate(str(base_dir / "checkpoints" / "best.pt"), str(data), "test")
+    _, train_dir = train(config, with_data, genotype=str(search_dir / "genotype.json"), out=str(root / "train"), evaluate_split="test")
+    result = json.loads((train_dir / "evaluation.json").read_text())
+    _, base_dir = train(config, with_data, baseline="resnet_unet", out=str(root / "baseline_resnet_unet"), evaluate_split="test")
     report_dir = report([str(train_dir), str(base_dir), str(search_dir)])
     curve = result["objects"]
     print(f"[smoke] done in {time.time() - t0:.0f}s: {root}")

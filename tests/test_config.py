@@ -20,7 +20,7 @@ def test_defaults_are_the_papers():
     cfg = Config()
     assert cfg.space.channels == 16
     assert cfg.search.arch_start_epoch == 15
-    assert cfg.search.arch_lr == 0.1 and cfg.search.arch_optimizer == "gaea"
+    assert cfg.search.arch_lr is None and cfg.search.arch_optimizer == "gaea"  # None: GAEA's own 0.1
     assert (cfg.search.lr, cfg.search.momentum, cfg.search.weight_decay) == (0.01, 0.9, 1e-3)
     assert cfg.search.epochs == 50 and cfg.search.batch_size == 2
     assert cfg.train.epochs == 80 and cfg.train.select_from_epoch == 30

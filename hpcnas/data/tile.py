@@ -142,28 +142,37 @@ def pair_images_and_masks(images: PathLike, masks: PathLike) -> List[Tuple[Path,
     return pairs
 
 
-def read_image(path: Path) -> np.ndarray:
-    """An image as (H, W, 3) uint8."""
+def _rescaled(im, scale: float, resample):
+    """``im`` resized by ``scale`` (at least 1 x 1 pixel); unchanged at scale 1."""
+    if scale == 1.0:
+        return im
+    size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
+    return im.resize(size, resample)
+
+
+def read_image(path: Path, scale: float = 1.0) -> np.ndarray:
+    """An image as (H, W, 3) uint8, resized by ``scale`` (bilinear)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.asarray(_rescaled(im.convert("RGB"), scale, Image.Resampling.BILINEAR))
     except (UnidentifiedImageError, OSError) as exc:
         raise UserError(f"cannot read image: {exc}", source=str(path)) from None
 
 
-def read_mask(path: Path, palette: Optional[Palette], num_classes: int) -> np.ndarray:
-    """A mask as (H, W) uint8 class ids, through the palette if one is given."""
+def read_mask(path: Path, palette: Optional[Palette], num_classes: int, scale: float = 1.0) -> np.ndarray:
+    """A mask as (H, W) uint8 class ids, through the palette if one is given, resized by ``scale``
+    (nearest neighbour, so no new colour or class id appears)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             if palette is not None:
-                return palette.apply(np.asarray(im.convert("RGB")), str(path))
+                return palette.apply(np.asarray(_rescaled(im.convert("RGB"), scale, Image.Resampling.NEAREST)), str(path))
             if im.mode not in ("L", "P", "I", "I;16", "1"):
                 raise UserError(f"mask has colour mode {im.mode}; give --palette to map colours to classes", source=str(path))
-            ids = np.asarray(im)
+            ids = np.asarray(_rescaled(im, scale, Image.Resampling.NEAREST))
     except (UnidentifiedImageError, OSError) as exc:
         raise UserError(f"cannot read mask: {exc}", source=str(path)) from None
     labelled = ids[ids != IGNORE_INDEX]
@@ -188,6 +197,40 @@ def assign_splits(count: int, val_fraction: float, test_fraction: float, seed: i
     return splits
 
 
+def assign_splits_stratified(scores: Sequence[float], val_fraction: float, test_fraction: float, seed: int) -> List[str]:
+    """A split name per source, spreading sources evenly by ``score`` (their share of tiles with foreground).
+
+    Sources are ranked by score (a seeded shuffle breaks ties) and dealt in that
+    order to the split furthest below its share so far, so every split gets
+    sources with many objects and sources with none.  The totals are those of
+    :func:`assign_splits`.
+    """
+    count = len(scores)
+    totals = assign_splits(count, val_fraction, test_fraction, seed)
+    quota = {name: totals.count(name) for name in ("train", "val", "test")}
+    rng = np.random.default_rng(seed)
+    tie_break = rng.permutation(count)
+    order = sorted(range(count), key=lambda i: (-scores[i], tie_break[i]))
+    given = {name: 0 for name in quota}
+    splits = ["train"] * count
+    for rank, i in enumerate(order, start=1):
+        open_ = [name for name in quota if given[name] < quota[name]]
+        name = max(open_, key=lambda n: (quota[n] * rank / count - given[n], n == "train"))
+        splits[i] = name
+        given[name] += 1
+    return splits
+
+
+def foreground_tile_share(mask: np.ndarray, size: int, overlap: int) -> float:
+    """The share of a mask's tiles that hold at least one foreground pixel (class id > 0, not ignored)."""
+    hits = []
+    for y in tile_positions(mask.shape[0], size, overlap):
+        for x in tile_positions(mask.shape[1], size, overlap):
+            window = mask[y : y + size, x : x + size]
+            hits.append(bool(((window > 0) & (window != IGNORE_INDEX)).any()))
+    return sum(hits) / len(hits)
+
+
 def tile_folder(
     images: PathLike,
     masks: PathLike,
@@ -200,19 +243,32 @@ def tile_folder(
     test_fraction: float = 0.0,
     seed: int = 0,
     limit: Optional[int] = None,
+    scale: float = 1.0,
+    stratify: bool = False,
 ) -> Dict[str, int]:
-    """Tile every image/mask pair into the HDF5 data set ``out``; returns patches per split."""
+    """Tile every image/mask pair into the HDF5 data set ``out``; returns patches per split.
+
+    ``scale`` resizes every image and mask first (0.25: a quarter of the
+    resolution); ``stratify`` spreads sources with and without foreground
+    evenly over the splits (:func:`assign_splits_stratified`).
+    """
     if not 0 <= overlap < size:
         raise UserError(f"overlap must be in [0, size), got overlap={overlap} size={size}", source="--overlap")
+    if not 0 < scale <= 16:
+        raise UserError(f"must be in (0, 16], got {scale}", source="--scale")
     pal = Palette.load(palette) if palette else None
     names = pal.class_names if pal else list(class_names or ["background", "object"])
     pairs = pair_images_and_masks(images, masks)[:limit]
-    splits = assign_splits(len(pairs), val_fraction, test_fraction, seed)
+    if stratify:
+        shares = [foreground_tile_share(read_mask(m, pal, len(names), scale), size, overlap) for _, m in pairs]
+        splits = assign_splits_stratified(shares, val_fraction, test_fraction, seed)
+    else:
+        splits = assign_splits(len(pairs), val_fraction, test_fraction, seed)
     root = Path(images)
     with create_dataset(out, names, size, overlap, channels=3) as writer:
         for (img_path, mask_path), split in zip(pairs, splits):
-            image = read_image(img_path)
-            mask = read_mask(mask_path, pal, len(names))
+            image = read_image(img_path, scale)
+            mask = read_mask(mask_path, pal, len(names), scale)
             if image.shape[:2] != mask.shape:
                 raise UserError(f"image is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is {mask.shape[1]}x{mask.shape[0]}", source=str(img_path))
             src = writer.add_source(str(img_path.relative_to(root)), mask.shape, split)

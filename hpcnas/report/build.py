@@ -41,7 +41,7 @@ def build_report(runs: Sequence[Path], out: Optional[Path] = None) -> Path:
     train_like = {k: v for k, v in metrics.items() if "train_loss" in v[0]}
     if train_like:
         figures.append(plots.training_curves(train_like, out / "curves.png").name)
-    searched = {k: v for k, v in metrics.items() if "entropy" in v[0]}
+    searched = {k: v for k, v in metrics.items() if "entropy_normalized" in v[0]}
     if searched:
         figures.append(plots.entropy_curves(searched, out / "entropy.png").name)
     if evaluations:
@@ -74,17 +74,23 @@ def build_report(runs: Sequence[Path], out: Optional[Path] = None) -> Path:
             if made:
                 figures.append(made.name)
 
-    lines = ["# hpcnas report", "", "| run | epochs | best val mIoU | test mIoU | object P@0.5 | object R@0.5 |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["# hpcnas report", "",
+             "| run | epochs | best val mIoU | test mIoU | test IoU per class | object P@0.5 | object R@0.5 | parameters | GFLOPs/tile |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for run in runs:
         label = labels[run]
         recs = metrics.get(label, [])
         vals = [r["val_miou"] for r in recs if r.get("val_miou") is not None]
         ev = evaluations.get(label)
+        model = json.loads((run / "model.json").read_text()) if (run / "model.json").exists() else {}
+        per_class = ", ".join(f"{k[4:]} {v:.3f}" for k, v in ev.items() if k.startswith("iou_") and v is not None) if ev else ""
         cells = [
             label, str(len(recs)), f"{max(vals):.4f}" if vals else "-",
-            f"{ev['miou']:.4f}" if ev else "-",
+            f"{ev['miou']:.4f}" if ev else "-", per_class or "-",
             f"{ev['objects']['precision'][4]:.3f}" if ev else "-",
             f"{ev['objects']['recall'][4]:.3f}" if ev else "-",
+            f"{model['params']:,}" if "params" in model else "-",
+            f"{model['flops'] / 1e9:.3g}" if "flops" in model else "-",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     if genotypes:

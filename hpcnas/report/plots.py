@@ -24,7 +24,7 @@ def training_curves(runs: Dict[str, List[dict]], path: Path) -> Path:
     """Training loss and validation mIoU per epoch, one line per run."""
     fig, (ax_loss, ax_miou) = plt.subplots(1, 2, figsize=(11, 4))
     for label, records in runs.items():
-        epochs = [r["epoch"] + 1 for r in records]
+        epochs = [r["epoch"] for r in records]
         ax_loss.plot(epochs, [r.get("train_loss") for r in records], marker=".", label=label)
         if any("val_miou" in r for r in records):
             ax_miou.plot(epochs, [r.get("val_miou") for r in records], marker=".", label=label)
@@ -37,14 +37,16 @@ def training_curves(runs: Dict[str, List[dict]], path: Path) -> Path:
 
 
 def entropy_curves(runs: Dict[str, List[dict]], path: Path) -> Path:
-    """Entropy of theta per cell type over epochs (paper Fig. 3): the convergence indicator."""
+    """Entropy of theta per cell type over epochs (paper Fig. 3), divided by ln|O|: the convergence indicator."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, records in runs.items():
-        epochs = [r["epoch"] + 1 for r in records]
-        for cell in records[0]["entropy"]:
+        epochs = [r["epoch"] for r in records]
+        for cell in records[0]["entropy_normalized"]:
             style = "-" if cell == "mean" else "--"
-            ax.plot(epochs, [r["entropy"][cell] for r in records], style, marker=".", label=f"{label}: {cell}")
-    ax.set(xlabel="epoch", ylabel="entropy of theta (nats)", title="architecture entropy per cell")
+            ax.plot(epochs, [r["entropy_normalized"][cell] for r in records], style, marker=".", label=f"{label}: {cell}")
+    ax.axhline(1.0, color="grey", linewidth=1, linestyle=":", label="uniform (no preference)")
+    ax.set(xlabel="epoch", ylabel="entropy of theta / ln|O|", title="architecture entropy per cell (1 = uniform)",
+           ylim=(0, 1.05))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)

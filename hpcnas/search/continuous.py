@@ -1,9 +1,15 @@
 """The supernet search loop: weights by SGD, architecture by GAEA or Adam (first order).
 
 Per epoch: for each step, an architecture step on one batch (from
-``arch_start_epoch`` on), then a weight step on another; then the supernet's
-validation mIoU, one metrics line, a checkpoint.  At the end the genotype is
-decoded and written.  Resuming restores every parameter, optimizer, scheduler
+``arch_start_epoch`` on, counted from 1 as the log does), then a weight step
+on another; then the supernet's validation mIoU, one metrics line, a
+checkpoint.  At the end the genotype is decoded and written.
+
+Two collapse remedies act here: DARTS-'s auxiliary skip (``search.aux_skip``,
+decayed linearly to 0 over the epochs) and DARTS+'s early stop
+(``search.early_stop_skips``: the search ends when the decoded decoder cell
+holds that many skip connections, and the genotype of the epoch before is
+kept).  P-DARTS's cap on skips is a decoding rule (``search.decode.max_skips``).  Resuming restores every parameter, optimizer, scheduler
 and RNG (global and channel sampling), so a killed run that is resumed ends
 exactly like an uninterrupted one on CPU.
 """
@@ -23,9 +29,9 @@ from hpcnas.data.torch_dataset import SegmentationDataset, make_loader, split_in
 from hpcnas.errors import UserError
 from hpcnas.rundir import write_json
 from hpcnas.runtime import seed_everything
-from hpcnas.search.decode import decode_genotype
+from hpcnas.search.decode import decode_configured
 from hpcnas.search.gaea import arch_mode, make_arch_optimizer
-from hpcnas.space.genotype import TOPOLOGIES, Genotype, tower_input
+from hpcnas.space.genotype import Genotype
 from hpcnas.space.networks import SearchNetwork, build_search_network, stride
 from hpcnas.train.loop import EpochLoop, WeightedCrossEntropy, cosine_sgd
 
@@ -42,6 +48,7 @@ def build_supernet(cfg: Config, info: DatasetInfo) -> SearchNetwork:
         return build_search_network(
             sp.topology, sp.op_set, info.channels, info.num_classes, sp.channels, sp.depth, sp.nodes, sp.towers, sp.tower_depth,
             se.partial_channels, se.edge_normalization, arch_mode(se.arch_optimizer), seed=cfg.seed + 1,
+            sampling=se.channel_sampling,
         )
     except ValueError as exc:
         raise UserError(str(exc), key="search.partial_channels") from None
@@ -49,15 +56,7 @@ def build_supernet(cfg: Config, info: DatasetInfo) -> SearchNetwork:
 
 def decode(cfg: Config, model: SearchNetwork) -> Genotype:
     """The genotype the current architecture weights stand for."""
-    sp = cfg.space
-    topo = TOPOLOGIES[sp.topology]
-    if topo.cell_kind == "darts":
-        node_inputs, towers = [j + 2 for j in range(sp.nodes)], None
-    else:
-        count = sp.towers * sp.tower_depth
-        node_inputs, towers = [1] * count, [tower_input(j, sp.tower_depth) for j in range(count)]
-    d = cfg.search.decode
-    return decode_genotype(sp.topology, sp.op_set, model.arch.snapshot(), node_inputs, sp.depth, d.edges_per_node, d.paths, d.path_decoder, towers)
+    return decode_configured(cfg, model.arch.snapshot())
 
 
 class SupernetSearch(EpochLoop):
@@ -94,6 +93,9 @@ class SupernetSearch(EpochLoop):
         self.w_opt, self.sched = cosine_sgd(self.w_params, se.lr, se.momentum, se.weight_decay, se.epochs, se.lr_min,
                                             wrap=lambda opt: ctx.distributed_optimizer(opt, named))
         self.a_opt = make_arch_optimizer(se.arch_optimizer, self.model.arch_parameters(), se.arch_lr, se.arch_weight_decay)
+        self.arch_lr = self.a_opt.param_groups[0]["lr"]
+        self.aux_coefficient = 0.0
+        self.kept_genotype = None  # DARTS+: the genotype of the last epoch before the skips piled up
         self.optimizers = {"w": self.w_opt, "arch": self.a_opt}
         self.epochs = se.epochs
         self.steps_per_epoch = min(len(self.w_loader), len(self.a_loader), se.max_steps_per_epoch or len(self.w_loader))
@@ -103,13 +105,39 @@ class SupernetSearch(EpochLoop):
         self.ctx.check_identical(self.model.arch_parameters(), "architecture parameters")
 
     def extra_state(self) -> Dict[str, Any]:
-        return {"channel_rng": self.model.channel_rng.get_state()}
+        kept = self.kept_genotype.to_dict() if self.kept_genotype is not None else None
+        return {"channel_rng": self.model.channel_rng.get_state(), "kept_genotype": kept, "stopped_early": self.stopped_early}
 
     def load_extra_state(self, state: Dict[str, Any]) -> None:
         self.model.channel_rng.set_state(state["channel_rng"])
+        kept = state.get("kept_genotype")
+        self.kept_genotype = Genotype.from_dict(kept) if kept is not None else None
+        self.stopped_early = state.get("stopped_early", False)
+
+    def arch_active(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` (0-based index) takes architecture steps: from ``arch_start_epoch`` (1-based) on."""
+        return epoch + 1 >= self.cfg.search.arch_start_epoch
+
+    def begin_epoch(self, epoch: int) -> None:
+        """DARTS-: the auxiliary skip decays linearly from ``aux_skip`` at the first epoch to 0 after the last."""
+        self.aux_coefficient = self.cfg.search.aux_skip * (1 - epoch / self.epochs)
+        self.model.set_aux_skip(self.aux_coefficient)
 
     def epoch_extras(self) -> Dict[str, Any]:
-        return {"entropy": self.model.arch.entropies(), "arch_lr": self.cfg.search.arch_lr, "genotype": decode(self.cfg, self.model).to_dict()}
+        genotype = decode(self.cfg, self.model)
+        return {"entropy": self.model.arch.entropies(), "entropy_normalized": self.model.arch.entropies(normalized=True),
+                "arch_lr": self.arch_lr, "aux_skip": round(self.aux_coefficient, 6), "genotype": genotype.to_dict(),
+                "skips": genotype.skip_count(), "parameter_free": genotype.parameter_free_fraction()}
+
+    def stop_early(self, epoch: int, record: Dict[str, Any]) -> bool:
+        """DARTS+: stop once the decoded decoder cell holds ``early_stop_skips`` skips; keep the genotype before."""
+        limit = self.cfg.search.early_stop_skips
+        genotype = Genotype.from_dict(record["genotype"])
+        if limit is None or not self.arch_active(epoch) or genotype.skip_count() < limit:
+            self.kept_genotype = genotype
+            return False
+        log.info("early stop (search.early_stop_skips=%d): %d skips in the decoder cell at epoch %d", limit, genotype.skip_count(), epoch + 1)
+        return True
 
     def epoch_batches(self, epoch: int, first_step: int):
         """Pairs (weight batch, architecture batch) of ``epoch`` from ``first_step`` on."""
@@ -123,7 +151,7 @@ class SupernetSearch(EpochLoop):
         (xw, yw), (xa, ya) = batch
         se = self.cfg.search
         sums = {}
-        if epoch >= se.arch_start_epoch:
+        if self.arch_active(epoch):
             self.a_opt.zero_grad(set_to_none=True)
             for p in self.w_params:  # the architecture step computes no weight gradient
                 p.requires_grad_(False)
@@ -142,13 +170,13 @@ class SupernetSearch(EpochLoop):
         return sums
 
     def epoch_summary(self, epoch: int, sums: Dict[str, float], steps: int) -> Dict[str, Any]:
-        arch_on = epoch >= self.cfg.search.arch_start_epoch
+        arch_on = self.arch_active(epoch)
         return {"train_loss": sums.get("train_loss", 0.0) / max(steps, 1), "arch_loss": sums["arch_loss"] / steps if arch_on and steps else None, "steps": steps, "arch_updates": arch_on}
 
     def run(self) -> Genotype:
         """Train from ``start_epoch`` to the end, then decode and write the genotype."""
         self.run_epochs()
-        genotype = decode(self.cfg, self.model)
+        genotype = self.kept_genotype if self.stopped_early and self.kept_genotype is not None else decode(self.cfg, self.model)
         if not self.ctx.is_root:
             return genotype
         genotype.save(self.run_dir / "genotype.json")

@@ -8,6 +8,9 @@
   log-likelihood under the betas; keep the paths scoring >= mu + 3 sigma
   (eq. 13; at least the best one) or a fixed K, or the single Viterbi path
   (Auto-DeepLab).
+* ``max_skips`` (P-DARTS): while the decoder cell holds more skip
+  connections than that, the weakest kept skip edge has its skip op masked
+  and the cell is decoded again.
 
 Ties are broken deterministically: the earlier op in the op set, the lower
 input index, the earlier path in enumeration order.
@@ -19,37 +22,57 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from hpcnas.space.genotype import OP_SETS, TOPOLOGIES, ZERO_OPS, Cell, Genotype, GridNode, Path_, unetpp_in_edges, unetpp_nodes, unetpp_paths
+from hpcnas.space.genotype import OP_SETS, SKIP_OPS, TOPOLOGIES, ZERO_OPS, Cell, Genotype, GridNode, Path_, tower_input, unetpp_in_edges, unetpp_nodes, unetpp_paths
 
 
-def best_op(weights: np.ndarray, op_names: Sequence[str]) -> Tuple[int, float]:
-    """(index, weight) of the strongest non-zero op; the first one wins a tie."""
-    allowed = np.array([name not in ZERO_OPS for name in op_names])
+def best_op(weights: np.ndarray, op_names: Sequence[str], banned: frozenset = frozenset()) -> Tuple[int, float]:
+    """(index, weight) of the strongest op that is neither zero nor ``banned``; the first one wins a tie."""
+    allowed = np.array([name not in ZERO_OPS and name not in banned for name in op_names])
     masked = np.where(allowed, weights, -np.inf)
     k = int(np.argmax(masked))
     return k, float(weights[k])
 
 
-def decode_cell(kind: str, op_weights: np.ndarray, op_names: Sequence[str], node_inputs: Sequence[int], edge_weights: Optional[Sequence[np.ndarray]] = None, edges_per_node: int = 2, tower_sources: Optional[Sequence[int]] = None) -> Cell:
+def decode_cell(kind: str, op_weights: np.ndarray, op_names: Sequence[str], node_inputs: Sequence[int], edge_weights: Optional[Sequence[np.ndarray]] = None, edges_per_node: int = 2, tower_sources: Optional[Sequence[int]] = None, max_skips: Optional[int] = None) -> Cell:
     """One cell's ``(op, input)`` pairs from its (edges, |O|) op weights in edge order."""
-    nodes = []
+    no_skip: set = set()  # edges whose skip op P-DARTS' cap has masked
+    while True:
+        cell, kept_skips = _decode_cell_once(kind, op_weights, op_names, node_inputs, edge_weights, edges_per_node, tower_sources, no_skip)
+        if max_skips is None or len(kept_skips) <= max_skips:
+            return cell
+        weakest = min(kept_skips, key=lambda edge: (op_weights[edge[0]][edge[1]], -edge[0]))
+        no_skip.add(weakest[0])
+
+
+def _decode_cell_once(kind, op_weights, op_names, node_inputs, edge_weights, edges_per_node, tower_sources, no_skip):
+    """The cell, and the kept skip edges as ``(edge index, op index)``."""
+    nodes, kept_skips = [], []
     e = 0
     for j, count in enumerate(node_inputs):
         candidates = []
         for k in range(count):
-            op, strength = best_op(op_weights[e + k], op_names)
+            op, strength = best_op(op_weights[e + k], op_names, SKIP_OPS if e + k in no_skip else frozenset())
             if edge_weights is not None:
                 strength *= float(edge_weights[j][k])
             source = k if kind == "darts" else tower_sources[j]
-            candidates.append((strength, source, op_names[op]))
+            candidates.append((strength, source, op_names[op], e + k, op))
         e += count
         keep = sorted(candidates, key=lambda c: (-c[0], c[1]))[: edges_per_node if kind == "darts" else 1]
-        nodes.append(tuple((op, source) for _, source, op in sorted(keep, key=lambda c: c[1])))
-    return tuple(nodes)
+        kept_skips += [(edge, op) for _, _, name, edge, op in keep if name in SKIP_OPS]
+        nodes.append(tuple((name, source) for _, source, name, _, _ in sorted(keep, key=lambda c: c[1])))
+    return tuple(nodes), kept_skips
 
 
 def path_log_likelihoods(betas: Dict[GridNode, np.ndarray], paths: Sequence[Path_]) -> np.ndarray:
-    """Average log-probability of the network edges of each path (single-input edges count log 1)."""
+    """Average log-probability of the network edges of each path.
+
+    The encoder edges X(i-1, 0) -> X(i, 0) are each node's only input, so they
+    have no beta: they count as log 1 = 0, a certain edge.  Every path runs
+    down the encoder, so counting them (rather than leaving them out of the
+    average) dilutes the decoder scores of deep and shallow paths alike by
+    their encoder length; the convention is this code's choice, the paper
+    does not say.
+    """
     scores = []
     for path in paths:
         logs = []
@@ -89,14 +112,15 @@ def viterbi_path(betas: Dict[GridNode, np.ndarray], depth: int) -> Path_:
     return best[(0, depth)][1]
 
 
-def decode_genotype(topology: str, op_set: Optional[str], snapshot: Dict, node_inputs: Sequence[int], depth: int, edges_per_node: int = 2, paths: Union[str, int] = "auto", path_decoder: str = "multipath", tower_sources: Optional[Sequence[int]] = None) -> Genotype:
+def decode_genotype(topology: str, op_set: Optional[str], snapshot: Dict, node_inputs: Sequence[int], depth: int, edges_per_node: int = 2, paths: Union[str, int] = "auto", path_decoder: str = "multipath", tower_sources: Optional[Sequence[int]] = None, max_skips: Optional[int] = None) -> Genotype:
     """A genotype from an :meth:`ArchParams.snapshot`."""
     topo = TOPOLOGIES[topology]
     op_names = OP_SETS[op_set or topo.op_set]
     cells = []
     for role in topo.cell_names:
         edges = snapshot["edges"][role] if snapshot.get("edges") else None
-        cells.append((role, decode_cell(topo.cell_kind, snapshot["ops"][role], op_names, node_inputs, edges, edges_per_node, tower_sources)))
+        cap = max_skips if role == topo.cell_names[1] else None  # P-DARTS caps the normal (decoder) cell
+        cells.append((role, decode_cell(topo.cell_kind, snapshot["ops"][role], op_names, node_inputs, edges, edges_per_node, tower_sources, cap)))
     kept = None
     if topo.nested:
         if path_decoder == "viterbi":
@@ -106,3 +130,25 @@ def decode_genotype(topology: str, op_set: Optional[str], snapshot: Dict, node_i
             scores = path_log_likelihoods(snapshot["betas"], every)
             kept = tuple(sorted(every[i] for i in select_paths(scores, paths)))
     return Genotype(topology, op_set or topo.op_set, tuple(cells), kept)
+
+
+def decode_configured(cfg, snapshot: Dict) -> Genotype:
+    """The genotype an :meth:`ArchParams.snapshot` stands for under a run's configuration (space + decode rules)."""
+    sp, d = cfg.space, cfg.search.decode
+    if TOPOLOGIES[sp.topology].cell_kind == "darts":
+        node_inputs, towers = [j + 2 for j in range(sp.nodes)], None
+    else:
+        count = sp.towers * sp.tower_depth
+        node_inputs, towers = [1] * count, [tower_input(j, sp.tower_depth) for j in range(count)]
+    return decode_genotype(sp.topology, sp.op_set, snapshot, node_inputs, sp.depth, d.edges_per_node, d.paths,
+                           d.path_decoder, towers, d.max_skips)
+
+
+def snapshot_from_json(raw: Dict) -> Dict:
+    """The snapshot a search's ``arch.json`` holds, as numpy arrays again (to decode it with other rules)."""
+    edges = raw.get("edges")
+    return {
+        "ops": {role: np.asarray(w) for role, w in raw["ops"].items()},
+        "edges": {role: [np.asarray(e) for e in es] for role, es in edges.items()} if edges else None,
+        "betas": {tuple(int(v) for v in key.split(",")): np.asarray(b) for key, b in raw.get("betas", {}).items()},
+    }

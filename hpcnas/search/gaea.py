@@ -1,22 +1,38 @@
-"""Architecture optimizers: GAEA's exponentiated gradient (eq. 10-11) and DARTS' Adam."""
+"""Architecture optimizers: GAEA's exponentiated gradient (eq. 10-11) and DARTS' Adam, by name.
+
+Each optimizer brings its own defaults, taken from its reference code: GAEA
+steps the probability simplex with lr 0.1; PC-DARTS' Adam steps logits with
+lr 6e-4, weight decay 1e-3 and betas (0.5, 0.999).  A GAEA step on a logit
+scale (or the reverse) is off by orders of magnitude, so ``search.arch_lr``
+left empty takes the chosen optimizer's default.
+"""
 
 from __future__ import annotations
 
-from typing import Iterable
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, Optional
 
 import torch
 
+from hpcnas.errors import UserError, nearest
+
+# GAEA's reference clamps every probability at this floor, so that an op that lost can still come back.
+SIMPLEX_FLOOR = 1e-5
+
 
 class ExponentiatedGradient(torch.optim.Optimizer):
-    """GAEA: ``theta <- theta * exp(-lr * grad)``, then renormalize each probability vector.
+    """GAEA: ``theta <- theta * exp(-lr * grad)``, floored at ``floor``, then renormalized per row.
 
     Every parameter is a tensor of probability vectors along its last dimension.
+    Each row's gradient is shifted by its minimum before ``exp``: a constant
+    added to a row changes nothing after renormalization, and the shift keeps
+    the largest factor at exactly 1, so no row underflows to 0 / 0 = NaN.
     """
 
-    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float = 0.1):
+    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float = 0.1, floor: float = SIMPLEX_FLOOR):
         if lr < 0:
             raise ValueError(f"invalid learning rate {lr}")
-        super().__init__(params, dict(lr=lr))
+        super().__init__(params, dict(lr=lr, floor=floor))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -26,18 +42,48 @@ class ExponentiatedGradient(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                p.mul_(torch.exp(-group["lr"] * p.grad))
+                g = p.grad - p.grad.amin(dim=-1, keepdim=True)
+                p.mul_(torch.exp(-group["lr"] * g))
+                p.div_(p.sum(dim=-1, keepdim=True))
+                p.clamp_(min=group["floor"])
                 p.div_(p.sum(dim=-1, keepdim=True))
         return loss
 
 
-def make_arch_optimizer(kind: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+@dataclass(frozen=True)
+class ArchOptimizer:
+    """One architecture optimizer: how theta is stored, its default step, and how to build it."""
+
+    mode: str  # "simplex": rows are probabilities; "logits": rows are softmax logits
+    default_lr: float
+    build: Callable[..., torch.optim.Optimizer]
+
+    def make(self, params, lr: Optional[float], weight_decay: float) -> torch.optim.Optimizer:
+        """The optimizer over ``params``; ``lr=None`` takes this optimizer's default."""
+        return self.build(params, self.default_lr if lr is None else lr, weight_decay)
+
+
+ARCH_OPTIMIZERS: Dict[str, ArchOptimizer] = {
+    "gaea": ArchOptimizer("simplex", 0.1, lambda params, lr, wd: ExponentiatedGradient(params, lr=lr)),
+    "adam": ArchOptimizer("logits", 6e-4, lambda params, lr, wd: torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), weight_decay=wd)),
+}
+
+
+def arch_optimizer(kind: str) -> ArchOptimizer:
+    """The registered architecture optimizer ``kind``; an unknown name is a config error."""
+    try:
+        return ARCH_OPTIMIZERS[kind]
+    except KeyError:
+        known = ", ".join(ARCH_OPTIMIZERS)
+        raise UserError(f"unknown architecture optimizer {kind!r}{nearest(kind, ARCH_OPTIMIZERS)} (known: {known})",
+                        key="search.arch_optimizer") from None
+
+
+def make_arch_optimizer(kind: str, params, lr: Optional[float], weight_decay: float) -> torch.optim.Optimizer:
     """``gaea`` -> :class:`ExponentiatedGradient`; ``adam`` -> Adam on logits (DARTS betas)."""
-    if kind == "gaea":
-        return ExponentiatedGradient(params, lr=lr)
-    return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), weight_decay=weight_decay)
+    return arch_optimizer(kind).make(params, lr, weight_decay)
 
 
 def arch_mode(kind: str) -> str:
     """How the architecture parameters are stored for an optimizer kind."""
-    return "simplex" if kind == "gaea" else "logits"
+    return arch_optimizer(kind).mode

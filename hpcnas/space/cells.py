@@ -104,13 +104,13 @@ def _stride(kind: str, src: int, reduction: bool) -> int:
     return 2 if reduction and src < cell_inputs(kind) else 1
 
 
-def search_edges(kind: str, op_names: Sequence[str], c: int, reduction: bool, nodes: int, towers: int, tower_depth: int, partial: int, generator) -> List[List[Edge]]:
+def search_edges(kind: str, op_names: Sequence[str], c: int, reduction: bool, nodes: int, towers: int, tower_depth: int, partial: int, generator, sampling: str = "shuffle") -> List[List[Edge]]:
     """Mixed-op edges: every earlier state for DARTS, the tower predecessor for ResNeXt."""
     out = []
     count = nodes if kind == "darts" else towers * tower_depth
     for j in range(count):
         srcs = range(j + 2) if kind == "darts" else [tower_input(j, tower_depth)]
-        out.append([(s, MixedOp(op_names, c, _stride(kind, s, reduction), partial, generator)) for s in srcs])
+        out.append([(s, MixedOp(op_names, c, _stride(kind, s, reduction), partial, generator, sampling)) for s in srcs])
     return out
 
 

@@ -29,6 +29,9 @@ OP_SETS: Dict[str, Tuple[str, ...]] = {
     ),
 }
 ZERO_OPS = frozenset({"none", "cut"})  # never decoded, never sampled
+SKIP_OPS = frozenset({"skip_connect", "skip"})
+# Ops with no weights: what a collapsed DARTS cell is made of (skips and pooling win the softmax early).
+PARAMETER_FREE_OPS = SKIP_OPS | {"avg_pool_3x3", "max_pool_3x3"} | ZERO_OPS
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,19 @@ class Genotype:
         from hpcnas.rundir import atomic_write_text
 
         atomic_write_text(path, self.to_json())
+
+    def decoder_cell(self) -> Cell:
+        """The cell type of the decoder (DARTS' normal cell, ResNeXt's up cell)."""
+        return self.cells[1][1]
+
+    def parameter_free_fraction(self) -> float:
+        """The fraction of the decoder cell's edges whose op has no weights (skip, pooling)."""
+        ops = [op for node in self.decoder_cell() for op, _ in node]
+        return sum(op in PARAMETER_FREE_OPS for op in ops) / len(ops)
+
+    def skip_count(self) -> int:
+        """How many edges of the decoder cell are skip connections."""
+        return sum(op in SKIP_OPS for node in self.decoder_cell() for op, _ in node)
 
     def describe(self) -> str:
         """A one-line summary for logs."""

@@ -16,6 +16,7 @@ Encoder cells share one set of architecture weights, decoder cells another
 
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -23,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from hpcnas.space.cells import CellArch, GraphCell, discrete_edges, make_cell, search_edges
+from hpcnas.space.mixed import MixedOp
 from hpcnas.space.genotype import OP_SETS, TOPOLOGIES, Genotype, GridNode, cell_inputs, unetpp_in_edges, unetpp_nodes
 from hpcnas.space.ops import ReLUConvBN
 
@@ -79,13 +81,15 @@ class ArchParams(nn.Module):
             out["betas"] = {tuple(int(v) for v in k.split("_")): self.weights(p).cpu().numpy() for k, p in self.betas.items()}
         return out
 
-    def entropies(self) -> Dict[str, float]:
-        """Mean entropy (nats) of the op distributions per cell type, and their mean."""
+    def entropies(self, normalized: bool = False) -> Dict[str, float]:
+        """Mean entropy of the op distributions per cell type, and their mean: in nats, or
+        ``normalized`` by ln|O| (1 = uniform, 0 = one op)."""
         with torch.no_grad():
             out = {}
             for role, p in self.ops.items():
                 w = self.weights(p).clamp_min(1e-12)
-                out[role] = float(-(w * w.log()).sum(-1).mean())
+                scale = math.log(p.shape[-1]) if normalized and p.shape[-1] > 1 else 1.0
+                out[role] = float(-(w * w.log()).sum(-1).mean()) / scale
             out["mean"] = sum(out.values()) / len(self.ops)
         return out
 
@@ -93,7 +97,8 @@ class ArchParams(nn.Module):
 class CellFactory:
     """Builds the cells of a network: search cells (mixed ops) or discrete cells (a genotype)."""
 
-    def __init__(self, kind: str, roles: Sequence[str], op_names: Sequence[str] = (), nodes: int = 4, towers: int = 4, tower_depth: int = 2, partial: int = 1, generator=None, genotype: Optional[Genotype] = None):
+    def __init__(self, kind: str, roles: Sequence[str], op_names: Sequence[str] = (), nodes: int = 4, towers: int = 4, tower_depth: int = 2, partial: int = 1, generator=None, genotype: Optional[Genotype] = None, sampling: str = "shuffle"):
+        self.sampling = sampling
         self.kind, self.roles, self.op_names = kind, tuple(roles), tuple(op_names)
         self.nodes, self.towers, self.tower_depth = nodes, towers, tower_depth
         self.partial, self.generator, self.genotype = partial, generator, genotype
@@ -106,7 +111,7 @@ class CellFactory:
     def __call__(self, role: str, in_channels: Sequence[int], c: int, reduce_prev: bool = False) -> GraphCell:
         reduction = role == self.roles[0]
         if self.search:
-            edges = search_edges(self.kind, self.op_names, c, reduction, self.nodes, self.towers, self.tower_depth, self.partial, self.generator)
+            edges = search_edges(self.kind, self.op_names, c, reduction, self.nodes, self.towers, self.tower_depth, self.partial, self.generator, self.sampling)
         else:
             edges = discrete_edges(self.kind, self.genotype.cell(role), c, reduction)
         return make_cell(self.kind, edges, in_channels, c, reduction, reduce_prev, affine=not self.search)
@@ -256,6 +261,12 @@ class SearchNetwork(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def set_aux_skip(self, coefficient: float) -> None:
+        """DARTS-: the weight of the auxiliary skip on every stride-1 mixed edge (0 turns it off)."""
+        for module in self.modules():
+            if isinstance(module, MixedOp):
+                module.aux_skip = coefficient
+
     def arch_parameters(self) -> List[nn.Parameter]:
         """theta / alpha, gamma and beta."""
         return list(self.arch.parameters())
@@ -266,7 +277,7 @@ class SearchNetwork(nn.Module):
         return [p for p in self.parameters() if id(p) not in arch_ids]
 
 
-def build_search_network(topology: str, op_set: Optional[str], in_channels: int, num_classes: int, channels: int, depth: int, nodes: int, towers: int, tower_depth: int, partial: int, edge_norm: bool, arch_mode: str, seed: int) -> SearchNetwork:
+def build_search_network(topology: str, op_set: Optional[str], in_channels: int, num_classes: int, channels: int, depth: int, nodes: int, towers: int, tower_depth: int, partial: int, edge_norm: bool, arch_mode: str, seed: int, sampling: str = "shuffle") -> SearchNetwork:
     """The supernet of a topology, with channel sampling seeded by ``seed``."""
     topo = TOPOLOGIES[topology]
     ops = OP_SETS[op_set or topo.op_set]
@@ -274,7 +285,7 @@ def build_search_network(topology: str, op_set: Optional[str], in_channels: int,
         if (channels * 2**level) % partial:
             raise ValueError(f"channels {channels * 2**level} at level {level} are not divisible by partial_channels={partial}")
     rng = torch.Generator().manual_seed(seed)
-    factory = CellFactory(topo.cell_kind, topo.cell_names, ops, nodes, towers, tower_depth, partial, rng)
+    factory = CellFactory(topo.cell_kind, topo.cell_names, ops, nodes, towers, tower_depth, partial, rng, sampling=sampling)
     counts = factory.node_inputs()
     betas = [n for n in unetpp_nodes(depth) if n[1] > 0] if topo.nested else []
     arch = ArchParams(arch_mode, {role: counts for role in topo.cell_names}, len(ops), edge_norm and topo.cell_kind == "darts", betas)

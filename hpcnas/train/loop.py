@@ -101,6 +101,7 @@ class EpochLoop:
         self.best_miou = -1.0
         self.resume_step, self.resume_sums, self.resume_rng = 0, {}, None  # set by a mid-epoch checkpoint
         self.stop = STOP
+        self.stopped_early = False  # set by stop_early(); checkpointed by subclasses that stop early
 
     # -- hooks ---------------------------------------------------------------
 
@@ -123,6 +124,13 @@ class EpochLoop:
     def may_be_best(self, epoch: int) -> bool:
         """Whether this epoch may become the best checkpoint."""
         return True
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Called before each epoch's steps (also when resumed inside it)."""
+
+    def stop_early(self, epoch: int, record: dict) -> bool:
+        """Whether the run ends after this epoch, its metrics line given (an early-stopping rule)."""
+        return False
 
     def extra_state(self) -> dict:
         """More state to checkpoint (a subclass's own RNGs, say)."""
@@ -217,7 +225,11 @@ class EpochLoop:
         try:
             with self.stop:
                 for epoch in range(self.start_epoch, self.epochs):
+                    if self.stopped_early:
+                        break
                     self._run_epoch(epoch, metrics)
+                    if self.stopped_early:
+                        break
                     if epoch + 1 < self.epochs and self.ctx.any(self.stop.requested):
                         raise Interrupted(self.run_dir, self.stop.signal or "another rank's signal", f"after epoch {epoch}")
         finally:
@@ -227,7 +239,8 @@ class EpochLoop:
     def _run_epoch(self, epoch: int, metrics: Optional[JsonlWriter]) -> None:
         t0 = time.time()
         reset_peak_memory(self.device)
-        record = {"epoch": epoch, "lr": self.sched.get_last_lr()[0]}
+        self.begin_epoch(epoch)
+        record = {"epoch": epoch + 1, "lr": self.sched.get_last_lr()[0]}  # 1-based, as the log and the configs count
         record.update(self.train_epoch(epoch))
         record["train_s"] = round(time.time() - t0, 3)
         self.sched.step()
@@ -235,6 +248,9 @@ class EpochLoop:
         self.check_replicas()
         record.update(self.epoch_extras())
         record.update({"time_s": round(time.time() - t0, 3), "peak_memory_mb": round(peak_memory_mb(self.device), 1), "ranks": self.ctx.size})
+        self.stopped_early = self.stop_early(epoch, record)
+        if self.stopped_early:
+            record["stopped_early"] = True
         improved = self.may_be_best(epoch) and record.get("val_miou", -1.0) > self.best_miou
         if improved:
             self.best_miou = record["val_miou"]

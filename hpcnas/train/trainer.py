@@ -2,8 +2,12 @@
 
 SGD with the cosine schedule and the weighted cross-entropy, train-time
 flips/rot90, N epochs; the best checkpoint by validation mIoU counted from
-``train.select_from_epoch`` (paper: from the 30th of 80).  Checkpoints carry
-the model spec, so ``evaluate`` rebuilds the network from the file alone.
+``train.select_from_epoch`` (paper: from the 30th of 80, counted from 1).
+Checkpoints carry the model spec, so ``evaluate`` rebuilds the network from
+the file alone.  The spec also records the network's parameters and FLOPs
+per tile; ``train.channels`` or ``train.target_params`` set a genotype's
+width (or the baseline's) independently of the supernet's ``space.channels``:
+search small, retrain large, as DARTS does.
 """
 
 from __future__ import annotations
@@ -22,18 +26,20 @@ from hpcnas.runtime import seed_everything
 from hpcnas.space.genotype import Genotype, check_against_space
 from hpcnas.space.networks import build_discrete_network, stride
 from hpcnas.train.baselines import ResNetUNet
+from hpcnas.train.complexity import complexity, width_for_parameters
 from hpcnas.train.loop import EpochLoop, WeightedCrossEntropy, cosine_sgd
 
 
 def model_spec(cfg: Config, info: DatasetInfo, genotype: Optional[Genotype], source: str = "<genotype>") -> Dict[str, Any]:
     """Everything needed to rebuild the network: a genotype (checked against the space) or the baseline."""
     sp = cfg.space
+    tr = cfg.train
     spec: Dict[str, Any] = {
         "kind": "genotype" if genotype is not None else "resnet_unet",
         "genotype": genotype.to_dict() if genotype is not None else None,
         "in_channels": info.channels, "num_classes": info.num_classes, "class_names": info.class_names,
-        "channels": sp.channels, "depth": sp.depth, "tower_depth": sp.tower_depth,
-        "baseline_width": cfg.train.baseline_width, "baseline_blocks": cfg.train.baseline_blocks,
+        "channels": tr.channels or sp.channels, "depth": sp.depth, "tower_depth": sp.tower_depth,
+        "baseline_width": tr.baseline_width, "baseline_blocks": tr.baseline_blocks,
     }
     if genotype is not None:
         check_against_space(genotype, genotype.topology, sp.nodes, sp.towers, sp.tower_depth, sp.depth, source)
@@ -42,6 +48,10 @@ def model_spec(cfg: Config, info: DatasetInfo, genotype: Optional[Genotype], sou
         need = 2**sp.depth
     if info.tile_size % need:
         raise UserError(f"tile size {info.tile_size} is not divisible by the network stride {need} (space.depth={sp.depth})", source=str(info.path))
+    if tr.target_params:  # search small, retrain at the size of the budget
+        width_key = "channels" if genotype is not None else "baseline_width"
+        spec[width_key] = width_for_parameters(lambda w: build_model({**spec, width_key: w}), tr.target_params)
+    spec.update(complexity(lambda: build_model(spec), info.channels, info.tile_size))
     return spec
 
 
@@ -74,13 +84,16 @@ class Trainer(EpochLoop):
         self.steps_per_epoch = min(len(self.loader), tr.max_steps_per_epoch or len(self.loader))
 
     def may_be_best(self, epoch: int) -> bool:
-        return epoch >= min(self.cfg.train.select_from_epoch, self.epochs - 1)
+        return epoch + 1 >= min(self.cfg.train.select_from_epoch, self.epochs)  # select_from_epoch counts from 1
 
     def best_state(self) -> Dict[str, Any]:
         return {"spec": self.spec}
 
     def extra_state(self) -> Dict[str, Any]:
         return {"spec": self.spec}
+
+    def epoch_extras(self) -> Dict[str, Any]:
+        return {"params": self.spec.get("params"), "flops": self.spec.get("flops")}
 
     def epoch_batches(self, epoch: int, first_step: int):
         """The training batches of ``epoch`` from ``first_step`` on."""

@@ -74,7 +74,7 @@ def assert_same_run(run_dir, reference):
     assert got.keys() == want.keys()
     for key in want:
         assert torch.equal(got[key], want[key]), key
-    assert [r["epoch"] for r in read_jsonl(run_dir / "metrics.jsonl")] == list(range(30))
+    assert [r["epoch"] for r in read_jsonl(run_dir / "metrics.jsonl")] == list(range(1, 31))
 
 
 def test_unetpp_search_script_runs_horovod_across_two_nodes(cluster, tmp_path):

@@ -176,3 +176,32 @@ def test_real_dubai_building_target(tmp_path):
     src_index = [i for i, s in enumerate(info.source_split) if s == "train"][0]
     rgb = np.asarray(Image.open(DUBAI / "Tile 2" / "masks" / (info.sources[src_index].rsplit(".", 1)[0] + ".png")).convert("RGB"))
     assert (rgb == (60, 16, 152)).all(-1).sum() > 0
+
+
+def test_stratified_splits_spread_sources_with_and_without_objects():
+    from hpcnas.data.tile import assign_splits_stratified
+
+    scores = [0.9, 0.8, 0.7, 0.6, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0]
+    for seed in range(5):
+        splits = assign_splits_stratified(scores, 0.2, 0.2, seed)
+        assert (splits.count("train"), splits.count("val"), splits.count("test")) == (6, 2, 2)
+        for name in ("val", "test"):  # one source with objects and one without in each
+            picked = [s for s, split in zip(scores, splits) if split == name]
+            assert sum(s > 0 for s in picked) == 1, (seed, splits)
+
+
+def test_tile_scale_and_stratify(tmp_path):
+    images, masks = make_folder(tmp_path, [(64, 64)] * 6)
+    for i in range(3):  # three sources without foreground
+        Image.fromarray(np.zeros((64, 64), np.uint8)).save(masks / f"img {i}.png")
+    out = tmp_path / "t.h5"
+    counts = tile_folder(images, masks, out, size=16, overlap=0, val_fraction=0.34, test_fraction=0.34, scale=0.5,
+                         stratify=True)
+    assert counts == {"train": 8, "val": 8, "test": 8}  # 64 px at half scale: 2 x 2 tiles of 16 px per source
+    with h5py.File(out) as f:
+        for split in ("val", "test"):
+            fg = [bool((f[split]["masks"][f[split]["source"][:] == s] == 1).any()) for s in set(f[split]["source"][:])]
+            assert sorted(fg) == [False, True]
+    res = run_cli("data", "tile", "--images", str(images), "--masks", str(masks), "--out", str(tmp_path / "x.h5"),
+                  "--scale", "0")
+    assert res.returncode == 2 and "--scale" in res.stderr and not (tmp_path / "x.h5").exists()

@@ -91,7 +91,7 @@ def test_resume_two_rank_checkpoint_on_one_rank(tmp_path):
     resumed = run(search_cmd(1, out, ["search.batch_size=4"], resume=True))  # same global batch on one rank
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     records = read_jsonl(out / "metrics.jsonl")
-    assert [r["epoch"] for r in records] == [0, 1, 2, 3] and records[-1]["ranks"] == 1
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4] and records[-1]["ranks"] == 1
     ref = run(search_cmd(1, tmp_path / "ref", ["search.batch_size=4", "search.epochs=4"]))
     assert ref.returncode == 0, ref.stderr[-3000:]
     assert (out / "genotype.json").read_text() == (tmp_path / "ref" / "genotype.json").read_text()
@@ -136,4 +136,4 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     assert ref.returncode == 0, ref.stderr[-3000:]
     assert (out / "genotype.json").read_text() == (tmp_path / "ref" / "genotype.json").read_text()
     assert_close_theta(theta(out), theta(tmp_path / "ref"), tol=0.0)  # bit-identical
-    assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [0, 1, 2]
+    assert [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]

@@ -18,12 +18,14 @@ from tests.conftest import run_cli
 def fake_run(path, topology="darts_unet", with_eval=True, history=False):
     path.mkdir(parents=True)
     with open(path / "metrics.jsonl", "w") as fh:
-        for e in range(4):
-            fh.write(json.dumps({"epoch": e, "train_loss": 1.0 / (e + 1), "val_miou": 0.5 + 0.05 * e, "entropy": {"normal": 2.0 - 0.1 * e, "reduce": 2.0 - 0.2 * e, "mean": 2.0 - 0.15 * e}}) + "\n")
+        for e in range(1, 5):
+            entropy = {"normal": 1.0 - 0.1 * e, "reduce": 1.0 - 0.2 * e, "mean": 1.0 - 0.15 * e}
+            fh.write(json.dumps({"epoch": e, "train_loss": 1.0 / e, "val_miou": 0.5 + 0.05 * e, "entropy_normalized": entropy}) + "\n")
+    (path / "model.json").write_text(json.dumps({"params": 123456, "flops": 7.5e9}))
     sample_genotype(random.Random(1), topology, depth=2).save(path / "genotype.json")
     if with_eval:
         curve = {"thresholds": [0.1 * k for k in range(1, 10)], "precision": list(np.linspace(0.9, 0.1, 9)), "recall": list(np.linspace(0.8, 0.0, 9))}
-        (path / "evaluation.json").write_text(json.dumps({"miou": 0.7, "objects": curve}))
+        (path / "evaluation.json").write_text(json.dumps({"miou": 0.7, "iou_background": 0.9, "iou_object": 0.5, "objects": curve}))
         rng = np.random.default_rng(0)
         np.savez_compressed(path / "predictions.npz", image_0=rng.integers(0, 255, (20, 20, 3), dtype=np.uint8), truth_0=np.zeros((20, 20), np.uint8), pred_0=np.ones((20, 20), np.uint8), names=np.array(["img"]))
     if history:
@@ -49,6 +51,7 @@ def test_report_files_are_valid_images(tmp_path):
             assert im.size[0] > 100 and im.size[1] > 50
     summary = (out / "summary.md").read_text()
     assert "| a |" in summary and "| b |" in summary and "0.7000" in summary
+    assert "background 0.900, object 0.500" in summary and "123,456" in summary and "| 7.5 |" in summary
 
 
 def test_report_cli_missing_dir(tmp_path):

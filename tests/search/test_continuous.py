@@ -21,7 +21,7 @@ from tests.conftest import ROOT, run_cli, run_interrupted_in_epoch, run_signalle
 
 TINY = [
     "data.synth.n=16", "data.synth.size=32", "space.channels=8", "space.depth=2", "space.nodes=2",
-    "search.epochs=3", "search.batch_size=4", "search.arch_start_epoch=1", "search.partial_channels=2", "search.arch_lr=3.0",
+    "search.epochs=3", "search.batch_size=4", "search.arch_start_epoch=2", "search.partial_channels=2", "search.arch_lr=3.0",
     "search.lr=0.05", "device=cpu",
 ]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
@@ -39,7 +39,7 @@ def _runner(tmp_path, extra=()):
 
 @pytest.mark.parametrize("optimizer", ["gaea", "adam"])
 def test_architecture_frozen_before_start_epoch(tmp_path, optimizer):
-    runner = _runner(tmp_path, [f"search.arch_optimizer={optimizer}", "search.arch_start_epoch=1"])
+    runner = _runner(tmp_path, [f"search.arch_optimizer={optimizer}", "search.arch_start_epoch=2"])  # counted from 1
     before = [p.detach().clone() for p in runner.model.arch_parameters()]
     weights_before = [p.detach().clone() for p in runner.model.weight_parameters()]
     runner.train_epoch(0)
@@ -56,7 +56,7 @@ def test_architecture_frozen_before_start_epoch(tmp_path, optimizer):
 def test_search_writes_the_run_directory(tmp_path):
     genotype, run_dir = search(SMOKE, TINY, out=str(tmp_path / "run"))
     records = read_jsonl(run_dir / "metrics.jsonl")
-    assert [r["epoch"] for r in records] == [0, 1, 2]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
     first = records[0]
     for key in ("train_loss", "val_miou", "entropy", "lr", "arch_lr", "time_s", "peak_memory_mb", "genotype"):
         assert key in first
@@ -84,7 +84,7 @@ def test_resume_in_process_is_exact(tmp_path, monkeypatch):
     assert resumed == full
     for k, v in _final_theta(full_dir).items():
         assert torch.equal(v, _final_theta(cut_dir)[k]), k
-    assert [r["epoch"] for r in read_jsonl(cut_dir / "metrics.jsonl")] == [0, 1, 2]
+    assert [r["epoch"] for r in read_jsonl(cut_dir / "metrics.jsonl")] == [1, 2, 3]
 
 
 def test_signal_mid_epoch_checkpoints_and_resumes_exactly(tmp_path, monkeypatch):
@@ -98,7 +98,7 @@ def test_signal_mid_epoch_checkpoints_and_resumes_exactly(tmp_path, monkeypatch)
     run_signalled_at_step(monkeypatch, SupernetSearch, 1, 0, lambda: search(SMOKE, config, out=str(cut_dir)))
     state = torch.load(cut_dir / "checkpoints" / "latest.pt", weights_only=False)
     assert (state["epoch"], state["step"]) == (1, 1) and set(state["sums"]) == {"train_loss", "arch_loss"}
-    assert [r["epoch"] for r in read_jsonl(cut_dir / "metrics.jsonl")] == [0]
+    assert [r["epoch"] for r in read_jsonl(cut_dir / "metrics.jsonl")] == [1]
     resumed, _ = search(None, [], resume=str(cut_dir))
     assert resumed == full
     for k, v in _final_theta(full_dir).items():
@@ -129,7 +129,7 @@ def test_usr2_exits_75_and_resume_existing_finishes(tmp_path):
     done = run_cli(*again)
     assert done.returncode == 0, done.stderr
     assert json.loads((run / "genotype.json").read_text()) == json.loads((tmp_path / "ref" / "genotype.json").read_text())
-    assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == [0, 1, 2, 3]
+    assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3, 4]
 
 
 @pytest.mark.slow
@@ -157,4 +157,4 @@ def test_killed_search_resumes_exactly(tmp_path):
     assert ref_theta.keys() == got_theta.keys()
     for k in ref_theta:
         assert torch.equal(ref_theta[k], got_theta[k]), k
-    assert [r["epoch"] for r in read_jsonl(victim / "metrics.jsonl")] == [0, 1, 2, 3]
+    assert [r["epoch"] for r in read_jsonl(victim / "metrics.jsonl")] == [1, 2, 3, 4]

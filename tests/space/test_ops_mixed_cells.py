@@ -46,7 +46,7 @@ def test_partial_channels_k1_is_darts_and_k2_bypasses_half():
     torch.testing.assert_close(k1(x, torch.tensor([0.25, 0.75])), 0.25 * x)
     # K = 2: 4 sampled channels are mixed (0.25 * x), the 4 others bypass unchanged (eq. 7)
     gen = torch.Generator().manual_seed(3)
-    k2 = MixedOp(names, 8, 1, partial=2, generator=gen)
+    k2 = MixedOp(names, 8, 1, partial=2, generator=gen, sampling="random")
     y = k2(x, torch.tensor([0.25, 0.75]))
     idx = torch.randperm(8, generator=torch.Generator().manual_seed(3))[:4]
     rest = torch.tensor([c for c in range(8) if c not in idx.tolist()])
@@ -61,7 +61,7 @@ def test_partial_channels_k1_is_darts_and_k2_bypasses_half():
 
 def test_partial_channels_strided_bypass_is_max_pooled():
     x = torch.randn(1, 4, 4, 4)
-    m = MixedOp(("none",), 4, 2, partial=2, generator=torch.Generator().manual_seed(0))
+    m = MixedOp(("none",), 4, 2, partial=2, generator=torch.Generator().manual_seed(0), sampling="random")
     y = m(x, torch.tensor([1.0]))
     pooled = torch.nn.functional.max_pool2d(x, 2, 2)
     idx = torch.randperm(4, generator=torch.Generator().manual_seed(0))[:2]

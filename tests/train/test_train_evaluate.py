@@ -18,7 +18,7 @@ from tests.conftest import ROOT, run_cli, run_interrupted_in_epoch, run_signalle
 
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 TINY = ["data.synth.n=16", "data.synth.size=32", "space.channels=8", "space.depth=2", "space.nodes=2", "train.epochs=3",
-        "train.select_from_epoch=1", "train.batch_size=4", "device=cpu", "train.baseline_width=8"]
+        "train.select_from_epoch=2", "train.batch_size=4", "device=cpu", "train.baseline_width=8"]
 
 
 def test_tile_and_reassemble_restores_full_images(tmp_path):

@@ -1,0 +1,61 @@
+"""How big a network is: parameters, FLOPs per tile, and the width that reaches a parameter budget.
+
+Counting runs on the ``meta`` device: modules are built and traced with
+shapes only, no memory and no arithmetic, so sizing a network for a
+512 px tile costs milliseconds.  FLOPs are torch's ``FlopCounterMode``
+count of one forward pass of one tile (a multiply-add is 2 FLOPs).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable and frozen parameters (BatchNorm running statistics are buffers, not counted)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(build: Callable[[], nn.Module], in_channels: int, tile: int) -> int:
+    """FLOPs of one forward pass of one ``tile`` x ``tile`` input through the network ``build()`` makes."""
+    with torch.device("meta"):
+        model = build().eval()
+        x = torch.empty(1, in_channels, tile, tile)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    return int(counter.get_total_flops())
+
+
+def complexity(build: Callable[[], nn.Module], in_channels: int, tile: int) -> Dict[str, int]:
+    """``{"params": ..., "flops": ...}`` of the network ``build()`` makes, at one tile."""
+    with torch.device("meta"):
+        params = count_parameters(build())
+    return {"params": params, "flops": count_flops(build, in_channels, tile)}
+
+
+def width_for_parameters(build: Callable[[int], nn.Module], target: int, low: int = 1, high: int = 1024) -> int:
+    """The width ``w`` in ``[low, high]`` whose network ``build(w)`` has the parameter count nearest ``target``.
+
+    Parameters grow with the width, so a bisection finds the two widths around
+    the target; the nearer of the two wins (the smaller on a tie).
+    """
+    def params(width: int) -> int:
+        with torch.device("meta"):
+            return count_parameters(build(width))
+
+    if params(low) >= target:
+        return low
+    if params(high) <= target:
+        return high
+    lo, hi = low, high  # params(lo) < target <= params(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if params(mid) < target:
+            lo = mid
+        else:
+            hi = mid
+    return lo if target - params(lo) <= params(hi) - target else hi

@@ -1,0 +1,155 @@
+"""Collapse remedies and the numerical fixes: GAEA's shift and floor, per-optimizer defaults,
+partial-channel schemes, DARTS-'s auxiliary skip, P-DARTS's cap, DARTS+'s early stop."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hpcnas.config import load_config
+from hpcnas.errors import UserError
+from hpcnas.pipeline import search
+from hpcnas.rundir import read_jsonl
+from hpcnas.search.decode import decode_cell, decode_configured, snapshot_from_json
+from hpcnas.search.gaea import SIMPLEX_FLOOR, ExponentiatedGradient, make_arch_optimizer
+from hpcnas.space.genotype import OP_SETS, Genotype
+from hpcnas.space.mixed import MixedOp, channel_shuffle
+from tests.conftest import ROOT
+
+SMOKE = str(ROOT / "configs" / "smoke.yaml")
+TINY = ["data.synth.n=16", "data.synth.size=32", "space.channels=8", "space.depth=2", "space.nodes=2",
+        "search.epochs=3", "search.batch_size=4", "search.arch_start_epoch=2", "search.partial_channels=2",
+        "search.arch_lr=3.0", "device=cpu"]
+OPS = OP_SETS["O_base"]  # sep3 sep5 dil3 dil5 avg max skip none
+
+
+def test_gaea_survives_a_gradient_that_underflows_every_entry():
+    theta = torch.nn.Parameter(torch.full((2, 4), 0.25))
+    theta.grad = torch.full((2, 4), 2000.0)  # exp(-200) underflows: without the shift, 0 / 0
+    theta.grad[1, 2] = 1990.0
+    ExponentiatedGradient([theta], lr=0.1).step()
+    assert torch.isfinite(theta).all()
+    torch.testing.assert_close(theta.data[0], torch.full((4,), 0.25))  # a constant changes nothing
+    assert theta.data[1].argmax() == 2
+
+
+def test_gaea_floor_lets_a_losing_op_come_back():
+    theta = torch.nn.Parameter(torch.full((4,), 0.25))
+    opt = ExponentiatedGradient([theta], lr=1.0)
+    for _ in range(100):
+        theta.grad = torch.tensor([0.0, 50.0, 50.0, 50.0])
+        opt.step()
+    assert theta.data[1:].min() >= SIMPLEX_FLOOR * 0.99  # floored, not 0
+    for _ in range(30):
+        theta.grad = torch.tensor([50.0, 0.0, 50.0, 50.0])
+        opt.step()
+    assert theta.data.argmax() == 1
+
+
+def test_each_architecture_optimizer_has_its_reference_defaults():
+    p = [torch.nn.Parameter(torch.zeros(3))]
+    adam = make_arch_optimizer("adam", p, None, 1e-3)
+    assert isinstance(adam, torch.optim.Adam)
+    group = adam.param_groups[0]
+    assert (group["lr"], group["betas"], group["weight_decay"]) == (6e-4, (0.5, 0.999), 1e-3)
+    assert make_arch_optimizer("gaea", p, None, 1e-3).param_groups[0]["lr"] == 0.1
+    assert make_arch_optimizer("gaea", p, 2.0, 1e-3).param_groups[0]["lr"] == 2.0
+    with pytest.raises(UserError, match="known: gaea, adam"):
+        make_arch_optimizer("adamw", p, None, 0.0)
+
+
+def test_channel_shuffle_interleaves_groups():
+    x = torch.arange(8.0).reshape(1, 8, 1, 1)
+    assert channel_shuffle(x, 2).flatten().tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
+
+
+def test_shuffle_sampling_is_the_reference_slice_and_deterministic():
+    torch.manual_seed(0)
+    op = MixedOp(OPS, 8, 1, partial=4, sampling="shuffle")
+    w = torch.softmax(torch.randn(len(OPS)), 0)
+    x = torch.randn(2, 8, 6, 6)
+    op.eval()
+    out = op(x, w)
+    mixed = sum(wk * o(x[:, :2]) for wk, o in zip(w, op.ops))
+    expected = channel_shuffle(torch.cat([mixed, x[:, 2:]], 1), 4)
+    torch.testing.assert_close(out, expected)
+    op.train()
+    torch.testing.assert_close(op(x, w), op(x, w))  # no randomness in training either
+
+
+def test_random_sampling_is_deterministic_in_evaluation():
+    gen = torch.Generator().manual_seed(0)
+    op = MixedOp(OPS, 8, 2, partial=2, generator=gen, sampling="random")
+    w = torch.full((len(OPS),), 1 / len(OPS))
+    x = torch.randn(2, 8, 8, 8)
+    op.train()
+    assert not torch.equal(op(x, w), op(x, w))  # a fresh subset each training call
+    op.eval()
+    torch.testing.assert_close(op(x, w), op(x, w))
+
+
+def test_aux_skip_adds_the_input_on_stride_one_edges_only():
+    w = torch.zeros(len(OPS))  # every op weighted 0: what is left is the auxiliary skip
+    x = torch.randn(2, 4, 8, 8)
+    normal, reduction = MixedOp(OPS, 4, 1), MixedOp(OPS, 4, 2)
+    normal.aux_skip = reduction.aux_skip = 0.5
+    torch.testing.assert_close(normal(x, w), 0.5 * x)
+    torch.testing.assert_close(reduction(x, w), torch.zeros(2, 4, 4, 4))
+
+
+def test_pdarts_cap_replaces_the_weakest_skips():
+    # three nodes, each reading 2 + j inputs; skip wins every edge, sep_conv_3x3 is the runner-up
+    op_w = np.full((9, len(OPS)), 0.05)
+    op_w[:, OPS.index("skip_connect")] = np.linspace(0.5, 0.9, 9)
+    op_w[:, 0] = 0.2
+    plain = decode_cell("darts", op_w, OPS, [2, 3, 4])
+    assert sum(op == "skip_connect" for node in plain for op, _ in node) == 6
+    capped = decode_cell("darts", op_w, OPS, [2, 3, 4], max_skips=2)
+    ops = [op for node in capped for op, _ in node]
+    assert ops.count("skip_connect") == 2 and ops.count("sep_conv_3x3") == 4
+    assert capped[2] == (("skip_connect", 2), ("skip_connect", 3))  # the strongest skips stay
+    none_left = decode_cell("darts", op_w, OPS, [2, 3, 4], max_skips=0)
+    assert [op for node in none_left for op, _ in node] == ["sep_conv_3x3"] * 6
+
+
+def test_aux_skip_decays_and_arch_json_redecodes(tmp_path):
+    genotype, run = search(SMOKE, TINY + ["search.aux_skip=1.0"], out=str(tmp_path / "run"))
+    records = read_jsonl(run / "metrics.jsonl")
+    assert [r["aux_skip"] for r in records] == pytest.approx([1.0, 2 / 3, 1 / 3])
+    assert records[0]["entropy_normalized"]["mean"] == pytest.approx(1.0)  # before arch_start_epoch=2
+    assert records[-1]["entropy_normalized"]["mean"] < 1.0
+    assert all(0 <= r["parameter_free"] <= 1 for r in records)
+    cfg = load_config(str(run / "config.yaml"))
+    snapshot = snapshot_from_json(json.loads((run / "arch.json").read_text()))
+    assert decode_configured(cfg, snapshot) == genotype
+    capped = decode_configured(load_config(str(run / "config.yaml"), ["search.decode.max_skips=0"]), snapshot)
+    assert capped.skip_count() == 0
+
+
+def test_dartsplus_stops_and_keeps_the_genotype_before(tmp_path, monkeypatch):
+    from hpcnas.search.continuous import SupernetSearch
+
+    # the real rule on a hand-made record; then the loop's reaction to it
+    runner_cfg = TINY + ["search.early_stop_skips=1", "search.epochs=4"]
+    seen = []
+    original = SupernetSearch.stop_early
+
+    def collapse_in_epoch_3(self, epoch, record):
+        if epoch == 2:  # pretend the third epoch's decoder cell turned into skips
+            record["genotype"]["cells"]["normal"] = [[["skip_connect", 0], ["skip_connect", 1]]] * 2
+        seen.append(epoch)
+        return original(self, epoch, record)
+
+    monkeypatch.setattr(SupernetSearch, "stop_early", collapse_in_epoch_3)
+    genotype, run = search(SMOKE, runner_cfg, out=str(tmp_path / "run"))
+    records = read_jsonl(run / "metrics.jsonl")
+    assert seen == [0, 1, 2] and [r["epoch"] for r in records] == [1, 2, 3]
+    assert records[-1]["stopped_early"] is True
+    assert genotype == Genotype.from_dict(records[1]["genotype"])  # the epoch before the collapse
+    assert Genotype.load(str(run / "genotype.json")) == genotype
+    monkeypatch.undo()
+    again, _ = search(None, [], resume=str(run))  # a finished early stop stays finished
+    assert again == genotype and len(read_jsonl(run / "metrics.jsonl")) == 3
