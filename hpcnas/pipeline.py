@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 from hpcnas.config import Config, dump_config, load_config
 from hpcnas.errors import Interrupted, UserError
-from hpcnas.rundir import make_run_dir
+from hpcnas.rundir import holds_run_dirs, lock_run_dir, make_run_dir
 from hpcnas.signals import stoppable
 
 log = logging.getLogger("hpcnas")
@@ -45,10 +45,13 @@ def start_or_resume(out: Optional[str]) -> tuple:
 
 
 def open_run(command: str, cfg: Config, out: Optional[str], resume: Optional[str]) -> Path:
-    """Create (or reopen) the run directory; write config.yaml and log into log.txt."""
+    """Create (or reopen) the run directory and lock it; write config.yaml and log into log.txt."""
     if not resume and out and (Path(out) / "config.yaml").exists():
         raise UserError(f"already holds a run: continue it with --resume {out}, or choose another --out", source=str(out))
     run_dir = Path(resume) if resume else make_run_dir(out, command)
+    lock_run_dir(run_dir)
+    if not resume and (run_dir / "config.yaml").exists():  # another start got here first
+        raise UserError(f"already holds a run: continue it with --resume {out}, or choose another --out", source=str(out))
     dump_config(cfg, run_dir / "config.yaml")
     _log_to(run_dir / "log.txt")
     return run_dir
@@ -79,6 +82,7 @@ def resolve_data(cfg: Config, run_dir: Path) -> str:
     return str(path)
 
 
+@holds_run_dirs
 @stoppable
 def search(config_path: Optional[str], overrides: Sequence[str] = (), out: Optional[str] = None, resume: Optional[str] = None, device: Optional[str] = None):
     """``hpcnas search``: continuous search into a run directory; returns (genotype, run_dir)."""
@@ -115,6 +119,7 @@ def search(config_path: Optional[str], overrides: Sequence[str] = (), out: Optio
     return runner.run(), run_dir
 
 
+@holds_run_dirs
 @stoppable
 def train(config_path: Optional[str], overrides: Sequence[str] = (), genotype: Optional[str] = None, baseline: Optional[str] = None, seed: int = 0, out: Optional[str] = None, resume: Optional[str] = None, device: Optional[str] = None, evaluate_split: Optional[str] = None):
     """``hpcnas train``: retrain a genotype file, a random cell (``genotype="random"``) or a baseline.
@@ -211,6 +216,7 @@ def report(run_dirs: Sequence[str], out: Optional[str] = None) -> Path:
     return build_report([Path(d) for d in run_dirs], Path(out) if out else None)
 
 
+@holds_run_dirs
 @stoppable
 def evolve(config_path: Optional[str], overrides: Sequence[str] = (), out: Optional[str] = None, resume: Optional[str] = None) -> Optional[Path]:
     """``hpcnas-evolve`` / ``hpcnas evolve``: discrete search on every MPI rank of this job.
@@ -223,13 +229,14 @@ def evolve(config_path: Optional[str], overrides: Sequence[str] = (), out: Optio
     except ImportError:
         raise UserError("mpi4py is not installed (envs/setup.sh installs it with an MPI)") from None
     from hpcnas.config import from_dict, to_dict
-    from hpcnas.execution.orchestrator import run_orchestrator
+    from hpcnas.execution.orchestrator import check_evolve_config, run_orchestrator
 
     comm = MPI.COMM_WORLD
     payload = None
     if comm.Get_rank() == 0:
         try:
             cfg = resolve_config(config_path, overrides, resume)
+            check_evolve_config(cfg, comm.Get_size())
             if cfg.data.path:
                 from hpcnas.data.hdf5 import read_info
 
@@ -245,7 +252,16 @@ def evolve(config_path: Optional[str], overrides: Sequence[str] = (), out: Optio
         raise SystemExit(2)
     cfg = from_dict(Config, payload[0], source="<broadcast>")
     run_dir = Path(payload[1])
-    stopped_by = comm.bcast(run_orchestrator(comm, cfg, run_dir, payload[2]), root=0)
+    outcome, failure = None, None
+    try:
+        outcome = run_orchestrator(comm, cfg, run_dir, payload[2])
+    except Exception as exc:  # on rank 0: the others must not wait for a verdict that never comes
+        failure = exc
+    code, stopped_by = comm.bcast((2 if isinstance(failure, UserError) else 1 if failure else 0, outcome), root=0)
+    if failure is not None:
+        raise failure
+    if code:  # rank 0 failed and reports why
+        raise SystemExit(code)
     if stopped_by:
         raise Interrupted(run_dir, stopped_by, "with evaluations left")
     return run_dir if comm.Get_rank() == 0 else None

@@ -1,4 +1,4 @@
-"""The run directory contract (SPEC.md): where every command leaves its files.
+"""The run directory contract: where every command leaves its files, and who may write them.
 
 Small, dependency-free helpers shared by all layers: create a run directory,
 append JSON lines flushed one by one (a killed run leaves every finished line
@@ -30,6 +30,66 @@ def make_run_dir(out: Optional[PathLike], command: str, base: PathLike = "runs")
     path = Path(out)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+LOCK_FILE = ".lock"
+_HELD: Dict[str, int] = {}  # resolved run directory -> the open file descriptor that holds its lock
+
+
+def lock_run_dir(path: PathLike) -> None:
+    """Make this process the run directory's only writer until :func:`release_run_dirs`.
+
+    An exclusive ``flock`` on ``DIR/.lock``: the kernel drops it when the
+    process dies, however it dies, so a crash never leaves a stale lock.  A
+    second writer gets a :class:`UserError` naming the holder.  Where the file
+    system has no ``flock`` (a Lustre client mounted ``noflock``), the run goes
+    on unlocked with a warning.
+    """
+    import fcntl
+    import logging
+    import socket
+
+    from hpcnas.errors import UserError
+
+    key = str(Path(path).resolve())
+    if key in _HELD:
+        return
+    fd = os.open(Path(path) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise UserError(f"in use by {holder}: one writer per run directory", source=str(path)) from None
+    except OSError as exc:
+        logging.getLogger("hpcnas").warning("%s: no lock on this file system (%s); make sure no other command writes "
+                                            "this run directory", path, exc.strerror)
+        os.close(fd)
+        return
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+    _HELD[key] = fd
+
+
+def release_run_dirs(keep: "set[str]" = frozenset()) -> None:
+    """Release every run directory lock this process holds, but those in ``keep``."""
+    for key in [k for k in _HELD if k not in keep]:
+        os.close(_HELD.pop(key))
+
+
+def holds_run_dirs(fn):
+    """Decorator: the run directories ``fn`` locks are released when it returns or raises."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        before = set(_HELD)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            release_run_dirs(keep=before)
+
+    return wrapper
 
 
 @contextlib.contextmanager

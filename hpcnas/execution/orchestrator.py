@@ -48,6 +48,25 @@ def make_strategy(cfg: Config, world: int) -> Strategy:
     return Generational(strategy, size=world) if ev.mode == "generational" else strategy
 
 
+def check_evolve_config(cfg: Config, world: int) -> None:
+    """Raise ``UserError`` for anything in ``cfg.evolve`` that would fail once the ranks are serving.
+
+    Called on rank 0 before any rank starts, so a bad config stops the whole job at once.
+    """
+    make_strategy(cfg, world)
+    parse_faults(cfg.evolve.inject_faults)
+    ev = cfg.evolve
+    if ev.strategy == "evolution" and ev.population > ev.max_evaluations:
+        raise UserError(f"the population ({ev.population}) must not exceed evolve.max_evaluations ({ev.max_evaluations}): "
+                        "the search would end before evolving", key="evolve.population")
+
+
+def stop_serving(comm) -> None:
+    """Tell every rank > 0 to leave :func:`serve`."""
+    for rank in range(1, comm.Get_size()):
+        comm.send(None, dest=rank, tag=TAG_STOP)
+
+
 def parse_faults(items: List[str]) -> Dict[int, str]:
     """``["3:oom", "5:kill"]`` -> ``{3: "oom", 5: "kill"}``."""
     out = {}
@@ -158,8 +177,7 @@ class Dispatcher:
             with self.stop:
                 self._dispatch_loop(started)
         finally:
-            for rank in range(1, self.world):
-                self.comm.send(None, dest=rank, tag=TAG_STOP)
+            stop_serving(self.comm)
             if self.slot.busy:
                 self.slot.kill()
             self.slot.close()
@@ -245,14 +263,20 @@ def run_orchestrator(comm, cfg: Config, run_dir: Path, data: str) -> Optional[st
     if rank != 0:
         serve(comm, slot)
         return None
-    search_log = SearchLog(run_dir)
-    strategy = make_strategy(cfg, comm.Get_size())
-    replay(strategy, search_log)
+    try:
+        search_log = SearchLog(run_dir)
+        strategy = make_strategy(cfg, comm.Get_size())
+        replay(strategy, search_log)
+        dispatcher = Dispatcher(comm, slot, cfg, run_dir, search_log, strategy)
+    except BaseException:  # the other ranks are serving already: release them before failing
+        stop_serving(comm)
+        slot.close()
+        raise
     done, pending = len(search_log.finished), len(search_log.in_flight())
     if done or pending:
         log.info("resuming: %d evaluation(s) done, %d re-queued", done, pending)
     log.info("evolve (%s, %s) on %d rank(s): budget %d evaluations -> %s", cfg.evolve.strategy, cfg.evolve.mode, comm.Get_size(), cfg.evolve.max_evaluations, run_dir)
-    interrupted = Dispatcher(comm, slot, cfg, run_dir, search_log, strategy).run()
+    interrupted = dispatcher.run()
     ok = [r for r in search_log.finished if r["status"] == "ok" and r["fitness"] is not None]
     if ok:
         best = max(ok, key=lambda r: r["fitness"])

@@ -39,6 +39,26 @@ def run(cmd, timeout=420):
 SLEEPY = ["evolve.evaluator=sleep", "evolve.sleep_median=0.3", "evolve.sleep_sigma=0.5"]
 
 
+@needs_mpi
+@pytest.mark.slow
+@pytest.mark.parametrize("bad, message", [
+    ("evolve.sample_size=9", "evolve.sample_size"),
+    ("evolve.inject_faults=['3:melt']", "evolve.inject_faults"),
+    ("evolve.population=50", "evolve.population"),
+])
+def test_a_bad_evolve_config_ends_every_rank_at_once(tmp_path, bad, message):
+    """The check runs on rank 0 before any rank serves: exit 2, one line, nothing written, nothing left running."""
+    out = tmp_path / "bad"
+    t0 = time.time()
+    proc = run(evolve_cmd(3, out, *SLEEPY, "evolve.max_evaluations=6", bad), timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("hpcnas: error:")]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in proc.stderr
+    assert not out.exists() and time.time() - t0 < 100
+    left = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True)
+    assert left.stdout.strip() == "", "processes left behind"
+
+
 def test_single_process_without_mpirun(tmp_path):
     """Launched alone, rank 0 is the whole job: it dispatches to its own slot."""
     out = tmp_path / "solo"

@@ -1,0 +1,65 @@
+"""One writer per run directory: a second start or a resume of a live run is refused; a killed run's lock is gone."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from tests.conftest import ROOT, run_cli, set_args
+
+SMOKE = str(ROOT / "configs" / "smoke.yaml")
+LONG = ["data.synth.n=16", "data.synth.size=32", "space.channels=8", "space.depth=2", "space.nodes=2",
+        "search.epochs=200", "search.batch_size=4", "device=cpu"]
+
+
+def start_search(out) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "hpcnas.cli", "search", "--config", SMOKE, *set_args(LONG),
+                             "--out", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path, timeout=120):
+    t0 = time.time()
+    while not path.exists():
+        assert time.time() - t0 < timeout, f"{path} never appeared"
+        time.sleep(0.2)
+
+
+def test_a_live_run_refuses_a_second_writer_and_a_killed_one_does_not(tmp_path):
+    out = tmp_path / "run"
+    first = start_search(out)
+    try:
+        wait_for(out / "metrics.jsonl")
+        resumed = run_cli("search", "--resume", str(out), timeout=120)
+        assert resumed.returncode == 2
+        assert resumed.stderr.strip().splitlines() == [
+            f"hpcnas: error: {out}: in use by pid {first.pid} on {os.uname().nodename}: one writer per run directory"]
+        again = run_cli("search", "--config", SMOKE, "--out", str(out), timeout=120)
+        assert again.returncode == 2 and "already holds a run" in again.stderr
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    ok = run_cli("search", "--resume", str(out), *set_args(["search.epochs=1"]), timeout=300)
+    assert ok.returncode == 0, ok.stderr  # the kernel dropped the dead process's lock
+    assert (out / "genotype.json").exists()
+
+
+def test_two_starts_at_once_leave_one_run(tmp_path):
+    out = tmp_path / "run"
+    procs = [start_search(out) for _ in range(2)]
+    try:
+        wait_for(out / "metrics.jsonl")
+        time.sleep(1)
+        finished = [p for p in procs if p.poll() is not None]
+        assert len(finished) == 1, "exactly one start must be refused"
+        loser = finished[0]
+        assert loser.returncode == 2
+        err = loser.stderr.read()
+        assert "in use by pid" in err or "already holds a run" in err
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+                p.wait()
