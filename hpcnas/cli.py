@@ -17,7 +17,7 @@ from typing import Callable, List, Optional
 
 from hpcnas import __version__
 from hpcnas.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_RESUMABLE, Interrupted, UserError
-from hpcnas.signals import ignore_stop_signals
+from hpcnas.signals import STOP, ignore_stop_signals
 
 log = logging.getLogger("hpcnas")
 
@@ -294,9 +294,15 @@ def _crash_log_path(args: argparse.Namespace) -> Path:
     return Path(tempfile.gettempdir()) / f"hpcnas-error-{time.strftime('%Y%m%d-%H%M%S')}.log"
 
 
+RESUMABLE = {"search", "train", "evolve"}  # the commands that save their state on a stop signal (exit 75)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """``hpcnas`` console script."""
+    STOP.arm()  # first: a SLURM warning while the command is still starting is kept, not fatal
     args = build_parser().parse_args(argv)
+    if args.command not in RESUMABLE:
+        STOP.disarm()  # the others stop on SIGTERM the ordinary way
     code = run(args.func, args)
     # the command is over: a SLURM warning arriving now (the process still has to shut torch and
     # MPI down) has nothing left to save, and must not turn a finished run into death by SIGUSR2

@@ -33,6 +33,36 @@ class StopFlag:
         self.signal: Optional[str] = None
         self._previous: Dict[int, object] = {}
         self._depth = 0
+        self._armed = False  # held for the whole process by its entry point (see :meth:`arm`)
+
+    def arm(self) -> None:
+        """Catch the stop signals from now on, for the rest of the process.
+
+        The entry points call this first thing, so that SLURM's warning during
+        start-up (imports take seconds on a loaded node) is kept for the
+        command's first check instead of killing the process; the ``with``
+        blocks inside then neither clear the flag nor restore the handlers, and
+        :func:`ignore_stop_signals` swaps the handler out at the end without
+        a moment of the default action in between.
+        """
+        if self._armed or threading.current_thread() is not threading.main_thread():
+            return
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._set)
+        self._armed = True
+
+    def disarm(self) -> None:
+        """Undo :meth:`arm` for a command that does not resume: the previous handlers come back,
+        and a stop signal caught meanwhile is delivered to them now, as if it had just arrived."""
+        if not self._armed:
+            return
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+        self._armed = False
+        if self.signal is not None:
+            caught, self.signal = self.signal, None
+            signal.raise_signal(signal.Signals[caught])
 
     @property
     def requested(self) -> bool:
@@ -45,7 +75,7 @@ class StopFlag:
 
     def __enter__(self) -> "StopFlag":
         self._depth += 1
-        if self._depth == 1:
+        if self._depth == 1 and not self._armed:
             self.signal = None
             if threading.current_thread() is threading.main_thread():
                 for sig in STOP_SIGNALS:
@@ -54,7 +84,7 @@ class StopFlag:
 
     def __exit__(self, *exc) -> None:
         self._depth -= 1
-        if self._depth == 0:
+        if self._depth == 0 and not self._armed:
             for sig, handler in self._previous.items():
                 signal.signal(sig, handler)
             self._previous.clear()
@@ -80,6 +110,9 @@ def _ignore(signum, frame) -> None:
 
 
 def ignore_stop_signals() -> None:
-    """Let SIGTERM and SIGUSR2 pass over this process (a rank whose stop another rank coordinates)."""
+    """Let SIGTERM and SIGUSR2 pass over this process (a rank whose stop another rank coordinates,
+    or a process whose command is over)."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, _ignore)
+    STOP._armed = False
+    STOP._previous.clear()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 from tests.conftest import ROOT, run_cli
 
@@ -108,3 +111,64 @@ def test_a_warning_after_the_command_finished_does_not_kill_the_process(tmp_path
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def _console(*args):
+    """The ``hpcnas`` console script of this environment, as SLURM's srun starts it."""
+    return subprocess.Popen([str(Path(sys.executable).parent / "hpcnas"), *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_a_warning_during_start_up_stops_a_search_cleanly(tmp_path):
+    """USR2 while the command is still importing (a loaded node): kept for the first step, exit 75, resumable."""
+    out = tmp_path / "run"
+    proc = _console("search", "--config", str(ROOT / "configs" / "smoke.yaml"), "--out", str(out),
+                    "--set", "search.epochs=2", "--set", "device=cpu")
+    time.sleep(0.3)  # the handler is installed first thing; torch takes seconds to import after it
+    proc.send_signal(signal.SIGUSR2)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, err
+    assert "stopped by SIGUSR2" in err and "Traceback" not in err
+    resumed = _console("search", "--resume", str(out))
+    resumed.communicate(timeout=300)
+    assert resumed.returncode == 0 and (out / "genotype.json").exists()
+
+
+def test_a_warning_during_start_up_of_a_command_that_does_not_resume_ends_it(tmp_path):
+    proc = _console("data", "synth", "--out", str(tmp_path / "d.h5"), "--n", "4000", "--size", "64")
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGTERM
+
+
+def test_a_warning_after_a_search_finished_does_not_kill_the_process(tmp_path):
+    code = (
+        "import os, signal, sys\nfrom hpcnas.cli import main\n"
+        f"code = main(['search', '--config', {str(ROOT / 'configs' / 'smoke.yaml')!r}, '--out', {str(tmp_path / 'r')!r},"
+        " '--set', 'search.epochs=1', '--set', 'device=cpu'])\n"
+        "os.kill(os.getpid(), signal.SIGUSR2)\nos.kill(os.getpid(), signal.SIGTERM)\nsys.exit(code)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_an_armed_flag_keeps_an_early_signal_and_never_falls_back_to_the_default():
+    """The two windows: a signal before the command's own ``with STOP`` is kept for its first check,
+    and leaving that ``with`` does not put the default action (death) back before the process ends."""
+    import os
+
+    from hpcnas.signals import StopFlag
+
+    flag = StopFlag()
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR2, signal.SIGTERM)}
+    try:
+        flag.arm()
+        os.kill(os.getpid(), signal.SIGUSR2)
+        time.sleep(0.01)
+        with flag:
+            assert flag.signal == "SIGUSR2"  # not cleared by the command's own with
+        assert signal.getsignal(signal.SIGUSR2) == flag._set  # still caught after the command
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)

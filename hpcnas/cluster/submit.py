@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from hpcnas.errors import Interrupted, UserError
-from hpcnas.signals import ignore_stop_signals
+from hpcnas.signals import STOP, ignore_stop_signals
 
 COMMANDS = ("search", "evolve", "train")
 SIGNAL_DELAY_S = 120  # USR2 this long before the limit: time to finish a step and write a checkpoint
@@ -112,6 +112,7 @@ class PipelineJob(Checkpointable):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
         run_dir = self.out.replace(JOB_ID, str(env.job_id))
         submitit_handler = signal.getsignal(signal.SIGUSR2)  # checkpoint + requeue, installed by submitit
+        STOP.arm()  # from here to the end, a warning is ours: it stops the loop, never kills the job outright
         out, resume = pipeline.start_or_resume(run_dir)
         try:
             self._run(pipeline, out, resume)
