@@ -7,7 +7,9 @@ Heavy modules (torch above all) are imported inside the command functions, so
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -281,17 +283,50 @@ def run(func: Callable[[argparse.Namespace], Optional[int]], args: argparse.Name
         print("hpcnas: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence: log, one line, exit 1
-        logfile = _crash_log_path(args)
-        logfile.write_text(traceback.format_exc())
-        print(f"hpcnas: internal error: {type(exc).__name__}: {exc} (traceback in {logfile})", file=sys.stderr)
+        out = getattr(args, "out", None) or getattr(args, "resume", None)
+        full = _full_disk(exc, out)
+        if full:  # not the user's input (exit 1), but no bug either: say what happened, no traceback
+            print(f"hpcnas: error: no space left on device writing {full}", file=sys.stderr)
+            return EXIT_FAILURE
+        logfile = _write_crash_log(out, traceback.format_exc())
+        where = f"traceback in {logfile}" if logfile else "no room anywhere for the traceback"
+        print(f"hpcnas: internal error: {type(exc).__name__}: {exc} ({where})", file=sys.stderr)
         return EXIT_FAILURE
 
 
-def _crash_log_path(args: argparse.Namespace) -> Path:
-    out = getattr(args, "out", None) or getattr(args, "resume", None)
-    if out and Path(out).is_dir():
-        return Path(out) / "error.log"
-    return Path(tempfile.gettempdir()) / f"hpcnas-error-{time.strftime('%Y%m%d-%H%M%S')}.log"
+def _full_disk(exc: BaseException, out: Optional[str]) -> Optional[str]:
+    """What was being written when the device filled up, or ``None`` when ``exc`` is not a full disk.
+
+    The ENOSPC may sit anywhere in the exception's chain (torch reports a failed
+    write as a RuntimeError of its own); with none there, a failure while the
+    run directory's file system has no byte left counts too.
+    """
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return seen.filename or out or "a file"
+        seen = seen.__cause__ or seen.__context__
+    if out and Path(out).exists():
+        fs = os.statvfs(out)
+        if fs.f_bavail == 0:
+            return out
+    return None
+
+
+def _write_crash_log(out: Optional[str], text: str) -> Optional[Path]:
+    """Append the traceback to the run directory's error.log, or to a per-process file in the temp
+    folder; never raises (a crash handler that fails would hide the first failure)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    candidates = [Path(out) / "error.log"] if out and Path(out).is_dir() else []
+    candidates.append(Path(tempfile.gettempdir()) / f"hpcnas-error-{stamp}-{os.getpid()}.log")
+    for path in candidates:
+        try:
+            with open(path, "a") as fh:
+                fh.write(f"--- {stamp} pid {os.getpid()}\n{text}")
+            return path
+        except OSError:
+            continue
+    return None
 
 
 RESUMABLE = {"search", "train", "evolve"}  # the commands that save their state on a stop signal (exit 75)

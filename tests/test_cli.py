@@ -172,3 +172,32 @@ def test_an_armed_flag_keeps_an_early_signal_and_never_falls_back_to_the_default
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_last_good_checkpoint(tmp_path):
+    """A 1 MB tmpfs fills up at the second checkpoint: exit 1, one error line, no traceback, and the
+    checkpoint written before is intact (written via a temporary file and a rename)."""
+    import os
+
+    import pytest
+    import torch
+
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(tiny)], capture_output=True, text=True)
+    if mounted.returncode:
+        if os.environ.get("CI"):
+            pytest.fail(f"cannot mount a tmpfs to fill: {mounted.stderr.strip()}")
+        pytest.skip(f"cannot mount a tmpfs (needs root): {mounted.stderr.strip()}")
+    try:
+        out = tiny / "run"
+        proc = run_cli("search", "--config", str(ROOT / "configs" / "smoke.yaml"), "--out", str(out), "--set", "device=cpu")
+        assert proc.returncode == 1
+        lines = proc.stderr.strip().splitlines()
+        assert lines[-1].startswith(f"hpcnas: error: no space left on device writing {out}"), proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr and sum(line.startswith("hpcnas:") for line in lines) == 1
+        kept = sorted((out / "checkpoints").iterdir())
+        assert [p.name for p in kept] == ["latest.pt"]  # no half-written temporary file left
+        assert torch.load(kept[0], weights_only=False)["epoch"] == 0
+    finally:
+        subprocess.run(["umount", str(tiny)], check=False)
