@@ -151,9 +151,16 @@ def _resolve_resume_existing(args: argparse.Namespace) -> None:
         args.out, args.resume = start_or_resume(None if args.resume else args.out)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a wrong command line is one ``hpcnas: error:`` line (exit 2), like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"hpcnas: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``hpcnas`` argument parser with all its subcommands."""
-    parser = argparse.ArgumentParser(prog="hpcnas", description="Neural architecture search for semantic segmentation on SLURM GPU clusters.")
+    parser = OneLineParser(prog="hpcnas", description="Neural architecture search for semantic segmentation on SLURM GPU clusters.")
     parser.add_argument("--version", action="version", version=f"hpcnas {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

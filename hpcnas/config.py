@@ -10,6 +10,7 @@ naming the file and the dotted key (and the nearest valid key, if any).
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,7 +141,7 @@ class EvolveConfig:
 class Config:
     """The whole resolved configuration of a run (written to ``config.yaml``)."""
 
-    seed: int = 0
+    seed: int = field(default=0, metadata=_range(0))
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     data: DataConfig = field(default_factory=DataConfig)
     space: SpaceConfig = field(default_factory=SpaceConfig)
@@ -160,21 +161,48 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Co
     (the file, or ``--set``).
     """
     cfg = from_dict(Config, read_yaml_mapping(path) if path else {}, source=str(path) if path else "<defaults>")
+    check_consistency(cfg, str(path) if path else "<defaults>")
     for item in overrides:
         key, value = parse_override(item)
         tree = to_dict(cfg)
         set_dotted(tree, key, value, source="--set")
         cfg = from_dict(Config, tree, source="--set")
+        check_consistency(cfg, "--set")
     return cfg
+
+
+def check_consistency(cfg: Config, source: str) -> None:
+    """Rules that tie several keys together (each key alone was checked against its bounds)."""
+    s = cfg.data.synth
+    if s.val_fraction + s.test_fraction >= 1:
+        raise UserError(f"val_fraction + test_fraction must be below 1 (no training data left), got "
+                        f"{s.val_fraction} + {s.test_fraction}", source=source, key="data.synth")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key written twice in one mapping is an error, not 'the last one wins'."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def read_yaml_mapping(path: str) -> Dict[str, Any]:
     """Read a YAML file that must hold a mapping (an empty file is ``{}``)."""
     p = Path(path)
+    if p.is_dir():
+        raise UserError("is a directory, not a YAML file", source=str(path))
     if not p.is_file():
         raise UserError("no such file", source=str(path))
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError as exc:
+        raise UserError(f"not UTF-8 text (byte {exc.start}): a config is a YAML text file", source=str(path)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
@@ -286,6 +314,8 @@ def _check_range(value: Any, f: dataclasses.Field, source: str, key: str) -> Non
     lo, hi = f.metadata.get("range", (None, None))
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return
+    if not math.isfinite(value):  # NaN compares false with every bound, so it would pass them
+        raise UserError(f"must be a finite number, got {value}", source=source, key=key)
     if lo is not None and value < lo:
         raise UserError(f"must be >= {lo}, got {value}", source=source, key=key)
     if hi is not None and value > hi:

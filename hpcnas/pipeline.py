@@ -213,6 +213,8 @@ def report(run_dirs: Sequence[str], out: Optional[str] = None) -> Path:
     for d in run_dirs:
         if not Path(d).is_dir():
             raise UserError("no such run directory", source=str(d))
+        if not any((Path(d) / name).exists() for name in ("metrics.jsonl", "evaluation.json", "history.jsonl", "genotype.json")):
+            raise UserError("holds no run (no metrics.jsonl, evaluation.json, history.jsonl or genotype.json)", source=str(d))
     return build_report([Path(d) for d in run_dirs], Path(out) if out else None)
 
 
@@ -267,13 +269,14 @@ def evolve(config_path: Optional[str], overrides: Sequence[str] = (), out: Optio
     return run_dir if comm.Get_rank() == 0 else None
 
 
+@holds_run_dirs
 def smoke(out: Optional[str] = None, config_path: Optional[str] = None, overrides: Sequence[str] = ()) -> Path:
     """``hpcnas smoke``: data -> search -> decode -> retrain -> evaluate -> report, on synthetic data."""
     t0 = time.time()
-    root = make_run_dir(out, "smoke")
     config = config_path or str(SMOKE_CONFIG)
+    cfg = load_config(config, overrides)  # a bad --set stops here, before anything is written
+    root = make_run_dir(out, "smoke")
     data = root / "data.h5"
-    cfg = load_config(config, overrides)
     if not data.exists():
         from hpcnas.data.synth import synthesize
 

@@ -9,6 +9,7 @@ file in place of a good one).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import time
@@ -28,12 +29,31 @@ def make_run_dir(out: Optional[PathLike], command: str, base: PathLike = "runs")
             n += 1
             out = Path(base) / f"{command}-{stamp}-{n}"
     path = Path(out)
-    path.mkdir(parents=True, exist_ok=True)
+    first_new = next((p for p in [path, *path.parents][::-1] if not p.exists()), None)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        from hpcnas.errors import UserError
+
+        raise UserError("cannot create the run directory: a file is in the way", source=str(out)) from None
+    except PermissionError as exc:
+        from hpcnas.errors import UserError
+
+        raise UserError(f"cannot create the run directory: {exc.strerror}", source=str(out)) from None
+    except OSError as exc:
+        if exc.errno != errno.EROFS:
+            raise
+        from hpcnas.errors import UserError
+
+        raise UserError("cannot create the run directory: read-only file system", source=str(out)) from None
+    if first_new is not None:
+        _CREATED.append(first_new)
     return path
 
 
 LOCK_FILE = ".lock"
 _HELD: Dict[str, int] = {}  # resolved run directory -> the open file descriptor that holds its lock
+_CREATED: List[Path] = []  # folders make_run_dir created (the topmost new one of each path), newest last
 
 
 def lock_run_dir(path: PathLike) -> None:
@@ -78,16 +98,27 @@ def release_run_dirs(keep: "set[str]" = frozenset()) -> None:
 
 
 def holds_run_dirs(fn):
-    """Decorator: the run directories ``fn`` locks are released when it returns or raises."""
+    """Decorator: the run directories ``fn`` locks are released when it returns or raises, and the
+    folders it created are removed again when it rejects its input (a :class:`UserError`), so the
+    corrected command does not meet a half-made run."""
     import functools
+    import shutil
+
+    from hpcnas.errors import UserError
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        before = set(_HELD)
+        before, created = set(_HELD), len(_CREATED)
         try:
             return fn(*args, **kwargs)
+        except UserError:
+            release_run_dirs(keep=before)
+            while len(_CREATED) > created:
+                shutil.rmtree(_CREATED.pop(), ignore_errors=True)
+            raise
         finally:
             release_run_dirs(keep=before)
+            del _CREATED[created:]
 
     return wrapper
 

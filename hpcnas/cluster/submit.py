@@ -134,6 +134,11 @@ class PipelineJob(Checkpointable):
 
 
 def _check(req: Request) -> None:
+    for name in ("partition", "account", "qos", "constraint", "time", "out", "genotype", "baseline", "config"):
+        value = getattr(req, name, None)
+        if isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):
+            # a newline would end the #SBATCH line and start one of the caller's choosing
+            raise UserError(f"control character in {value!r}", source=f"--{name.replace('_', '-')}")
     if req.command not in COMMANDS:
         raise UserError(f"unknown command '{req.command}' (known: {', '.join(COMMANDS)})", source="--command")
     from hpcnas.config import load_config

@@ -10,12 +10,14 @@ pure function of the seed.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Dict, Tuple
 
 import numpy as np
 
 from hpcnas.data.hdf5 import create_dataset
 from hpcnas.data.tile import assign_splits, tile_array
+from hpcnas.errors import UserError
 from hpcnas.rundir import PathLike
 
 CLASS_NAMES = ("background", "rotorcraft")
@@ -90,6 +92,15 @@ def synthesize(out: PathLike, n: int = 48, size: int = 64, seed: int = 0, val_fr
     Scenes of 2x2 overlapping tiles are drawn and tiled (so objects are cut by
     patch borders); the ``n mod 4`` remaining patches come from one-tile scenes.
     """
+    if n < 1:
+        raise UserError(f"needs at least 1 patch, got {n}", source="--n")
+    if size < 16:
+        raise UserError(f"patches must be at least 16 px, got {size}", source="--size")
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise UserError(f"fractions must be in [0, 1) and sum below 1, got {val_fraction} + {test_fraction}",
+                        source="--val-fraction/--test-fraction")
+    if Path(out).is_dir():
+        raise UserError("is a directory: give the path of the .h5 file to write", source=str(out))
     overlap = overlap_for(size)
     big = 2 * size - overlap
     shapes = [(big, big)] * (n // 4) + [(size, size)] * (n % 4)

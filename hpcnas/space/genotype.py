@@ -144,9 +144,14 @@ class Genotype:
     def load(cls, path: str) -> "Genotype":
         """Read and validate a genotype JSON (or YAML) file."""
         p = Path(path)
+        if p.is_dir():
+            raise UserError("is a directory, not a genotype file", source=str(path))
         if not p.is_file():
             raise UserError("no such file", source=str(path))
-        text = p.read_text()
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UserError("not UTF-8 text: a genotype is a JSON file", source=str(path)) from None
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as exc:
