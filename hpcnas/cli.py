@@ -48,9 +48,10 @@ def cmd_data_tile(args: argparse.Namespace) -> None:
 
 
 def cmd_data_info(args: argparse.Namespace) -> None:
-    from hpcnas.data.hdf5 import read_info
+    from hpcnas.data.hdf5 import check_class_ids, read_info
 
     info = read_info(args.file)
+    check_class_ids(info)  # the one command that reads every mask: a data set it passes trains to the end
     print(f"{info.path}: tile {info.tile_size} px, overlap {info.overlap} px, {info.channels} channels")
     print("patches: " + ", ".join(f"{k} {v}" for k, v in info.split_sizes.items()))
     total = max(1, int(info.class_pixels.sum()))

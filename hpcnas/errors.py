@@ -2,7 +2,7 @@
 
 Any layer raises :class:`UserError` for a wrong config key, a broken data
 file, an invalid genotype or a missing device; the command line turns it into
-one line ``hpcnas: error: ...`` on stderr and exit code 2 (SPEC.md).
+one line ``hpcnas: error: ...`` on stderr and exit code 2.
 Everything else is a bug or an environment failure: exit code 1, with the
 traceback in the run's log file.  A run stopped by a signal after saving its
 state raises :class:`Interrupted`: exit code 75 (``EX_TEMPFAIL``, "try again"),

@@ -44,15 +44,20 @@ def start_or_resume(out: Optional[str]) -> tuple:
     return out, None
 
 
-def open_run(command: str, cfg: Config, out: Optional[str], resume: Optional[str]) -> Path:
-    """Create (or reopen) the run directory and lock it; write config.yaml and log into log.txt."""
+def open_run(command: str, cfg: Config, out: Optional[str], resume: Optional[str], write_config: bool = True) -> Path:
+    """Create (or reopen) the run directory and lock it; write config.yaml and log into log.txt.
+
+    ``write_config=False`` leaves config.yaml to the caller, for a resume that must check its
+    input first: a refused resume must not rewrite the run's config.
+    """
     if not resume and out and (Path(out) / "config.yaml").exists():
         raise UserError(f"already holds a run: continue it with --resume {out}, or choose another --out", source=str(out))
     run_dir = Path(resume) if resume else make_run_dir(out, command)
     lock_run_dir(run_dir)
     if not resume and (run_dir / "config.yaml").exists():  # another start got here first
         raise UserError(f"already holds a run: continue it with --resume {out}, or choose another --out", source=str(out))
-    dump_config(cfg, run_dir / "config.yaml")
+    if write_config:
+        dump_config(cfg, run_dir / "config.yaml")
     _log_to(run_dir / "log.txt")
     return run_dir
 
@@ -66,6 +71,48 @@ def _log_to(path: Path) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+
+
+def same_data(run_dir: Path, info, data_path: str) -> None:
+    """Record what the run is trained on (``data.json``) at its start; on a resume, refuse other data.
+
+    The fingerprint is what a changed data set or split changes: the file's size, the patches
+    per split, the tile, the classes and their weights (reading every byte of a large file to hash
+    it would cost minutes at each requeue).
+    """
+    from hpcnas.rundir import write_json
+
+    mark = {"path": str(Path(data_path).resolve()), "bytes": Path(data_path).stat().st_size, "splits": info.split_sizes,
+            "tile": info.tile_size, "classes": info.class_names,
+            "class_weights": [round(float(w), 6) for w in info.class_weights]}
+    path = run_dir / "data.json"
+    if not path.exists():
+        write_json(path, mark)
+        return
+    before = json.loads(path.read_text())
+    changed = [key for key in mark if key != "path" and before.get(key) != mark[key]]
+    if changed:
+        raise UserError(f"the data differs from the data this run started on ({', '.join(changed)} changed; it was "
+                        f"{before['path']}): resume with the same data, or start a new run", source=str(data_path))
+
+
+def checkpoint_to_resume(run_dir: Path) -> Optional[Path]:
+    """``checkpoints/latest.pt`` of a run being resumed, or ``None`` when it never wrote one.
+
+    A run that logged epochs but lost that file is refused: restarting it from epoch 0
+    would cut its metrics.jsonl (best.pt lacks the optimizer and RNG state to go on from).
+    """
+    from hpcnas.rundir import read_jsonl
+    from hpcnas.search.checkpoint import LATEST
+
+    latest = run_dir / "checkpoints" / LATEST
+    if latest.exists():
+        return latest
+    logged = len(read_jsonl(run_dir / "metrics.jsonl"))
+    if logged:
+        raise UserError(f"checkpoints/{LATEST} is missing but {logged} epoch(s) are logged: nothing to resume from "
+                        "(the history is left as it is); start a new run", source=str(run_dir))
+    return None
 
 
 def resolve_data(cfg: Config, run_dir: Path) -> str:
@@ -90,7 +137,6 @@ def search(config_path: Optional[str], overrides: Sequence[str] = (), out: Optio
     from hpcnas.data.hdf5 import read_info
     from hpcnas.distributed import setup
     from hpcnas.runtime import select_device
-    from hpcnas.search.checkpoint import LATEST
     from hpcnas.search.continuous import SupernetSearch
 
     ctx = setup()
@@ -103,14 +149,25 @@ def search(config_path: Optional[str], overrides: Sequence[str] = (), out: Optio
         read_info(cfg.data.path)  # a broken data file is reported before the run directory exists
     placed = None
     if ctx.is_root:  # rank 0 alone creates the run directory and the synthetic data
-        run_dir = open_run("search", cfg, out, resume)
+        run_dir = open_run("search", cfg, out, resume, write_config=not resume)
         placed = (str(run_dir), resolve_data(cfg, run_dir))
     run_dir, data_path = ctx.broadcast_object(placed)
     run_dir = Path(run_dir)
     info = read_info(data_path)
+    problem = None
+    if ctx.is_root:
+        try:
+            same_data(run_dir, info, data_path)
+        except UserError as exc:
+            problem = exc
+    problem = ctx.broadcast_object(problem)  # every rank stops, not only the one that looked
+    if problem is not None:
+        raise problem
+    if resume and ctx.is_root:
+        dump_config(cfg, run_dir / "config.yaml")
     runner = SupernetSearch(cfg, run_dir, data_path, info, dev, ctx)
-    latest = run_dir / "checkpoints" / LATEST
-    if resume and latest.exists():
+    latest = checkpoint_to_resume(run_dir) if resume else None
+    if latest is not None:
         runner.restore(latest)  # every rank reads the same file: identical state, nothing to broadcast
         if ctx.is_root:
             log.info("resuming %s at %s", run_dir, runner.resume_point())
@@ -151,15 +208,16 @@ def train(config_path: Optional[str], overrides: Sequence[str] = (), genotype: O
             check_against_space(geno, geno.topology, sp.nodes, sp.towers, sp.tower_depth, sp.depth, genotype)
         else:
             raise UserError("give --genotype G.json, --genotype random or --baseline resnet_unet")
-    run_dir = open_run("train", cfg, out, resume)
+    run_dir = open_run("train", cfg, out, resume, write_config=not resume)
     from hpcnas.runtime import select_device
-    from hpcnas.search.checkpoint import LATEST
     from hpcnas.train.trainer import Trainer, model_spec
 
     dev = select_device(device or cfg.device)
     data_path = resolve_data(cfg, run_dir)
     info = read_info(data_path)
+    same_data(run_dir, info, data_path)
     if resume:
+        dump_config(cfg, run_dir / "config.yaml")
         if not (run_dir / "model.json").exists():
             raise UserError("no model.json: not a training run directory", source=str(run_dir))
         spec = json.loads((run_dir / "model.json").read_text())
@@ -174,8 +232,8 @@ def train(config_path: Optional[str], overrides: Sequence[str] = (), genotype: O
         if geno is not None:
             geno.save(run_dir / "genotype.json")
     trainer = Trainer(cfg, run_dir, data_path, info, dev, spec)
-    latest = run_dir / "checkpoints" / LATEST
-    if resume and latest.exists():
+    latest = checkpoint_to_resume(run_dir) if resume else None
+    if latest is not None:
         trainer.restore(latest)
         log.info("resuming %s at %s", run_dir, trainer.resume_point())
     what = spec["kind"] if spec["kind"] != "genotype" else spec["genotype"]["topology"]

@@ -99,3 +99,37 @@ def test_bad_input_is_one_line_and_changes_nothing(tmp_path, argv, fragment):
     assert fragment in lines[0]
     assert "Traceback" not in proc.stderr + proc.stdout
     assert tree(work) == before, "a rejected command changed the work directory"
+
+
+def test_resume_refuses_other_data_and_a_lost_checkpoint(tmp_path):
+    """Two inputs only a started run can have: its data edited away, its latest checkpoint deleted.
+    Both are refused in one line, and the run's history is left as it was."""
+    out = tmp_path / "run"
+    tiny = ["--set", "search.epochs=1", "--set", "device=cpu"]
+    assert run_cli("search", "--config", SMOKE, "--out", str(out), *tiny).returncode == 0
+    other = tmp_path / "other.h5"
+    assert run_cli("data", "synth", "--out", str(other), "--n", "20", "--size", "32").returncode == 0
+    history, config = (out / "metrics.jsonl").read_text(), (out / "config.yaml").read_text()
+    edited = run_cli("search", "--resume", str(out), "--set", f"data.path={other}")
+    assert edited.returncode == 2 and "the data differs from the data this run started on" in edited.stderr
+    (out / "checkpoints" / "latest.pt").unlink()
+    lost = run_cli("search", "--resume", str(out))
+    assert lost.returncode == 2 and "checkpoints/latest.pt is missing but 1 epoch(s) are logged" in lost.stderr
+    assert (out / "metrics.jsonl").read_text() == history and (out / "config.yaml").read_text() == config
+
+
+def test_data_info_reads_every_mask(tmp_path):
+    import h5py
+
+    data = tmp_path / "d.h5"
+    assert run_cli("data", "synth", "--out", str(data), "--n", "8", "--size", "32").returncode == 0
+    with h5py.File(data, "r+") as f:
+        f["train"]["masks"][1, 3, 3] = 7
+    proc = run_cli("data", "info", str(data))
+    assert proc.returncode == 2 and "patch train[1] has class id 7, beyond the 2 classes" in proc.stderr
+    with h5py.File(data, "r+") as f:
+        f["train"]["masks"][1, 3, 3] = 0
+        f["train"]["offsets"][0] = (-40, 0)
+        f.attrs["class_weights"] = [1.0, float("nan")]
+    proc = run_cli("data", "info", str(data))
+    assert proc.returncode == 2 and "lies outside its source" in proc.stderr

@@ -1,4 +1,4 @@
-"""The HDF5 patch data set (SPEC.md, "Data"): layout, writer, validating reader.
+"""The HDF5 patch data set: layout, writer, validating reader.
 
 Layout (one group per split, ``train``, ``val`` and optionally ``test``)::
 
@@ -228,9 +228,12 @@ def read_info(path: PathLike) -> DatasetInfo:
                     raise UserError(f"'{split}' images and masks must be uint8", source=src)
                 channels = ishape[3]
                 sizes[split] = n
+                _check_placement(g, split, np.asarray(a["source_shapes"], dtype=np.int64).reshape(-1, 2), tile, src)
             weights = np.asarray(a["class_weights"], dtype=np.float32)
             if weights.shape != (len(class_names),):
                 raise UserError(f"'class_weights' has {weights.shape[0]} entries for {len(class_names)} classes", source=src)
+            if not np.isfinite(weights).all() or (weights < 0).any() or not (weights > 0).any():
+                raise UserError(f"'class_weights' must be finite, non-negative and not all 0, got {weights.tolist()}", source=src)
             return DatasetInfo(
                 path=Path(path),
                 class_names=class_names,
@@ -248,6 +251,38 @@ def read_info(path: PathLike) -> DatasetInfo:
             raise
         except (OSError, KeyError, ValueError, TypeError) as exc:
             raise UserError(f"unreadable or corrupt data set: {_short(exc)}", source=src) from None
+
+
+def check_class_ids(info: "DatasetInfo", block: int = 256) -> None:
+    """Read every mask and raise a :class:`UserError` at the first class id beyond the class count
+    (what training would only meet when it reaches that patch)."""
+    with open_h5(info.path) as f:
+        for split in info.split_sizes:
+            masks = f[split]["masks"]
+            for start in range(0, masks.shape[0], block):
+                chunk = masks[start : start + block]
+                labels = np.where(chunk == IGNORE_INDEX, 0, chunk)
+                if labels.size and int(labels.max()) >= info.num_classes:
+                    i = start + int(np.argmax(labels.reshape(len(chunk), -1).max(axis=1)))
+                    raise UserError(f"patch {split}[{i}] has class id {int(labels.max())}, beyond the "
+                                    f"{info.num_classes} classes {info.class_names}", source=str(info.path))
+
+
+def _check_placement(group, split: str, source_shapes: np.ndarray, tile: int, src: str) -> None:
+    """Every patch names a real source and lies inside it: reassembling full images relies on it."""
+    sources, offsets, valid = group["source"][...], group["offsets"][...], group["valid"][...]
+    if not len(sources):
+        return
+    bad = (sources < 0) | (sources >= len(source_shapes))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise UserError(f"patch {split}[{i}] names source {int(sources[i])}, but there are {len(source_shapes)}", source=src)
+    shapes = source_shapes[sources]
+    outside = ((offsets < 0) | (valid < 1) | (valid > tile) | (offsets + valid > shapes)).any(axis=1)
+    if outside.any():
+        i = int(np.argmax(outside))
+        raise UserError(f"patch {split}[{i}] at offset {offsets[i].tolist()} (valid {valid[i].tolist()}) lies outside its "
+                        f"source of {shapes[i].tolist()} px", source=src)
 
 
 class PatchReader:

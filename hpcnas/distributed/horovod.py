@@ -1,7 +1,7 @@
 """Horovod backend: initialization, optimizers, synchronized BatchNorm, collectives, drift checks.
 
 * mpi4py is imported before ``hvd.init(comm=...)`` so Horovod's shutdown does
-  not finalize MPI under mpi4py (ENVIRONMENT.md).
+  not finalize MPI under mpi4py (which finalizes it itself, at exit).
 * Weights: ``hvd.DistributedOptimizer``; architecture parameters: their
   gradients averaged by allreduce before the GAEA / Adam step, so every rank
   holds identical theta; a cheap checksum turns any drift into an error.

@@ -1,4 +1,4 @@
-"""Candidate operations, by the names genotypes store (SPEC.md, "Search spaces").
+"""Candidate operations, by the names genotypes store.
 
 Conventions follow the DARTS reference code: ReLU-Conv-BN, separable
 convolutions applied twice, a factorized reduce for a strided skip, and a

@@ -82,7 +82,11 @@ def load_model(checkpoint: str, device: torch.device):
     if spec is None:
         raise UserError("not a training checkpoint (no model spec; search checkpoints hold a supernet: train its genotype first)", source=checkpoint)
     model = build_model(spec).to(device)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as exc:  # torch lists every mismatched tensor: the first line says enough
+        raise UserError(f"the weights do not fit the network its spec describes ({str(exc).splitlines()[0][:160]})",
+                        source=checkpoint) from None
     model.eval()
     return model, spec
 
