@@ -1,0 +1,597 @@
+"""Search quality: does the searched network beat hand design at an equal budget?
+
+Every arm runs on the same HDF5 splits, with the same retraining schedule and
+the same selection rule (best validation mIoU from ``train.select_from_epoch``),
+then is evaluated on the test split's full images:
+
+* ``A``          search, decode, retrain (the default method), one run per seed;
+* ``A-large``    A's genotypes retrained at the default ResNet-UNet's parameter count;
+* ``B-default``  the ResNet-UNet at its default size, one run per seed;
+* ``B-matched``  the ResNet-UNet sized to A's median parameter count;
+* ``C``          random cells of the same space;
+* ``D:<name>``   variants under study (collapse remedies, channel sampling, softmax
+                 DARTS): a search with other settings, or A's (or another variant's)
+                 search decoded by another rule, each retrained like A.
+
+    python benchmarks/quality.py --data DATA --preset quick --seeds 3 --out runs/quality [--jobs 2]
+    python benchmarks/quality.py --data DATA --preset paper --launcher slurm --out runs/quality-paper
+
+``DATA`` is an HDF5 data set or a folder of images + masks (``--palette``),
+which the preset tiles.  Every run is an ordinary ``hpcnas`` command in its
+own run directory under ``--out``; a finished run is never redone, so the
+same command continues an interrupted benchmark.  ``--launcher slurm``
+submits each run that is ready as its own job (slurm/search_darts_unet.sh,
+slurm/train.sh) and returns; run the same command again once they finish,
+until it writes the table.  Writes ``quality.json``, ``quality.md`` and
+``quality.png`` into ``--out`` and copies them to ``--results`` with the
+command line.  ``--fidelity`` adds Kendall tau between cheap estimates and
+the retrained test mIoU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+# Each preset: how the data is tiled, the base config and what overrides it, and the budget.
+PRESETS: Dict[str, dict] = {
+    # Quick, CPU, about 30 minutes on 2 cores for A, A-large, B, C: a quarter of the resolution, 64 px tiles,
+    # a small DARTS-UNet and a few dozen architecture steps (hence the larger architecture learning rates:
+    # the paper takes thousands of steps).
+    "quick": {
+        "tile": {"size": 64, "overlap": 0, "scale": 0.25, "val_fraction": 0.2, "test_fraction": 0.2},
+        "config": "configs/darts_unet.yaml",
+        "set": [
+            "space.channels=8", "space.depth=3", "space.nodes=3",
+            "search.epochs=5", "search.batch_size=16", "search.max_steps_per_epoch=12", "search.arch_start_epoch=2",
+            "search.partial_channels=4", "search.lr=0.05",
+            "train.epochs=6", "train.batch_size=16", "train.max_steps_per_epoch=20", "train.select_from_epoch=3",
+            "train.lr=0.05", "train.baseline_width=16",
+        ],
+        "arch_lr": {"gaea": 10.0, "adam": 0.03},
+        "jobs": 2,
+    },
+    # The paper's settings (section 5): 512 px tiles with 180 px overlap, configs/darts_unet.yaml unchanged.
+    "paper": {
+        "tile": {"size": 512, "overlap": 180, "scale": 1.0, "val_fraction": 0.2, "test_fraction": 0.2},
+        "config": "configs/darts_unet.yaml",
+        "set": [],
+        "arch_lr": {},
+        "jobs": 1,
+    },
+}
+
+# Variants under study (arm D): a search with other settings ("search"), or the search of another arm
+# decoded by another rule ("decode": the same theta, so no new search), or stopped where DARTS+ would
+# stop ("early_stop": the genotype of the epoch before the decoder cell reached N skips, read off the
+# search's per-epoch genotypes: the run up to that epoch is the same).
+VARIANTS: Dict[str, dict] = {
+    "random-channels": {"kind": "search", "set": ["search.channel_sampling=random"],
+                        "about": "partial channels drawn at random each step (hpcnas before this benchmark)"},
+    "shuffle-channels": {"kind": "search", "set": ["search.channel_sampling=shuffle"],
+                         "about": "PC-DARTS reference: a fixed C/K slice, then channel_shuffle"},
+    "darts-minus": {"kind": "search", "set": ["search.aux_skip=1.0"],
+                    "about": "DARTS-: auxiliary skip, weight 1 decayed linearly to 0"},
+    "adam": {"kind": "search", "set": ["search.arch_optimizer=adam"],
+             "about": "softmax DARTS: Adam on logits instead of GAEA"},
+    "pdarts-cap1": {"kind": "decode", "base": "A", "set": ["search.decode.max_skips=1"],
+                    "about": "P-DARTS: at most 1 skip in the decoder cell"},
+    "dartsplus-stop2": {"kind": "early_stop", "base": "A", "skips": 2,
+                        "about": "DARTS+: stop when the decoder cell holds 2 skips"},
+    "darts-minus+cap1": {"kind": "decode", "base": "D:darts-minus", "set": ["search.decode.max_skips=1"],
+                         "about": "DARTS- search, P-DARTS cap of 1 skip"},
+}
+
+
+@dataclass
+class Run:
+    """One hpcnas command of the benchmark, in its own run directory."""
+
+    name: str  # e.g. "A/seed-0/search"
+    arm: str
+    command: str  # search | train
+    args: Callable[[], List[str]]  # the arguments, computed when the run is started (they may read earlier runs)
+    after: List[str] = field(default_factory=list)
+    seed: int = 0
+    prepare: Optional[Callable[[], None]] = None  # writes what the run reads (a re-decoded genotype)
+
+    def out(self, root: Path) -> Path:
+        return root / self.name
+
+    def done(self, root: Path) -> bool:
+        marker = "genotype.json" if self.command == "search" else "evaluation.json"
+        return (self.out(root) / marker).exists()
+
+
+# --------------------------------------------------------------------------
+# the plan
+
+
+class Plan:
+    """Every run of the benchmark and how they depend on each other."""
+
+    def __init__(self, args: argparse.Namespace, data: str):
+        self.args, self.data, self.root = args, data, Path(args.out)
+        preset = PRESETS[args.preset]
+        self.config = str(REPO / preset["config"])
+        self.base = list(preset["set"]) + [f"data.path={data}"] + list(args.set)
+        self.arch_lr = preset["arch_lr"]
+        self.runs: Dict[str, Run] = {}
+        seeds = range(args.seeds)
+        for s in seeds:
+            self._search_arm("A", s, [])
+            self._train(f"A-large/seed-{s}", "A-large", s, genotype=f"A/seed-{s}/search/genotype.json",
+                        extra=lambda: [f"train.target_params={self.default_baseline_params()}"])
+            self._train(f"B-default/seed-{s}", "B-default", s, baseline=True)
+            self._train(f"B-matched/seed-{s}", "B-matched", s, baseline=True,
+                        extra=lambda: [f"train.target_params={self.median_params('A')}"],
+                        after=[f"A/seed-{t}/train" for t in seeds])
+        for k in range(args.random_cells):
+            self._train(f"C/cell-{k}", "C", k, random_cell=True)
+        for name in args.variants:
+            spec = VARIANTS[name]
+            arm = f"D:{name}"
+            for s in seeds:
+                if spec["kind"] == "search":
+                    self._search_arm(arm, s, spec["set"])
+                else:
+                    self._derived(arm, s, spec)
+
+    def _overrides(self, seed: int, extra: List[str]) -> List[str]:
+        sets = self.base + [f"seed={seed}"] + list(extra)
+        optimizer = next((v.split("=", 1)[1] for v in reversed(sets) if v.startswith("search.arch_optimizer=")), "gaea")
+        if optimizer in self.arch_lr and not any(v.startswith("search.arch_lr=") for v in sets):
+            sets.append(f"search.arch_lr={self.arch_lr[optimizer]}")
+        return sets
+
+    def _cli(self, seed: int, extra: List[str]) -> List[str]:
+        out = ["--config", self.config]
+        for item in self._overrides(seed, extra):
+            out += ["--set", item]
+        return out
+
+    def _search_arm(self, arm: str, seed: int, extra: List[str]) -> None:
+        base = f"{arm.replace(':', '-')}/seed-{seed}"
+        self.runs[f"{base}/search"] = Run(f"{base}/search", arm, "search", lambda: self._cli(seed, extra), seed=seed)
+        self._train(f"{base}/train", arm, seed, genotype=f"{base}/search/genotype.json", after=[f"{base}/search"],
+                    search_sets=extra)
+
+    def _train(self, name: str, arm: str, seed: int, genotype: Optional[str] = None, baseline: bool = False,
+               random_cell: bool = False, extra: Optional[Callable[[], List[str]]] = None,
+               after: Optional[List[str]] = None, search_sets: List[str] = (), prepare=None) -> None:
+        after = list(after or [])
+        if genotype and not after:
+            after.append(str(Path(genotype).parent))
+
+        def args() -> List[str]:
+            which = (["--baseline", "resnet_unet"] if baseline else
+                     ["--genotype", "random", "--seed", str(seed)] if random_cell else
+                     ["--genotype", str(self.root / genotype)])
+            return which + self._cli(seed, list(search_sets) + (extra() if extra else [])) + ["--evaluate", "test"]
+
+        self.runs[name] = Run(name, arm, "train", args, after, seed, prepare)
+
+    def _derived(self, arm: str, seed: int, spec: dict) -> None:
+        base_arm = spec["base"]
+        search_dir = self.root / f"{base_arm.replace(':', '-')}/seed-{seed}/search"
+        name = f"{arm.replace(':', '-')}/seed-{seed}"
+        genotype = f"{name}/genotype.json"
+
+        def prepare() -> None:
+            derive_genotype(search_dir, spec, self.config, self._overrides(seed, spec.get("set", [])), self.root / genotype)
+
+        self._train(f"{name}/train", arm, seed, genotype=genotype, after=[str(search_dir.relative_to(self.root))],
+                    prepare=prepare)
+
+    # numbers that runs read from earlier runs
+
+    def default_baseline_params(self) -> int:
+        """Parameters of the ResNet-UNet at this benchmark's default width (what A-large is sized to)."""
+        from hpcnas.config import load_config
+        from hpcnas.train.baselines import ResNetUNet
+        from hpcnas.train.complexity import count_parameters
+
+        from hpcnas.data.hdf5 import read_info
+
+        cfg = load_config(self.config, self._overrides(0, []))
+
+        info = read_info(self.data)
+        return count_parameters(ResNetUNet(info.channels, info.num_classes, cfg.train.baseline_width, cfg.space.depth,
+                                           cfg.train.baseline_blocks))
+
+    def median_params(self, arm: str) -> int:
+        """The median parameter count of an arm's trained networks."""
+        counts = [json.loads((r.out(self.root) / "model.json").read_text())["params"]
+                  for r in self.runs.values() if r.arm == arm and r.command == "train" and r.done(self.root)]
+        return int(statistics.median(counts))
+
+
+def derive_genotype(search_dir: Path, spec: dict, config: str, overrides: List[str], target: Path) -> None:
+    """A variant's genotype from another arm's finished search: re-decoded, or where DARTS+ would have stopped."""
+    from hpcnas.config import load_config
+    from hpcnas.rundir import read_jsonl
+    from hpcnas.search.decode import decode_configured, snapshot_from_json
+    from hpcnas.space.genotype import Genotype
+
+    if spec["kind"] == "decode":
+        cfg = load_config(config, overrides)
+        genotype = decode_configured(cfg, snapshot_from_json(json.loads((search_dir / "arch.json").read_text())))
+    else:
+        cfg = load_config(str(search_dir / "config.yaml"))
+        records = read_jsonl(search_dir / "metrics.jsonl")
+        genotype = Genotype.from_dict(records[-1]["genotype"])
+        for before, record in zip([None] + records, records):
+            g = Genotype.from_dict(record["genotype"])
+            if record["epoch"] >= cfg.search.arch_start_epoch and g.skip_count() >= spec["skips"]:
+                genotype = Genotype.from_dict(before["genotype"]) if before else g
+                break
+    target.parent.mkdir(parents=True, exist_ok=True)
+    genotype.save(target)
+
+
+# --------------------------------------------------------------------------
+# running the plan
+
+
+def hpcnas_command(run: Run, root: Path) -> List[str]:
+    return [str(Path(sys.executable).parent / "hpcnas"), run.command, *run.args(), "--out", str(run.out(root)),
+            "--resume-existing"]
+
+
+def run_local(plan: Plan, jobs: int, log) -> Dict[str, float]:
+    """Run every run not yet done, ``jobs`` at a time, each with its share of the cores; returns wall seconds."""
+    root = plan.root
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    pending = [r for r in plan.runs.values() if not r.done(root)]
+    failed: set = set()
+    running: Dict[str, tuple] = {}
+    walls = load_walls(root)
+    while pending or running:
+        for name, (proc, t0, run) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[name]
+            if proc.returncode == 0 and run.done(root):
+                walls[name] = round(time.time() - t0, 1)
+                save_walls(root, walls)
+                log(f"done   {name} ({walls[name]:.0f} s)")
+            else:
+                failed.add(name)
+                log(f"FAILED {name} (exit {proc.returncode}): see {run.out(root)}/log.txt and {root}/logs/")
+        for run in list(pending):
+            if len(running) >= jobs:
+                break
+            if any(d in failed for d in run.after):
+                pending.remove(run)
+                failed.add(run.name)
+                log(f"skip   {run.name}: a run it needs failed")
+                continue
+            if not all(plan.runs[d].done(root) if d in plan.runs else (root / d / "genotype.json").exists()
+                       for d in run.after):
+                continue
+            pending.remove(run)
+            if run.prepare:
+                run.prepare()
+            cmd = hpcnas_command(run, root)
+            logs = root / "logs"
+            logs.mkdir(parents=True, exist_ok=True)
+            out = open(logs / (run.name.replace("/", "_") + ".txt"), "a")
+            out.write("$ " + shlex.join(cmd) + "\n")
+            out.flush()
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+            running[run.name] = (proc, time.time(), run)
+            log(f"start  {run.name}")
+        time.sleep(0.5)
+    if failed:
+        log(f"{len(failed)} run(s) failed or were skipped: {', '.join(sorted(failed))}")
+    return walls
+
+
+def run_slurm(plan: Plan, log) -> bool:
+    """Submit each run that is ready and not yet submitted; True when every run is done."""
+    root = plan.root
+    state_path = root / "slurm_jobs.json"
+    submitted = json.loads(state_path.read_text()) if state_path.exists() else {}
+    scripts = {"search": REPO / "slurm" / "search_darts_unet.sh", "train": REPO / "slurm" / "train.sh"}
+    for run in plan.runs.values():
+        if run.done(root) or run.name in submitted:
+            continue
+        if not all(plan.runs[d].done(root) if d in plan.runs else (root / d / "genotype.json").exists()
+                   for d in run.after):
+            continue
+        if run.prepare:
+            run.prepare()
+        cmd = ["sbatch", "--parsable", f"--job-name=q-{run.arm.replace(':', '-')}", f"--output={root}/logs/%x-%j.out",
+               *plan.args.sbatch_arg, str(scripts[run.command]), *run.args(), "--out", str(run.out(root))]
+        (root / "logs").mkdir(parents=True, exist_ok=True)
+        job = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+        if job.returncode:
+            raise SystemExit(f"quality: error: sbatch refused {run.name}: {job.stderr.strip()}")
+        submitted[run.name] = job.stdout.strip().split(";")[0]
+        log(f"submitted {run.name} as job {submitted[run.name]}")
+        state_path.write_text(json.dumps(submitted, indent=2) + "\n")
+    left = [r.name for r in plan.runs.values() if not r.done(root)]
+    if left:
+        log(f"{len(left)} run(s) not finished yet: run this command again when the jobs have ended")
+    return not left
+
+
+def load_walls(root: Path) -> Dict[str, float]:
+    path = root / "walls.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def save_walls(root: Path, walls: Dict[str, float]) -> None:
+    (root / "walls.json").write_text(json.dumps(walls, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------
+# results
+
+
+def run_row(plan: Plan, run: Run, walls: Dict[str, float]) -> Optional[dict]:
+    """One trained network's figures, with the search it came from."""
+    from hpcnas.rundir import read_jsonl
+    from hpcnas.space.genotype import Genotype
+
+    out = run.out(plan.root)
+    if not run.done(plan.root):
+        return None
+    ev = json.loads((out / "evaluation.json").read_text())
+    model = json.loads((out / "model.json").read_text())
+    class_names = model["class_names"]
+    fg = [ev[f"iou_{c}"] for c in class_names[1:] if ev.get(f"iou_{c}") is not None]
+    p, r = ev["objects"]["precision"][4], ev["objects"]["recall"][4]
+    search = [d for d in run.after if d.endswith("/search")]
+    wall = run_seconds(plan.root, run.name, walls) + sum(run_seconds(plan.root, d, walls) for d in search)
+    row = {
+        "arm": run.arm, "run": run.name, "seed": run.seed,
+        "test_miou": ev["miou"], "foreground_iou": sum(fg) / len(fg) if fg else None,
+        "object_f1_0.5": 2 * p * r / (p + r) if p + r else 0.0,
+        "params": model["params"], "flops": model["flops"], "wall_s": wall,
+        "epoch1_val_miou": next((m.get("val_miou") for m in read_jsonl(out / "metrics.jsonl")), None),
+    }
+    if model.get("genotype"):
+        g = Genotype.from_dict(model["genotype"])
+        row["parameter_free"] = g.parameter_free_fraction()
+        row["genotype"] = g.describe()
+    return row
+
+
+def run_seconds(root: Path, name: str, walls: Dict[str, float]) -> float:
+    """A run's wall time: as measured by the local launcher, else its epochs' own times (a SLURM job)."""
+    from hpcnas.rundir import read_jsonl
+
+    if name in walls:
+        return walls[name]
+    return float(sum(r.get("time_s", 0.0) for r in read_jsonl(root / name / "metrics.jsonl")))
+
+
+def aggregate(rows: List[dict]) -> List[dict]:
+    """Mean and standard deviation per arm (median too, for the random cells)."""
+    arms: Dict[str, List[dict]] = {}
+    for row in rows:
+        arms.setdefault(row["arm"], []).append(row)
+    out = []
+    for arm, rs in arms.items():
+        entry = {"arm": arm, "n": len(rs)}
+        for key in ("test_miou", "foreground_iou", "object_f1_0.5", "params", "flops", "wall_s", "parameter_free"):
+            values = [r[key] for r in rs if r.get(key) is not None]
+            if values:
+                entry[key] = statistics.fmean(values)
+                entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        entry["test_miou_median"] = statistics.median(r["test_miou"] for r in rs)
+        out.append(entry)
+    return out
+
+
+def markdown(summary: List[dict], command: str, preset: str, goal: dict) -> str:
+    lines = [f"# Search quality ({preset} preset)", "", f"`{command}`", "",
+             "Mean ± standard deviation over seeds (random cells: over cells); *vs C* is the arm's mean test mIoU "
+             "minus the median random cell's.", "",
+             "| arm | n | test mIoU | vs C | foreground IoU | object F1@0.5 | params | GFLOPs/tile | wall s | "
+             "param-free ops |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    random_median = next((e["test_miou_median"] for e in summary if e["arm"] == "C"), None)
+
+    def pm(e, key, fmt="{:.3f}"):
+        if key not in e:
+            return "-"
+        return fmt.format(e[key]) + " ± " + fmt.format(e[f"{key}_std"])
+
+    for e in summary:
+        versus = f"{e['test_miou'] - random_median:+.3f}" if random_median is not None else "-"
+        lines.append(f"| {e['arm']} | {e['n']} | {pm(e, 'test_miou')} | {versus} | {pm(e, 'foreground_iou')} | "
+                     f"{pm(e, 'object_f1_0.5')} | {e['params']:,.0f} | {e['flops'] / 1e9:.3g} | {e['wall_s']:.0f} | "
+                     + (f"{e['parameter_free']:.2f}" if "parameter_free" in e else "-") + " |")
+    if goal:
+        lines += ["", "Goal (mean test mIoU; the random cells by their median):", ""]
+        lines += [f"- {k}: {v['a']:.4f} against {v['other']:.4f} ({v['margin']:+.4f}, {'met' if v['met'] else 'not met'})"
+                  for k, v in goal.items()]
+    return "\n".join(lines) + "\n"
+
+
+def goals(summary: List[dict]) -> dict:
+    by = {e["arm"]: e for e in summary}
+    checks = {}
+    pairs = [("A", "B-matched", "test_miou"), ("A", "C", "test_miou_median"), ("A-large", "B-default", "test_miou")]
+    for mine, other, key in pairs:
+        if mine in by and other in by:
+            a, o = by[mine]["test_miou"], by[other][key]
+            checks[f"{mine} vs {other} ({'median' if 'median' in key else 'mean'})"] = {
+                "a": a, "other": o, "margin": a - o, "met": a >= o}
+    return checks
+
+
+def figure(rows: List[dict], summary: List[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = [e["arm"] for e in summary]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    data = [[r["test_miou"] for r in rows if r["arm"] == a] for a in arms]
+    ax1.boxplot(data, showfliers=False)
+    ax1.set_xticks(range(1, len(arms) + 1), arms)
+    for i, values in enumerate(data, start=1):
+        ax1.plot([i] * len(values), values, "o", alpha=0.6)
+    ax1.set(ylabel="test mIoU (full images)", title="test mIoU per arm")
+    ax1.tick_params(axis="x", rotation=45)
+    for a in arms:
+        rs = [r for r in rows if r["arm"] == a]
+        ax2.scatter([r["params"] for r in rs], [r["test_miou"] for r in rs], label=a, alpha=0.7)
+    ax2.set(xscale="log", xlabel="parameters", ylabel="test mIoU", title="size against quality")
+    ax2.legend(fontsize=7)
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def fidelity(plan: Plan, rows: List[dict], boot: int = 1000) -> dict:
+    """Kendall tau between cheap estimates and the retrained test mIoU, with a bootstrap 95% interval."""
+    import numpy as np
+    from scipy.stats import kendalltau
+
+    from zero_cost import zero_cost_scores  # benchmarks/zero_cost.py, beside this script
+
+    cells = [r for r in rows if "genotype" in r and r["arm"] not in ("A-large",)]
+    truth = np.array([r["test_miou"] for r in cells])
+    estimates = {"epoch-1 val mIoU (short training)": [r["epoch1_val_miou"] for r in cells]}
+    scores = [zero_cost_scores(plan.runs[r["run"]].out(plan.root), plan.data) for r in cells]
+    for key in scores[0]:
+        estimates[key] = [s[key] for s in scores]
+    rng = np.random.default_rng(0)
+    out = {"architectures": len(cells)}
+    for name, values in estimates.items():
+        v = np.array(values, dtype=float)
+        tau = float(kendalltau(v, truth).statistic)
+        taus = []
+        for _ in range(boot):
+            idx = rng.integers(0, len(v), len(v))
+            t = kendalltau(v[idx], truth[idx]).statistic
+            if not np.isnan(t):
+                taus.append(t)
+        out[name] = {"tau": tau, "ci95": [float(np.percentile(taus, 2.5)), float(np.percentile(taus, 97.5))]}
+    return out
+
+
+# --------------------------------------------------------------------------
+
+
+def prepare_data(args: argparse.Namespace, log) -> str:
+    """The HDF5 data set: ``--data`` itself, or the preset's tiling of the image folder into OUT/data.h5."""
+    data = Path(args.data)
+    if data.is_file():
+        return str(data.resolve())
+    target = Path(args.out) / "data.h5"
+    if not target.exists():
+        from hpcnas.data.tile import tile_folder
+
+        t = PRESETS[args.preset]["tile"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        counts = tile_folder(data, data, target, t["size"], t["overlap"], palette=args.palette, scale=t["scale"],
+                             val_fraction=t["val_fraction"], test_fraction=t["test_fraction"], stratify=True)
+        log(f"tiled {data} -> {target}: {counts}")
+    return str(target.resolve())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="HDF5 data set, or a folder of images and masks to tile")
+    parser.add_argument("--palette", default=str(REPO / "configs" / "palettes" / "dubai_building.yaml"),
+                        help="mask palette when --data is a folder (default: the Dubai building palette)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds of A, A-large, B and each variant (default 3)")
+    parser.add_argument("--random-cells", type=int, default=5, help="random cells in arm C (default 5)")
+    parser.add_argument("--variants", default="none", help=f"comma-separated arm D variants, 'all' or 'none' "
+                        f"(known: {', '.join(VARIANTS)})")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+    parser.add_argument("--out", required=True, help="the benchmark's folder (run directories, logs, results)")
+    parser.add_argument("--jobs", type=int, default=None, help="runs at a time on this machine (default: the preset's)")
+    parser.add_argument("--launcher", choices=["local", "slurm"], default="local")
+    parser.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
+                        help="with --launcher slurm: one more sbatch option for every job, e.g. --sbatch-arg=--time=2:00:00")
+    parser.add_argument("--fidelity", action="store_true", help="Kendall tau of cheap estimates against test mIoU")
+    parser.add_argument("--results", default=str(REPO / "benchmarks" / "results"), help="where the tables are copied")
+    parser.add_argument("--tag", default=None, help="name of the copies: quality-TAG.* (default: the preset)")
+    args = parser.parse_args()
+    if args.variants == "all":
+        args.variants = list(VARIANTS)
+    elif args.variants == "none":
+        args.variants = []
+    else:
+        args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+        unknown = [v for v in args.variants if v not in VARIANTS]
+        if unknown:
+            parser.error(f"unknown variant(s) {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
+    for name in args.variants:  # a derived variant needs the arm it derives from
+        base = VARIANTS[name].get("base", "A")
+        if base.startswith("D:") and base[2:] not in args.variants:
+            args.variants.insert(0, base[2:])
+    args.variants = list(dict.fromkeys(args.variants))
+    root = Path(args.out)
+    root.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+
+    def log(message: str) -> None:
+        line = f"[quality {time.strftime('%H:%M:%S')}] {message}"
+        print(line, flush=True)
+        with open(root / "benchmark.log", "a") as fh:
+            fh.write(line + "\n")
+
+    command = "python benchmarks/quality.py " + shlex.join(sys.argv[1:])
+    log(command)
+    data = prepare_data(args, log)
+    plan = Plan(args, data)
+    if args.launcher == "slurm":
+        if not run_slurm(plan, log):
+            return 0
+        walls = load_walls(root)
+    else:
+        walls = run_local(plan, args.jobs or PRESETS[args.preset]["jobs"], log)
+    rows = [row for run in plan.runs.values() if run.command == "train" for row in [run_row(plan, run, walls)] if row]
+    summary = aggregate(rows)
+    goal = goals(summary)
+    payload = {"command": command, "preset": args.preset, "data": data, "seeds": args.seeds,
+               "variants": {v: VARIANTS[v]["about"] for v in args.variants}, "wall_s": round(time.time() - started, 1),
+               "summary": summary, "goal": goal, "rows": rows}
+    if args.fidelity:
+        payload["fidelity"] = fidelity(plan, rows)
+    (root / "quality.json").write_text(json.dumps(payload, indent=2) + "\n")
+    text = markdown(summary, command, args.preset, goal)
+    if args.variants:
+        text += "\nVariants:\n\n" + "".join(f"- D:{v}: {VARIANTS[v]['about']}\n" for v in args.variants)
+    if "fidelity" in payload:
+        text += "\nFidelity (Kendall tau against test mIoU, bootstrap 95% interval):\n\n"
+        text += "".join(f"- {k}: {v['tau']:+.2f} [{v['ci95'][0]:+.2f}, {v['ci95'][1]:+.2f}]\n"
+                        for k, v in payload["fidelity"].items() if isinstance(v, dict))
+    (root / "quality.md").write_text(text)
+    figure(rows, summary, root / "quality.png")
+    print(text)
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    tag = args.tag or args.preset
+    for suffix in ("json", "md", "png"):
+        (results / f"quality-{tag}.{suffix}").write_bytes((root / f"quality.{suffix}").read_bytes())
+    log(f"wrote {root}/quality.{{json,md,png}} and {results}/quality-{tag}.*")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
