@@ -79,7 +79,7 @@ PRESETS: Dict[str, dict] = {
 # search's per-epoch genotypes: the run up to that epoch is the same).
 VARIANTS: Dict[str, dict] = {
     "random-channels": {"kind": "search", "set": ["search.channel_sampling=random"],
-                        "about": "partial channels drawn at random each step (hpcnas before this benchmark)"},
+                        "about": "partial channels drawn at random each training call (the default since this benchmark)"},
     "shuffle-channels": {"kind": "search", "set": ["search.channel_sampling=shuffle"],
                          "about": "PC-DARTS reference: a fixed C/K slice, then channel_shuffle"},
     "darts-minus": {"kind": "search", "set": ["search.aux_skip=1.0"],
@@ -92,6 +92,12 @@ VARIANTS: Dict[str, dict] = {
                         "about": "DARTS+: stop when the decoder cell holds 2 skips"},
     "darts-minus+cap1": {"kind": "decode", "base": "D:darts-minus", "set": ["search.decode.max_skips=1"],
                          "about": "DARTS- search, P-DARTS cap of 1 skip"},
+    "random-channels+cap1": {"kind": "decode", "base": "D:random-channels", "set": ["search.decode.max_skips=1"],
+                             "about": "random partial channels, P-DARTS cap of 1 skip"},
+    "random-channels+pfcap": {"kind": "decode", "base": "D:random-channels", "set": ["search.decode.max_parameter_free=0.5"],
+                              "about": "random partial channels, at most half the decoder's edges parameter-free"},
+    "random-channels+stop2": {"kind": "early_stop", "base": "D:random-channels", "skips": 2,
+                              "about": "random partial channels, DARTS+ stop at 2 skips"},
 }
 
 
@@ -443,19 +449,19 @@ def figure(rows: List[dict], summary: List[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     arms = [e["arm"] for e in summary]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    colors = {a: plt.cm.tab20(i % 20) for i, a in enumerate(arms)}  # one colour per arm in both panels
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 5.2), gridspec_kw={"width_ratios": [1.2, 1]})
     data = [[r["test_miou"] for r in rows if r["arm"] == a] for a in arms]
     ax1.boxplot(data, showfliers=False)
-    ax1.set_xticks(range(1, len(arms) + 1), arms)
-    for i, values in enumerate(data, start=1):
-        ax1.plot([i] * len(values), values, "o", alpha=0.6)
+    ax1.set_xticks(range(1, len(arms) + 1), arms, rotation=45, ha="right", fontsize=8)
+    for i, (a, values) in enumerate(zip(arms, data), start=1):
+        ax1.plot([i] * len(values), values, "o", color=colors[a], alpha=0.8)
     ax1.set(ylabel="test mIoU (full images)", title="test mIoU per arm")
-    ax1.tick_params(axis="x", rotation=45)
     for a in arms:
         rs = [r for r in rows if r["arm"] == a]
-        ax2.scatter([r["params"] for r in rs], [r["test_miou"] for r in rs], label=a, alpha=0.7)
+        ax2.scatter([r["params"] for r in rs], [r["test_miou"] for r in rs], label=a, color=colors[a], alpha=0.8)
     ax2.set(xscale="log", xlabel="parameters", ylabel="test mIoU", title="size against quality")
-    ax2.legend(fontsize=7)
+    ax2.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
     fig.tight_layout()

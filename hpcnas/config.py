@@ -68,6 +68,8 @@ class DecodeConfig:
     paths: Union[Literal["auto"], int] = "auto"  # UNet++: "auto" = mu + 3 sigma (eq. 13), or a fixed K
     path_decoder: Literal["multipath", "viterbi"] = "multipath"
     max_skips: Optional[int] = field(default=None, metadata=_range(0))  # P-DARTS: at most this many skips per decoder cell
+    # at most this share of the decoder cell's edges without weights (skips, pooling); 0.5 measured best (README)
+    max_parameter_free: Optional[float] = field(default=0.5, metadata=_range(0.0, 1.0))
 
 
 @dataclass
@@ -81,7 +83,7 @@ class SearchConfig:
     arch_weight_decay: float = field(default=1e-3, metadata=_range(0.0))  # Adam only
     arch_start_epoch: int = field(default=15, metadata=_range(0))  # 1-based: the first epoch with architecture steps
     partial_channels: int = field(default=1, metadata=_range(1))  # K of eq. 7; 1 = plain DARTS
-    channel_sampling: Literal["shuffle", "random"] = "shuffle"  # PC-DARTS reference slice + shuffle, or random channels
+    channel_sampling: Literal["shuffle", "random"] = "random"  # random channels (measured best, README), or PC-DARTS' shuffle
     aux_skip: float = field(default=0.0, metadata=_range(0.0))  # DARTS-: auxiliary skip weight, decayed linearly to 0
     early_stop_skips: Optional[int] = field(default=None, metadata=_range(1))  # DARTS+: stop when the decoder cell has this many skips
     edge_normalization: bool = True  # eq. 8 (never applies to ResNeXt cells)

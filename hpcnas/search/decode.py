@@ -10,7 +10,8 @@
   (Auto-DeepLab).
 * ``max_skips`` (P-DARTS): while the decoder cell holds more skip
   connections than that, the weakest kept skip edge has its skip op masked
-  and the cell is decoded again.
+  and the cell is decoded again.  ``max_parameter_free`` does the same for
+  every op without weights (skips and pooling), as a fraction of the edges.
 
 Ties are broken deterministically: the earlier op in the op set, the lower
 input index, the earlier path in enumeration order.
@@ -22,7 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from hpcnas.space.genotype import OP_SETS, SKIP_OPS, TOPOLOGIES, ZERO_OPS, Cell, Genotype, GridNode, Path_, tower_input, unetpp_in_edges, unetpp_nodes, unetpp_paths
+from hpcnas.space.genotype import OP_SETS, PARAMETER_FREE_OPS, SKIP_OPS, TOPOLOGIES, ZERO_OPS, Cell, Genotype, GridNode, Path_, tower_input, unetpp_in_edges, unetpp_nodes, unetpp_paths
 
 
 def best_op(weights: np.ndarray, op_names: Sequence[str], banned: frozenset = frozenset()) -> Tuple[int, float]:
@@ -33,34 +34,49 @@ def best_op(weights: np.ndarray, op_names: Sequence[str], banned: frozenset = fr
     return k, float(weights[k])
 
 
-def decode_cell(kind: str, op_weights: np.ndarray, op_names: Sequence[str], node_inputs: Sequence[int], edge_weights: Optional[Sequence[np.ndarray]] = None, edges_per_node: int = 2, tower_sources: Optional[Sequence[int]] = None, max_skips: Optional[int] = None) -> Cell:
-    """One cell's ``(op, input)`` pairs from its (edges, |O|) op weights in edge order."""
-    no_skip: set = set()  # edges whose skip op P-DARTS' cap has masked
+def decode_cell(kind: str, op_weights: np.ndarray, op_names: Sequence[str], node_inputs: Sequence[int], edge_weights: Optional[Sequence[np.ndarray]] = None, edges_per_node: int = 2, tower_sources: Optional[Sequence[int]] = None, max_skips: Optional[int] = None, max_parameter_free: Optional[float] = None) -> Cell:
+    """One cell's ``(op, input)`` pairs from its (edges, |O|) op weights in edge order.
+
+    ``max_skips`` caps the skip connections kept (a count), ``max_parameter_free`` the
+    parameter-free ops (skips and pooling: a fraction of the kept edges); while a cap is
+    exceeded, the weakest offending kept edge loses those ops and the cell is decoded again.
+    """
+    caps = []
+    if max_skips is not None:
+        caps.append((SKIP_OPS, max_skips))
+    if max_parameter_free is not None:
+        kept_edges = sum(min(count, edges_per_node) if kind == "darts" else 1 for count in node_inputs)
+        caps.append((PARAMETER_FREE_OPS - ZERO_OPS, int(max_parameter_free * kept_edges + 1e-9)))
+    banned: Dict[int, frozenset] = {}  # edge index -> ops a cap has masked on it
     while True:
-        cell, kept_skips = _decode_cell_once(kind, op_weights, op_names, node_inputs, edge_weights, edges_per_node, tower_sources, no_skip)
-        if max_skips is None or len(kept_skips) <= max_skips:
+        cell, kept = _decode_cell_once(kind, op_weights, op_names, node_inputs, edge_weights, edges_per_node, tower_sources, banned)
+        for ops, limit in caps:
+            offending = [(edge, op) for edge, op, name in kept if name in ops]
+            if len(offending) > limit:
+                weakest = min(offending, key=lambda eo: (op_weights[eo[0]][eo[1]], -eo[0]))
+                banned[weakest[0]] = banned.get(weakest[0], frozenset()) | ops
+                break
+        else:
             return cell
-        weakest = min(kept_skips, key=lambda edge: (op_weights[edge[0]][edge[1]], -edge[0]))
-        no_skip.add(weakest[0])
 
 
-def _decode_cell_once(kind, op_weights, op_names, node_inputs, edge_weights, edges_per_node, tower_sources, no_skip):
-    """The cell, and the kept skip edges as ``(edge index, op index)``."""
-    nodes, kept_skips = [], []
+def _decode_cell_once(kind, op_weights, op_names, node_inputs, edge_weights, edges_per_node, tower_sources, banned):
+    """The cell, and its kept edges as ``(edge index, op index, op name)``."""
+    nodes, kept_edges = [], []
     e = 0
     for j, count in enumerate(node_inputs):
         candidates = []
         for k in range(count):
-            op, strength = best_op(op_weights[e + k], op_names, SKIP_OPS if e + k in no_skip else frozenset())
+            op, strength = best_op(op_weights[e + k], op_names, banned.get(e + k, frozenset()))
             if edge_weights is not None:
                 strength *= float(edge_weights[j][k])
             source = k if kind == "darts" else tower_sources[j]
             candidates.append((strength, source, op_names[op], e + k, op))
         e += count
         keep = sorted(candidates, key=lambda c: (-c[0], c[1]))[: edges_per_node if kind == "darts" else 1]
-        kept_skips += [(edge, op) for _, _, name, edge, op in keep if name in SKIP_OPS]
+        kept_edges += [(edge, op, name) for _, _, name, edge, op in keep]
         nodes.append(tuple((name, source) for _, source, name, _, _ in sorted(keep, key=lambda c: c[1])))
-    return tuple(nodes), kept_skips
+    return tuple(nodes), kept_edges
 
 
 def path_log_likelihoods(betas: Dict[GridNode, np.ndarray], paths: Sequence[Path_]) -> np.ndarray:
@@ -112,15 +128,16 @@ def viterbi_path(betas: Dict[GridNode, np.ndarray], depth: int) -> Path_:
     return best[(0, depth)][1]
 
 
-def decode_genotype(topology: str, op_set: Optional[str], snapshot: Dict, node_inputs: Sequence[int], depth: int, edges_per_node: int = 2, paths: Union[str, int] = "auto", path_decoder: str = "multipath", tower_sources: Optional[Sequence[int]] = None, max_skips: Optional[int] = None) -> Genotype:
+def decode_genotype(topology: str, op_set: Optional[str], snapshot: Dict, node_inputs: Sequence[int], depth: int, edges_per_node: int = 2, paths: Union[str, int] = "auto", path_decoder: str = "multipath", tower_sources: Optional[Sequence[int]] = None, max_skips: Optional[int] = None, max_parameter_free: Optional[float] = None) -> Genotype:
     """A genotype from an :meth:`ArchParams.snapshot`."""
     topo = TOPOLOGIES[topology]
     op_names = OP_SETS[op_set or topo.op_set]
     cells = []
     for role in topo.cell_names:
         edges = snapshot["edges"][role] if snapshot.get("edges") else None
-        cap = max_skips if role == topo.cell_names[1] else None  # P-DARTS caps the normal (decoder) cell
-        cells.append((role, decode_cell(topo.cell_kind, snapshot["ops"][role], op_names, node_inputs, edges, edges_per_node, tower_sources, cap)))
+        decoder = role == topo.cell_names[1]  # the caps apply to the normal (decoder) cell, as in P-DARTS
+        cells.append((role, decode_cell(topo.cell_kind, snapshot["ops"][role], op_names, node_inputs, edges, edges_per_node, tower_sources,
+                                        max_skips if decoder else None, max_parameter_free if decoder else None)))
     kept = None
     if topo.nested:
         if path_decoder == "viterbi":
@@ -141,7 +158,7 @@ def decode_configured(cfg, snapshot: Dict) -> Genotype:
         count = sp.towers * sp.tower_depth
         node_inputs, towers = [1] * count, [tower_input(j, sp.tower_depth) for j in range(count)]
     return decode_genotype(sp.topology, sp.op_set, snapshot, node_inputs, sp.depth, d.edges_per_node, d.paths,
-                           d.path_decoder, towers, d.max_skips)
+                           d.path_decoder, towers, d.max_skips, d.max_parameter_free)
 
 
 def snapshot_from_json(raw: Dict) -> Dict:

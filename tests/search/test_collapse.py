@@ -153,3 +153,14 @@ def test_dartsplus_stops_and_keeps_the_genotype_before(tmp_path, monkeypatch):
     monkeypatch.undo()
     again, _ = search(None, [], resume=str(run))  # a finished early stop stays finished
     assert again == genotype and len(read_jsonl(run / "metrics.jsonl")) == 3
+
+
+def test_parameter_free_cap_keeps_at_most_that_share():
+    op_w = np.full((5, len(OPS)), 0.05)  # nodes reading 2 and 3 inputs: 4 kept edges
+    op_w[:, OPS.index("max_pool_3x3")] = 0.6
+    op_w[:, OPS.index("skip_connect")] = 0.5
+    op_w[:, OPS.index("dil_conv_3x3")] = 0.3
+    capped = decode_cell("darts", op_w, OPS, [2, 3], max_parameter_free=0.5)
+    ops = [op for node in capped for op, _ in node]
+    assert sum(op in ("max_pool_3x3", "skip_connect", "avg_pool_3x3") for op in ops) == 2
+    assert ops.count("dil_conv_3x3") == 2  # the masked edges fall back to their best op with weights
