@@ -575,7 +575,9 @@ def main() -> int:
     summary = aggregate(rows)
     goal = goals(summary)
     payload = {"command": command, "preset": args.preset, "data": data, "seeds": args.seeds,
-               "variants": {v: VARIANTS[v]["about"] for v in args.variants}, "wall_s": round(time.time() - started, 1),
+               "variants": {v: VARIANTS[v]["about"] for v in args.variants},
+               "runs_wall_s": round(sum(run_seconds(root, name, walls) for name in plan.runs), 1),  # one run after another
+               "this_invocation_s": round(time.time() - started, 1),
                "summary": summary, "goal": goal, "rows": rows}
     if args.fidelity:
         payload["fidelity"] = fidelity(plan, rows)
