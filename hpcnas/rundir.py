@@ -29,9 +29,16 @@ def make_run_dir(out: Optional[PathLike], command: str, base: PathLike = "runs")
             n += 1
             out = Path(base) / f"{command}-{stamp}-{n}"
     path = Path(out)
-    first_new = next((p for p in [path, *path.parents][::-1] if not p.exists()), None)
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        for folder in [*reversed(path.parents), path]:
+            try:
+                folder.mkdir()  # atomic: of two starts racing for one --out, exactly one creates it
+                _CREATED.append(folder)
+                if folder == path:
+                    _RUN_DIRS.add(folder)
+            except FileExistsError:
+                if not folder.is_dir():
+                    raise
     except (FileExistsError, NotADirectoryError):
         from hpcnas.errors import UserError
 
@@ -46,14 +53,13 @@ def make_run_dir(out: Optional[PathLike], command: str, base: PathLike = "runs")
         from hpcnas.errors import UserError
 
         raise UserError("cannot create the run directory: read-only file system", source=str(out)) from None
-    if first_new is not None:
-        _CREATED.append(first_new)
     return path
 
 
 LOCK_FILE = ".lock"
 _HELD: Dict[str, int] = {}  # resolved run directory -> the open file descriptor that holds its lock
-_CREATED: List[Path] = []  # folders make_run_dir created (the topmost new one of each path), newest last
+_CREATED: List[Path] = []  # folders this process's make_run_dir created itself, outermost first
+_RUN_DIRS: set = set()  # those of them that are run directories (the others are parents on the way)
 
 
 def lock_run_dir(path: PathLike) -> None:
@@ -113,8 +119,14 @@ def holds_run_dirs(fn):
             return fn(*args, **kwargs)
         except UserError:
             release_run_dirs(keep=before)
-            while len(_CREATED) > created:
-                shutil.rmtree(_CREATED.pop(), ignore_errors=True)
+            for folder in reversed(_CREATED[created:]):
+                if folder in _RUN_DIRS:  # a run directory this process made: everything in it is this run's
+                    shutil.rmtree(folder, ignore_errors=True)
+                else:  # a new parent: only while empty, another run may have come to live there
+                    try:
+                        folder.rmdir()
+                    except OSError:
+                        break
             raise
         finally:
             release_run_dirs(keep=before)
