@@ -228,7 +228,7 @@ def derive_genotype(search_dir: Path, spec: dict, config: str, overrides: List[s
     """A variant's genotype from another arm's finished search: re-decoded, or where DARTS+ would have stopped."""
     from hpcnas.config import load_config
     from hpcnas.rundir import read_jsonl
-    from hpcnas.search.decode import decode_configured, snapshot_from_json
+    from hpcnas.search.decode import darts_plus_stops, decode_configured, snapshot_from_json
     from hpcnas.space.genotype import Genotype
 
     if spec["kind"] == "decode":
@@ -240,7 +240,7 @@ def derive_genotype(search_dir: Path, spec: dict, config: str, overrides: List[s
         genotype = Genotype.from_dict(records[-1]["genotype"])
         for before, record in zip([None] + records, records):
             g = Genotype.from_dict(record["genotype"])
-            if record["epoch"] >= cfg.search.arch_start_epoch and g.skip_count() >= spec["skips"]:
+            if darts_plus_stops(g, record["epoch"], cfg.search.arch_start_epoch, spec["skips"]):  # the search's own rule
                 genotype = Genotype.from_dict(before["genotype"]) if before else g
                 break
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ from hpcnas.data.torch_dataset import SegmentationDataset, make_loader, split_in
 from hpcnas.errors import UserError
 from hpcnas.rundir import write_json
 from hpcnas.runtime import seed_everything
-from hpcnas.search.decode import decode_configured
+from hpcnas.search.decode import darts_plus_stops, decode_configured
 from hpcnas.search.gaea import arch_mode, make_arch_optimizer
 from hpcnas.space.genotype import Genotype
 from hpcnas.space.networks import SearchNetwork, build_search_network, stride
@@ -133,7 +133,7 @@ class SupernetSearch(EpochLoop):
         """DARTS+: stop once the decoded decoder cell holds ``early_stop_skips`` skips; keep the genotype before."""
         limit = self.cfg.search.early_stop_skips
         genotype = Genotype.from_dict(record["genotype"])
-        if limit is None or not self.arch_active(epoch) or genotype.skip_count() < limit:
+        if not darts_plus_stops(genotype, epoch + 1, self.cfg.search.arch_start_epoch, limit):
             self.kept_genotype = genotype
             return False
         log.info("early stop (search.early_stop_skips=%d): %d skips in the decoder cell at epoch %d", limit, genotype.skip_count(), epoch + 1)

@@ -169,3 +169,9 @@ def snapshot_from_json(raw: Dict) -> Dict:
         "edges": {role: [np.asarray(e) for e in es] for role, es in edges.items()} if edges else None,
         "betas": {tuple(int(v) for v in key.split(",")): np.asarray(b) for key, b in raw.get("betas", {}).items()},
     }
+
+
+def darts_plus_stops(genotype: Genotype, epoch: int, arch_start_epoch: int, limit: Optional[int]) -> bool:
+    """DARTS+'s criterion: after epoch ``epoch`` (counted from 1), an epoch with architecture steps,
+    the decoded decoder cell holds ``limit`` skips or more (``limit=None``: never)."""
+    return limit is not None and epoch >= arch_start_epoch and genotype.skip_count() >= limit
