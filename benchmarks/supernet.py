@@ -19,7 +19,8 @@ import torch
 from _emit import emit  # benchmarks/_emit.py, beside this script
 
 from hpcnas.space.genotype import TOPOLOGIES
-from hpcnas.space.networks import build_search_network, stride
+from hpcnas.space.networks import build_search_network
+from hpcnas.space.searchspace import SearchSpace
 
 
 def activation_bytes(model, x) -> int:
@@ -44,8 +45,9 @@ def activation_bytes(model, x) -> int:
 def measure(topology: str, k: int, args, device: torch.device) -> dict:
     """One row of the table."""
     torch.manual_seed(0)
-    model = build_search_network(topology, None, 3, 2, args.channels, args.depth, args.nodes, 4, 2, k, True, "simplex", 0).to(device)
-    size = max(args.size, stride(topology, args.depth))
+    space = SearchSpace.of(topology, nodes=args.nodes, depth=args.depth)
+    model = build_search_network(space, 3, 2, channels=args.channels, partial=k).to(device)
+    size = max(args.size, space.stride())
     x = torch.randn(args.batch, 3, size, size, device=device)
     act = activation_bytes(model, x)
     model.zero_grad(set_to_none=True)

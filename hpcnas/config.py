@@ -121,7 +121,8 @@ class TrainConfig:
 class EvolveConfig:
     """Discrete search on the MPI orchestrator (paper Appendix A.1)."""
 
-    strategy: Literal["evolution", "random"] = "evolution"
+    strategy: str = "evolution"  # a registered strategy: evolution, nsga2 (multi-objective), random
+    objectives: List[str] = field(default_factory=lambda: ["miou"])  # "name" or "name <= bound"; the first is primary
     mode: Literal["async", "generational"] = "async"  # steady-state, or the paper's Algorithm 1
     population: int = field(default=20, metadata=_range(1))
     sample_size: int = field(default=5, metadata=_range(1))
@@ -134,7 +135,8 @@ class EvolveConfig:
     keep_checkpoints: bool = False  # keep each evaluation's checkpoints (disk grows with the search)
     threads_per_rank: Optional[int] = field(default=None, metadata=_range(1))  # CPU threads of each child; None: cores / ranks on the node
     inject_faults: List[str] = field(default_factory=list)  # "ID:oom|kill|hang|error": fault tolerance drills
-    evaluator: Literal["train", "sleep"] = "train"  # "sleep": no training, log-normal sleeps (orchestrator benchmarks)
+    evaluator: str = "train"  # a registered evaluator: train, or sleep (no training, log-normal sleeps: benchmarks)
+    latency_runs: int = field(default=10, metadata=_range(0))  # timed forward passes per latency measurement
     sleep_median: float = field(default=1.0, metadata=_range(0.0))  # seconds, evaluator "sleep"
     sleep_sigma: float = field(default=0.5, metadata=_range(0.0))  # log-normal shape, evaluator "sleep"
 

@@ -103,7 +103,7 @@ def checkpoint_to_resume(run_dir: Path) -> Optional[Path]:
     would cut its metrics.jsonl (best.pt lacks the optimizer and RNG state to go on from).
     """
     from hpcnas.rundir import read_jsonl
-    from hpcnas.search.checkpoint import LATEST
+    from hpcnas.checkpoint import LATEST
 
     latest = run_dir / "checkpoints" / LATEST
     if latest.exists():
@@ -188,24 +188,25 @@ def train(config_path: Optional[str], overrides: Sequence[str] = (), genotype: O
 
     from hpcnas.data.hdf5 import read_info
     from hpcnas.rundir import write_json
-    from hpcnas.space.genotype import Genotype, check_against_space, sample_genotype
+    from hpcnas.space.genotype import Genotype
+    from hpcnas.space.searchspace import SearchSpace
 
     from hpcnas.distributed import launched_size
 
     if launched_size() > 1:
         raise UserError(f"train runs as one process, but this launch started {launched_size()}: give it one task (slurm/train.sh, hpcnas submit --command train)")
     cfg = resolve_config(config_path, overrides, resume)
-    sp = cfg.space
+    space = SearchSpace.from_config(cfg)
     geno = None
     if not resume:  # bad input is reported before anything is written
         if baseline is not None:
             if baseline != "resnet_unet":
                 raise UserError(f"unknown baseline '{baseline}' (known: resnet_unet)", source="--baseline")
         elif genotype == "random":
-            geno = sample_genotype(random.Random(seed), sp.topology, sp.op_set, sp.nodes, sp.towers, sp.tower_depth, sp.depth, cfg.search.decode.edges_per_node)
+            geno = space.sample(random.Random(seed))
         elif genotype:
             geno = Genotype.load(genotype)
-            check_against_space(geno, geno.topology, sp.nodes, sp.towers, sp.tower_depth, sp.depth, genotype)
+            space.check(geno, genotype)
         else:
             raise UserError("give --genotype G.json, --genotype random or --baseline resnet_unet")
     run_dir = open_run("train", cfg, out, resume, write_config=not resume)
@@ -242,7 +243,7 @@ def train(config_path: Optional[str], overrides: Sequence[str] = (), genotype: O
              f"{spec['params']:,}", spec["flops"] / 1e9, info.tile_size, dev, cfg.train.epochs, run_dir)
     best = trainer.run()
     if evaluate_split:
-        from hpcnas.search.checkpoint import BEST
+        from hpcnas.checkpoint import BEST
         from hpcnas.train.evaluate import evaluate as run_evaluation
 
         run_evaluation(str(run_dir / "checkpoints" / BEST), data_path, evaluate_split, run_dir, dev)

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Union
 
 PathLike = Union[str, Path]
+HISTORY = "history.jsonl"  # discrete search: one finished evaluation per line
+DISPATCH = "dispatch.jsonl"  # discrete search: one dispatched task per line
 
 
 def make_run_dir(out: Optional[PathLike], command: str, base: PathLike = "runs") -> Path:

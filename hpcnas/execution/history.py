@@ -9,12 +9,10 @@ but never finished are the ones in flight when the search was killed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Dict, List, Union
 
-from hpcnas.rundir import JsonlWriter, read_jsonl
-
-HISTORY = "history.jsonl"
-DISPATCH = "dispatch.jsonl"
+from hpcnas.records import Evaluation, Origin, Task
+from hpcnas.rundir import DISPATCH, HISTORY, JsonlWriter, read_jsonl
 
 
 class SearchLog:
@@ -22,26 +20,26 @@ class SearchLog:
 
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
-        self.dispatched: List[Dict[str, Any]] = read_jsonl(self.run_dir / DISPATCH)
-        self.finished: List[Dict[str, Any]] = read_jsonl(self.run_dir / HISTORY)
-        self.seq = max([r.get("seq", -1) for r in self.dispatched + self.finished], default=-1) + 1
-        self.next_id = max([r["id"] for r in self.dispatched], default=-1) + 1
+        self.dispatched: List[Task] = [Task.from_dict(r) for r in read_jsonl(self.run_dir / DISPATCH)]
+        self.finished: List[Evaluation] = [Evaluation.from_dict(r) for r in read_jsonl(self.run_dir / HISTORY)]
+        seqs = [r.seq for r in self.dispatched + self.finished if r.seq is not None]  # type: ignore[operator]
+        self.seq = max(seqs, default=-1) + 1
+        self.next_id = max([t.id for t in self.dispatched], default=-1) + 1
         self._dispatch = JsonlWriter(self.run_dir / DISPATCH)
         self._history = JsonlWriter(self.run_dir / HISTORY)
 
-    def events(self) -> List[Dict[str, Any]]:
-        """Every logged event in order, each tagged ``kind`` = ``ask`` or ``tell``."""
-        asks = [dict(r, kind="ask") for r in self.dispatched if r.get("origin") == "strategy"]
-        tells = [dict(r, kind="tell") for r in self.finished]
-        return sorted(asks + tells, key=lambda r: r["seq"])
+    def events(self) -> List[Union[Task, Evaluation]]:
+        """Every logged ask (a strategy's task) and tell (an evaluation), in their original order."""
+        asks: List[Union[Task, Evaluation]] = [t for t in self.dispatched if t.origin is Origin.STRATEGY]
+        return sorted(asks + list(self.finished), key=lambda r: r.seq if r.seq is not None else -1)
 
-    def in_flight(self) -> List[Dict[str, Any]]:
+    def in_flight(self) -> List[Task]:
         """The last dispatch of every task that has no result (to re-queue on resume)."""
-        done = {r["id"] for r in self.finished}
-        last: Dict[int, Dict[str, Any]] = {}
-        for r in self.dispatched:
-            if r["id"] not in done:
-                last[r["id"]] = r
+        done = {e.id for e in self.finished}
+        last: Dict[int, Task] = {}
+        for task in self.dispatched:
+            if task.id not in done:
+                last[task.id] = task
         return [last[k] for k in sorted(last)]
 
     def new_id(self) -> int:
@@ -49,22 +47,17 @@ class SearchLog:
         self.next_id += 1
         return self.next_id - 1
 
-    def _stamp(self, record: Dict[str, Any]) -> Dict[str, Any]:
-        record = dict(record, seq=self.seq)
-        self.seq += 1
-        return record
+    def log_dispatch(self, task: Task) -> None:
+        """A task sent to a rank (stamped with the next sequence number)."""
+        task.seq, self.seq = self.seq, self.seq + 1
+        self.dispatched.append(task)
+        self._dispatch.write(task.to_dict())
 
-    def log_dispatch(self, record: Dict[str, Any]) -> None:
-        """A task sent to a rank."""
-        record = self._stamp(record)
-        self.dispatched.append(record)
-        self._dispatch.write(record)
-
-    def log_result(self, record: Dict[str, Any]) -> None:
-        """A finished evaluation (any status)."""
-        record = self._stamp(record)
-        self.finished.append(record)
-        self._history.write(record)
+    def log_result(self, evaluation: Evaluation) -> None:
+        """A finished evaluation, any status (stamped with the next sequence number)."""
+        evaluation.seq, self.seq = self.seq, self.seq + 1
+        self.finished.append(evaluation)
+        self._history.write(evaluation.to_dict())
 
     def close(self) -> None:
         """Close both files."""

@@ -23,11 +23,13 @@ from hpcnas.config import Config
 from hpcnas.errors import UserError
 from hpcnas.execution.history import SearchLog
 from hpcnas.execution.slot import WorkerSlot
+from hpcnas.execution.worker import evaluator_class
+from hpcnas.records import Evaluation, Origin, Result, Status, Task, WorkerSetup
 from hpcnas.signals import STOP, ignore_stop_signals
 from hpcnas.space.genotype import Genotype
-from hpcnas.strategies.base import Generational, SpaceShape, Strategy
-from hpcnas.strategies.evolution import RegularizedEvolution
-from hpcnas.strategies.random import RandomSearch
+from hpcnas.space.searchspace import SearchSpace
+from hpcnas.strategies import Generational, Strategy, strategy_class
+from hpcnas.strategies.objectives import parse_objectives
 
 log = logging.getLogger("hpcnas")
 
@@ -37,14 +39,10 @@ POLL_S = 0.0005
 
 def make_strategy(cfg: Config, world: int) -> Strategy:
     """The configured strategy, wrapped in the generational barrier if asked."""
-    sp, ev = cfg.space, cfg.evolve
-    shape = SpaceShape(sp.topology, sp.op_set, sp.nodes, sp.towers, sp.tower_depth, sp.depth, cfg.search.decode.edges_per_node)
-    if ev.strategy == "random":
-        strategy: Strategy = RandomSearch(shape, seed=cfg.seed)
-    else:
-        if ev.sample_size > ev.population:
-            raise UserError(f"must be <= evolve.population ({ev.population})", key="evolve.sample_size")
-        strategy = RegularizedEvolution(shape, seed=cfg.seed, population=ev.population, sample_size=ev.sample_size)
+    ev = cfg.evolve
+    objectives = parse_objectives(ev.objectives)
+    strategy = strategy_class(ev.strategy).from_options(SearchSpace.from_config(cfg), cfg.seed, objectives,
+                                                        ev.population, ev.sample_size)
     return Generational(strategy, size=world) if ev.mode == "generational" else strategy
 
 
@@ -54,9 +52,10 @@ def check_evolve_config(cfg: Config, world: int) -> None:
     Called on rank 0 before any rank starts, so a bad config stops the whole job at once.
     """
     make_strategy(cfg, world)
+    evaluator_class(cfg.evolve.evaluator)
     parse_faults(cfg.evolve.inject_faults)
     ev = cfg.evolve
-    if ev.strategy == "evolution" and ev.population > ev.max_evaluations:
+    if ev.strategy != "random" and ev.population > ev.max_evaluations:
         raise UserError(f"the population ({ev.population}) must not exceed evolve.max_evaluations ({ev.max_evaluations}): "
                         "the search would end before evolving", key="evolve.population")
 
@@ -81,49 +80,51 @@ def parse_faults(items: List[str]) -> Dict[int, str]:
 def replay(strategy: Strategy, search_log: SearchLog) -> None:
     """Rebuild the strategy by replaying every logged ask and tell in order."""
     for event in search_log.events():
-        if event["kind"] == "tell":
+        if isinstance(event, Evaluation):
             strategy.tell(event)
             continue
         proposal = strategy.ask()
-        if proposal is None or proposal.genotype.to_dict() != event["genotype"]:
-            log.warning("replay diverged at evaluation %d (code or config changed?): continuing from the logged records", event["id"])
+        if proposal is None or proposal.genotype.to_dict() != event.genotype:
+            log.warning("replay diverged at evaluation %d (code or config changed?): continuing from the logged records", event.id)
 
 
 class Dispatcher:
     """Rank 0: ask the strategy, hand tasks to free ranks, record results."""
 
-    def __init__(self, comm, slot: WorkerSlot, cfg: Config, run_dir: Path, search_log: SearchLog, strategy: Strategy):
+    def __init__(self, comm, slot: WorkerSlot, cfg: Config, run_dir: Path, search_log: SearchLog, strategy: Strategy,
+                 status=None, any_source=None):
         self.comm, self.slot, self.cfg, self.run_dir = comm, slot, cfg, run_dir
         self.log, self.strategy = search_log, strategy
         self.world = comm.Get_size()
         self.faults = parse_faults(cfg.evolve.inject_faults)
-        self.requeue: Deque[Dict[str, Any]] = deque(search_log.in_flight())
-        self.inflight: Dict[int, Dict[str, Any]] = {}
+        self.requeue: Deque[Task] = deque(search_log.in_flight())
+        self.inflight: Dict[int, Task] = {}
         self.idle: List[int] = list(range(self.world))
         self.stop = STOP
-        from mpi4py import MPI  # imported here, not at module level: importing it initializes MPI
+        if status is None:
+            from mpi4py import MPI  # imported here, not at module level: importing it initializes MPI
 
-        self.status, self.any_source = MPI.Status(), MPI.ANY_SOURCE  # reused by every poll of the dispatch loop
+            status, any_source = MPI.Status(), MPI.ANY_SOURCE
+        self.status, self.any_source = status, any_source  # reused by every poll of the dispatch loop
 
     # -- tasks ---------------------------------------------------------------
 
-    def _next_task(self) -> Optional[Dict[str, Any]]:
+    def _next_task(self) -> Optional[Task]:
         if self.requeue:
-            old = self.requeue.popleft()
-            return {k: old[k] for k in ("id", "genotype", "parent", "batch_size")} | {"origin": "requeue", "retried": old.get("retried", False)}
+            return self.requeue.popleft().again(Origin.REQUEUE)
         proposal = self.strategy.ask()
         if proposal is None:
             return None
-        return {"id": self.log.new_id(), "genotype": proposal.genotype.to_dict(), "parent": proposal.parent, "batch_size": self.cfg.train.batch_size, "origin": "strategy", "retried": False}
+        return Task(self.log.new_id(), proposal.genotype.to_dict(), self.cfg.train.batch_size, proposal.parent)
 
-    def _send(self, rank: int, task: Dict[str, Any]) -> None:
-        task = dict(task, submit=time.time(), rank=rank, fault=self.faults.get(task["id"]))
+    def _send(self, rank: int, task: Task) -> None:
+        task.submit, task.rank, task.fault = time.time(), rank, self.faults.get(task.id)
         self.log.log_dispatch(task)
         self.inflight[rank] = task
         if rank == 0:
-            self.slot.submit(task)
+            self.slot.submit(task.to_dict())
         else:
-            self.comm.send(task, dest=rank, tag=TAG_TASK)
+            self.comm.send(task.to_dict(), dest=rank, tag=TAG_TASK)
 
     def _collect(self) -> List[tuple]:
         results = []
@@ -136,25 +137,21 @@ class Dispatcher:
             results.append((source, self.comm.recv(source=source, tag=TAG_RESULT)))
         return results
 
-    def _handle(self, rank: int, result: Dict[str, Any]) -> None:
+    def _handle(self, rank: int, raw: Dict[str, Any]) -> None:
         task = self.inflight.pop(rank)
-        ev = self.cfg.evolve
-        if result["status"] == "oom" and ev.retry_oom_half_batch and not task.get("retried") and task["batch_size"] > 1:
-            log.info("evaluation %d: out of memory at batch %d on rank %d, retrying at batch %d", task["id"], task["batch_size"], rank, task["batch_size"] // 2)
-            retry = {k: task[k] for k in ("id", "genotype", "parent")} | {"batch_size": task["batch_size"] // 2, "origin": "retry", "retried": True}
-            self._send(rank, retry)
+        result = Result.from_dict(raw)
+        if result.end is None:
+            result.end = time.time()
+        if result.status is Status.OOM and self.cfg.evolve.retry_oom_half_batch and not task.retried and task.batch_size > 1:
+            log.info("evaluation %d: out of memory at batch %d on rank %d, retrying at batch %d", task.id, task.batch_size, rank, task.batch_size // 2)
+            self._send(rank, task.again(Origin.RETRY, batch_size=task.batch_size // 2))
             return
-        record = {
-            "id": task["id"], "genotype": task["genotype"], "parent": task["parent"], "status": result["status"],
-            "fitness": result.get("fitness"), "params": result.get("params"), "flops": result.get("flops"),
-            "peak_memory_mb": result.get("peak_memory_mb"), "rank": rank, "batch_size": task["batch_size"], "retried": task.get("retried", False),
-            "submit": task["submit"], "start": result.get("start"), "end": result.get("end", time.time()), "error": result.get("error"),
-        }
-        self.log.log_result(record)
-        self.strategy.tell(record)
+        evaluation = Evaluation.of(task, result, rank)
+        self.log.log_result(evaluation)
+        self.strategy.tell(evaluation)
         self.idle.append(rank)
-        fit = f"{record['fitness']:.4f}" if record["fitness"] is not None else "-"
-        log.info("evaluation %d on rank %d: %s, fitness %s (%d done)", record["id"], rank, record["status"], fit, len(self.log.finished))
+        fit = f"{evaluation.fitness:.4f}" if evaluation.fitness is not None else "-"
+        log.info("evaluation %d on rank %d: %s, fitness %s (%d done)", evaluation.id, rank, evaluation.status, fit, len(self.log.finished))
 
     # -- loop ----------------------------------------------------------------
 
@@ -237,15 +234,12 @@ def serve(comm, slot: WorkerSlot) -> None:
         slot.close()
 
 
-def worker_setup(cfg: Config, run_dir: Path, data: str, local_rank: int, local_size: int) -> Dict[str, Any]:
-    """What every child of this rank needs to know (JSON, passed on its command line)."""
+def worker_setup(cfg: Config, run_dir: Path, data: str, local_rank: int, local_size: int) -> WorkerSetup:
+    """What every child of this rank needs to know."""
     ev = cfg.evolve
     threads = ev.threads_per_rank or max(1, (os.cpu_count() or 1) // max(local_size, 1))
-    return {
-        "config": str(run_dir / "config.yaml"), "data": data, "run_dir": str(run_dir), "local_rank": local_rank, "threads": threads,
-        "proxy_epochs": ev.proxy_epochs, "keep_checkpoints": ev.keep_checkpoints, "evaluator": ev.evaluator,
-        "sleep_median": ev.sleep_median, "sleep_sigma": ev.sleep_sigma,
-    }
+    return WorkerSetup(str(run_dir / "config.yaml"), data, str(run_dir), local_rank, threads, ev.evaluator,
+                       ev.proxy_epochs, ev.keep_checkpoints, ev.latency_runs, ev.sleep_median, ev.sleep_sigma)
 
 
 def run_orchestrator(comm, cfg: Config, run_dir: Path, data: str) -> Optional[str]:
@@ -258,7 +252,7 @@ def run_orchestrator(comm, cfg: Config, run_dir: Path, data: str) -> Optional[st
     rank = comm.Get_rank()
     local = comm.Split_type(MPI.COMM_TYPE_SHARED)
     setup = worker_setup(cfg, run_dir, data, local.Get_rank(), local.Get_size())
-    slot = WorkerSlot(setup, run_dir / "workers" / f"rank-{rank:03d}.log", cfg.evolve.task_timeout)
+    slot = WorkerSlot(setup.to_dict(), run_dir / "workers" / f"rank-{rank:03d}.log", cfg.evolve.task_timeout)
     slot.prestart()
     if rank != 0:
         serve(comm, slot)
@@ -277,9 +271,12 @@ def run_orchestrator(comm, cfg: Config, run_dir: Path, data: str) -> Optional[st
         log.info("resuming: %d evaluation(s) done, %d re-queued", done, pending)
     log.info("evolve (%s, %s) on %d rank(s): budget %d evaluations -> %s", cfg.evolve.strategy, cfg.evolve.mode, comm.Get_size(), cfg.evolve.max_evaluations, run_dir)
     interrupted = dispatcher.run()
-    ok = [r for r in search_log.finished if r["status"] == "ok" and r["fitness"] is not None]
-    if ok:
-        best = max(ok, key=lambda r: r["fitness"])
-        Genotype.from_dict(best["genotype"]).save(run_dir / "genotype.json")
-        log.info("best: evaluation %d, fitness %.4f -> %s", best["id"], best["fitness"], run_dir / "genotype.json")
+    best = strategy.best()
+    if best is not None:
+        Genotype.from_dict(best.genotype).save(run_dir / "genotype.json")
+        log.info("best: evaluation %d, fitness %.4f -> %s", best.id, best.fitness, run_dir / "genotype.json")
+    if len(strategy.objectives) > 1:
+        front = strategy.front()
+        log.info("Pareto front of %s: %d evaluation(s) (hpcnas pareto %s)", ", ".join(map(str, strategy.objectives)),
+                 len(front), run_dir)
     return interrupted

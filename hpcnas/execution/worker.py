@@ -23,7 +23,10 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Type
+
+from hpcnas.errors import UserError, nearest
+from hpcnas.records import Result, Status, Task, WorkerSetup
 
 OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory", "outofmemory")
 
@@ -73,45 +76,108 @@ def count_flops(model, in_channels: int, size: int, device) -> int:
     return int(counter.get_total_flops())
 
 
-def train_task(task: Dict[str, Any], setup: Dict[str, Any]) -> Dict[str, Any]:
-    """Proxy-train the task's genotype; the fitness is the best validation mIoU."""
-    from hpcnas.config import load_config
-    from hpcnas.data.hdf5 import read_info
-    from hpcnas.runtime import peak_memory_mb, reset_peak_memory
-    from hpcnas.space.genotype import Genotype
-    from hpcnas.train.trainer import Trainer, model_spec
+def measure_latency(model, in_channels: int, size: int, device, runs: int, warmup: int = 3) -> float:
+    """Median milliseconds of one eval-mode forward pass of a (1, C, size, size) input, after ``warmup`` passes."""
+    import torch
 
-    device = _device(setup["local_rank"])
-    if task.get("fault"):
-        inject(task["fault"], device)
-    cfg = load_config(setup["config"], [f"train.epochs={setup['proxy_epochs']}", "train.select_from_epoch=0", f"train.batch_size={task['batch_size']}"])
-    info = read_info(setup["data"])
-    genotype = Genotype.from_dict(task["genotype"])
-    spec = model_spec(cfg, info, genotype)
-    eval_dir = Path(setup["run_dir"]) / "evals" / f"{task['id']:05d}"
-    shutil.rmtree(eval_dir, ignore_errors=True)  # a re-queued task starts clean
-    trainer = Trainer(cfg, eval_dir, setup["data"], info, device, spec)
-    reset_peak_memory(device)
-    best = trainer.run()
-    if not setup.get("keep_checkpoints"):
-        shutil.rmtree(eval_dir / "checkpoints", ignore_errors=True)
-    return {
-        "fitness": best if best >= 0 else None,
-        "params": sum(p.numel() for p in trainer.model.parameters()),
-        "flops": count_flops(trainer.model, info.channels, info.tile_size, device),
-        "peak_memory_mb": round(peak_memory_mb(device), 1),
-        "device": str(device),
-    }
+    model.eval()
+    x = torch.zeros(1, in_channels, size, size, device=device)
+    times = []
+    with torch.no_grad():
+        for i in range(warmup + runs):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i >= warmup:
+                times.append((time.perf_counter() - t0) * 1000)
+    times.sort()
+    return times[len(times) // 2]
 
 
-def sleep_task(task: Dict[str, Any], setup: Dict[str, Any]) -> Dict[str, Any]:
-    """The benchmarking evaluator: sleep a log-normal time, report a seeded random fitness."""
-    rng = random.Random(task["id"])
-    duration = setup["sleep_median"] * math.exp(setup["sleep_sigma"] * rng.gauss(0, 1))
-    if task.get("fault") in ("kill", "hang", "error"):
-        inject(task["fault"], None)
-    time.sleep(duration)
-    return {"fitness": rng.random(), "params": None, "flops": None, "peak_memory_mb": None, "slept_s": duration}
+class Evaluator:
+    """How a worker child turns a task into a result; registered by name for ``evolve.evaluator.name``."""
+
+    name = ""
+
+    def __init__(self, setup: WorkerSetup):
+        self.setup = setup
+
+    def evaluate(self, task: Task) -> Result:
+        """Evaluate one task; raise on failure (the caller classifies the exception)."""
+        raise NotImplementedError
+
+
+class TrainEvaluator(Evaluator):
+    """Proxy-train the task's genotype; the fitness is the best validation mIoU; measure its costs."""
+
+    name = "train"
+
+    def __init__(self, setup: WorkerSetup):
+        super().__init__(setup)
+        import torch  # here, in the child, while the slot waits for its first task
+
+        if setup.threads:
+            torch.set_num_threads(int(setup.threads))
+
+    def evaluate(self, task: Task) -> Result:
+        from hpcnas.config import load_config
+        from hpcnas.data.hdf5 import read_info
+        from hpcnas.runtime import peak_memory_mb, reset_peak_memory
+        from hpcnas.space.genotype import Genotype
+        from hpcnas.train.trainer import Trainer, model_spec
+
+        setup = self.setup
+        device = _device(setup.local_rank)
+        if task.fault:
+            inject(task.fault, device)
+        cfg = load_config(setup.config, [f"train.epochs={setup.proxy_epochs}", "train.select_from_epoch=0",
+                                         f"train.batch_size={task.batch_size}"])
+        info = read_info(setup.data)
+        spec = model_spec(cfg, info, Genotype.from_dict(task.genotype))
+        eval_dir = Path(setup.run_dir) / "evals" / f"{task.id:05d}"
+        shutil.rmtree(eval_dir, ignore_errors=True)  # a re-queued task starts clean
+        trainer = Trainer(cfg, eval_dir, setup.data, info, device, spec)
+        reset_peak_memory(device)
+        best = trainer.run()
+        if not setup.keep_checkpoints:
+            shutil.rmtree(eval_dir / "checkpoints", ignore_errors=True)
+        measured = {
+            "params": float(sum(p.numel() for p in trainer.model.parameters())),
+            "flops": float(count_flops(trainer.model, info.channels, info.tile_size, device)),
+            "peak_memory": round(peak_memory_mb(device), 1),
+        }
+        if setup.latency_runs:
+            measured["latency"] = round(measure_latency(trainer.model, info.channels, info.tile_size, device,
+                                                        setup.latency_runs), 3)
+        return Result(task.id, Status.OK, fitness=best if best >= 0 else None, measured=measured)
+
+
+class SleepEvaluator(Evaluator):
+    """The benchmarking evaluator: sleep a log-normal time, report a seeded random fitness and cost."""
+
+    name = "sleep"
+
+    def evaluate(self, task: Task) -> Result:
+        rng = random.Random(task.id)
+        duration = self.setup.sleep_median * math.exp(self.setup.sleep_sigma * rng.gauss(0, 1))
+        if task.fault in ("kill", "hang", "error"):
+            inject(task.fault, None)
+        time.sleep(duration)
+        return Result(task.id, Status.OK, fitness=rng.random(), measured={"params": float(rng.randrange(10**4, 10**6))})
+
+
+EVALUATORS: Dict[str, Type[Evaluator]] = {cls.name: cls for cls in (TrainEvaluator, SleepEvaluator)}
+
+
+def evaluator_class(name: str) -> Type[Evaluator]:
+    """The registered evaluator called ``name`` (a ``UserError`` listing the known ones otherwise)."""
+    if name not in EVALUATORS:
+        raise UserError(f"unknown evaluator '{name}'{nearest(name, EVALUATORS)} (known: {', '.join(sorted(EVALUATORS))})",
+                        key="evolve.evaluator.name")
+    return EVALUATORS[name]
 
 
 def _exit_with_parent() -> None:
@@ -129,30 +195,24 @@ def _exit_with_parent() -> None:
 
 def main() -> int:
     """Serve tasks from stdin until it closes."""
-    setup = json.loads(sys.argv[1])
+    setup = WorkerSetup.from_dict(json.loads(sys.argv[1]))
     results = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # stray prints from libraries go to the log, not into the result stream
     _exit_with_parent()
-    if setup.get("evaluator") == "train":
-        import torch  # here, in the child, while the slot waits for its first task
-
-        if setup.get("threads"):
-            torch.set_num_threads(int(setup["threads"]))
-    run = sleep_task if setup.get("evaluator") == "sleep" else train_task
+    evaluator = evaluator_class(setup.evaluator)(setup)
     for line in sys.stdin:
-        task = json.loads(line)
-        record: Dict[str, Any] = {"id": task["id"], "start": time.time(), "pid": os.getpid()}
+        task = Task.from_dict(json.loads(line))
+        start = time.time()
         try:
-            record.update(run(task, setup))
-            record["status"] = "ok"
+            result = evaluator.evaluate(task)
         except BaseException as exc:  # noqa: BLE001 - every failure becomes a result
-            record["status"] = "oom" if is_oom(exc) else "crashed"
-            record["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            result = Result(task.id, Status.OOM if is_oom(exc) else Status.CRASHED, error=error)
             traceback.print_exc()
-        record["end"] = time.time()
-        results.write(json.dumps(record) + "\n")
+        result.start, result.end = start, time.time()
+        results.write(json.dumps(result.to_dict()) + "\n")
         results.flush()
-        if record["status"] != "ok":
+        if result.status is not Status.OK:
             return 3  # replaced by a fresh child
     return 0
 

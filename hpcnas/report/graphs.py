@@ -7,7 +7,8 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from hpcnas.space.genotype import TOPOLOGIES, Genotype, cell_inputs, unetpp_nodes
+from hpcnas.space.genotype import Genotype
+from hpcnas.space.topology import TOPOLOGIES, unetpp_nodes
 
 
 def have_dot() -> bool:
@@ -27,7 +28,7 @@ def draw_cell(genotype: Genotype, role: str, path: Path) -> Optional[Path]:
     import graphviz
 
     kind = TOPOLOGIES[genotype.topology].cell_kind
-    n_in = cell_inputs(kind)
+    n_in = kind.inputs
     g = graphviz.Digraph(name=role, graph_attr={"rankdir": "LR", "label": f"{genotype.topology}: {role} cell", "fontsize": "14"})
     g.attr("node", style="filled", fontname="Helvetica")
     names = ["c_{k-2}", "c_{k-1}"] if n_in == 2 else ["x"]
@@ -36,7 +37,7 @@ def draw_cell(genotype: Genotype, role: str, path: Path) -> Optional[Path]:
     cell = genotype.cell(role)
     for j in range(len(cell)):
         g.node(str(j + n_in), str(j), fillcolor="lightblue", shape="circle")
-    out = "c_{k}" if kind == "darts" else "sum + x"
+    out = "c_{k}" if kind.concatenates else "sum + x"
     g.node("out", out, fillcolor="palegoldenrod", shape="box")
     used = set()
     for j, node in enumerate(cell):
@@ -44,9 +45,9 @@ def draw_cell(genotype: Genotype, role: str, path: Path) -> Optional[Path]:
             g.edge(str(src), str(j + n_in), label=op, fontsize="10")
             used.add(src)
     for j in range(len(cell)):
-        if kind == "darts" or (j + n_in) not in used:  # DARTS concatenates every node; ResNeXt sums tower ends
+        if kind.concatenates or (j + n_in) not in used:  # a concatenation of every node, or a sum of tower ends
             g.edge(str(j + n_in), "out", color="grey")
-    if kind == "resnext":
+    if not kind.concatenates:
         g.edge("0", "out", style="dashed", color="grey", label="residual", fontsize="9")
     return _render(g, path)
 

@@ -32,7 +32,8 @@ from hpcnas.runtime import seed_everything
 from hpcnas.search.decode import darts_plus_stops, decode_configured
 from hpcnas.search.gaea import arch_mode, make_arch_optimizer
 from hpcnas.space.genotype import Genotype
-from hpcnas.space.networks import SearchNetwork, build_search_network, stride
+from hpcnas.space.networks import SearchNetwork, build_search_network
+from hpcnas.space.searchspace import SearchSpace
 from hpcnas.train.loop import EpochLoop, WeightedCrossEntropy, cosine_sgd
 
 log = logging.getLogger("hpcnas")
@@ -41,13 +42,14 @@ log = logging.getLogger("hpcnas")
 def build_supernet(cfg: Config, info: DatasetInfo) -> SearchNetwork:
     """The configured supernet for a data set (checks the tile size against the stride)."""
     sp, se = cfg.space, cfg.search
-    need = stride(sp.topology, sp.depth)
+    space = SearchSpace.from_config(cfg)
+    need = space.stride()
     if info.tile_size % need:
         raise UserError(f"tile size {info.tile_size} is not divisible by the network stride {need} (space.depth={sp.depth}, {sp.topology})", source=str(info.path))
     try:
         return build_search_network(
-            sp.topology, sp.op_set, info.channels, info.num_classes, sp.channels, sp.depth, sp.nodes, sp.towers, sp.tower_depth,
-            se.partial_channels, se.edge_normalization, arch_mode(se.arch_optimizer), seed=cfg.seed + 1,
+            space, info.channels, info.num_classes, channels=sp.channels, partial=se.partial_channels,
+            edge_norm=se.edge_normalization, arch_mode=arch_mode(se.arch_optimizer), seed=cfg.seed + 1,
             sampling=se.channel_sampling,
         )
     except ValueError as exc:

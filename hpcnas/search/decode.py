@@ -23,7 +23,9 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from hpcnas.space.genotype import OP_SETS, PARAMETER_FREE_OPS, SKIP_OPS, TOPOLOGIES, ZERO_OPS, Cell, Genotype, GridNode, Path_, tower_input, unetpp_in_edges, unetpp_nodes, unetpp_paths
+from hpcnas.space.genotype import Genotype
+from hpcnas.space.searchspace import SearchSpace
+from hpcnas.space.topology import PARAMETER_FREE_OPS, SKIP_OPS, ZERO_OPS, Cell, GridNode, Path_, unetpp_in_edges, unetpp_nodes
 
 
 def best_op(weights: np.ndarray, op_names: Sequence[str], banned: frozenset = frozenset()) -> Tuple[int, float]:
@@ -34,7 +36,8 @@ def best_op(weights: np.ndarray, op_names: Sequence[str], banned: frozenset = fr
     return k, float(weights[k])
 
 
-def decode_cell(kind: str, op_weights: np.ndarray, op_names: Sequence[str], node_inputs: Sequence[int], edge_weights: Optional[Sequence[np.ndarray]] = None, edges_per_node: int = 2, tower_sources: Optional[Sequence[int]] = None, max_skips: Optional[int] = None, max_parameter_free: Optional[float] = None) -> Cell:
+def decode_cell(space: SearchSpace, op_weights: np.ndarray, edge_weights: Optional[Sequence[np.ndarray]] = None,
+                max_skips: Optional[int] = None, max_parameter_free: Optional[float] = None) -> Cell:
     """One cell's ``(op, input)`` pairs from its (edges, |O|) op weights in edge order.
 
     ``max_skips`` caps the skip connections kept (a count), ``max_parameter_free`` the
@@ -45,11 +48,11 @@ def decode_cell(kind: str, op_weights: np.ndarray, op_names: Sequence[str], node
     if max_skips is not None:
         caps.append((SKIP_OPS, max_skips))
     if max_parameter_free is not None:
-        kept_edges = sum(min(count, edges_per_node) if kind == "darts" else 1 for count in node_inputs)
+        kept_edges = sum(min(count, space.kept_per_node()) for count in space.node_inputs())
         caps.append((PARAMETER_FREE_OPS - ZERO_OPS, int(max_parameter_free * kept_edges + 1e-9)))
     banned: Dict[int, frozenset] = {}  # edge index -> ops a cap has masked on it
     while True:
-        cell, kept = _decode_cell_once(kind, op_weights, op_names, node_inputs, edge_weights, edges_per_node, tower_sources, banned)
+        cell, kept = _decode_cell_once(space, op_weights, edge_weights, banned)
         for ops, limit in caps:
             offending = [(edge, op) for edge, op, name in kept if name in ops]
             if len(offending) > limit:
@@ -60,20 +63,21 @@ def decode_cell(kind: str, op_weights: np.ndarray, op_names: Sequence[str], node
             return cell
 
 
-def _decode_cell_once(kind, op_weights, op_names, node_inputs, edge_weights, edges_per_node, tower_sources, banned):
+def _decode_cell_once(space: SearchSpace, op_weights, edge_weights, banned):
     """The cell, and its kept edges as ``(edge index, op index, op name)``."""
+    op_names = space.ops
     nodes, kept_edges = [], []
     e = 0
-    for j, count in enumerate(node_inputs):
+    for j in range(space.node_count()):
         candidates = []
-        for k in range(count):
+        sources = space.sources(j)
+        for k, source in enumerate(sources):
             op, strength = best_op(op_weights[e + k], op_names, banned.get(e + k, frozenset()))
             if edge_weights is not None:
                 strength *= float(edge_weights[j][k])
-            source = k if kind == "darts" else tower_sources[j]
             candidates.append((strength, source, op_names[op], e + k, op))
-        e += count
-        keep = sorted(candidates, key=lambda c: (-c[0], c[1]))[: edges_per_node if kind == "darts" else 1]
+        e += len(sources)
+        keep = sorted(candidates, key=lambda c: (-c[0], c[1]))[: space.kept_per_node()]
         kept_edges += [(edge, op, name) for _, _, name, edge, op in keep]
         nodes.append(tuple((name, source) for _, source, name, _, _ in sorted(keep, key=lambda c: c[1])))
     return tuple(nodes), kept_edges
@@ -128,37 +132,32 @@ def viterbi_path(betas: Dict[GridNode, np.ndarray], depth: int) -> Path_:
     return best[(0, depth)][1]
 
 
-def decode_genotype(topology: str, op_set: Optional[str], snapshot: Dict, node_inputs: Sequence[int], depth: int, edges_per_node: int = 2, paths: Union[str, int] = "auto", path_decoder: str = "multipath", tower_sources: Optional[Sequence[int]] = None, max_skips: Optional[int] = None, max_parameter_free: Optional[float] = None) -> Genotype:
-    """A genotype from an :meth:`ArchParams.snapshot`."""
-    topo = TOPOLOGIES[topology]
-    op_names = OP_SETS[op_set or topo.op_set]
+def decode_genotype(space: SearchSpace, snapshot: Dict, *, paths: Union[str, int] = "auto", path_decoder: str = "multipath",
+                    max_skips: Optional[int] = None, max_parameter_free: Optional[float] = None) -> Genotype:
+    """A genotype of ``space`` from an :meth:`ArchParams.snapshot`."""
+    topo = space.topology
     cells = []
     for role in topo.cell_names:
         edges = snapshot["edges"][role] if snapshot.get("edges") else None
         decoder = role == topo.cell_names[1]  # the caps apply to the normal (decoder) cell, as in P-DARTS
-        cells.append((role, decode_cell(topo.cell_kind, snapshot["ops"][role], op_names, node_inputs, edges, edges_per_node, tower_sources,
+        cells.append((role, decode_cell(space, snapshot["ops"][role], edges,
                                         max_skips if decoder else None, max_parameter_free if decoder else None)))
     kept = None
     if topo.nested:
         if path_decoder == "viterbi":
-            kept = (viterbi_path(snapshot["betas"], depth),)
+            kept = (viterbi_path(snapshot["betas"], space.depth),)
         else:
-            every = unetpp_paths(depth)
+            every = space.paths()
             scores = path_log_likelihoods(snapshot["betas"], every)
             kept = tuple(sorted(every[i] for i in select_paths(scores, paths)))
-    return Genotype(topology, op_set or topo.op_set, tuple(cells), kept)
+    return Genotype(topo.name, space.op_set, tuple(cells), kept)
 
 
 def decode_configured(cfg, snapshot: Dict) -> Genotype:
     """The genotype an :meth:`ArchParams.snapshot` stands for under a run's configuration (space + decode rules)."""
-    sp, d = cfg.space, cfg.search.decode
-    if TOPOLOGIES[sp.topology].cell_kind == "darts":
-        node_inputs, towers = [j + 2 for j in range(sp.nodes)], None
-    else:
-        count = sp.towers * sp.tower_depth
-        node_inputs, towers = [1] * count, [tower_input(j, sp.tower_depth) for j in range(count)]
-    return decode_genotype(sp.topology, sp.op_set, snapshot, node_inputs, sp.depth, d.edges_per_node, d.paths,
-                           d.path_decoder, towers, d.max_skips, d.max_parameter_free)
+    d = cfg.search.decode
+    return decode_genotype(SearchSpace.from_config(cfg), snapshot, paths=d.paths, path_decoder=d.path_decoder,
+                           max_skips=d.max_skips, max_parameter_free=d.max_parameter_free)
 
 
 def snapshot_from_json(raw: Dict) -> Dict:

@@ -15,13 +15,14 @@ cell, a :class:`MixedOp` in a search cell) to an earlier state.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Type
 
 import torch
 from torch import nn
 
-from hpcnas.space.genotype import Cell, cell_inputs, tower_input
 from hpcnas.space.mixed import MixedOp
+from hpcnas.space.searchspace import SearchSpace
+from hpcnas.space.topology import CELL_KINDS, Cell, CellKind
 from hpcnas.space.ops import FactorizedReduce, ReLUConvBN, build_op
 
 Edge = Tuple[int, nn.Module]  # (index of the input state, module)
@@ -41,10 +42,11 @@ class CellArch:
 class GraphCell(nn.Module):
     """The DAG evaluation shared by both cell kinds."""
 
-    def __init__(self, kind: str, nodes: List[List[Edge]], out_channels: int):
+    kind: CellKind
+
+    def __init__(self, nodes: List[List[Edge]], out_channels: int):
         super().__init__()
-        self.kind = kind
-        self.n_inputs = cell_inputs(kind)
+        self.n_inputs = self.kind.inputs
         self.sources = [[src for src, _ in node] for node in nodes]
         self.edges = nn.ModuleList(nn.ModuleList(m for _, m in node) for node in nodes)
         self.out_channels = out_channels
@@ -67,11 +69,20 @@ class GraphCell(nn.Module):
         return states
 
 
+    @classmethod
+    def build(cls, edges: List[List[Edge]], in_channels: Sequence[int], c: int, reduction: bool, reduce_prev: bool,
+              affine: bool) -> "GraphCell":
+        """The cell over ``edges`` with its input preprocessing."""
+        raise NotImplementedError
+
+
 class DartsCell(GraphCell):
     """DARTS cell over inputs (grand-parent, parent); see the module docstring."""
 
+    kind = CELL_KINDS["darts"]
+
     def __init__(self, nodes: List[List[Edge]], c_prev_prev: int, c_prev: int, c: int, reduce_prev: bool, affine: bool):
-        super().__init__("darts", nodes, c * len(nodes))
+        super().__init__(nodes, c * len(nodes))
         self.pre0 = FactorizedReduce(c_prev_prev, c, affine) if reduce_prev else ReLUConvBN(c_prev_prev, c, 1, affine=affine)
         self.pre1 = ReLUConvBN(c_prev, c, 1, affine=affine)
 
@@ -79,12 +90,18 @@ class DartsCell(GraphCell):
         states = self.run_nodes([self.pre0(inputs[-2]), self.pre1(inputs[-1])], arch)
         return torch.cat(states[self.n_inputs :], dim=1)
 
+    @classmethod
+    def build(cls, edges, in_channels, c, reduction, reduce_prev, affine):
+        return cls(edges, in_channels[-2], in_channels[-1], c, reduce_prev, affine)
+
 
 class ResNeXtCell(GraphCell):
     """ResNeXt-like residual block of towers; see the module docstring."""
 
+    kind = CELL_KINDS["resnext"]
+
     def __init__(self, nodes: List[List[Edge]], c_in: int, c: int, reduction: bool, affine: bool):
-        super().__init__("resnext", nodes, c)
+        super().__init__(nodes, c)
         self.pre = ReLUConvBN(c_in, c, 1, affine=affine)
         self.shortcut = FactorizedReduce(c, c, affine) if reduction else nn.Identity()
         used = {src for node in self.sources for src in node}
@@ -95,32 +112,34 @@ class ResNeXtCell(GraphCell):
         states = self.run_nodes([x], arch)
         return self.shortcut(x) + sum(states[i] for i in self.leaves)
 
+    @classmethod
+    def build(cls, edges, in_channels, c, reduction, reduce_prev, affine):
+        return cls(edges, sum(in_channels), c, reduction, affine)
+
+
+CELL_MODULES: Dict[str, Type[GraphCell]] = {cls.kind.name: cls for cls in (DartsCell, ResNeXtCell)}
+
 
 # --------------------------------------------------------------------------
 # builders
 
 
-def _stride(kind: str, src: int, reduction: bool) -> int:
-    return 2 if reduction and src < cell_inputs(kind) else 1
+def _stride(kind: CellKind, src: int, reduction: bool) -> int:
+    return 2 if reduction and src < kind.inputs else 1
 
 
-def search_edges(kind: str, op_names: Sequence[str], c: int, reduction: bool, nodes: int, towers: int, tower_depth: int, partial: int, generator, sampling: str = "shuffle") -> List[List[Edge]]:
-    """Mixed-op edges: every earlier state for DARTS, the tower predecessor for ResNeXt."""
-    out = []
-    count = nodes if kind == "darts" else towers * tower_depth
-    for j in range(count):
-        srcs = range(j + 2) if kind == "darts" else [tower_input(j, tower_depth)]
-        out.append([(s, MixedOp(op_names, c, _stride(kind, s, reduction), partial, generator, sampling)) for s in srcs])
-    return out
+def search_edges(space: SearchSpace, c: int, reduction: bool, partial: int, generator, sampling: str = "shuffle") -> List[List[Edge]]:
+    """Mixed-op edges from every state a node may read."""
+    kind = space.kind
+    return [[(s, MixedOp(space.ops, c, _stride(kind, s, reduction), partial, generator, sampling)) for s in space.sources(j)]
+            for j in range(space.node_count())]
 
 
-def discrete_edges(kind: str, cell: Cell, c: int, reduction: bool) -> List[List[Edge]]:
+def discrete_edges(kind: CellKind, cell: Cell, c: int, reduction: bool) -> List[List[Edge]]:
     """Single-op edges from a genotype cell."""
     return [[(src, build_op(op, c, _stride(kind, src, reduction), affine=True)) for op, src in node] for node in cell]
 
 
-def make_cell(kind: str, edges: List[List[Edge]], in_channels: Sequence[int], c: int, reduction: bool, reduce_prev: bool, affine: bool) -> GraphCell:
-    """Wrap edges into a DARTS or ResNeXt cell with its input preprocessing."""
-    if kind == "darts":
-        return DartsCell(edges, in_channels[-2], in_channels[-1], c, reduce_prev, affine)
-    return ResNeXtCell(edges, sum(in_channels), c, reduction, affine)
+def make_cell(kind: CellKind, edges: List[List[Edge]], in_channels: Sequence[int], c: int, reduction: bool, reduce_prev: bool, affine: bool) -> GraphCell:
+    """Wrap edges into the cell module of their kind, with its input preprocessing."""
+    return CELL_MODULES[kind.name].build(edges, in_channels, c, reduction, reduce_prev, affine)

@@ -24,14 +24,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from hpcnas.space.cells import CellArch, GraphCell, discrete_edges, make_cell, search_edges
+from hpcnas.space.genotype import Genotype
 from hpcnas.space.mixed import MixedOp
-from hpcnas.space.genotype import OP_SETS, TOPOLOGIES, Genotype, GridNode, cell_inputs, unetpp_in_edges, unetpp_nodes
 from hpcnas.space.ops import ReLUConvBN
-
-
-def stride(topology: str, depth: int) -> int:
-    """Input sizes must be multiples of this."""
-    return 2**depth * (4 if TOPOLOGIES[topology].nested else 1)
+from hpcnas.space.searchspace import SearchSpace
+from hpcnas.space.topology import TOPOLOGIES, CellKind, GridNode, unetpp_in_edges, unetpp_nodes
 
 
 class ArchParams(nn.Module):
@@ -95,13 +92,12 @@ class ArchParams(nn.Module):
 
 
 class CellFactory:
-    """Builds the cells of a network: search cells (mixed ops) or discrete cells (a genotype)."""
+    """Builds the cells of a network: search cells (mixed ops of a space) or discrete cells (a genotype)."""
 
-    def __init__(self, kind: str, roles: Sequence[str], op_names: Sequence[str] = (), nodes: int = 4, towers: int = 4, tower_depth: int = 2, partial: int = 1, generator=None, genotype: Optional[Genotype] = None, sampling: str = "shuffle"):
-        self.sampling = sampling
-        self.kind, self.roles, self.op_names = kind, tuple(roles), tuple(op_names)
-        self.nodes, self.towers, self.tower_depth = nodes, towers, tower_depth
-        self.partial, self.generator, self.genotype = partial, generator, genotype
+    def __init__(self, kind: CellKind, roles: Sequence[str], space: Optional[SearchSpace] = None, partial: int = 1,
+                 generator=None, genotype: Optional[Genotype] = None, sampling: str = "shuffle"):
+        self.kind, self.roles, self.space = kind, tuple(roles), space
+        self.partial, self.generator, self.genotype, self.sampling = partial, generator, genotype, sampling
 
     @property
     def search(self) -> bool:
@@ -110,17 +106,11 @@ class CellFactory:
 
     def __call__(self, role: str, in_channels: Sequence[int], c: int, reduce_prev: bool = False) -> GraphCell:
         reduction = role == self.roles[0]
-        if self.search:
-            edges = search_edges(self.kind, self.op_names, c, reduction, self.nodes, self.towers, self.tower_depth, self.partial, self.generator, self.sampling)
+        if self.genotype is None:
+            edges = search_edges(self.space, c, reduction, self.partial, self.generator, self.sampling)
         else:
             edges = discrete_edges(self.kind, self.genotype.cell(role), c, reduction)
         return make_cell(self.kind, edges, in_channels, c, reduction, reduce_prev, affine=not self.search)
-
-    def node_inputs(self) -> List[int]:
-        """Input edges per node of a search cell (for the architecture parameters)."""
-        if self.kind == "darts":
-            return [j + 2 for j in range(self.nodes)]
-        return [1] * (self.towers * self.tower_depth)
 
 
 class UNet(nn.Module):
@@ -129,12 +119,13 @@ class UNet(nn.Module):
     def __init__(self, factory: CellFactory, in_channels: int, num_classes: int, channels: int, depth: int, arch: Optional[ArchParams] = None):
         super().__init__()
         self.kind, self.roles, self.arch = factory.kind, factory.roles, arch
+        two_inputs = self.kind.inputs == 2  # a cell that also reads its grand-parent, at twice the resolution from level 2
         self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels))
         enc_ch = [channels]
         self.down = nn.ModuleList()
         for level in range(1, depth + 1):
-            ins = [enc_ch[max(level - 2, 0)], enc_ch[level - 1]] if self.kind == "darts" else [enc_ch[level - 1]]
-            cell = factory(self.roles[0], ins, channels * 2**level, reduce_prev=self.kind == "darts" and level >= 2)
+            ins = self.kind.network_inputs([enc_ch[max(level - 2, 0)], enc_ch[level - 1]])
+            cell = factory(self.roles[0], ins, channels * 2**level, reduce_prev=two_inputs and level >= 2)
             self.down.append(cell)
             enc_ch.append(cell.out_channels)
         self.up = nn.ModuleList()
@@ -150,8 +141,7 @@ class UNet(nn.Module):
         dec_arch = self.arch.cell_arch(self.roles[1]) if self.arch is not None else None
         enc = [self.stem(x)]
         for level, cell in enumerate(self.down, start=1):
-            ins = [enc[max(level - 2, 0)], enc[level - 1]] if self.kind == "darts" else [enc[level - 1]]
-            enc.append(cell(ins, enc_arch))
+            enc.append(cell(self.kind.network_inputs([enc[max(level - 2, 0)], enc[level - 1]]), enc_arch))
         d = enc[-1]
         for level, cell in zip(reversed(range(len(self.down))), self.up):
             up = F.interpolate(d, size=enc[level].shape[-2:], mode="bilinear", align_corners=False)
@@ -201,12 +191,12 @@ class UNetPlusPlus(nn.Module):
             c = channels * 2**i
             if j == 0:
                 pp = (max(i - 2, 0), 0)
-                ins = [out_ch[pp], out_ch[(i - 1, 0)]] if self.kind == "darts" else [out_ch[(i - 1, 0)]]
-                cell = factory(self.roles[0], ins, c, reduce_prev=self.kind == "darts" and i >= 2)
+                ins = self.kind.network_inputs([out_ch[pp], out_ch[(i - 1, 0)]])
+                cell = factory(self.roles[0], ins, c, reduce_prev=self.kind.inputs == 2 and i >= 2)
             else:
                 for s in srcs:
                     self.adapters[_key(s, node)] = EdgeAdapter(out_ch[s], c, upsample=s[0] > i, affine=arch is None)
-                ins = [c] * cell_inputs(self.kind)
+                ins = [c] * self.kind.inputs
                 cell = factory(self.roles[1], ins, c)
             self.cells[_key(node)] = cell
             out_ch[node] = cell.out_channels
@@ -221,13 +211,12 @@ class UNetPlusPlus(nn.Module):
         enc_arch = self.arch.cell_arch(self.roles[0]) if self.arch is not None else None
         dec_arch = self.arch.cell_arch(self.roles[1]) if self.arch is not None else None
         states = {(0, 0): self.stem(x)}
-        n_in = cell_inputs(self.kind)
+        n_in = self.kind.inputs
         for node in self.order:
             i, j = node
             cell = self.cells[_key(node)]
             if j == 0:
-                ins = [states[(max(i - 2, 0), 0)], states[(i - 1, 0)]][-n_in:]
-                states[node] = cell(ins, enc_arch)
+                states[node] = cell(self.kind.network_inputs([states[(max(i - 2, 0), 0)], states[(i - 1, 0)]]), enc_arch)
                 continue
             size = states[(i, 0)].shape[-2:]
             adapted = [self.adapters[_key(s, node)](states[s], size) for s in self.inputs[node]]
@@ -277,26 +266,27 @@ class SearchNetwork(nn.Module):
         return [p for p in self.parameters() if id(p) not in arch_ids]
 
 
-def build_search_network(topology: str, op_set: Optional[str], in_channels: int, num_classes: int, channels: int, depth: int, nodes: int, towers: int, tower_depth: int, partial: int, edge_norm: bool, arch_mode: str, seed: int, sampling: str = "shuffle") -> SearchNetwork:
-    """The supernet of a topology, with channel sampling seeded by ``seed``."""
-    topo = TOPOLOGIES[topology]
-    ops = OP_SETS[op_set or topo.op_set]
-    for level in range(depth + 1):
+def build_search_network(space: SearchSpace, in_channels: int, num_classes: int, *, channels: int, partial: int = 1,
+                         edge_norm: bool = True, arch_mode: str = "simplex", seed: int = 0,
+                         sampling: str = "shuffle") -> SearchNetwork:
+    """The supernet of a space, with channel sampling seeded by ``seed``."""
+    for level in range(space.depth + 1):
         if (channels * 2**level) % partial:
             raise ValueError(f"channels {channels * 2**level} at level {level} are not divisible by partial_channels={partial}")
+    topo = space.topology
     rng = torch.Generator().manual_seed(seed)
-    factory = CellFactory(topo.cell_kind, topo.cell_names, ops, nodes, towers, tower_depth, partial, rng, sampling=sampling)
-    counts = factory.node_inputs()
-    betas = [n for n in unetpp_nodes(depth) if n[1] > 0] if topo.nested else []
-    arch = ArchParams(arch_mode, {role: counts for role in topo.cell_names}, len(ops), edge_norm and topo.cell_kind == "darts", betas)
+    factory = CellFactory(space.kind, topo.cell_names, space, partial, rng, sampling=sampling)
+    counts = space.node_inputs()
+    betas = [n for n in unetpp_nodes(space.depth) if n[1] > 0] if topo.nested else []
+    arch = ArchParams(arch_mode, {role: counts for role in topo.cell_names}, len(space.ops), edge_norm and space.kind.edge_normalization, betas)
     cls = UNetPlusPlus if topo.nested else UNet
-    return SearchNetwork(cls(factory, in_channels, num_classes, channels, depth, arch=arch), arch, rng)
+    return SearchNetwork(cls(factory, in_channels, num_classes, channels, space.depth, arch=arch), arch, rng)
 
 
-def build_discrete_network(genotype: Genotype, in_channels: int, num_classes: int, channels: int, depth: int, tower_depth: int = 2) -> nn.Module:
+def build_discrete_network(genotype: Genotype, in_channels: int, num_classes: int, *, channels: int, depth: int) -> nn.Module:
     """The network of a genotype: only the chosen ops (and, for UNet++, kept paths)."""
     topo = TOPOLOGIES[genotype.topology]
-    factory = CellFactory(topo.cell_kind, topo.cell_names, genotype=genotype, tower_depth=tower_depth)
+    factory = CellFactory(topo.cell_kind, topo.cell_names, genotype=genotype)
     if topo.nested:
         return UNetPlusPlus(factory, in_channels, num_classes, channels, depth, paths=genotype.paths)
     return UNet(factory, in_channels, num_classes, channels, depth)

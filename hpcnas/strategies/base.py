@@ -1,12 +1,18 @@
-"""The strategy interface and the generational barrier (a composable wrapper)."""
+"""The strategy interface, the registry of strategies, and the generational barrier (a composable wrapper)."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Callable, ClassVar, Dict, List, Optional, Sequence, Type
 
-from hpcnas.space.genotype import Genotype, sample_genotype
+from hpcnas.errors import UserError, nearest
+from hpcnas.records import Evaluation
+from hpcnas.space.genotype import Genotype
+from hpcnas.space.searchspace import SearchSpace
+from hpcnas.strategies.objectives import Objective, pareto_front, violation
+
+DEFAULT_OBJECTIVES = (Objective("miou", maximize=True),)
 
 
 @dataclass(frozen=True)
@@ -17,39 +23,56 @@ class Proposal:
     parent: Optional[int] = None  # id of the evaluation it was mutated from
 
 
-@dataclass(frozen=True)
-class SpaceShape:
-    """What a sampled genotype looks like (from the config's ``space`` section)."""
-
-    topology: str
-    op_set: Optional[str] = None
-    nodes: int = 4
-    towers: int = 4
-    tower_depth: int = 2
-    depth: int = 3
-    edges_per_node: int = 2
-
-    def sample(self, rng: random.Random) -> Genotype:
-        """A uniformly random genotype of this shape."""
-        return sample_genotype(rng, self.topology, self.op_set, self.nodes, self.towers, self.tower_depth, self.depth, self.edges_per_node)
-
-
 class Strategy:
-    """Base class: ``ask`` for a proposal (or ``None``: wait for results), ``tell`` a finished record."""
+    """Base class: ``ask`` for a proposal (or ``None``: wait for results), ``tell`` a finished evaluation.
 
-    def __init__(self, shape: SpaceShape, seed: int = 0):
-        self.shape = shape
+    The first objective is the primary one; :meth:`best` and :meth:`front`
+    answer from every evaluation told so far, feasible ones only.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, space: SearchSpace, seed: int = 0, objectives: Sequence[Objective] = DEFAULT_OBJECTIVES):
+        self.space = space
         self.rng = random.Random(seed)
+        self.objectives = list(objectives)
         self.seen: set = set()  # genotypes already proposed: never proposed again while another is possible
+        self.succeeded: List[Evaluation] = []  # every evaluation told that ended ok
+
+    @classmethod
+    def from_options(cls, space: SearchSpace, seed: int, objectives: Sequence[Objective], population: int,
+                     sample_size: int) -> "Strategy":
+        """Build from the configured options (a strategy ignores those it has no use for)."""
+        return cls(space, seed, objectives)
 
     def ask(self) -> Optional[Proposal]:
         """The next architecture to evaluate, or ``None`` when the strategy must wait."""
         raise NotImplementedError
 
-    def tell(self, record: Dict[str, Any]) -> None:
-        """A finished evaluation: at least ``id``, ``genotype`` (dict), ``status``, ``fitness``."""
+    def tell(self, evaluation: Evaluation) -> None:
+        """A finished evaluation (any status)."""
+        if evaluation.ok:
+            self.succeeded.append(evaluation)
+        self.learn(evaluation)
 
-    def fresh(self, make, tries: int = 50) -> Genotype:
+    def learn(self, evaluation: Evaluation) -> None:
+        """What a strategy does with a result (nothing, by default)."""
+
+    def feasible(self, evaluation: Evaluation) -> bool:
+        """Whether an evaluation ended ok inside every objective's bound."""
+        return evaluation.ok and violation(self.objectives, evaluation) == 0
+
+    def best(self) -> Optional[Evaluation]:
+        """The feasible evaluation best in the primary objective (the lowest id on a tie), if any."""
+        primary = self.objectives[0]
+        feasible = [e for e in self.succeeded if self.feasible(e)]
+        return min(feasible, key=lambda e: (primary.minimized(e), e.id), default=None)
+
+    def front(self) -> List[Evaluation]:
+        """The feasible evaluations no other one dominates in all the objectives."""
+        return pareto_front(self.objectives, self.succeeded)
+
+    def fresh(self, make: Callable[[], Genotype], tries: int = 50) -> Genotype:
         """A genotype from ``make()`` not proposed before (after ``tries``, whatever comes)."""
         for _ in range(tries):
             g = make()
@@ -57,6 +80,23 @@ class Strategy:
                 break
         self.seen.add(g)
         return g
+
+
+STRATEGIES: Dict[str, Type[Strategy]] = {}
+
+
+def register(cls: Type[Strategy]) -> Type[Strategy]:
+    """Class decorator: make a strategy known to ``evolve.strategy`` by its ``name``."""
+    STRATEGIES[cls.name] = cls
+    return cls
+
+
+def strategy_class(name: str) -> Type[Strategy]:
+    """The registered strategy called ``name`` (a ``UserError`` listing the known ones otherwise)."""
+    if name not in STRATEGIES:
+        raise UserError(f"unknown strategy '{name}'{nearest(name, STRATEGIES)} (known: {', '.join(sorted(STRATEGIES))})",
+                        key="evolve.strategy")
+    return STRATEGIES[name]
 
 
 class Generational(Strategy):
@@ -67,6 +107,7 @@ class Generational(Strategy):
     """
 
     def __init__(self, inner: Strategy, size: int):
+        super().__init__(inner.space, 0, inner.objectives)
         self.inner, self.size = inner, size
         self.out = 0
         self.told = 0
@@ -80,6 +121,12 @@ class Generational(Strategy):
             self.out += 1
         return proposal
 
-    def tell(self, record: Dict[str, Any]) -> None:
+    def tell(self, evaluation: Evaluation) -> None:
         self.told += 1
-        self.inner.tell(record)
+        self.inner.tell(evaluation)
+
+    def best(self) -> Optional[Evaluation]:
+        return self.inner.best()
+
+    def front(self) -> List[Evaluation]:
+        return self.inner.front()

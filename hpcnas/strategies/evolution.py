@@ -4,44 +4,58 @@ Until ``population`` results are in, proposals are random.  Then each
 proposal mutates (one op, one input edge, or one UNet++ path) the fittest of
 ``sample_size`` individuals drawn from the population; each new result joins
 the population and the oldest one dies.  Failed evaluations (oom, crashed,
-timeout) never join: they cannot be parents.
+timeout) and those outside an objective's bound never join: they cannot be
+parents.  Fitness is the primary (first) objective.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Deque, Dict, Optional
+from typing import Deque, Optional, Sequence
 
-from hpcnas.space.genotype import Genotype, mutate_genotype
-from hpcnas.strategies.base import Proposal, SpaceShape, Strategy
+from hpcnas.errors import UserError
+from hpcnas.records import Evaluation
+from hpcnas.space.genotype import Genotype
+from hpcnas.space.searchspace import SearchSpace
+from hpcnas.strategies.base import DEFAULT_OBJECTIVES, Proposal, Strategy, register
+from hpcnas.strategies.objectives import Objective
 
 
+@register
 class RegularizedEvolution(Strategy):
     """Steady-state: every ``ask`` is answered at once (no worker waits)."""
 
-    def __init__(self, shape: SpaceShape, seed: int = 0, population: int = 20, sample_size: int = 5):
-        super().__init__(shape, seed)
+    name = "evolution"
+
+    def __init__(self, space: SearchSpace, seed: int = 0, objectives: Sequence[Objective] = DEFAULT_OBJECTIVES,
+                 population: int = 20, sample_size: int = 5):
+        super().__init__(space, seed, objectives)
         if not 1 <= sample_size <= population:
-            raise ValueError(f"sample_size must be in [1, population], got {sample_size} and {population}")
+            raise UserError(f"must be in [1, population={population}], got {sample_size}", key="evolve.sample_size")
         self.population_size, self.sample_size = population, sample_size
-        self.population: Deque[Dict[str, Any]] = deque()
+        self.population: Deque[Evaluation] = deque()
         self.results = 0
+
+    @classmethod
+    def from_options(cls, space, seed, objectives, population, sample_size):
+        return cls(space, seed, objectives, population, sample_size)
 
     def ask(self) -> Optional[Proposal]:
         if len(self.population) < self.population_size and self.results < self.population_size:
-            return Proposal(self.fresh(lambda: self.shape.sample(self.rng)))
+            return Proposal(self.fresh(lambda: self.space.sample(self.rng)))
         if not self.population:  # every result so far failed: keep exploring
-            return Proposal(self.fresh(lambda: self.shape.sample(self.rng)))
+            return Proposal(self.fresh(lambda: self.space.sample(self.rng)))
         contenders = self.rng.sample(list(self.population), min(self.sample_size, len(self.population)))
-        parent = max(contenders, key=lambda r: (r["fitness"], -r["id"]))
-        genotype = Genotype.from_dict(parent["genotype"])
-        child = self.fresh(lambda: mutate_genotype(self.rng, genotype))
-        return Proposal(child, parent=parent["id"])
+        primary = self.objectives[0]
+        parent = min(contenders, key=lambda e: (primary.minimized(e), e.id))
+        genotype = Genotype.from_dict(parent.genotype)
+        child = self.fresh(lambda: self.space.mutate(self.rng, genotype))
+        return Proposal(child, parent=parent.id)
 
-    def tell(self, record: Dict[str, Any]) -> None:
+    def learn(self, evaluation: Evaluation) -> None:
         self.results += 1
-        if record.get("status") != "ok" or record.get("fitness") is None:
+        if not self.feasible(evaluation):
             return
-        self.population.append({"id": record["id"], "genotype": record["genotype"], "fitness": float(record["fitness"])})
+        self.population.append(evaluation)
         while len(self.population) > self.population_size:
             self.population.popleft()

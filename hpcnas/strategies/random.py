@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Optional
 
-from hpcnas.strategies.base import Proposal, Strategy
+from hpcnas.strategies.base import Proposal, Strategy, register
 
 
+@register
 class RandomSearch(Strategy):
     """Independent uniform samples; results change nothing."""
 
+    name = "random"
+
     def ask(self) -> Optional[Proposal]:
-        return Proposal(self.fresh(lambda: self.shape.sample(self.rng)))
+        return Proposal(self.fresh(lambda: self.space.sample(self.rng)))

@@ -74,7 +74,7 @@ def full_images(reader: PatchReader, info, split: str, predict=None, batch_size:
 
 def load_model(checkpoint: str, device: torch.device):
     """The network and its spec from a training checkpoint (best.pt or latest.pt)."""
-    from hpcnas.search.checkpoint import load_checkpoint
+    from hpcnas.checkpoint import load_checkpoint
     from hpcnas.train.trainer import build_model
 
     state = load_checkpoint(Path(checkpoint), device)

@@ -16,7 +16,7 @@ from hpcnas.distributed import SingleProcess
 from hpcnas.errors import Interrupted, UserError
 from hpcnas.rundir import JsonlWriter, truncate_jsonl
 from hpcnas.runtime import peak_memory_mb, progress, reset_peak_memory, restore_rng_state, rng_state
-from hpcnas.search.checkpoint import BEST, LATEST, load_checkpoint, save_checkpoint
+from hpcnas.checkpoint import BEST, LATEST, load_checkpoint, save_checkpoint
 from hpcnas.signals import STOP
 from hpcnas.train.metrics import confusion, summarize
 

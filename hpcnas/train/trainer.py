@@ -23,8 +23,9 @@ from hpcnas.data.hdf5 import DatasetInfo
 from hpcnas.data.torch_dataset import SegmentationDataset, make_loader, validation_loader
 from hpcnas.errors import UserError
 from hpcnas.runtime import seed_everything
-from hpcnas.space.genotype import Genotype, check_against_space
-from hpcnas.space.networks import build_discrete_network, stride
+from hpcnas.space.genotype import Genotype
+from hpcnas.space.networks import build_discrete_network
+from hpcnas.space.searchspace import SearchSpace
 from hpcnas.train.baselines import ResNetUNet
 from hpcnas.train.complexity import complexity, width_for_parameters
 from hpcnas.train.loop import EpochLoop, WeightedCrossEntropy, cosine_sgd
@@ -42,8 +43,9 @@ def model_spec(cfg: Config, info: DatasetInfo, genotype: Optional[Genotype], sou
         "baseline_width": tr.baseline_width, "baseline_blocks": tr.baseline_blocks,
     }
     if genotype is not None:
-        check_against_space(genotype, genotype.topology, sp.nodes, sp.towers, sp.tower_depth, sp.depth, source)
-        need = stride(genotype.topology, sp.depth)
+        space = SearchSpace.from_config(cfg)
+        space.check(genotype, source)
+        need = space.stride()
     else:
         need = 2**sp.depth
     if info.tile_size % need:
@@ -59,7 +61,7 @@ def build_model(spec: Dict[str, Any]) -> nn.Module:
     """The network a :func:`model_spec` describes."""
     if spec["kind"] == "genotype":
         g = Genotype.from_dict(spec["genotype"])
-        return build_discrete_network(g, spec["in_channels"], spec["num_classes"], spec["channels"], spec["depth"], spec["tower_depth"])
+        return build_discrete_network(g, spec["in_channels"], spec["num_classes"], channels=spec["channels"], depth=spec["depth"])
     return ResNetUNet(spec["in_channels"], spec["num_classes"], spec["baseline_width"], spec["depth"], spec["baseline_blocks"])
 
 
@@ -115,7 +117,7 @@ class Trainer(EpochLoop):
 
     def run(self) -> float:
         """Train to the end; returns the best validation mIoU (or -1 without a validation split)."""
-        from hpcnas.search.checkpoint import BEST, save_checkpoint
+        from hpcnas.checkpoint import BEST, save_checkpoint
 
         self.run_epochs()
         if not (self.run_dir / "checkpoints" / BEST).exists():  # no validation split: the last epoch stands in

@@ -82,7 +82,9 @@ def test_search_finishes_its_budget_with_real_training(tmp_path):
     assert len(history) == 6 and len({r["id"] for r in history}) == 6
     assert {r["rank"] for r in history} == {0, 1, 2}  # rank 0 trains too
     for r in history:
-        assert r["status"] == "ok" and 0 <= r["fitness"] <= 1 and r["params"] > 0 and r["flops"] > 0 and r["peak_memory_mb"] > 0
+        o = r["objectives"]
+        assert r["status"] == "ok" and 0 <= r["fitness"] <= 1 and o["miou"] == r["fitness"]
+        assert o["params"] > 0 and o["flops"] > 0 and o["peak_memory"] > 0 and o["latency"] > 0
         assert r["submit"] <= r["start"] <= r["end"]
     assert any(r["parent"] is not None for r in history)  # evolution went past its random phase
     assert (out / "genotype.json").exists()

@@ -11,7 +11,7 @@ from PIL import Image
 
 from hpcnas.pipeline import report
 from hpcnas.report import graphs
-from hpcnas.space.genotype import sample_genotype
+from hpcnas.space.searchspace import SearchSpace
 from tests.conftest import run_cli
 
 
@@ -22,7 +22,7 @@ def fake_run(path, topology="darts_unet", with_eval=True, history=False):
             entropy = {"normal": 1.0 - 0.1 * e, "reduce": 1.0 - 0.2 * e, "mean": 1.0 - 0.15 * e}
             fh.write(json.dumps({"epoch": e, "train_loss": 1.0 / e, "val_miou": 0.5 + 0.05 * e, "entropy_normalized": entropy}) + "\n")
     (path / "model.json").write_text(json.dumps({"params": 123456, "flops": 7.5e9}))
-    sample_genotype(random.Random(1), topology, depth=2).save(path / "genotype.json")
+    SearchSpace.of(topology, depth=2).sample(random.Random(1)).save(path / "genotype.json")
     if with_eval:
         curve = {"thresholds": [0.1 * k for k in range(1, 10)], "precision": list(np.linspace(0.9, 0.1, 9)), "recall": list(np.linspace(0.8, 0.0, 9))}
         (path / "evaluation.json").write_text(json.dumps({"miou": 0.7, "iou_background": 0.9, "iou_object": 0.5, "objects": curve}))

@@ -14,6 +14,7 @@ from hpcnas.errors import UserError
 from hpcnas.pipeline import search
 from hpcnas.rundir import read_jsonl
 from hpcnas.search.decode import decode_cell, decode_configured, snapshot_from_json
+from hpcnas.space.searchspace import SearchSpace
 from hpcnas.search.gaea import SIMPLEX_FLOOR, ExponentiatedGradient, make_arch_optimizer
 from hpcnas.space.genotype import OP_SETS, Genotype
 from hpcnas.space.mixed import MixedOp, channel_shuffle
@@ -105,13 +106,13 @@ def test_pdarts_cap_replaces_the_weakest_skips():
     op_w = np.full((9, len(OPS)), 0.05)
     op_w[:, OPS.index("skip_connect")] = np.linspace(0.5, 0.9, 9)
     op_w[:, 0] = 0.2
-    plain = decode_cell("darts", op_w, OPS, [2, 3, 4])
+    plain = decode_cell(SearchSpace.of("darts_unet", nodes=3), op_w)
     assert sum(op == "skip_connect" for node in plain for op, _ in node) == 6
-    capped = decode_cell("darts", op_w, OPS, [2, 3, 4], max_skips=2)
+    capped = decode_cell(SearchSpace.of("darts_unet", nodes=3), op_w, max_skips=2)
     ops = [op for node in capped for op, _ in node]
     assert ops.count("skip_connect") == 2 and ops.count("sep_conv_3x3") == 4
     assert capped[2] == (("skip_connect", 2), ("skip_connect", 3))  # the strongest skips stay
-    none_left = decode_cell("darts", op_w, OPS, [2, 3, 4], max_skips=0)
+    none_left = decode_cell(SearchSpace.of("darts_unet", nodes=3), op_w, max_skips=0)
     assert [op for node in none_left for op, _ in node] == ["sep_conv_3x3"] * 6
 
 
@@ -160,7 +161,7 @@ def test_parameter_free_cap_keeps_at_most_that_share():
     op_w[:, OPS.index("max_pool_3x3")] = 0.6
     op_w[:, OPS.index("skip_connect")] = 0.5
     op_w[:, OPS.index("dil_conv_3x3")] = 0.3
-    capped = decode_cell("darts", op_w, OPS, [2, 3], max_parameter_free=0.5)
+    capped = decode_cell(SearchSpace.of("darts_unet", nodes=2), op_w, max_parameter_free=0.5)
     ops = [op for node in capped for op, _ in node]
     assert sum(op in ("max_pool_3x3", "skip_connect", "avg_pool_3x3") for op in ops) == 2
     assert ops.count("dil_conv_3x3") == 2  # the masked edges fall back to their best op with weights

@@ -9,6 +9,9 @@ import pytest
 import torch
 
 from hpcnas.search.decode import best_op, decode_cell, decode_genotype, path_log_likelihoods, select_paths, viterbi_path
+from hpcnas.space.searchspace import SearchSpace
+
+TWO_NODES = SearchSpace.of("darts_unet", nodes=2)
 from hpcnas.search.gaea import ExponentiatedGradient
 from hpcnas.space.genotype import OP_SETS, unetpp_paths
 
@@ -54,24 +57,24 @@ def test_darts_node_keeps_two_strongest_edges():
     op_w[2, 2] = 0.9  # in 0 -> node 1: dil3 0.9
     op_w[3, 7] = 0.95  # in 1 -> node 1: none only (best non-zero op ties at 0.1 -> sep3)
     op_w[4, 3] = 0.5  # node 0 -> node 1: dil5 0.5
-    cell = decode_cell("darts", op_w, OPS, [2, 3], edges_per_node=2)
+    cell = decode_cell(TWO_NODES, op_w)
     assert cell == ((("sep_conv_3x3", 0), ("skip_connect", 1)), (("dil_conv_3x3", 0), ("dil_conv_5x5", 2)))
 
 
 def test_edge_normalization_changes_the_choice():
-    op_w = np.full((3, len(OPS)), 0.1)
-    op_w[0, 0], op_w[1, 1], op_w[2, 2] = 0.5, 0.4, 0.3
-    plain = decode_cell("darts", op_w, OPS, [3], edges_per_node=2)
-    assert plain == ((("sep_conv_3x3", 0), ("sep_conv_5x5", 1)),)
-    gamma = [np.array([0.1, 0.3, 0.6])]  # alpha * gamma: 0.05, 0.12, 0.18
-    normed = decode_cell("darts", op_w, OPS, [3], edge_weights=gamma, edges_per_node=2)
-    assert normed == ((("sep_conv_5x5", 1), ("dil_conv_3x3", 2)),)
+    op_w = np.full((5, len(OPS)), 0.1)  # node 0: rows 0-1, node 1 (three inputs): rows 2-4
+    op_w[2, 0], op_w[3, 1], op_w[4, 2] = 0.5, 0.4, 0.3
+    plain = decode_cell(TWO_NODES, op_w)
+    assert plain[1] == (("sep_conv_3x3", 0), ("sep_conv_5x5", 1))
+    gamma = [np.array([0.5, 0.5]), np.array([0.1, 0.3, 0.6])]  # node 1's alpha * gamma: 0.05, 0.12, 0.18
+    normed = decode_cell(TWO_NODES, op_w, edge_weights=gamma)
+    assert normed[1] == (("sep_conv_5x5", 1), ("dil_conv_3x3", 2))
 
 
 def test_edge_ties_go_to_lower_input():
-    op_w = np.full((3, len(OPS)), 0.125)
-    cell = decode_cell("darts", op_w, OPS, [3], edges_per_node=2)
-    assert cell == ((("sep_conv_3x3", 0), ("sep_conv_3x3", 1)),)
+    op_w = np.full((5, len(OPS)), 0.125)
+    cell = decode_cell(TWO_NODES, op_w)
+    assert cell[1] == (("sep_conv_3x3", 0), ("sep_conv_3x3", 1))
 
 
 def test_resnext_cell_uses_tower_sources():
@@ -79,7 +82,9 @@ def test_resnext_cell_uses_tower_sources():
     op_w = np.full((4, len(large)), 0.05)
     for e, k in enumerate([1, 4, 7, 9]):
         op_w[e, k] = 0.6
-    cell = decode_cell("resnext", op_w, large, [1, 1, 1, 1], tower_sources=[0, 1, 0, 3])
+    space = SearchSpace.of("resnext_unet", towers=2, tower_depth=2)
+    assert [space.sources(j) for j in range(4)] == [[0], [1], [0], [3]]
+    cell = decode_cell(space, op_w)
     assert cell == ((("conv2d_2", 0),), (("depthconv2d_2", 1),), (("splitconv2d_2", 0),), (("skip", 3),))
 
 
@@ -124,8 +129,9 @@ def test_viterbi_single_best_path():
 def test_decode_genotype_unetpp_end_to_end():
     op_w = np.full((5, len(OPS)), 0.1)
     snap = {"ops": {"reduce": op_w, "normal": op_w}, "edges": None, "betas": hand_betas(0.8)}
-    g = decode_genotype("darts_unetpp", None, snap, [2, 3], depth=2, paths="auto")
+    space = SearchSpace.of("darts_unetpp", nodes=2, depth=2)
+    g = decode_genotype(space, snap, paths="auto")
     assert g.paths and all(p[-1] == (0, 2) for p in g.paths)
-    v = decode_genotype("darts_unetpp", None, snap, [2, 3], depth=2, path_decoder="viterbi")
+    v = decode_genotype(space, snap, path_decoder="viterbi")
     assert viterbi_path({(0, 1): np.array([0.5, 0.5]), (1, 1): np.array([0.5, 0.5]), (0, 2): np.array([1.0, 0.0, 0.0])}, 2)[1:3] == ((1, 0), (2, 0))  # tie: earliest source
     assert v.paths == (((0, 0), (1, 0), (1, 1), (0, 2)),)

@@ -7,12 +7,13 @@ import random
 import pytest
 
 from hpcnas.errors import UserError
-from hpcnas.space.genotype import TOPOLOGIES, Genotype, check_against_space, mutate_genotype, sample_genotype, unetpp_paths
+from hpcnas.space.genotype import TOPOLOGIES, Genotype, unetpp_paths
+from hpcnas.space.searchspace import SearchSpace
 
 
 @pytest.mark.parametrize("topology", list(TOPOLOGIES))
 def test_round_trip_and_hash(topology, tmp_path):
-    g = sample_genotype(random.Random(3), topology)
+    g = SearchSpace.of(topology).sample(random.Random(3))
     path = tmp_path / "g.json"
     g.save(path)
     again = Genotype.load(str(path))
@@ -22,11 +23,11 @@ def test_round_trip_and_hash(topology, tmp_path):
 
 def test_sampling_and_mutation_are_seeded():
     for topology in TOPOLOGIES:
-        a = sample_genotype(random.Random(7), topology)
-        assert a == sample_genotype(random.Random(7), topology)
-        assert a != sample_genotype(random.Random(8), topology)
-        m = mutate_genotype(random.Random(1), a)
-        assert m == mutate_genotype(random.Random(1), a) and m != a
+        a = SearchSpace.of(topology).sample(random.Random(7))
+        assert a == SearchSpace.of(topology).sample(random.Random(7))
+        assert a != SearchSpace.of(topology).sample(random.Random(8))
+        m = SearchSpace.of(a.topology, nodes=len(a.decoder_cell())).mutate(random.Random(1), a)
+        assert m == SearchSpace.of(a.topology, nodes=len(a.decoder_cell())).mutate(random.Random(1), a) and m != a
         # exactly one change
         diffs = sum(x != y for (_, ca), (_, cb) in zip(a.cells, m.cells) for na, nb in zip(ca, cb) for x, y in zip(na, nb))
         assert diffs + (a.paths != m.paths) == 1
@@ -34,12 +35,12 @@ def test_sampling_and_mutation_are_seeded():
 
 
 def test_sampling_never_draws_zero_ops():
-    g = sample_genotype(random.Random(0), "darts_unet", nodes=8)
+    g = SearchSpace.of("darts_unet", nodes=8).sample(random.Random(0))
     assert not any(op in ("none", "cut") for _, cell in g.cells for node in cell for op, _ in node)
 
 
 def base():
-    return sample_genotype(random.Random(0), "darts_unet").to_dict()
+    return SearchSpace.of("darts_unet").sample(random.Random(0)).to_dict()
 
 
 @pytest.mark.parametrize(
@@ -62,17 +63,17 @@ def test_invalid_genotype_lines(edit, message):
 
 
 def test_bad_unetpp_path():
-    raw = sample_genotype(random.Random(0), "darts_unetpp", depth=2).to_dict()
+    raw = SearchSpace.of("darts_unetpp", depth=2).sample(random.Random(0)).to_dict()
     raw["paths"] = [[[0, 0], [1, 1], [0, 2]]]
     with pytest.raises(UserError, match=r"\[0, 0\] -> \[1, 1\] is not a UNet\+\+ edge"):
         Genotype.from_dict(raw)
 
 
 def test_wrong_node_count_against_space():
-    g = sample_genotype(random.Random(0), "darts_unet", nodes=3)
-    check_against_space(g, "darts_unet", nodes=3, towers=4, tower_depth=2, depth=3, source="g.json")
+    g = SearchSpace.of("darts_unet", nodes=3).sample(random.Random(0))
+    SearchSpace.of("darts_unet", nodes=3, depth=3).check(g, "g.json")
     with pytest.raises(UserError, match="has 3 nodes, the config's space.nodes gives 4"):
-        check_against_space(g, "darts_unet", nodes=4, towers=4, tower_depth=2, depth=3, source="g.json")
+        SearchSpace.of("darts_unet", nodes=4, depth=3).check(g, "g.json")
 
 
 def test_malformed_json_file(tmp_path):

@@ -7,18 +7,20 @@ import random
 import pytest
 import torch
 
-from hpcnas.space.genotype import TOPOLOGIES, sample_genotype
-from hpcnas.space.networks import build_discrete_network, build_search_network, stride
+from hpcnas.space.genotype import TOPOLOGIES
+from hpcnas.space.searchspace import SearchSpace
+from hpcnas.space.networks import build_discrete_network, build_search_network
 
 
 def small_search(topology, depth=2, partial=1, mode="simplex"):
-    return build_search_network(topology, None, 3, 2, 8, depth, nodes=2, towers=2, tower_depth=2, partial=partial, edge_norm=True, arch_mode=mode, seed=0)
+    space = SearchSpace.of(topology, nodes=2, towers=2, tower_depth=2, depth=depth)
+    return build_search_network(space, 3, 2, channels=8, partial=partial, edge_norm=True, arch_mode=mode, seed=0)
 
 
 @pytest.mark.parametrize("topology", list(TOPOLOGIES))
 def test_search_network_logits_at_input_resolution(topology):
     net = small_search(topology, partial=2)
-    s = stride(topology, 2)
+    s = SearchSpace.of(topology, depth=2).stride()
     for h, w in [(s, s), (2 * s, 3 * s), (4 * s, s)]:
         y = net(torch.randn(2, 3, h, w))
         assert y.shape == (2, 2, h, w)
@@ -28,9 +30,9 @@ def test_search_network_logits_at_input_resolution(topology):
 
 @pytest.mark.parametrize("topology", list(TOPOLOGIES))
 def test_discrete_network_from_random_genotype(topology):
-    g = sample_genotype(random.Random(1), topology, nodes=2, towers=2, tower_depth=2, depth=2)
-    net = build_discrete_network(g, 3, 2, 8, depth=2, tower_depth=2)
-    s = stride(topology, 2)
+    g = SearchSpace.of(topology, nodes=2, towers=2, tower_depth=2, depth=2).sample(random.Random(1))
+    net = build_discrete_network(g, 3, 2, channels=8, depth=2)
+    s = SearchSpace.of(topology, depth=2).stride()
     for size in (s, 2 * s):
         assert net(torch.randn(2, 3, size, size)).shape == (2, 2, size, size)
     # the discrete net holds only the chosen ops: far fewer parameters than the supernet
@@ -38,8 +40,8 @@ def test_discrete_network_from_random_genotype(topology):
 
 
 def test_unetpp_discrete_keeps_only_path_nodes():
-    g = sample_genotype(random.Random(0), "darts_unetpp", nodes=2, depth=2)
-    net = build_discrete_network(g, 3, 2, 8, depth=2)
+    g = SearchSpace.of("darts_unetpp", nodes=2, depth=2).sample(random.Random(0))
+    net = build_discrete_network(g, 3, 2, channels=8, depth=2)
     on_paths = {n for p in g.paths for n in p} - {(0, 0)}
     assert set(net.order) == on_paths
 

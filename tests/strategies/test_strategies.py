@@ -5,13 +5,24 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
+from hpcnas.errors import UserError
+from hpcnas.records import Evaluation
 from hpcnas.space.genotype import Genotype
-from hpcnas.strategies.base import Generational, SpaceShape
+from hpcnas.space.searchspace import SearchSpace
+from hpcnas.strategies import STRATEGIES, Generational, strategy_class
 from hpcnas.strategies.evolution import RegularizedEvolution
 from hpcnas.strategies.random import RandomSearch
 from tests.conftest import ROOT
 
-SHAPE = SpaceShape("darts_unet", nodes=2, depth=2)
+SHAPE = SearchSpace.of("darts_unet", nodes=2, depth=2)
+
+
+def evaluation(i, genotype, status="ok", fitness=None, parent=None, **objectives):
+    """A finished evaluation as the orchestrator tells it."""
+    return Evaluation.from_dict({"id": i, "genotype": genotype.to_dict(), "status": status, "fitness": fitness,
+                                 "parent": parent, "objectives": objectives})
 
 
 def drive(strategy, results):
@@ -20,9 +31,9 @@ def drive(strategy, results):
     for i in range(len(results)):
         proposal = strategy.ask()
         status, fitness = results[i]
-        record = {"id": i, "genotype": proposal.genotype.to_dict(), "status": status, "fitness": fitness, "parent": proposal.parent}
+        record = evaluation(i, proposal.genotype, status, fitness, proposal.parent)
         strategy.tell(record)
-        log.append(record)
+        log.append(record.to_dict())
     return log
 
 
@@ -53,14 +64,14 @@ def test_random_phase_then_mutations_of_tournament_winners():
         parent = Genotype.from_dict(log[expected_parent]["genotype"])
         diffs = sum(x != y for (_, ca), (_, cb) in zip(parent.cells, p.genotype.cells) for na, nb in zip(ca, cb) for x, y in zip(na, nb))
         assert diffs == 1
-        evo.tell({"id": i, "genotype": p.genotype.to_dict(), "status": "ok", "fitness": 0.0})
-    assert [r["id"] for r in evo.population] == [4, 5, 6, 7]
+        evo.tell(evaluation(i, p.genotype, fitness=0.0))
+    assert [r.id for r in evo.population] == [4, 5, 6, 7]
 
 
 def test_failures_never_become_parents():
     evo = RegularizedEvolution(SHAPE, seed=0, population=3, sample_size=3)
     drive(evo, [("oom", None), ("ok", 0.5), ("crashed", None), ("timeout", None), ("ok", 0.2), ("ok", 0.1)])
-    assert [r["id"] for r in evo.population] == [1, 4, 5]
+    assert [r.id for r in evo.population] == [1, 4, 5]
     assert evo.ask().parent == 1
 
 
@@ -75,8 +86,27 @@ def test_generational_waits_for_the_whole_generation():
     first = [gen.ask() for _ in range(3)]
     assert all(first) and gen.ask() is None  # generation dispatched: wait
     for i, p in enumerate(first[:2]):
-        gen.tell({"id": i, "genotype": p.genotype.to_dict(), "status": "ok", "fitness": 0.5})
+        gen.tell(evaluation(i, p.genotype, fitness=0.5))
     assert gen.ask() is None  # one still running
-    gen.tell({"id": 2, "genotype": first[2].genotype.to_dict(), "status": "ok", "fitness": 0.7})
+    gen.tell(evaluation(2, first[2].genotype, fitness=0.7))
     nxt = gen.ask()
     assert nxt is not None and nxt.parent in (0, 1, 2)
+    assert gen.best().id == 2 and gen.space is SHAPE  # the wrapper answers like the strategy it wraps
+
+
+def test_strategies_are_known_by_name_and_an_unknown_name_lists_them():
+    assert {"evolution", "nsga2", "random"} <= set(STRATEGIES)
+    assert strategy_class("random") is RandomSearch
+    with pytest.raises(UserError, match=r"unknown strategy 'evolutoin'.*evolution.*known: evolution, nsga2, random"):
+        strategy_class("evolutoin")
+
+
+def test_best_is_the_primary_objective_among_feasible_results():
+    from hpcnas.strategies.objectives import parse_objectives
+
+    rs = RandomSearch(SHAPE, seed=0, objectives=parse_objectives(["miou", "params <= 1000"]))
+    fits = [(0.9, 5000.0), (0.7, 900.0), (0.8, 1000.0), (None, 10.0)]
+    for i, (fit, params) in enumerate(fits):
+        rs.tell(evaluation(i, rs.ask().genotype, "ok" if fit else "crashed", fit, params=params))
+    assert rs.best().id == 2  # 0 is better but breaks the bound; 3 failed
+    assert [e.id for e in rs.front()] == [1, 2]

@@ -71,10 +71,10 @@ def test_overlapping_logits_are_averaged(tmp_path):
 
 def test_train_genotype_then_evaluate(tmp_path):
     geno_file = tmp_path / "g.json"
-    from hpcnas.space.genotype import sample_genotype
+    from hpcnas.space.searchspace import SearchSpace
     import random
 
-    sample_genotype(random.Random(0), "darts_unet", nodes=2, depth=2).save(geno_file)
+    SearchSpace.of("darts_unet", nodes=2, depth=2).sample(random.Random(0)).save(geno_file)
     best, run_dir = train(SMOKE, TINY, genotype=str(geno_file), out=str(tmp_path / "run"))
     records = read_jsonl(run_dir / "metrics.jsonl")
     assert len(records) == 3 and records[-1]["lr"] < records[0]["lr"]
@@ -136,10 +136,10 @@ def test_bad_genotype_file_is_one_line(tmp_path):
 def test_wrong_node_count_is_one_line(tmp_path):
     import random
 
-    from hpcnas.space.genotype import sample_genotype
+    from hpcnas.space.searchspace import SearchSpace
 
     g = tmp_path / "g.json"
-    sample_genotype(random.Random(0), "darts_unet", nodes=3, depth=2).save(g)
+    SearchSpace.of("darts_unet", nodes=3, depth=2).sample(random.Random(0)).save(g)
     proc = run_cli("train", "--config", SMOKE, "--genotype", str(g), "--out", str(tmp_path / "r"), "--set", "data.synth.n=8")
     assert proc.returncode == 2 and "has 3 nodes, the config's space.nodes gives 2" in proc.stderr
 

@@ -1,0 +1,185 @@
+"""The discrete search's typed records: a task sent to a rank, a worker's result, one flat evaluation.
+
+Plain dataclasses with a JSON round trip (``to_dict`` / ``from_dict``), shared
+by the strategies (which learn from :class:`Evaluation`), the orchestrator
+(which sends :class:`Task` and receives :class:`Result`) and the report.
+``history.jsonl`` holds one :class:`Evaluation` per line, ``dispatch.jsonl``
+one :class:`Task` per line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, Optional
+
+
+class Status(str, Enum):
+    """How an evaluation ended (a ``str``, so it compares equal to and serializes as its value)."""
+
+    OK = "ok"
+    OOM = "oom"  # the allocator refused (CUDA or host)
+    CRASHED = "crashed"  # an exception, a signal or an exit in the worker
+    TIMEOUT = "timeout"  # no result within evolve.task_timeout
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Origin(str, Enum):
+    """Why a task was dispatched."""
+
+    STRATEGY = "strategy"  # a fresh proposal: replayed on resume
+    REQUEUE = "requeue"  # in flight when the search was killed
+    RETRY = "retry"  # the half-batch retry after an OOM
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def _known_fields(cls: type, raw: Dict[str, Any]) -> Dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in raw.items() if k in names}
+
+
+@dataclass
+class Task:
+    """One architecture sent to one rank."""
+
+    id: int
+    genotype: Dict[str, Any]
+    batch_size: int
+    parent: Optional[int] = None  # the evaluation it was mutated from
+    origin: Origin = Origin.STRATEGY
+    retried: bool = False  # already retried at half batch after an OOM
+    submit: Optional[float] = None  # time.time() at dispatch
+    rank: Optional[int] = None
+    fault: Optional[str] = None  # an injected fault (drills and tests)
+    seq: Optional[int] = None  # the search log's common sequence number
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain JSON-able data."""
+        return dict(dataclasses.asdict(self), origin=self.origin.value)
+
+    @classmethod
+    def from_dict(cls, raw: Dict[str, Any]) -> "Task":
+        """The inverse of :meth:`to_dict` (unknown keys are ignored)."""
+        task = cls(**_known_fields(cls, raw))
+        task.origin = Origin(task.origin)
+        return task
+
+    def again(self, origin: Origin, batch_size: Optional[int] = None) -> "Task":
+        """The same architecture dispatched anew (re-queued, or retried at another batch size)."""
+        return Task(self.id, self.genotype, batch_size or self.batch_size, self.parent, origin,
+                    retried=self.retried or origin is Origin.RETRY)
+
+
+@dataclass
+class Result:
+    """What a worker child reports for one task: its status and what it measured."""
+
+    id: int
+    status: Status
+    fitness: Optional[float] = None  # the best validation mIoU of the proxy training
+    measured: Dict[str, float] = field(default_factory=dict)  # params, flops, peak_memory, latency, ...
+    start: Optional[float] = None
+    end: Optional[float] = None
+    error: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain JSON-able data."""
+        return dict(dataclasses.asdict(self), status=self.status.value)
+
+    @classmethod
+    def from_dict(cls, raw: Dict[str, Any]) -> "Result":
+        """The inverse of :meth:`to_dict` (unknown keys are ignored)."""
+        result = cls(**_known_fields(cls, raw))
+        result.status = Status(result.status)
+        return result
+
+
+# measured quantities that history records written before objectives existed kept as top-level keys
+_LEGACY_MEASURES = {"params": "params", "flops": "flops", "peak_memory_mb": "peak_memory"}
+
+
+@dataclass
+class Evaluation:
+    """One finished evaluation, any status: the flat record of ``history.jsonl`` that strategies learn from.
+
+    ``objectives`` holds every measured quantity by objective name: ``miou`` (the
+    fitness), ``params``, ``flops``, ``peak_memory`` (MB), ``latency`` (ms).
+    """
+
+    id: int
+    genotype: Dict[str, Any]
+    status: Status
+    fitness: Optional[float] = None
+    objectives: Dict[str, float] = field(default_factory=dict)
+    parent: Optional[int] = None
+    rank: Optional[int] = None
+    batch_size: Optional[int] = None
+    retried: bool = False
+    submit: Optional[float] = None
+    start: Optional[float] = None
+    end: Optional[float] = None
+    error: Optional[str] = None
+    seq: Optional[int] = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether it trained to the end with a fitness."""
+        return self.status is Status.OK and self.fitness is not None
+
+    @classmethod
+    def of(cls, task: Task, result: Result, rank: int) -> "Evaluation":
+        """The record of ``task`` finished with ``result`` on ``rank``."""
+        objectives = {k: float(v) for k, v in result.measured.items() if v is not None}
+        if result.fitness is not None:
+            objectives["miou"] = float(result.fitness)
+        return cls(task.id, task.genotype, result.status, result.fitness, objectives, task.parent, rank, task.batch_size,
+                   task.retried, task.submit, result.start, result.end, result.error)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain JSON-able data."""
+        return dict(dataclasses.asdict(self), status=self.status.value)
+
+    @classmethod
+    def from_dict(cls, raw: Dict[str, Any]) -> "Evaluation":
+        """The inverse of :meth:`to_dict`; also reads records written before ``objectives`` existed."""
+        evaluation = cls(**_known_fields(cls, raw))
+        evaluation.status = Status(evaluation.status)
+        objectives = dict(evaluation.objectives or {})
+        for old, name in _LEGACY_MEASURES.items():
+            if raw.get(old) is not None:
+                objectives.setdefault(name, float(raw[old]))
+        if evaluation.fitness is not None:
+            objectives.setdefault("miou", float(evaluation.fitness))
+        evaluation.objectives = objectives
+        return evaluation
+
+
+@dataclass
+class WorkerSetup:
+    """What every worker child of a rank needs to know (JSON, passed on its command line)."""
+
+    config: str  # the run's config.yaml
+    data: str  # the HDF5 data set
+    run_dir: str
+    local_rank: int = 0  # the rank's index on its node: picks the GPU
+    threads: int = 1  # CPU threads of the child
+    evaluator: str = "train"  # a name registered in hpcnas.execution.worker.EVALUATORS
+    proxy_epochs: int = 5
+    keep_checkpoints: bool = False
+    latency_runs: int = 10  # timed forward passes for the latency objective (0: not measured)
+    sleep_median: float = 1.0  # evaluator "sleep"
+    sleep_sigma: float = 0.5
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain JSON-able data."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Dict[str, Any]) -> "WorkerSetup":
+        """The inverse of :meth:`to_dict`."""
+        return cls(**_known_fields(cls, raw))

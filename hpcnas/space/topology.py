@@ -1,0 +1,186 @@
+"""The vocabulary of the search spaces (no torch): op sets, cell kinds, topologies, the UNet++ grid.
+
+A cell kind carries every rule that tells one kind of cell from another, so
+that networks, decoding, genotype checks, drawings and strategies ask it
+instead of branching on the kind's name.  A new kind of cell is a new
+:class:`CellKind` subclass and an entry in :data:`CELL_KINDS` (plus its torch
+module in :mod:`hpcnas.space.cells`).
+
+Input indices inside a cell: a cell's inputs come first (a DARTS cell has 2,
+grand-parent and parent; a ResNeXt cell 1), then node ``j`` is index
+``j + inputs``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Sequence, Tuple
+
+OP_SETS: Dict[str, Tuple[str, ...]] = {
+    "O_base": (
+        "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5",
+        "avg_pool_3x3", "max_pool_3x3", "skip_connect", "none",
+    ),
+    "O_large": (
+        "conv2d_1", "conv2d_2", "conv2d_3", "depthconv2d_1", "depthconv2d_2", "depthconv2d_3",
+        "splitconv2d_1", "splitconv2d_2", "splitconv2d_3", "skip", "cut",
+    ),
+}
+ZERO_OPS = frozenset({"none", "cut"})  # never decoded, never sampled
+SKIP_OPS = frozenset({"skip_connect", "skip"})
+# Ops with no weights: what a collapsed DARTS cell is made of (skips and pooling win the softmax early).
+PARAMETER_FREE_OPS = SKIP_OPS | {"avg_pool_3x3", "max_pool_3x3"} | ZERO_OPS
+
+Pair = Tuple[str, int]
+Cell = Tuple[Tuple[Pair, ...], ...]
+GridNode = Tuple[int, int]
+Path_ = Tuple[GridNode, ...]
+
+
+@dataclass(frozen=True)
+class CellShape:
+    """The configured size of a cell: what the kinds' rules depend on."""
+
+    nodes: int = 4  # DARTS: intermediate nodes
+    towers: int = 4  # ResNeXt: parallel towers
+    tower_depth: int = 2  # ResNeXt: nodes per tower
+    edges_per_node: int = 2  # DARTS: input edges a decoded node keeps (K of eq. 12)
+
+
+class CellKind:
+    """The rules of one kind of cell; subclasses say what differs."""
+
+    name = ""
+    inputs = 1  # cell inputs before the first node
+    concatenates = False  # output: the concatenation of every node (else the sum of the tower ends + the input)
+    edge_normalization = False  # whether eq. 8's edge weights apply
+    free_inputs = False  # whether a node chooses its inputs (mutable, decoded) or has fixed ones
+    size_keys = ""  # the config keys that set the node count, for error messages
+
+    def node_count(self, shape: CellShape) -> int:
+        """Intermediate nodes per cell."""
+        raise NotImplementedError
+
+    def sources(self, shape: CellShape, node: int) -> List[int]:
+        """The states node ``node`` may read (the edges of a search cell)."""
+        raise NotImplementedError
+
+    def kept_per_node(self, shape: CellShape) -> int:
+        """Input edges a discrete node keeps."""
+        raise NotImplementedError
+
+    def node_inputs(self, shape: CellShape) -> List[int]:
+        """The number of search edges of every node, in node order."""
+        return [len(self.sources(shape, j)) for j in range(self.node_count(shape))]
+
+    def network_inputs(self, states: Sequence) -> list:
+        """Of the states (grand-parent, parent), the ones a cell of this kind takes."""
+        return list(states[-self.inputs:])
+
+    def problem(self, cell: Cell, shape: CellShape) -> "Tuple[int, str] | None":
+        """``(node, message)`` of the first way a cell breaks this kind's structure, else ``None``."""
+        for j, node in enumerate(cell):
+            sources = self.sources(shape, j)
+            for _, inp in node:
+                if inp not in sources:
+                    return j, f"input {inp} breaks the {self.name} cell structure (expected one of {sources})"
+        return None
+
+
+class DartsKind(CellKind):
+    """The DARTS cell: every node reads any earlier state and keeps its K strongest edges."""
+
+    name = "darts"
+    inputs = 2
+    concatenates = True
+    edge_normalization = True
+    free_inputs = True
+    size_keys = "space.nodes"
+
+    def node_count(self, shape: CellShape) -> int:
+        return shape.nodes
+
+    def sources(self, shape: CellShape, node: int) -> List[int]:
+        return list(range(node + self.inputs))
+
+    def kept_per_node(self, shape: CellShape) -> int:
+        return shape.edges_per_node
+
+
+class ResNeXtKind(CellKind):
+    """The ResNeXt-like cell: parallel towers, every node fed by its tower's previous node."""
+
+    name = "resnext"
+    inputs = 1
+    size_keys = "space.towers * space.tower_depth"
+
+    def node_count(self, shape: CellShape) -> int:
+        return shape.towers * shape.tower_depth
+
+    def sources(self, shape: CellShape, node: int) -> List[int]:
+        return [0 if node % shape.tower_depth == 0 else node]  # node j has index j + 1, its predecessor index j
+
+    def kept_per_node(self, shape: CellShape) -> int:
+        return 1
+
+
+CELL_KINDS: Dict[str, CellKind] = {kind.name: kind for kind in (DartsKind(), ResNeXtKind())}
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Network structure + cell structure + default op set."""
+
+    name: str
+    cell_kind: CellKind
+    cell_names: Tuple[str, str]  # (encoder cell type, decoder cell type)
+    op_set: str
+    nested: bool  # UNet++ (paths decoded) or U-Net
+
+    def stride(self, depth: int) -> int:
+        """Input sizes must be multiples of this."""
+        return 2**depth * (4 if self.nested else 1)
+
+
+TOPOLOGIES: Dict[str, Topology] = {
+    "darts_unet": Topology("darts_unet", CELL_KINDS["darts"], ("reduce", "normal"), "O_base", nested=False),
+    "darts_unetpp": Topology("darts_unetpp", CELL_KINDS["darts"], ("reduce", "normal"), "O_base", nested=True),
+    "resnext_unet": Topology("resnext_unet", CELL_KINDS["resnext"], ("down", "up"), "O_large", nested=False),
+}
+
+
+# --------------------------------------------------------------------------
+# the UNet++ grid
+
+
+def unetpp_nodes(depth: int) -> List[GridNode]:
+    """The UNet++ grid nodes X(i, j) in an order where every input comes first."""
+    return [(i, j) for j in range(depth + 1) for i in range(depth + 1 - j)]
+
+
+def unetpp_in_edges(node: GridNode) -> List[GridNode]:
+    """Sources of X(i, j): down from X(i-1, 0) for j = 0; else up from X(i+1, j-1), then skips X(i, k<j)."""
+    i, j = node
+    if j == 0:
+        return [(i - 1, 0)] if i > 0 else []
+    return [(i + 1, j - 1)] + [(i, k) for k in range(j)]
+
+
+def unetpp_paths(depth: int) -> List[Path_]:
+    """Every path from the input node X(0, 0) to the output node X(0, depth)."""
+    outs: Dict[GridNode, List[GridNode]] = {n: [] for n in unetpp_nodes(depth)}
+    for n in unetpp_nodes(depth):
+        for src in unetpp_in_edges(n):
+            outs[src].append(n)
+    target = (0, depth)
+    paths: List[Path_] = []
+
+    def walk(node: GridNode, trail: Tuple[GridNode, ...]) -> None:
+        if node == target:
+            paths.append(trail)
+            return
+        for nxt in outs[node]:
+            walk(nxt, trail + (nxt,))
+
+    walk((0, 0), ((0, 0),))
+    return paths

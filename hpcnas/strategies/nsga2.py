@@ -1,0 +1,94 @@
+"""Multi-objective evolution: NSGA-II (Deb et al. 2002) in its steady-state form, for the asynchronous orchestrator.
+
+Until ``population`` results are in, proposals are random.  Then each
+proposal mutates the winner of a tournament of ``sample_size`` members of the
+population, ranked by non-domination front and, within a front, by crowding
+distance (the less crowded wins).  Each new result joins the population, and
+while it is too large the worst member leaves: the last front's most crowded
+one.  Constraints follow Deb's rule: a feasible result beats an infeasible
+one, and of two infeasible ones the smaller violation wins.  Failed
+evaluations never join.  Sorting and crowding are pymoo's.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from hpcnas.errors import UserError
+from hpcnas.records import Evaluation
+from hpcnas.space.genotype import Genotype
+from hpcnas.space.searchspace import SearchSpace
+from hpcnas.strategies.base import DEFAULT_OBJECTIVES, Proposal, Strategy, register
+from hpcnas.strategies.objectives import Objective, violation
+
+
+def rank_and_crowding(objectives: Sequence[Objective], evaluations: Sequence[Evaluation]) -> List[Tuple[int, float]]:
+    """``(front rank, crowding distance)`` of every evaluation; lower rank and larger distance are better.
+
+    Feasible evaluations are sorted into non-domination fronts 0, 1, ...; each
+    infeasible one comes after them, in order of its violation.
+    """
+    from pymoo.operators.survival.rank_and_crowding.metrics import calc_crowding_distance
+    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+    out: List[Tuple[int, float]] = [(0, 0.0)] * len(evaluations)
+    feasible = [i for i, e in enumerate(evaluations) if violation(objectives, e) == 0]
+    fronts: List[np.ndarray] = []
+    if feasible:
+        values = np.array([[o.minimized(evaluations[i]) for o in objectives] for i in feasible], dtype=float)
+        fronts = NonDominatedSorting().do(values)
+        for rank, front in enumerate(fronts):
+            distance = calc_crowding_distance(values[front]) if len(front) > 2 else np.full(len(front), np.inf)
+            for k, d in zip(front, distance):
+                out[feasible[k]] = (rank, float(d))
+    infeasible = sorted((i for i, e in enumerate(evaluations) if violation(objectives, e) > 0),
+                        key=lambda i: violation(objectives, evaluations[i]))
+    for offset, i in enumerate(infeasible):
+        out[i] = (len(fronts) + offset, 0.0)
+    return out
+
+
+@register
+class NSGA2(Strategy):
+    """Steady-state NSGA-II over the configured objectives; every ``ask`` is answered at once."""
+
+    name = "nsga2"
+
+    def __init__(self, space: SearchSpace, seed: int = 0, objectives: Sequence[Objective] = DEFAULT_OBJECTIVES,
+                 population: int = 20, sample_size: int = 2):
+        super().__init__(space, seed, objectives)
+        if not 1 <= sample_size <= population:
+            raise UserError(f"must be in [1, population={population}], got {sample_size}", key="evolve.sample_size")
+        self.population_size, self.sample_size = population, sample_size
+        self.population: List[Evaluation] = []
+        self.ranking: List[Tuple[int, float]] = []
+        self.results = 0
+
+    @classmethod
+    def from_options(cls, space, seed, objectives, population, sample_size):
+        return cls(space, seed, objectives, population, sample_size)
+
+    def _key(self, i: int) -> Tuple[int, float, int]:
+        rank, distance = self.ranking[i]
+        return rank, -distance, self.population[i].id
+
+    def ask(self) -> Optional[Proposal]:
+        if self.results < self.population_size or not self.population:
+            return Proposal(self.fresh(lambda: self.space.sample(self.rng)))
+        contenders = self.rng.sample(range(len(self.population)), min(self.sample_size, len(self.population)))
+        parent = self.population[min(contenders, key=self._key)]
+        genotype = Genotype.from_dict(parent.genotype)
+        return Proposal(self.fresh(lambda: self.space.mutate(self.rng, genotype)), parent=parent.id)
+
+    def learn(self, evaluation: Evaluation) -> None:
+        self.results += 1
+        if not evaluation.ok:
+            return
+        self.population.append(evaluation)
+        self.ranking = rank_and_crowding(self.objectives, self.population)
+        while len(self.population) > self.population_size:
+            worst = max(range(len(self.population)), key=self._key)
+            del self.population[worst]
+            self.ranking = rank_and_crowding(self.objectives, self.population)

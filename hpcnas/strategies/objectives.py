@@ -1,0 +1,112 @@
+"""Objectives of a discrete search: what is measured, which way is better, and the constraints.
+
+An objective is written ``name`` or ``name <= bound`` / ``name >= bound`` in
+``evolve.objectives``; the first one is the primary objective (the one a
+single-objective strategy optimizes).  Every objective is turned into a value
+to *minimize* for Pareto sorting (a maximized one is negated).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+from hpcnas.errors import UserError, nearest
+from hpcnas.records import Evaluation
+
+# name -> (maximized, unit): what a worker measures
+KNOWN: Dict[str, "tuple[bool, str]"] = {
+    "miou": (True, ""),
+    "params": (False, ""),
+    "flops": (False, ""),
+    "latency": (False, "ms"),
+    "peak_memory": (False, "MB"),
+}
+_SPEC = re.compile(r"^\s*([a-z_]+)\s*(?:(<=|>=)\s*(\S+))?\s*$")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One objective: its name, its direction and an optional bound (a constraint)."""
+
+    name: str
+    maximize: bool
+    bound: Optional[float] = None  # value <= bound (minimized) or >= bound (maximized)
+
+    def value(self, evaluation: Evaluation) -> Optional[float]:
+        """The measured value, or ``None`` when the evaluation did not measure it."""
+        value = evaluation.objectives.get(self.name)
+        return None if value is None else float(value)
+
+    def minimized(self, evaluation: Evaluation) -> float:
+        """The value as a quantity to minimize (``inf`` when not measured)."""
+        value = self.value(evaluation)
+        if value is None:
+            return math.inf
+        return -value if self.maximize else value
+
+    def violation(self, evaluation: Evaluation) -> float:
+        """How far the evaluation is outside the bound (0 when inside, or with no bound)."""
+        if self.bound is None:
+            return 0.0
+        value = self.value(evaluation)
+        if value is None:
+            return math.inf
+        excess = self.bound - value if self.maximize else value - self.bound
+        return max(excess, 0.0) / max(abs(self.bound), 1e-12)  # relative, so bounds of any scale add up
+
+    def __str__(self) -> str:
+        if self.bound is None:
+            return self.name
+        return f"{self.name} {'>=' if self.maximize else '<='} {self.bound:g}"
+
+
+def parse_objectives(items: Sequence[str], key: str = "evolve.objectives") -> List[Objective]:
+    """``["miou", "params <= 2e6"]`` -> objectives; any mistake is a ``UserError`` naming ``key``."""
+    if not items:
+        raise UserError("needs at least one objective (e.g. [miou])", key=key)
+    out: List[Objective] = []
+    for i, item in enumerate(items):
+        match = _SPEC.match(str(item))
+        if not match:
+            raise UserError(f"'{item}' is not NAME, NAME <= BOUND or NAME >= BOUND", key=f"{key}[{i}]")
+        name, op, text = match.groups()
+        if name not in KNOWN:
+            raise UserError(f"unknown objective '{name}'{nearest(name, KNOWN)} (known: {', '.join(KNOWN)})", key=f"{key}[{i}]")
+        maximize = KNOWN[name][0]
+        bound = None
+        if op is not None:
+            try:
+                bound = float(text)
+            except ValueError:
+                raise UserError(f"bound '{text}' is not a number", key=f"{key}[{i}]") from None
+            if not math.isfinite(bound):
+                raise UserError(f"bound must be a finite number, got {text}", key=f"{key}[{i}]")
+            if (op == ">=") != maximize:
+                better = "higher" if maximize else "lower"
+                raise UserError(f"{name} is better {better}: its bound is written {name} {'>=' if maximize else '<='} B",
+                                key=f"{key}[{i}]")
+        if any(o.name == name for o in out):
+            raise UserError(f"objective '{name}' given twice", key=f"{key}[{i}]")
+        out.append(Objective(name, maximize, bound))
+    return out
+
+
+def violation(objectives: Sequence[Objective], evaluation: Evaluation) -> float:
+    """The summed relative constraint violation (0: feasible)."""
+    return sum(o.violation(evaluation) for o in objectives)
+
+
+def dominates(objectives: Sequence[Objective], a: Evaluation, b: Evaluation) -> bool:
+    """Whether ``a`` is at least as good as ``b`` in every objective and better in one."""
+    fa = [o.minimized(a) for o in objectives]
+    fb = [o.minimized(b) for o in objectives]
+    return all(x <= y for x, y in zip(fa, fb)) and any(x < y for x, y in zip(fa, fb))
+
+
+def pareto_front(objectives: Sequence[Objective], evaluations: Sequence[Evaluation]) -> List[Evaluation]:
+    """The successful, feasible evaluations no other one dominates, in id order (duplicate points all kept)."""
+    pool = [e for e in evaluations if e.ok and violation(objectives, e) == 0]
+    return [e for e in pool if not any(dominates(objectives, other, e) for other in pool)]
