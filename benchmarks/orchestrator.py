@@ -54,8 +54,8 @@ def run_one(world: int, mode: str, args, workdir: Path) -> dict:
     out = workdir / f"{mode}-{world}"
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_rmaps_base_oversubscribe="1")
     sets = [
-        "evolve.evaluator=sleep", f"evolve.sleep_median={args.median}", f"evolve.sleep_sigma={args.sigma}", f"evolve.mode={mode}",
-        f"evolve.max_evaluations={world * args.tasks_per_rank}", "evolve.population=8", "evolve.sample_size=3", "data.synth.n=4",
+        "evolve.evaluator.name=sleep", f"evolve.evaluator.sleep_median={args.median}", f"evolve.evaluator.sleep_sigma={args.sigma}", f"evolve.strategy.mode={mode}",
+        f"evolve.max_evaluations={world * args.tasks_per_rank}", "evolve.strategy.population=8", "evolve.strategy.sample_size=3", "data.synth.n=4",
     ]
     cmd = [args.mpirun, "-np", str(world), "--oversubscribe", sys.executable, "-m", "hpcnas.cli", "evolve", "--config", str(ROOT / "configs/smoke-evolve.yaml"), "--out", str(out)]
     for s in sets:

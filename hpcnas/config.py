@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,27 +119,99 @@ class TrainConfig:
 
 
 @dataclass
-class EvolveConfig:
-    """Discrete search on the MPI orchestrator (paper Appendix A.1)."""
+class StrategySection:
+    """Which strategy proposes the architectures of a discrete search, and how."""
 
-    strategy: str = "evolution"  # a registered strategy: evolution, nsga2 (multi-objective), random
-    objectives: List[str] = field(default_factory=lambda: ["miou"])  # "name" or "name <= bound"; the first is primary
+    name: str = "evolution"  # a registered strategy: evolution, nsga2 (multi-objective), random
     mode: Literal["async", "generational"] = "async"  # steady-state, or the paper's Algorithm 1
     population: int = field(default=20, metadata=_range(1))
-    sample_size: int = field(default=5, metadata=_range(1))
-    max_evaluations: int = field(default=100, metadata=_range(1))
-    time_budget: Optional[float] = field(default=None, metadata=_range(0.0))  # seconds; None: no limit
+    sample_size: int = field(default=5, metadata=_range(1))  # tournament size
+
+
+@dataclass
+class ExecutorSection:
+    """How the MPI orchestrator runs evaluations."""
+
     task_timeout: float = field(default=3600.0, metadata=_range(0.1))  # seconds per evaluation
     grace_period: float = field(default=60.0, metadata=_range(0.0))  # after SIGTERM/SIGUSR2: wait this long for in-flight results
-    proxy_epochs: int = field(default=5, metadata=_range(1))  # the short training schedule of each evaluation
-    retry_oom_half_batch: bool = True  # an OOM is retried once at half the batch size
-    keep_checkpoints: bool = False  # keep each evaluation's checkpoints (disk grows with the search)
     threads_per_rank: Optional[int] = field(default=None, metadata=_range(1))  # CPU threads of each child; None: cores / ranks on the node
-    inject_faults: List[str] = field(default_factory=list)  # "ID:oom|kill|hang|error": fault tolerance drills
-    evaluator: str = "train"  # a registered evaluator: train, or sleep (no training, log-normal sleeps: benchmarks)
-    latency_runs: int = field(default=10, metadata=_range(0))  # timed forward passes per latency measurement
+
+
+@dataclass
+class EvaluatorSection:
+    """What one evaluation does in a worker child."""
+
+    name: str = "train"  # a registered evaluator: train, or sleep (no training, log-normal sleeps: benchmarks)
+    proxy_epochs: int = field(default=5, metadata=_range(1))  # the short training schedule of each evaluation
+    keep_checkpoints: bool = False  # keep each evaluation's checkpoints (disk grows with the search)
+    latency_runs: int = field(default=10, metadata=_range(0))  # timed forward passes per latency measurement (0: none)
     sleep_median: float = field(default=1.0, metadata=_range(0.0))  # seconds, evaluator "sleep"
     sleep_sigma: float = field(default=0.5, metadata=_range(0.0))  # log-normal shape, evaluator "sleep"
+
+
+@dataclass
+class FaultsSection:
+    """What to do about failures, and failures to cause on purpose."""
+
+    retry_oom_half_batch: bool = True  # an OOM is retried once at half the batch size
+    inject: List[str] = field(default_factory=list)  # "ID:oom|kill|hang|error": fault tolerance drills
+
+
+@dataclass
+class EvolveConfig:
+    """Discrete search on the MPI orchestrator (paper Appendix A.1): its goal and budget, then its parts."""
+
+    objectives: List[str] = field(default_factory=lambda: ["miou"])  # "name" or "name <= bound"; the first is primary
+    max_evaluations: int = field(default=100, metadata=_range(1))
+    time_budget: Optional[float] = field(default=None, metadata=_range(0.0))  # seconds; None: no limit
+    strategy: StrategySection = field(default_factory=StrategySection)
+    executor: ExecutorSection = field(default_factory=ExecutorSection)
+    evaluator: EvaluatorSection = field(default_factory=EvaluatorSection)
+    faults: FaultsSection = field(default_factory=FaultsSection)
+
+
+# the flat evolve keys of earlier versions -> where they live now (still read, with a deprecation line)
+LEGACY_EVOLVE_KEYS = {
+    "strategy": "strategy.name", "mode": "strategy.mode", "population": "strategy.population",
+    "sample_size": "strategy.sample_size", "task_timeout": "executor.task_timeout",
+    "grace_period": "executor.grace_period", "threads_per_rank": "executor.threads_per_rank",
+    "evaluator": "evaluator.name", "proxy_epochs": "evaluator.proxy_epochs",
+    "keep_checkpoints": "evaluator.keep_checkpoints", "sleep_median": "evaluator.sleep_median",
+    "sleep_sigma": "evaluator.sleep_sigma", "retry_oom_half_batch": "faults.retry_oom_half_batch",
+    "inject_faults": "faults.inject",
+}
+
+
+def _legacy_target(key: str, value: Any) -> Optional[str]:
+    """The new place of an old flat ``evolve`` key (``strategy``/``evaluator`` only when given a name), else None."""
+    if key not in LEGACY_EVOLVE_KEYS or (key in ("strategy", "evaluator") and isinstance(value, dict)):
+        return None
+    return LEGACY_EVOLVE_KEYS[key]
+
+
+def _deprecated(old: str, new: str, source: str) -> None:
+    print(f"hpcnas: deprecated: evolve.{old} is now evolve.{new} ({source})", file=sys.stderr)
+
+
+def migrate_legacy_keys(raw: Dict[str, Any], source: str) -> Dict[str, Any]:
+    """Move the old flat ``evolve`` keys of a config mapping into their sections, saying so once per key."""
+    evolve = raw.get("evolve")
+    if not isinstance(evolve, dict):
+        return raw
+    moved = dict(evolve)
+    for key in ("strategy", "evaluator"):  # first the names, whose old keys are the new sections' names
+        if key in moved and _legacy_target(key, moved[key]) is not None:
+            moved[key] = {"name": moved[key]}
+            _deprecated(key, LEGACY_EVOLVE_KEYS[key], source)
+    for key, value in evolve.items():
+        target = _legacy_target(key, value)
+        if target is None or key in ("strategy", "evaluator"):
+            continue
+        section, name = target.split(".")
+        del moved[key]
+        moved[section] = dict(moved.get(section) or {}, **{name: value})
+        _deprecated(key, target, source)
+    return dict(raw, evolve=moved)
 
 
 @dataclass
@@ -164,10 +237,15 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Co
     Each layer is validated on its own, so an error names the layer at fault
     (the file, or ``--set``).
     """
-    cfg = from_dict(Config, read_yaml_mapping(path) if path else {}, source=str(path) if path else "<defaults>")
+    raw = migrate_legacy_keys(read_yaml_mapping(path), str(path)) if path else {}
+    cfg = from_dict(Config, raw, source=str(path) if path else "<defaults>")
     check_consistency(cfg, str(path) if path else "<defaults>")
     for item in overrides:
         key, value = parse_override(item)
+        parts = key.split(".")
+        if len(parts) == 2 and parts[0] == "evolve" and _legacy_target(parts[1], value) is not None:
+            _deprecated(parts[1], _legacy_target(parts[1], value), "--set")
+            key = f"evolve.{_legacy_target(parts[1], value)}"
         tree = to_dict(cfg)
         set_dotted(tree, key, value, source="--set")
         cfg = from_dict(Config, tree, source="--set")

@@ -21,7 +21,7 @@ class Status(str, Enum):
     OK = "ok"
     OOM = "oom"  # the allocator refused (CUDA or host)
     CRASHED = "crashed"  # an exception, a signal or an exit in the worker
-    TIMEOUT = "timeout"  # no result within evolve.task_timeout
+    TIMEOUT = "timeout"  # no result within evolve.executor.task_timeout
 
     def __str__(self) -> str:
         return self.value

@@ -41,9 +41,9 @@ def make_strategy(cfg: Config, world: int) -> Strategy:
     """The configured strategy, wrapped in the generational barrier if asked."""
     ev = cfg.evolve
     objectives = parse_objectives(ev.objectives)
-    strategy = strategy_class(ev.strategy).from_options(SearchSpace.from_config(cfg), cfg.seed, objectives,
-                                                        ev.population, ev.sample_size)
-    return Generational(strategy, size=world) if ev.mode == "generational" else strategy
+    strategy = strategy_class(ev.strategy.name).from_options(SearchSpace.from_config(cfg), cfg.seed, objectives,
+                                                        ev.strategy.population, ev.strategy.sample_size)
+    return Generational(strategy, size=world) if ev.strategy.mode == "generational" else strategy
 
 
 def check_evolve_config(cfg: Config, world: int) -> None:
@@ -52,12 +52,12 @@ def check_evolve_config(cfg: Config, world: int) -> None:
     Called on rank 0 before any rank starts, so a bad config stops the whole job at once.
     """
     make_strategy(cfg, world)
-    evaluator_class(cfg.evolve.evaluator)
-    parse_faults(cfg.evolve.inject_faults)
+    evaluator_class(cfg.evolve.evaluator.name)
+    parse_faults(cfg.evolve.faults.inject)
     ev = cfg.evolve
-    if ev.strategy != "random" and ev.population > ev.max_evaluations:
-        raise UserError(f"the population ({ev.population}) must not exceed evolve.max_evaluations ({ev.max_evaluations}): "
-                        "the search would end before evolving", key="evolve.population")
+    if ev.strategy.name != "random" and ev.strategy.population > ev.max_evaluations:
+        raise UserError(f"the population ({ev.strategy.population}) must not exceed evolve.max_evaluations ({ev.max_evaluations}): "
+                        "the search would end before evolving", key="evolve.strategy.population")
 
 
 def stop_serving(comm) -> None:
@@ -72,7 +72,7 @@ def parse_faults(items: List[str]) -> Dict[int, str]:
     for item in items:
         ident, _, kind = str(item).partition(":")
         if not ident.strip().isdigit() or kind not in ("oom", "kill", "hang", "error"):
-            raise UserError(f"'{item}' is not ID:oom|kill|hang|error", key="evolve.inject_faults")
+            raise UserError(f"'{item}' is not ID:oom|kill|hang|error", key="evolve.faults.inject")
         out[int(ident)] = kind
     return out
 
@@ -96,7 +96,7 @@ class Dispatcher:
         self.comm, self.slot, self.cfg, self.run_dir = comm, slot, cfg, run_dir
         self.log, self.strategy = search_log, strategy
         self.world = comm.Get_size()
-        self.faults = parse_faults(cfg.evolve.inject_faults)
+        self.faults = parse_faults(cfg.evolve.faults.inject)
         self.requeue: Deque[Task] = deque(search_log.in_flight())
         self.inflight: Dict[int, Task] = {}
         self.idle: List[int] = list(range(self.world))
@@ -142,7 +142,7 @@ class Dispatcher:
         result = Result.from_dict(raw)
         if result.end is None:
             result.end = time.time()
-        if result.status is Status.OOM and self.cfg.evolve.retry_oom_half_batch and not task.retried and task.batch_size > 1:
+        if result.status is Status.OOM and self.cfg.evolve.faults.retry_oom_half_batch and not task.retried and task.batch_size > 1:
             log.info("evaluation %d: out of memory at batch %d on rank %d, retrying at batch %d", task.id, task.batch_size, rank, task.batch_size // 2)
             self._send(rank, task.again(Origin.RETRY, batch_size=task.batch_size // 2))
             return
@@ -200,8 +200,8 @@ class Dispatcher:
             if not self.inflight and (not self._budget_left(started) or not (dispatched or results)):
                 break  # budget spent, or nothing in flight and nothing left to propose
             if self.stop.signal and stop_deadline is None:
-                stop_deadline = time.time() + self.cfg.evolve.grace_period
-                log.info("%s received: no new dispatch; waiting up to %.0f s for %d evaluation(s) in flight", self.stop.signal, self.cfg.evolve.grace_period, len(self.inflight))
+                stop_deadline = time.time() + self.cfg.evolve.executor.grace_period
+                log.info("%s received: no new dispatch; waiting up to %.0f s for %d evaluation(s) in flight", self.stop.signal, self.cfg.evolve.executor.grace_period, len(self.inflight))
             if stop_deadline is not None and time.time() > stop_deadline:
                 log.info("grace period over: %d evaluation(s) left in flight are re-queued on --resume", len(self.inflight))
                 break
@@ -237,9 +237,10 @@ def serve(comm, slot: WorkerSlot) -> None:
 def worker_setup(cfg: Config, run_dir: Path, data: str, local_rank: int, local_size: int) -> WorkerSetup:
     """What every child of this rank needs to know."""
     ev = cfg.evolve
-    threads = ev.threads_per_rank or max(1, (os.cpu_count() or 1) // max(local_size, 1))
-    return WorkerSetup(str(run_dir / "config.yaml"), data, str(run_dir), local_rank, threads, ev.evaluator,
-                       ev.proxy_epochs, ev.keep_checkpoints, ev.latency_runs, ev.sleep_median, ev.sleep_sigma)
+    threads = ev.executor.threads_per_rank or max(1, (os.cpu_count() or 1) // max(local_size, 1))
+    e = ev.evaluator
+    return WorkerSetup(str(run_dir / "config.yaml"), data, str(run_dir), local_rank, threads, e.name, e.proxy_epochs,
+                       e.keep_checkpoints, e.latency_runs, e.sleep_median, e.sleep_sigma)
 
 
 def run_orchestrator(comm, cfg: Config, run_dir: Path, data: str) -> Optional[str]:
@@ -252,7 +253,7 @@ def run_orchestrator(comm, cfg: Config, run_dir: Path, data: str) -> Optional[st
     rank = comm.Get_rank()
     local = comm.Split_type(MPI.COMM_TYPE_SHARED)
     setup = worker_setup(cfg, run_dir, data, local.Get_rank(), local.Get_size())
-    slot = WorkerSlot(setup.to_dict(), run_dir / "workers" / f"rank-{rank:03d}.log", cfg.evolve.task_timeout)
+    slot = WorkerSlot(setup.to_dict(), run_dir / "workers" / f"rank-{rank:03d}.log", cfg.evolve.executor.task_timeout)
     slot.prestart()
     if rank != 0:
         serve(comm, slot)
@@ -269,7 +270,7 @@ def run_orchestrator(comm, cfg: Config, run_dir: Path, data: str) -> Optional[st
     done, pending = len(search_log.finished), len(search_log.in_flight())
     if done or pending:
         log.info("resuming: %d evaluation(s) done, %d re-queued", done, pending)
-    log.info("evolve (%s, %s) on %d rank(s): budget %d evaluations -> %s", cfg.evolve.strategy, cfg.evolve.mode, comm.Get_size(), cfg.evolve.max_evaluations, run_dir)
+    log.info("evolve (%s, %s) on %d rank(s): budget %d evaluations -> %s", cfg.evolve.strategy.name, cfg.evolve.strategy.mode, comm.Get_size(), cfg.evolve.max_evaluations, run_dir)
     interrupted = dispatcher.run()
     best = strategy.best()
     if best is not None:

@@ -4,7 +4,7 @@ A strategy proposes architectures (:meth:`Strategy.ask`) and learns from
 finished evaluations (:meth:`Strategy.tell`).  Its randomness comes from one
 seeded ``random.Random`` used only in ``ask``, so replaying the same
 sequence of asks and tells rebuilds exactly the same state (that is how a
-killed search resumes).  A strategy is known to ``evolve.strategy`` by the
+killed search resumes).  A strategy is known to ``evolve.strategy.name`` by the
 name it registers with :func:`register`.
 """
 

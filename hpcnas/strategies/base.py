@@ -86,7 +86,7 @@ STRATEGIES: Dict[str, Type[Strategy]] = {}
 
 
 def register(cls: Type[Strategy]) -> Type[Strategy]:
-    """Class decorator: make a strategy known to ``evolve.strategy`` by its ``name``."""
+    """Class decorator: make a strategy known to ``evolve.strategy.name`` by its ``name``."""
     STRATEGIES[cls.name] = cls
     return cls
 
@@ -95,7 +95,7 @@ def strategy_class(name: str) -> Type[Strategy]:
     """The registered strategy called ``name`` (a ``UserError`` listing the known ones otherwise)."""
     if name not in STRATEGIES:
         raise UserError(f"unknown strategy '{name}'{nearest(name, STRATEGIES)} (known: {', '.join(sorted(STRATEGIES))})",
-                        key="evolve.strategy")
+                        key="evolve.strategy.name")
     return STRATEGIES[name]
 
 

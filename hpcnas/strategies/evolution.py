@@ -31,7 +31,7 @@ class RegularizedEvolution(Strategy):
                  population: int = 20, sample_size: int = 5):
         super().__init__(space, seed, objectives)
         if not 1 <= sample_size <= population:
-            raise UserError(f"must be in [1, population={population}], got {sample_size}", key="evolve.sample_size")
+            raise UserError(f"must be in [1, population={population}], got {sample_size}", key="evolve.strategy.sample_size")
         self.population_size, self.sample_size = population, sample_size
         self.population: Deque[Evaluation] = deque()
         self.results = 0

@@ -60,7 +60,7 @@ class NSGA2(Strategy):
                  population: int = 20, sample_size: int = 2):
         super().__init__(space, seed, objectives)
         if not 1 <= sample_size <= population:
-            raise UserError(f"must be in [1, population={population}], got {sample_size}", key="evolve.sample_size")
+            raise UserError(f"must be in [1, population={population}], got {sample_size}", key="evolve.strategy.sample_size")
         self.population_size, self.sample_size = population, sample_size
         self.population: List[Evaluation] = []
         self.ranking: List[Tuple[int, float]] = []
