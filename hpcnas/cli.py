@@ -124,6 +124,23 @@ def cmd_submit(args: argparse.Namespace) -> Optional[int]:
     return None
 
 
+def cmd_pareto(args: argparse.Namespace) -> None:
+    from hpcnas.pipeline import pareto
+    from hpcnas.space.genotype import Genotype
+
+    search, target = pareto(args.run, args.export)
+    names = [o.name for o in search.objectives]
+    front = search.front
+    print(f"{search.run_dir}: {len(front)} of {len(search.evaluations)} evaluations on the front of "
+          + ", ".join(map(str, search.objectives)))
+    print("  id  " + "".join(f"{n:>14}" for n in names) + "  genotype")
+    for e in front:
+        values = "".join(f"{e.objectives[n]:>14.6g}" if n in e.objectives else f"{'-':>14}" for n in names)
+        print(f"{e.id:>4}  {values}  {Genotype.from_dict(e.genotype).describe()}")
+    if target is not None:
+        print(f"exported {len(front)} genotype(s) -> {target}/eval-*/genotype.json (hpcnas train --genotype ...)")
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from hpcnas.pipeline import report
 
@@ -233,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories; the first one gets report/, the others are overlaid")
     p.add_argument("--out", help="report folder (default: FIRST_RUN/report)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("pareto", help="the Pareto front of a discrete search; --export writes each member's genotype.json")
+    p.add_argument("run", metavar="RUN_DIR", help="a discrete search's run directory (hpcnas-evolve)")
+    p.add_argument("--export", metavar="DIR", help="a new folder: DIR/eval-ID/genotype.json per front member, and DIR/front.json")
+    p.set_defaults(func=cmd_pareto)
 
     data = sub.add_parser("data", help="build or inspect HDF5 data sets").add_subparsers(dest="data_command", metavar="ACTION", required=True)
     p = data.add_parser("synth", help="write the synthetic rotorcraft data set")

@@ -10,7 +10,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from hpcnas.config import Config, dump_config, load_config
 from hpcnas.errors import Interrupted, UserError
@@ -275,6 +275,33 @@ def report(run_dirs: Sequence[str], out: Optional[str] = None) -> Path:
         if not any((Path(d) / name).exists() for name in ("metrics.jsonl", "evaluation.json", "history.jsonl", "genotype.json")):
             raise UserError("holds no run (no metrics.jsonl, evaluation.json, history.jsonl or genotype.json)", source=str(d))
     return build_report([Path(d) for d in run_dirs], Path(out) if out else None)
+
+
+def pareto(run_dir: str, export: Optional[str] = None) -> "tuple[Any, Optional[Path]]":
+    """``hpcnas pareto``: the Pareto front of a discrete search; with ``export``, each member's genotype.json.
+
+    Returns the finished search and the export folder (``None`` without ``--export``).
+    """
+    from hpcnas.execution.history import read_search
+    from hpcnas.rundir import write_json
+    from hpcnas.space.genotype import Genotype
+
+    if not Path(run_dir).is_dir():
+        raise UserError("no such run directory", source=str(run_dir))
+    search = read_search(Path(run_dir))
+    if search is None:
+        raise UserError("holds no discrete search (no history.jsonl): run mpirun ... hpcnas-evolve first", source=str(run_dir))
+    if export is None:
+        return search, None
+    target = Path(export)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise UserError("already exists and is not an empty folder: give a new one", source=str(target))
+    front = search.front
+    for e in front:
+        Genotype.from_dict(e.genotype).save(target / f"eval-{e.id:05d}" / "genotype.json")
+    write_json(target / "front.json", {"run": str(search.run_dir), "objectives": [str(o) for o in search.objectives],
+                                       "front": [e.to_dict() for e in front]})
+    return search, target
 
 
 @holds_run_dirs

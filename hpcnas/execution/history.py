@@ -8,10 +8,12 @@ but never finished are the ones in flight when the search was killed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Union
+from typing import Dict, List, Optional, Union
 
 from hpcnas.records import Evaluation, Origin, Task
+from hpcnas.strategies.objectives import Objective, parse_objectives, pareto_front
 from hpcnas.rundir import DISPATCH, HISTORY, JsonlWriter, read_jsonl
 
 
@@ -63,3 +65,30 @@ class SearchLog:
         """Close both files."""
         self._dispatch.close()
         self._history.close()
+
+
+@dataclass
+class FinishedSearch:
+    """A discrete search's records read back: its objectives, every evaluation, and the Pareto front."""
+
+    run_dir: Path
+    objectives: List[Objective]
+    evaluations: List[Evaluation]
+
+    @property
+    def front(self) -> List[Evaluation]:
+        """The feasible evaluations no other one dominates (one objective: the best ones)."""
+        return pareto_front(self.objectives, self.evaluations)
+
+
+def read_search(run_dir: Path) -> Optional[FinishedSearch]:
+    """The records of the discrete search in ``run_dir``, or ``None`` when it holds no ``history.jsonl``."""
+    from hpcnas.config import load_config
+
+    run_dir = Path(run_dir)
+    raw = read_jsonl(run_dir / HISTORY)
+    if not raw:
+        return None
+    config = run_dir / "config.yaml"
+    names = load_config(str(config)).evolve.objectives if config.exists() else ["miou"]
+    return FinishedSearch(run_dir, parse_objectives(names), [Evaluation.from_dict(r) for r in raw])

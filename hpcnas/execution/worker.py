@@ -155,8 +155,14 @@ class TrainEvaluator(Evaluator):
         return Result(task.id, Status.OK, fitness=best if best >= 0 else None, measured=measured)
 
 
+def kernel_cost(genotype: Dict[str, Any]) -> float:
+    """A stand-in for a parameter count that needs no torch: the summed squared kernel sizes of the genotype's ops."""
+    ops = [op for nodes in genotype["cells"].values() for node in nodes for op, _ in node]
+    return float(sum(25 if "5x5" in op or op.endswith("_3") else 9 if "3x3" in op or op.endswith("_2") else 1 for op in ops))
+
+
 class SleepEvaluator(Evaluator):
-    """The benchmarking evaluator: sleep a log-normal time, report a seeded random fitness and cost."""
+    """The benchmarking evaluator: sleep a log-normal time; a seeded random fitness, a cost from the genotype."""
 
     name = "sleep"
 
@@ -166,7 +172,7 @@ class SleepEvaluator(Evaluator):
         if task.fault in ("kill", "hang", "error"):
             inject(task.fault, None)
         time.sleep(duration)
-        return Result(task.id, Status.OK, fitness=rng.random(), measured={"params": float(rng.randrange(10**4, 10**6))})
+        return Result(task.id, Status.OK, fitness=rng.random(), measured={"params": kernel_cost(task.genotype)})
 
 
 EVALUATORS: Dict[str, Type[Evaluator]] = {cls.name: cls for cls in (TrainEvaluator, SleepEvaluator)}

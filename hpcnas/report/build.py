@@ -8,7 +8,9 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from hpcnas.execution.history import read_search
 from hpcnas.report import graphs, plots
+from hpcnas.strategies.objectives import hypervolume_over_time
 from hpcnas.rundir import atomic_write_text, read_jsonl
 from hpcnas.space.genotype import TOPOLOGIES, Genotype
 
@@ -17,6 +19,12 @@ def _examples(npz: Path) -> List[Dict[str, np.ndarray]]:
     with np.load(npz) as data:
         names = list(data["names"])
         return [{"name": n, "image": data[f"image_{i}"], "truth": data[f"truth_{i}"], "pred": data[f"pred_{i}"]} for i, n in enumerate(names)]
+
+
+def _value(v: Optional[float]) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.4f}" if abs(v) < 100 else f"{v:,.0f}"
 
 
 def _label(run: Path, taken: set) -> str:
@@ -50,10 +58,17 @@ def build_report(runs: Sequence[Path], out: Optional[Path] = None) -> Path:
         if (run / "predictions.npz").exists():
             figures.append(plots.prediction_examples(_examples(run / "predictions.npz"), out / f"predictions_{labels[run].replace('/', '_')}.png").name)
             break
-    for run in runs:
-        history = read_jsonl(run / "history.jsonl")
-        if history:
-            figures.append(plots.evolution_history(history, out / f"evolution_{labels[run].replace('/', '_')}.png").name)
+    searches = {labels[r]: s for r in runs if (s := read_search(r)) is not None}
+    for label, search in searches.items():
+        stem = label.replace("/", "_")
+        history = [e.to_dict() for e in search.evaluations]
+        figures.append(plots.evolution_history(history, out / f"evolution_{stem}.png").name)
+        front = search.front
+        figures.append(plots.accuracy_against_costs(search.evaluations, search.objectives, front,
+                                                    out / f"accuracy_costs_{stem}.png").name)
+        if len(search.objectives) > 1:
+            times, volumes = hypervolume_over_time(search.objectives, search.evaluations)
+            figures.append(plots.hypervolume_curve(times, volumes, search.objectives, out / f"hypervolume_{stem}.png").name)
 
     genotypes = {labels[r]: Genotype.load(str(r / "genotype.json")) for r in runs if (r / "genotype.json").exists()}
     drawn = set()
@@ -96,6 +111,16 @@ def build_report(runs: Sequence[Path], out: Optional[Path] = None) -> Path:
     if genotypes:
         lines += ["", "## Architectures", ""]
         lines += [f"- **{label}**: `{g.describe()}`" for label, g in genotypes.items()]
+    for label, search in searches.items():
+        names = [o.name for o in search.objectives]
+        lines += ["", f"## Pareto front of {label}: " + ", ".join(map(str, search.objectives)), "",
+                  f"{len(search.front)} of {len(search.evaluations)} evaluations (`hpcnas pareto {search.run_dir} --export DIR` "
+                  "writes their genotypes).", "",
+                  "| evaluation | " + " | ".join(names) + " | genotype |", "| --- " * (len(names) + 2) + "|"]
+        for e in search.front:
+            values = [_value(e.objectives.get(n)) for n in names]
+            described = Genotype.from_dict(e.genotype).describe().replace("|", "\\|")  # a bar would end the cell
+            lines.append(f"| {e.id} | " + " | ".join(values) + f" | `{described}` |")
     lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figures]
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]

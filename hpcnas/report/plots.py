@@ -12,6 +12,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from hpcnas.records import Evaluation  # noqa: E402
+from hpcnas.strategies.objectives import Objective  # noqa: E402
+
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
@@ -102,4 +105,47 @@ def evolution_history(history: List[dict], path: Path) -> Path:
     ax_s.set(title="evaluations by status")
     for k, c in enumerate(counts):
         ax_s.text(k, c, str(c), ha="center", va="bottom")
+    return _save(fig, path)
+
+
+COST_LABELS = {"params": "parameters", "flops": "FLOPs per tile", "latency": "latency (ms)",
+               "peak_memory": "peak training memory (MB)"}
+
+
+def accuracy_against_costs(history: List[Evaluation], objectives: Sequence[Objective], front: List[Evaluation],
+                           path: Path) -> Path:
+    """Discrete search: val mIoU against each measured cost, the front of the configured objectives in red."""
+    ok = [e for e in history if e.ok]
+    costs = [c for c in COST_LABELS if any(c in e.objectives for e in ok)] or ["params"]
+    fig, axes = plt.subplots(1, len(costs), figsize=(4.2 * len(costs), 3.8), squeeze=False)
+    front_ids = {e.id for e in front}
+    bounded = {o.name: o.bound for o in objectives if o.bound is not None}
+    for ax, cost in zip(axes[0], costs):
+        pts = [(e.objectives.get(cost), e.fitness, e.id in front_ids) for e in ok if e.objectives.get(cost) is not None]
+        rest = [(x, y) for x, y, on in pts if not on]
+        top = sorted((x, y) for x, y, on in pts if on)
+        if rest:
+            ax.scatter(*zip(*rest), s=14, alpha=0.5, color="C0", label="evaluations")
+        if top:  # a line where the front is a trade-off of this cost; elsewhere its members only
+            style = "o-" if cost in {o.name for o in objectives} else "o"
+            ax.plot(*zip(*top), style, color="C3", ms=5, label=f"front of {', '.join(o.name for o in objectives)} ({len(top)})")
+        if cost in bounded:
+            ax.axvline(bounded[cost], color="grey", ls="--", lw=1, label=f"bound {bounded[cost]:g}")
+        ax.set(xlabel=COST_LABELS[cost], ylabel="fitness (val mIoU)", title=f"accuracy against {cost}")
+        if cost in ("params", "flops"):
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def hypervolume_curve(times: Sequence[float], volumes: Sequence[float], objectives: Sequence[Objective],
+                      path: Path) -> Path:
+    """Multi-objective search: the hypervolume of the front over time."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    t0 = min(times) if times else 0.0
+    ax.step([(t - t0) / 60 for t in times], volumes, where="post", color="C3")
+    ax.set(xlabel="minutes since the first result", ylabel="hypervolume (objectives scaled to [0, 1], ref 1.1)",
+           title="hypervolume of " + ", ".join(map(str, objectives)))
+    ax.grid(alpha=0.3)
     return _save(fig, path)

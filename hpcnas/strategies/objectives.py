@@ -110,3 +110,46 @@ def pareto_front(objectives: Sequence[Objective], evaluations: Sequence[Evaluati
     """The successful, feasible evaluations no other one dominates, in id order (duplicate points all kept)."""
     pool = [e for e in evaluations if e.ok and violation(objectives, e) == 0]
     return [e for e in pool if not any(dominates(objectives, other, e) for other in pool)]
+
+
+def scale_bounds(objectives: Sequence[Objective], evaluations: Sequence[Evaluation]) -> "tuple[list, list]":
+    """Per objective, the lowest and highest minimized value over the successful evaluations (for :func:`hypervolume`)."""
+    pool = [e for e in evaluations if e.ok]
+    lows, highs = [], []
+    for o in objectives:
+        values = [o.minimized(e) for e in pool if math.isfinite(o.minimized(e))] or [0.0]
+        lows.append(min(values))
+        highs.append(max(values))
+    return lows, highs
+
+
+def hypervolume(objectives: Sequence[Objective], front: Sequence[Evaluation], lows: Sequence[float],
+                highs: Sequence[float]) -> float:
+    """The hypervolume (pymoo) of a front, each objective scaled to [0, 1] by ``lows``/``highs``, against
+    the reference point 1.1 in every objective: 0 for an empty front, at most 1.1 ** len(objectives)."""
+    import numpy as np
+    from pymoo.indicators.hv import HV
+
+    if not front:
+        return 0.0
+    span = [max(h - lo, 1e-12) for lo, h in zip(lows, highs)]
+    points = np.array([[(o.minimized(e) - lo) / s for o, lo, s in zip(objectives, lows, span)] for e in front])
+    return float(HV(ref_point=np.full(len(objectives), 1.1))(points))
+
+
+def hypervolume_over_time(objectives: Sequence[Objective], evaluations: Sequence[Evaluation],
+                          bounds: "Optional[tuple]" = None) -> "tuple[list, list]":
+    """``(end times, hypervolumes)``: the hypervolume of the front after each finished evaluation, in end order.
+
+    ``bounds``: the ``(lows, highs)`` that scale the objectives (default: this run's own, :func:`scale_bounds`);
+    give the same bounds to compare runs.
+    """
+    lows, highs = bounds or scale_bounds(objectives, evaluations)
+    front: List[Evaluation] = []
+    times, volumes = [], []
+    for e in sorted((e for e in evaluations if e.end is not None), key=lambda e: e.end):
+        if e.ok and violation(objectives, e) == 0 and not any(dominates(objectives, f, e) for f in front):
+            front = [f for f in front if not dominates(objectives, e, f)] + [e]
+        times.append(e.end)
+        volumes.append(hypervolume(objectives, front, lows, highs))
+    return times, volumes

@@ -32,7 +32,10 @@ def fake_run(path, topology="darts_unet", with_eval=True, history=False):
         now = time.time()
         with open(path / "history.jsonl", "w") as fh:
             for k, status in enumerate(["ok", "ok", "oom", "ok", "crashed", "timeout"]):
-                fh.write(json.dumps({"id": k, "status": status, "fitness": 0.1 * k if status == "ok" else None, "start": now + k, "end": now + k + 5}) + "\n")
+                genotype = SearchSpace.of(topology, depth=2).sample(random.Random(k)).to_dict()
+                fh.write(json.dumps({"id": k, "genotype": genotype, "status": status, "fitness": 0.1 * k if status == "ok" else None,
+                                     "objectives": {"params": 1000.0 * (k + 1)}, "start": now + k, "end": now + k + 5}) + "\n")
+        (path / "config.yaml").write_text("evolve:\n  objectives: [miou, params]\n")
 
 
 def test_report_files_are_valid_images(tmp_path):
@@ -40,7 +43,8 @@ def test_report_files_are_valid_images(tmp_path):
     fake_run(tmp_path / "b", "resnext_unet")
     out = report([str(tmp_path / "a"), str(tmp_path / "b")])
     assert out == tmp_path / "a" / "report"
-    expected = {"curves.png", "entropy.png", "precision_recall.png", "predictions_a.png", "evolution_a.png"}
+    expected = {"curves.png", "entropy.png", "precision_recall.png", "predictions_a.png", "evolution_a.png",
+                "accuracy_costs_a.png", "hypervolume_a.png"}
     if graphs.have_dot():
         expected |= {"cell_a_reduce.png", "cell_a_normal.png", "network_a.png", "cell_b_down.png", "cell_b_up.png"}
     pngs = {p.name for p in out.glob("*.png")}
@@ -52,6 +56,9 @@ def test_report_files_are_valid_images(tmp_path):
     summary = (out / "summary.md").read_text()
     assert "| a |" in summary and "| b |" in summary and "0.7000" in summary
     assert "background 0.900, object 0.500" in summary and "123,456" in summary and "| 7.5 |" in summary
+    # the front of (miou up, params down) among the ok evaluations 0, 1, 3: every one trades one for the other
+    assert "## Pareto front of a: miou, params" in summary and "3 of 6 evaluations" in summary
+    assert [line.split(" | ")[0] for line in summary.splitlines() if line.startswith(("| 0 ", "| 1 ", "| 3 "))] == ["| 0", "| 1", "| 3"]
 
 
 def test_report_cli_missing_dir(tmp_path):
