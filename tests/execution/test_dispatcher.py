@@ -1,0 +1,178 @@
+"""The dispatcher, replay and the search log in one process: a fake communicator and fake worker slots.
+
+The mpirun tests cover the real thing end to end; these pin the bookkeeping
+(budget, retries, re-queues, sequence numbers) exactly and quickly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+
+import pytest
+
+from hpcnas.config import load_config
+from hpcnas.execution.history import SearchLog
+from hpcnas.execution.orchestrator import TAG_RESULT, TAG_STOP, TAG_TASK, Dispatcher, make_strategy, replay
+from hpcnas.records import Evaluation, Origin, Result, Task
+from hpcnas.rundir import read_jsonl
+
+
+class FakeStatus:
+    def __init__(self):
+        self.source = None
+
+    def Get_source(self):
+        return self.source
+
+
+def answer(task):
+    """What a worker reports for a task: oom when asked to, else a fitness from its id."""
+    if task.get("fault") == "oom":
+        return {"id": task["id"], "status": "oom", "error": "injected", "start": 1.0, "end": 2.0}
+    return {"id": task["id"], "status": "ok", "fitness": task["id"] / 100, "measured": {"params": 10.0 * task["id"]},
+            "start": 1.0, "end": 2.0}
+
+
+class FakeComm:
+    """Ranks 1..world-1 answer every task at the next probe; what rank 0 sends is recorded."""
+
+    def __init__(self, world):
+        self.world = world
+        self.sent = []  # (dest, tag, message)
+        self.ready = deque()  # (source, result)
+
+    def Get_size(self):
+        return self.world
+
+    def send(self, message, dest, tag):
+        self.sent.append((dest, tag, message))
+        if tag == TAG_TASK:
+            self.ready.append((dest, answer(message)))
+
+    def Iprobe(self, source, tag, status):
+        assert tag == TAG_RESULT
+        if self.ready:
+            status.source = self.ready[0][0]
+            return True
+        return False
+
+    def recv(self, source, tag):
+        got, result = self.ready.popleft()
+        assert got == source
+        return result
+
+
+class FakeSlot:
+    """Rank 0's own worker: answers at the next poll."""
+
+    def __init__(self):
+        self.task, self.submitted, self.closed = None, [], False
+
+    @property
+    def busy(self):
+        return self.task is not None
+
+    def submit(self, task):
+        self.task = task
+        self.submitted.append(task)
+
+    def poll(self):
+        task, self.task = self.task, None
+        return answer(task) if task is not None else None
+
+    def kill(self):
+        self.task = None
+
+    def close(self):
+        self.closed = True
+
+
+def dispatcher(tmp_path, world=3, *overrides):
+    cfg = load_config(None, ["evolve.strategy.name=random", "evolve.max_evaluations=7", *overrides])
+    comm, slot = FakeComm(world), FakeSlot()
+    log = SearchLog(tmp_path)
+    strategy = make_strategy(cfg, world)
+    replay(strategy, log)
+    return Dispatcher(comm, slot, cfg, tmp_path, log, strategy, status=FakeStatus(), any_source=-1), comm, slot
+
+
+def test_the_budget_is_dispatched_over_every_rank_and_every_result_recorded_once(tmp_path):
+    d, comm, slot = dispatcher(tmp_path)
+    assert d.run() is None
+    history = read_jsonl(tmp_path / "history.jsonl")
+    assert sorted(r["id"] for r in history) == list(range(7))
+    assert {r["rank"] for r in history} == {0, 1, 2}  # rank 0 trains too
+    assert all(r["objectives"] == {"miou": r["id"] / 100, "params": 10.0 * r["id"]} for r in history)
+    assert [dest for dest, tag, _ in comm.sent if tag == TAG_STOP] == [1, 2]  # every serving rank released
+    assert slot.closed and len(d.strategy.succeeded) == 7
+    seqs = sorted(r["seq"] for r in history + read_jsonl(tmp_path / "dispatch.jsonl"))
+    assert seqs == list(range(14))  # one sequence over both files: 7 asks, 7 tells
+
+
+def test_an_oom_is_retried_once_at_half_batch_on_the_same_rank(tmp_path):
+    d, comm, slot = dispatcher(tmp_path, 1, "evolve.faults.inject=['2:oom']", "train.batch_size=4")
+    d.run()
+    dispatched = [r for r in read_jsonl(tmp_path / "dispatch.jsonl") if r["id"] == 2]
+    assert [(r["origin"], r["batch_size"], r["retried"]) for r in dispatched] == [("strategy", 4, False), ("retry", 2, True)]
+    (record,) = [r for r in read_jsonl(tmp_path / "history.jsonl") if r["id"] == 2]
+    assert record["status"] == "oom" and record["batch_size"] == 2 and record["retried"]  # the fault stays: one retry only
+
+
+def test_resume_requeues_what_was_in_flight_and_replays_the_strategy(tmp_path):
+    d, comm, slot = dispatcher(tmp_path)
+    d.log.close()
+    log = SearchLog(tmp_path)  # a search killed after 3 dispatches and 1 result
+    strategy = d.strategy.__class__(d.strategy.space, seed=0)
+    tasks = []
+    for _ in range(3):
+        task = Task(log.new_id(), strategy.ask().genotype.to_dict(), 2)
+        log.log_dispatch(task)
+        tasks.append(task)
+    log.log_result(Evaluation.of(tasks[1], Result.from_dict(answer(tasks[1].to_dict())), rank=1))
+    log.close()
+    assert [t.id for t in SearchLog(tmp_path).in_flight()] == [0, 2]
+
+    d, comm, slot = dispatcher(tmp_path)
+    assert [t.id for t in d.requeue] == [0, 2]
+    d.run()
+    dispatched = read_jsonl(tmp_path / "dispatch.jsonl")
+    assert [(r["id"], r["origin"]) for r in dispatched[3:5]] == [(0, "requeue"), (2, "requeue")]
+    assert [r["id"] for r in dispatched[5:]] == [3, 4, 5, 6]  # fresh ids go on after the old ones
+    assert sorted(r["id"] for r in read_jsonl(tmp_path / "history.jsonl")) == list(range(7))
+    # replay asked the strategy exactly as the first run did: the next proposals are the ones a fresh one makes
+    fresh = d.strategy.__class__(d.strategy.space, seed=0)
+    assert [fresh.ask().genotype.to_dict() for _ in range(7)] == [r["genotype"] for r in dispatched if r["origin"] == "strategy"]
+
+
+def test_replay_warns_once_the_log_and_the_strategy_disagree(tmp_path, caplog):
+    log = SearchLog(tmp_path)
+    other = make_strategy(load_config(None, ["evolve.strategy.name=random", "seed=99"]), 1)
+    log.log_dispatch(Task(log.new_id(), other.ask().genotype.to_dict(), 2))
+    with caplog.at_level(logging.WARNING, logger="hpcnas"):
+        replay(make_strategy(load_config(None, ["evolve.strategy.name=random"]), 1), log)
+    assert "replay diverged at evaluation 0" in caplog.text
+    log.close()
+
+
+def test_search_log_reopens_where_it_stopped(tmp_path):
+    log = SearchLog(tmp_path)
+    task = Task(log.new_id(), {"g": 1}, 4, origin=Origin.STRATEGY)
+    log.log_dispatch(task)
+    log.log_dispatch(task.again(Origin.RETRY, batch_size=2))
+    log.close()
+    again = SearchLog(tmp_path)
+    assert (again.seq, again.next_id) == (2, 1)
+    assert [(t.origin, t.batch_size) for t in again.dispatched] == [(Origin.STRATEGY, 4), (Origin.RETRY, 2)]
+    assert [e.seq for e in again.events()] == [0]  # only a strategy's dispatch is an ask to replay
+    assert [t.batch_size for t in again.in_flight()] == [2]  # the last dispatch of an unfinished task
+    again.close()
+
+
+@pytest.mark.parametrize("raw", [
+    {"id": 3, "genotype": {}, "status": "ok", "fitness": 0.5, "params": 12, "flops": 99, "peak_memory_mb": 7.5},
+])
+def test_history_written_before_objectives_reads_into_objectives(raw):
+    e = Evaluation.from_dict(raw)
+    assert e.objectives == {"miou": 0.5, "params": 12.0, "flops": 99.0, "peak_memory": 7.5}
+    assert Evaluation.from_dict(e.to_dict()) == e
