@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -74,6 +75,14 @@ class DecodeConfig:
 
 
 @dataclass
+class CostConfig:
+    """An optional resource term in the architecture loss: weight * E_theta[cost] / E_uniform[cost] (FBNet)."""
+
+    kind: Optional[Literal["params", "latency"]] = None  # None: no term; latency: a per-op table timed on the device
+    weight: float = field(default=0.0, metadata=_range(0.0))
+
+
+@dataclass
 class SearchConfig:
     """Continuous search (DARTS / PC-DARTS / GAEA), paper section 5 defaults."""
 
@@ -97,6 +106,7 @@ class SearchConfig:
     sync_batchnorm: bool = True  # data parallel: BatchNorm statistics over all ranks (exact N x b == 1 x N*b), slower
     max_steps_per_epoch: Optional[int] = field(default=None, metadata=_range(1))
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
 
 
 @dataclass
@@ -347,6 +357,9 @@ def from_dict(cls: type, raw: Dict[str, Any], source: str, prefix: str = "") -> 
     return cls(**values)
 
 
+_EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
 def _coerce(value: Any, tp: Any, source: str, key: str) -> Any:
     """Check ``value`` against the annotation ``tp``; ints are accepted as floats."""
     origin = typing.get_origin(tp)
@@ -378,6 +391,8 @@ def _coerce(value: Any, tp: Any, source: str, key: str) -> Any:
         raise UserError("expected an integer", source=source, key=key)
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _EXPONENT.match(value.strip()):  # YAML 1.1 reads 1e-3 (no dot) as a string
             return float(value)
         raise UserError("expected a number", source=source, key=key)
     if tp is str:

@@ -29,6 +29,7 @@ from hpcnas.data.torch_dataset import SegmentationDataset, make_loader, split_in
 from hpcnas.errors import UserError
 from hpcnas.rundir import write_json
 from hpcnas.runtime import seed_everything
+from hpcnas.search.cost import ExpectedCost
 from hpcnas.search.decode import darts_plus_stops, decode_configured
 from hpcnas.search.gaea import arch_mode, make_arch_optimizer
 from hpcnas.space.genotype import Genotype
@@ -95,6 +96,10 @@ class SupernetSearch(EpochLoop):
         self.w_opt, self.sched = cosine_sgd(self.w_params, se.lr, se.momentum, se.weight_decay, se.epochs, se.lr_min,
                                             wrap=lambda opt: ctx.distributed_optimizer(opt, named))
         self.a_opt = make_arch_optimizer(se.arch_optimizer, self.model.arch_parameters(), se.arch_lr, se.arch_weight_decay)
+        self.cost = None  # FBNet's resource term, when search.cost asks for one
+        if se.cost.kind is not None and se.cost.weight > 0:
+            sample = torch.zeros(1, info.channels, info.tile_size, info.tile_size, device=device)
+            self.cost = ExpectedCost(self.model, se.cost.kind, sample)
         self.arch_lr = self.a_opt.param_groups[0]["lr"]
         self.aux_coefficient = 0.0
         self.kept_genotype = None  # DARTS+: the genotype of the last epoch before the skips piled up
@@ -158,7 +163,12 @@ class SupernetSearch(EpochLoop):
             for p in self.w_params:  # the architecture step computes no weight gradient
                 p.requires_grad_(False)
             a_loss = self.criterion(self.model(xa.to(self.device)), ya.to(self.device))
-            a_loss.backward()
+            if self.cost is not None:
+                cost = self.cost()
+                (a_loss + se.cost.weight * cost).backward()
+                sums["arch_cost"] = cost.item()
+            else:
+                a_loss.backward()
             for p in self.w_params:
                 p.requires_grad_(True)
             self.ctx.average_gradients_(self.model.arch_parameters())  # identical theta on every rank
@@ -173,7 +183,11 @@ class SupernetSearch(EpochLoop):
 
     def epoch_summary(self, epoch: int, sums: Dict[str, float], steps: int) -> Dict[str, Any]:
         arch_on = self.arch_active(epoch)
-        return {"train_loss": sums.get("train_loss", 0.0) / max(steps, 1), "arch_loss": sums["arch_loss"] / steps if arch_on and steps else None, "steps": steps, "arch_updates": arch_on}
+        summary = {"train_loss": sums.get("train_loss", 0.0) / max(steps, 1), "arch_loss": sums["arch_loss"] / steps if arch_on and steps else None, "steps": steps, "arch_updates": arch_on}
+        if self.cost is not None:
+            with torch.no_grad():
+                summary["expected_cost"] = round(float(self.cost()), 6)  # relative to uniform theta: 1 at the start
+        return summary
 
     def run(self) -> Genotype:
         """Train from ``start_epoch`` to the end, then decode and write the genotype."""

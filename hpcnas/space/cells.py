@@ -43,6 +43,7 @@ class GraphCell(nn.Module):
     """The DAG evaluation shared by both cell kinds."""
 
     kind: CellKind
+    role: Optional[str] = None  # the cell type whose architecture weights it uses (set by the network builder)
 
     def __init__(self, nodes: List[List[Edge]], out_channels: int):
         super().__init__()

@@ -48,6 +48,7 @@ class MixedOp(nn.Module):
         if sampling not in CHANNEL_SAMPLING:
             raise ValueError(f"unknown channel sampling {sampling!r} (known: {', '.join(CHANNEL_SAMPLING)})")
         self.channels, self.stride, self.partial, self.sampling = channels, stride, partial, sampling
+        self.op_names = tuple(op_names)
         self.generator = generator  # shared with the network, so it is checkpointed once
         self.aux_skip = 0.0  # DARTS-: set by the search loop each epoch
         width = channels // partial

@@ -110,7 +110,9 @@ class CellFactory:
             edges = search_edges(self.space, c, reduction, self.partial, self.generator, self.sampling)
         else:
             edges = discrete_edges(self.kind, self.genotype.cell(role), c, reduction)
-        return make_cell(self.kind, edges, in_channels, c, reduction, reduce_prev, affine=not self.search)
+        cell = make_cell(self.kind, edges, in_channels, c, reduction, reduce_prev, affine=not self.search)
+        cell.role = role  # which cell type's architecture weights it uses
+        return cell
 
 
 class UNet(nn.Module):
