@@ -10,13 +10,11 @@ import torch
 from hpcnas.errors import UserError
 from hpcnas.rundir import atomic_path
 
-LATEST = "latest.pt"
-BEST = "best.pt"
 
 
-def save_checkpoint(run_dir: Path, name: str, state: Dict[str, Any]) -> Path:
-    """Write ``checkpoints/<name>`` via a temporary file and a rename."""
-    path = Path(run_dir) / "checkpoints" / name
+def save_checkpoint(path: Path, state: Dict[str, Any]) -> Path:
+    """Write a checkpoint (``RunDir.latest`` or ``RunDir.best``) via a temporary file and a rename."""
+    path = Path(path)
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
     return path

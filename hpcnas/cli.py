@@ -20,6 +20,7 @@ from typing import Callable, List, Optional
 from hpcnas import __version__
 from hpcnas.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_RESUMABLE, Interrupted, UserError
 from hpcnas.signals import STOP, ignore_stop_signals
+from hpcnas.rundir import SUMMARY, RunDir
 
 log = logging.getLogger("hpcnas")
 
@@ -76,7 +77,7 @@ def cmd_evolve(args: argparse.Namespace) -> None:
 
     run_dir = evolve(args.config, args.set, out=args.out, resume=args.resume)
     if run_dir is not None:
-        print(f"evolve done: {run_dir / 'history.jsonl'}")
+        print(f"evolve done: {RunDir(run_dir).history}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -91,7 +92,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     result, target = evaluate(args.checkpoint, args.data, args.split, args.out, args.device)
     curve = result["objects"]
-    print(f"{args.split}: mIoU {result['miou']:.4f} over {result['images']} full images -> {target / 'evaluation.json'}")
+    print(f"{args.split}: mIoU {result['miou']:.4f} over {result['images']} full images -> {RunDir(target).evaluation}")
     print("IoU threshold  " + " ".join(f"{t:5.1f}" for t in curve["thresholds"]))
     print("precision      " + " ".join(f"{v:5.2f}" for v in curve["precision"]))
     print("recall         " + " ".join(f"{v:5.2f}" for v in curve["recall"]))
@@ -145,7 +146,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     from hpcnas.pipeline import report
 
     out = report(args.runs, args.out)
-    print(f"report: {out / 'summary.md'}")
+    print(f"report: {out / SUMMARY}")
 
 
 # --------------------------------------------------------------------------
@@ -347,7 +348,7 @@ def _write_crash_log(out: Optional[str], text: str) -> Optional[Path]:
     """Append the traceback to the run directory's error.log, or to a per-process file in the temp
     folder; never raises (a crash handler that fails would hide the first failure)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    candidates = [Path(out) / "error.log"] if out and Path(out).is_dir() else []
+    candidates = [RunDir(out).error_log] if out and Path(out).is_dir() else []
     candidates.append(Path(tempfile.gettempdir()) / f"hpcnas-error-{stamp}-{os.getpid()}.log")
     for path in candidates:
         try:

@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 
 from hpcnas.config import Config, dump_config, load_config
 from hpcnas.errors import Interrupted, UserError
-from hpcnas.rundir import holds_run_dirs, lock_run_dir, make_run_dir
+from hpcnas.rundir import SUMMARY, RunDir, holds_run_dirs, lock_run_dir, make_run_dir
 from hpcnas.signals import stoppable
 
 log = logging.getLogger("hpcnas")
@@ -26,9 +26,9 @@ def resolve_config(config_path: Optional[str], overrides: Sequence[str], resume:
     """The configuration of a new run, or of the run being resumed (its own config.yaml)."""
     if resume:
         run_dir = Path(resume)
-        if not (run_dir / "config.yaml").is_file():
+        if not RunDir(run_dir).config.is_file():
             raise UserError("not a run directory (no config.yaml)", source=str(resume))
-        return load_config(config_path or str(run_dir / "config.yaml"), overrides)
+        return load_config(config_path or str(RunDir(run_dir).config), overrides)
     if config_path is None:
         raise UserError("--config is required (or --resume DIR)")
     return load_config(config_path, overrides)
@@ -39,7 +39,7 @@ def start_or_resume(out: Optional[str]) -> tuple:
     already holds one (a requeued job), continue it: ``--out DIR --resume-existing``."""
     if not out:
         raise UserError("--resume-existing needs --out DIR (and no --resume)")
-    if (Path(out) / "config.yaml").exists():
+    if RunDir(out).config.exists():
         return None, out
     return out, None
 
@@ -50,15 +50,15 @@ def open_run(command: str, cfg: Config, out: Optional[str], resume: Optional[str
     ``write_config=False`` leaves config.yaml to the caller, for a resume that must check its
     input first: a refused resume must not rewrite the run's config.
     """
-    if not resume and out and (Path(out) / "config.yaml").exists():
+    if not resume and out and RunDir(out).config.exists():
         raise UserError(f"already holds a run: continue it with --resume {out}, or choose another --out", source=str(out))
     run_dir = Path(resume) if resume else make_run_dir(out, command)
     lock_run_dir(run_dir)
-    if not resume and (run_dir / "config.yaml").exists():  # another start got here first
+    if not resume and RunDir(run_dir).config.exists():  # another start got here first
         raise UserError(f"already holds a run: continue it with --resume {out}, or choose another --out", source=str(out))
     if write_config:
-        dump_config(cfg, run_dir / "config.yaml")
-    _log_to(run_dir / "log.txt")
+        dump_config(cfg, RunDir(run_dir).config)
+    _log_to(RunDir(run_dir).log)
     return run_dir
 
 
@@ -85,7 +85,7 @@ def same_data(run_dir: Path, info, data_path: str) -> None:
     mark = {"path": str(Path(data_path).resolve()), "bytes": Path(data_path).stat().st_size, "splits": info.split_sizes,
             "tile": info.tile_size, "classes": info.class_names,
             "class_weights": [round(float(w), 6) for w in info.class_weights]}
-    path = run_dir / "data.json"
+    path = RunDir(run_dir).data_fingerprint
     if not path.exists():
         write_json(path, mark)
         return
@@ -103,14 +103,13 @@ def checkpoint_to_resume(run_dir: Path) -> Optional[Path]:
     would cut its metrics.jsonl (best.pt lacks the optimizer and RNG state to go on from).
     """
     from hpcnas.rundir import read_jsonl
-    from hpcnas.checkpoint import LATEST
 
-    latest = run_dir / "checkpoints" / LATEST
+    latest = RunDir(run_dir).latest
     if latest.exists():
         return latest
-    logged = len(read_jsonl(run_dir / "metrics.jsonl"))
+    logged = len(read_jsonl(RunDir(run_dir).metrics))
     if logged:
-        raise UserError(f"checkpoints/{LATEST} is missing but {logged} epoch(s) are logged: nothing to resume from "
+        raise UserError(f"{latest.relative_to(run_dir)} is missing but {logged} epoch(s) are logged: nothing to resume from "
                         "(the history is left as it is); start a new run", source=str(run_dir))
     return None
 
@@ -121,7 +120,7 @@ def resolve_data(cfg: Config, run_dir: Path) -> str:
 
     if cfg.data.path:
         return cfg.data.path
-    path = run_dir / "data.h5"
+    path = RunDir(run_dir).data
     if not path.exists():
         s = cfg.data.synth
         counts = synthesize(path, n=s.n, size=s.size, seed=s.seed, val_fraction=s.val_fraction, test_fraction=s.test_fraction)
@@ -164,7 +163,7 @@ def search(config_path: Optional[str], overrides: Sequence[str] = (), out: Optio
     if problem is not None:
         raise problem
     if resume and ctx.is_root:
-        dump_config(cfg, run_dir / "config.yaml")
+        dump_config(cfg, RunDir(run_dir).config)
     runner = SupernetSearch(cfg, run_dir, data_path, info, dev, ctx)
     latest = checkpoint_to_resume(run_dir) if resume else None
     if latest is not None:
@@ -218,10 +217,10 @@ def train(config_path: Optional[str], overrides: Sequence[str] = (), genotype: O
     info = read_info(data_path)
     same_data(run_dir, info, data_path)
     if resume:
-        dump_config(cfg, run_dir / "config.yaml")
-        if not (run_dir / "model.json").exists():
+        dump_config(cfg, RunDir(run_dir).config)
+        if not RunDir(run_dir).model.exists():
             raise UserError("no model.json: not a training run directory", source=str(run_dir))
-        spec = json.loads((run_dir / "model.json").read_text())
+        spec = json.loads(RunDir(run_dir).model.read_text())
         if "params" not in spec:  # a run started before sizes were recorded
             from hpcnas.train.complexity import complexity
             from hpcnas.train.trainer import build_model
@@ -229,9 +228,9 @@ def train(config_path: Optional[str], overrides: Sequence[str] = (), genotype: O
             spec.update(complexity(lambda: build_model(spec), info.channels, info.tile_size))
     else:
         spec = model_spec(cfg, info, geno, source=genotype or "<random>")
-        write_json(run_dir / "model.json", spec)
+        write_json(RunDir(run_dir).model, spec)
         if geno is not None:
-            geno.save(run_dir / "genotype.json")
+            geno.save(RunDir(run_dir).genotype)
     trainer = Trainer(cfg, run_dir, data_path, info, dev, spec)
     latest = checkpoint_to_resume(run_dir) if resume else None
     if latest is not None:
@@ -243,10 +242,9 @@ def train(config_path: Optional[str], overrides: Sequence[str] = (), genotype: O
              f"{spec['params']:,}", spec["flops"] / 1e9, info.tile_size, dev, cfg.train.epochs, run_dir)
     best = trainer.run()
     if evaluate_split:
-        from hpcnas.checkpoint import BEST
         from hpcnas.train.evaluate import evaluate as run_evaluation
 
-        run_evaluation(str(run_dir / "checkpoints" / BEST), data_path, evaluate_split, run_dir, dev)
+        run_evaluation(str(RunDir(run_dir).best), data_path, evaluate_split, run_dir, dev)
     return best, run_dir
 
 
@@ -256,11 +254,11 @@ def evaluate(checkpoint: str, data: Optional[str] = None, split: str = "test", o
     from hpcnas.train.evaluate import evaluate as run_evaluation
 
     ckpt = Path(checkpoint)
-    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    run_dir = ckpt.parent.parent if RunDir(ckpt.parent.parent).checkpoints == ckpt.parent else ckpt.parent
     if data is None:
-        cfg_file = run_dir / "config.yaml"
+        cfg_file = RunDir(run_dir).config
         data = load_config(str(cfg_file)).data.path if cfg_file.exists() else None
-        data = data or str(run_dir / "data.h5")
+        data = data or str(RunDir(run_dir).data)
     target = Path(out) if out else run_dir
     return run_evaluation(str(ckpt), data, split, target, select_device(device or "auto")), target
 
@@ -272,7 +270,7 @@ def report(run_dirs: Sequence[str], out: Optional[str] = None) -> Path:
     for d in run_dirs:
         if not Path(d).is_dir():
             raise UserError("no such run directory", source=str(d))
-        if not any((Path(d) / name).exists() for name in ("metrics.jsonl", "evaluation.json", "history.jsonl", "genotype.json")):
+        if not RunDir(d).holds_a_run():
             raise UserError("holds no run (no metrics.jsonl, evaluation.json, history.jsonl or genotype.json)", source=str(d))
     return build_report([Path(d) for d in run_dirs], Path(out) if out else None)
 
@@ -298,7 +296,7 @@ def pareto(run_dir: str, export: Optional[str] = None) -> "tuple[Any, Optional[P
         raise UserError("already exists and is not an empty folder: give a new one", source=str(target))
     front = search.front
     for e in front:
-        Genotype.from_dict(e.genotype).save(target / f"eval-{e.id:05d}" / "genotype.json")
+        Genotype.from_dict(e.genotype).save(RunDir(target / f"eval-{e.id:05d}").genotype)
     write_json(target / "front.json", {"run": str(search.run_dir), "objectives": [str(o) for o in search.objectives],
                                        "front": [e.to_dict() for e in front]})
     return search, target
@@ -362,7 +360,7 @@ def smoke(out: Optional[str] = None, config_path: Optional[str] = None, override
     config = config_path or str(SMOKE_CONFIG)
     cfg = load_config(config, overrides)  # a bad --set stops here, before anything is written
     root = make_run_dir(out, "smoke")
-    data = root / "data.h5"
+    data = RunDir(root).data
     if not data.exists():
         from hpcnas.data.synth import synthesize
 
@@ -371,12 +369,12 @@ def smoke(out: Optional[str] = None, config_path: Optional[str] = None, override
     with_data = list(overrides) + [f"data.path={data}"]
     genotype, search_dir = search(config, with_data, out=str(root / "search"))
     print(f"[smoke] search: {genotype.describe()} ({time.time() - t0:.0f}s)")
-    _, train_dir = train(config, with_data, genotype=str(search_dir / "genotype.json"), out=str(root / "train"), evaluate_split="test")
-    result = json.loads((train_dir / "evaluation.json").read_text())
+    _, train_dir = train(config, with_data, genotype=str(RunDir(search_dir).genotype), out=str(root / "train"), evaluate_split="test")
+    result = json.loads(RunDir(train_dir).evaluation.read_text())
     _, base_dir = train(config, with_data, baseline="resnet_unet", out=str(root / "baseline_resnet_unet"), evaluate_split="test")
     report_dir = report([str(train_dir), str(base_dir), str(search_dir)])
     curve = result["objects"]
     print(f"[smoke] done in {time.time() - t0:.0f}s: {root}")
     print(f"[smoke] test mIoU {result['miou']:.4f}, object recall@0.5 {curve['recall'][4]:.3f}, precision@0.5 {curve['precision'][4]:.3f}")
-    print(f"[smoke] report: {report_dir / 'summary.md'}")
+    print(f"[smoke] report: {report_dir / SUMMARY}")
     return root

@@ -17,8 +17,51 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Union
 
 PathLike = Union[str, Path]
-HISTORY = "history.jsonl"  # discrete search: one finished evaluation per line
-DISPATCH = "dispatch.jsonl"  # discrete search: one dispatched task per line
+SUMMARY = "summary.md"  # in a report folder
+
+
+class RunDir:
+    """A run directory's files by name: the one place that spells them.
+
+    Every command writes into one folder; which files it holds says what ran
+    there (a search, a training, a discrete search, an evaluation).
+    """
+
+    def __init__(self, path: PathLike):
+        self.path = Path(path)
+
+    def _at(self, name: str) -> Path:
+        return self.path / name
+
+    config = property(lambda self: self._at("config.yaml"), doc="the resolved configuration (every command)")
+    log = property(lambda self: self._at("log.txt"), doc="the run's log (rank 0)")
+    error_log = property(lambda self: self._at("error.log"), doc="tracebacks of unexpected failures")
+    data = property(lambda self: self._at("data.h5"), doc="the synthetic data set, when config data.path is empty")
+    data_fingerprint = property(lambda self: self._at("data.json"), doc="which data the run started on")
+    metrics = property(lambda self: self._at("metrics.jsonl"), doc="one line per epoch (search, train)")
+    genotype = property(lambda self: self._at("genotype.json"), doc="the decoded, best or trained architecture")
+    arch = property(lambda self: self._at("arch.json"), doc="continuous search: the final architecture weights")
+    model = property(lambda self: self._at("model.json"), doc="train: how to rebuild the network")
+    evaluation = property(lambda self: self._at("evaluation.json"), doc="full-image metrics of a trained network")
+    predictions = property(lambda self: self._at("predictions.npz"), doc="a few predicted examples, for the report")
+    history = property(lambda self: self._at("history.jsonl"), doc="discrete search: one finished evaluation per line")
+    dispatch = property(lambda self: self._at("dispatch.jsonl"), doc="discrete search: one dispatched task per line")
+    checkpoints = property(lambda self: self._at("checkpoints"), doc="the folder of resumable states")
+    latest = property(lambda self: self._at("checkpoints/latest.pt"), doc="the state to resume from")
+    best = property(lambda self: self._at("checkpoints/best.pt"), doc="the weights of the best validation epoch")
+    report = property(lambda self: self._at("report"), doc="hpcnas report's default output folder")
+
+    def eval_dir(self, evaluation: int) -> Path:
+        """Discrete search: the run folder of one evaluation's proxy training."""
+        return self.path / "evals" / f"{evaluation:05d}"
+
+    def worker_log(self, rank: int) -> Path:
+        """Discrete search: what the worker children of one MPI rank print."""
+        return self.path / "workers" / f"rank-{rank:03d}.log"
+
+    def holds_a_run(self) -> bool:
+        """Whether any command has left its results here."""
+        return any(p.exists() for p in (self.metrics, self.evaluation, self.history, self.genotype))
 
 
 def make_run_dir(out: Optional[PathLike], command: str, base: PathLike = "runs") -> Path:

@@ -14,21 +14,21 @@ from typing import Dict, List, Optional, Union
 
 from hpcnas.records import Evaluation, Origin, Task
 from hpcnas.strategies.objectives import Objective, parse_objectives, pareto_front
-from hpcnas.rundir import DISPATCH, HISTORY, JsonlWriter, read_jsonl
+from hpcnas.rundir import JsonlWriter, RunDir, read_jsonl
 
 
 class SearchLog:
     """Appends dispatches and results with a shared sequence number."""
 
     def __init__(self, run_dir: Path):
-        self.run_dir = Path(run_dir)
-        self.dispatched: List[Task] = [Task.from_dict(r) for r in read_jsonl(self.run_dir / DISPATCH)]
-        self.finished: List[Evaluation] = [Evaluation.from_dict(r) for r in read_jsonl(self.run_dir / HISTORY)]
+        files = RunDir(run_dir)
+        self.dispatched: List[Task] = [Task.from_dict(r) for r in read_jsonl(files.dispatch)]
+        self.finished: List[Evaluation] = [Evaluation.from_dict(r) for r in read_jsonl(files.history)]
         seqs = [r.seq for r in self.dispatched + self.finished if r.seq is not None]  # type: ignore[operator]
         self.seq = max(seqs, default=-1) + 1
         self.next_id = max([t.id for t in self.dispatched], default=-1) + 1
-        self._dispatch = JsonlWriter(self.run_dir / DISPATCH)
-        self._history = JsonlWriter(self.run_dir / HISTORY)
+        self._dispatch = JsonlWriter(files.dispatch)
+        self._history = JsonlWriter(files.history)
 
     def events(self) -> List[Union[Task, Evaluation]]:
         """Every logged ask (a strategy's task) and tell (an evaluation), in their original order."""
@@ -86,9 +86,9 @@ def read_search(run_dir: Path) -> Optional[FinishedSearch]:
     from hpcnas.config import load_config
 
     run_dir = Path(run_dir)
-    raw = read_jsonl(run_dir / HISTORY)
+    raw = read_jsonl(RunDir(run_dir).history)
     if not raw:
         return None
-    config = run_dir / "config.yaml"
+    config = RunDir(run_dir).config
     names = load_config(str(config)).evolve.objectives if config.exists() else ["miou"]
     return FinishedSearch(run_dir, parse_objectives(names), [Evaluation.from_dict(r) for r in raw])

@@ -24,6 +24,7 @@ from hpcnas.errors import UserError
 from hpcnas.execution.history import SearchLog
 from hpcnas.execution.slot import WorkerSlot
 from hpcnas.execution.worker import evaluator_class
+from hpcnas.rundir import RunDir
 from hpcnas.records import Evaluation, Origin, Result, Status, Task, WorkerSetup
 from hpcnas.signals import STOP, ignore_stop_signals
 from hpcnas.space.genotype import Genotype
@@ -239,7 +240,7 @@ def worker_setup(cfg: Config, run_dir: Path, data: str, local_rank: int, local_s
     ev = cfg.evolve
     threads = ev.executor.threads_per_rank or max(1, (os.cpu_count() or 1) // max(local_size, 1))
     e = ev.evaluator
-    return WorkerSetup(str(run_dir / "config.yaml"), data, str(run_dir), local_rank, threads, e.name, e.proxy_epochs,
+    return WorkerSetup(str(RunDir(run_dir).config), data, str(run_dir), local_rank, threads, e.name, e.proxy_epochs,
                        e.keep_checkpoints, e.latency_runs, e.sleep_median, e.sleep_sigma)
 
 
@@ -253,7 +254,7 @@ def run_orchestrator(comm, cfg: Config, run_dir: Path, data: str) -> Optional[st
     rank = comm.Get_rank()
     local = comm.Split_type(MPI.COMM_TYPE_SHARED)
     setup = worker_setup(cfg, run_dir, data, local.Get_rank(), local.Get_size())
-    slot = WorkerSlot(setup.to_dict(), run_dir / "workers" / f"rank-{rank:03d}.log", cfg.evolve.executor.task_timeout)
+    slot = WorkerSlot(setup.to_dict(), RunDir(run_dir).worker_log(rank), cfg.evolve.executor.task_timeout)
     slot.prestart()
     if rank != 0:
         serve(comm, slot)
@@ -274,8 +275,8 @@ def run_orchestrator(comm, cfg: Config, run_dir: Path, data: str) -> Optional[st
     interrupted = dispatcher.run()
     best = strategy.best()
     if best is not None:
-        Genotype.from_dict(best.genotype).save(run_dir / "genotype.json")
-        log.info("best: evaluation %d, fitness %.4f -> %s", best.id, best.fitness, run_dir / "genotype.json")
+        Genotype.from_dict(best.genotype).save(RunDir(run_dir).genotype)
+        log.info("best: evaluation %d, fitness %.4f -> %s", best.id, best.fitness, RunDir(run_dir).genotype)
     if len(strategy.objectives) > 1:
         front = strategy.front()
         log.info("Pareto front of %s: %d evaluation(s) (hpcnas pareto %s)", ", ".join(map(str, strategy.objectives)),

@@ -22,11 +22,11 @@ import sys
 import threading
 import time
 import traceback
-from pathlib import Path
 from typing import Any, Dict, Type
 
 from hpcnas.errors import UserError, nearest
 from hpcnas.records import Result, Status, Task, WorkerSetup
+from hpcnas.rundir import RunDir
 
 OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory", "outofmemory")
 
@@ -137,13 +137,13 @@ class TrainEvaluator(Evaluator):
                                          f"train.batch_size={task.batch_size}"])
         info = read_info(setup.data)
         spec = model_spec(cfg, info, Genotype.from_dict(task.genotype))
-        eval_dir = Path(setup.run_dir) / "evals" / f"{task.id:05d}"
+        eval_dir = RunDir(setup.run_dir).eval_dir(task.id)
         shutil.rmtree(eval_dir, ignore_errors=True)  # a re-queued task starts clean
         trainer = Trainer(cfg, eval_dir, setup.data, info, device, spec)
         reset_peak_memory(device)
         best = trainer.run()
         if not setup.keep_checkpoints:
-            shutil.rmtree(eval_dir / "checkpoints", ignore_errors=True)
+            shutil.rmtree(RunDir(eval_dir).checkpoints, ignore_errors=True)
         measured = {
             "params": float(sum(p.numel() for p in trainer.model.parameters())),
             "flops": float(count_flops(trainer.model, info.channels, info.tile_size, device)),

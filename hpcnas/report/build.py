@@ -11,7 +11,7 @@ import numpy as np
 from hpcnas.execution.history import read_search
 from hpcnas.report import graphs, plots
 from hpcnas.strategies.objectives import hypervolume_over_time
-from hpcnas.rundir import atomic_write_text, read_jsonl
+from hpcnas.rundir import SUMMARY, RunDir, atomic_write_text, read_jsonl
 from hpcnas.space.genotype import TOPOLOGIES, Genotype
 
 
@@ -37,12 +37,12 @@ def _label(run: Path, taken: set) -> str:
 
 def build_report(runs: Sequence[Path], out: Optional[Path] = None) -> Path:
     """Draw every figure the runs' files allow into ``out`` (default ``runs[0]/report``)."""
-    out = Path(out) if out else runs[0] / "report"
+    out = Path(out) if out else RunDir(runs[0]).report
     out.mkdir(parents=True, exist_ok=True)
     taken: set = set()
     labels = {run: _label(run, taken) for run in runs}
-    metrics = {labels[r]: read_jsonl(r / "metrics.jsonl") for r in runs if read_jsonl(r / "metrics.jsonl")}
-    evaluations = {labels[r]: json.loads((r / "evaluation.json").read_text()) for r in runs if (r / "evaluation.json").exists()}
+    metrics = {labels[r]: read_jsonl(RunDir(r).metrics) for r in runs if read_jsonl(RunDir(r).metrics)}
+    evaluations = {labels[r]: json.loads(RunDir(r).evaluation.read_text()) for r in runs if RunDir(r).evaluation.exists()}
     figures: List[str] = []
     notes: List[str] = []
 
@@ -55,8 +55,8 @@ def build_report(runs: Sequence[Path], out: Optional[Path] = None) -> Path:
     if evaluations:
         figures.append(plots.precision_recall(evaluations, out / "precision_recall.png").name)
     for run in runs:
-        if (run / "predictions.npz").exists():
-            figures.append(plots.prediction_examples(_examples(run / "predictions.npz"), out / f"predictions_{labels[run].replace('/', '_')}.png").name)
+        if RunDir(run).predictions.exists():
+            figures.append(plots.prediction_examples(_examples(RunDir(run).predictions), out / f"predictions_{labels[run].replace('/', '_')}.png").name)
             break
     searches = {labels[r]: s for r in runs if (s := read_search(r)) is not None}
     for label, search in searches.items():
@@ -70,7 +70,7 @@ def build_report(runs: Sequence[Path], out: Optional[Path] = None) -> Path:
             times, volumes = hypervolume_over_time(search.objectives, search.evaluations)
             figures.append(plots.hypervolume_curve(times, volumes, search.objectives, out / f"hypervolume_{stem}.png").name)
 
-    genotypes = {labels[r]: Genotype.load(str(r / "genotype.json")) for r in runs if (r / "genotype.json").exists()}
+    genotypes = {labels[r]: Genotype.load(str(RunDir(r).genotype)) for r in runs if RunDir(r).genotype.exists()}
     drawn = set()
     for label, g in genotypes.items():
         if not graphs.have_dot():
@@ -97,7 +97,7 @@ def build_report(runs: Sequence[Path], out: Optional[Path] = None) -> Path:
         recs = metrics.get(label, [])
         vals = [r["val_miou"] for r in recs if r.get("val_miou") is not None]
         ev = evaluations.get(label)
-        model = json.loads((run / "model.json").read_text()) if (run / "model.json").exists() else {}
+        model = json.loads(RunDir(run).model.read_text()) if RunDir(run).model.exists() else {}
         per_class = ", ".join(f"{k[4:]} {v:.3f}" for k, v in ev.items() if k.startswith("iou_") and v is not None) if ev else ""
         cells = [
             label, str(len(recs)), f"{max(vals):.4f}" if vals else "-",
@@ -124,5 +124,5 @@ def build_report(runs: Sequence[Path], out: Optional[Path] = None) -> Path:
     lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figures]
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
-    atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
+    atomic_write_text(out / SUMMARY, "\n".join(lines) + "\n")
     return out

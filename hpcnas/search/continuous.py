@@ -27,7 +27,7 @@ from hpcnas.config import Config
 from hpcnas.data.hdf5 import DatasetInfo
 from hpcnas.data.torch_dataset import SegmentationDataset, make_loader, split_indices, validation_loader
 from hpcnas.errors import UserError
-from hpcnas.rundir import write_json
+from hpcnas.rundir import RunDir, write_json
 from hpcnas.runtime import seed_everything
 from hpcnas.search.cost import ExpectedCost
 from hpcnas.search.decode import darts_plus_stops, decode_configured
@@ -195,9 +195,9 @@ class SupernetSearch(EpochLoop):
         genotype = self.kept_genotype if self.stopped_early and self.kept_genotype is not None else decode(self.cfg, self.model)
         if not self.ctx.is_root:
             return genotype
-        genotype.save(self.run_dir / "genotype.json")
+        genotype.save(RunDir(self.run_dir).genotype)
         snap = self.model.arch.snapshot()
-        write_json(self.run_dir / "arch.json", {
+        write_json(RunDir(self.run_dir).arch, {
             "ops": {r: w.tolist() for r, w in snap["ops"].items()},
             "edges": {r: [e.tolist() for e in es] for r, es in snap["edges"].items()} if snap["edges"] else None,
             "betas": {f"{i},{j}": b.tolist() for (i, j), b in snap["betas"].items()},

@@ -17,7 +17,7 @@ import torch
 
 from hpcnas.data.hdf5 import IGNORE_INDEX, PatchReader, read_info
 from hpcnas.errors import UserError
-from hpcnas.rundir import write_json
+from hpcnas.rundir import RunDir, write_json
 from hpcnas.train.metrics import ObjectCounter, confusion, summarize
 
 log = logging.getLogger("hpcnas")
@@ -124,8 +124,8 @@ def evaluate(checkpoint: str, data: str, split: str = "test", out: Optional[Path
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "evaluation.json", result)
-        np.savez_compressed(out / "predictions.npz", **{f"{k}_{i}": v for i, ex in enumerate(shown) for k, v in ex.items() if k != "name"}, names=np.array([ex["name"] for ex in shown]))
+        write_json(RunDir(out).evaluation, result)
+        np.savez_compressed(RunDir(out).predictions, **{f"{k}_{i}": v for i, ex in enumerate(shown) for k, v in ex.items() if k != "name"}, names=np.array([ex["name"] for ex in shown]))
     curve = result["objects"]
     log.info("%s: mIoU %.4f, object recall@0.5 %.3f, precision@0.5 %.3f", split, result["miou"], curve["recall"][4], curve["precision"][4])
     return result

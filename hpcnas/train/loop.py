@@ -14,9 +14,9 @@ from torch import nn
 from hpcnas.data.hdf5 import IGNORE_INDEX
 from hpcnas.distributed import SingleProcess
 from hpcnas.errors import Interrupted, UserError
-from hpcnas.rundir import JsonlWriter, truncate_jsonl
+from hpcnas.rundir import JsonlWriter, RunDir, truncate_jsonl
 from hpcnas.runtime import peak_memory_mb, progress, reset_peak_memory, restore_rng_state, rng_state
-from hpcnas.checkpoint import BEST, LATEST, load_checkpoint, save_checkpoint
+from hpcnas.checkpoint import load_checkpoint, save_checkpoint
 from hpcnas.signals import STOP
 from hpcnas.train.metrics import confusion, summarize
 
@@ -203,7 +203,7 @@ class EpochLoop:
                 self.check_replicas()
             if step + 1 < steps and self.ctx.any(self.stop.requested):
                 if self.ctx.is_root:
-                    save_checkpoint(self.run_dir, LATEST, self.state(epoch, step + 1, sums))
+                    save_checkpoint(RunDir(self.run_dir).latest, self.state(epoch, step + 1, sums))
                 raise Interrupted(self.run_dir, self.stop.signal or "another rank's signal", f"in epoch {epoch} after step {step + 1}/{steps}")
         return self.epoch_summary(epoch, sums, steps)
 
@@ -218,7 +218,7 @@ class EpochLoop:
     def run_epochs(self) -> None:
         """Run from ``start_epoch`` to ``epochs``; metrics.jsonl and checkpoints as it goes."""
         root = self.ctx.is_root  # only rank 0 writes metrics, checkpoints and logs
-        metrics_path = self.run_dir / "metrics.jsonl"
+        metrics_path = RunDir(self.run_dir).metrics
         if root:
             truncate_jsonl(metrics_path, self.start_epoch)
         metrics = JsonlWriter(metrics_path) if root else None
@@ -257,8 +257,8 @@ class EpochLoop:
         if metrics is None:
             return
         metrics.write(record)
-        save_checkpoint(self.run_dir, LATEST, self.state(epoch))
+        save_checkpoint(RunDir(self.run_dir).latest, self.state(epoch))
         if improved:
-            save_checkpoint(self.run_dir, BEST, {"epoch": epoch, "model": self.model.state_dict(), "val_miou": self.best_miou, **self.best_state()})
+            save_checkpoint(RunDir(self.run_dir).best, {"epoch": epoch, "model": self.model.state_dict(), "val_miou": self.best_miou, **self.best_state()})
         val = f"{record['val_miou']:.4f}" if "val_miou" in record else "n/a"
         log.info("epoch %d/%d  loss %.4f  val mIoU %s%s  %.1fs", epoch + 1, self.epochs, record["train_loss"], val, " *" if improved else "", record["time_s"])

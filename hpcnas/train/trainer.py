@@ -29,6 +29,7 @@ from hpcnas.space.searchspace import SearchSpace
 from hpcnas.train.baselines import ResNetUNet
 from hpcnas.train.complexity import complexity, width_for_parameters
 from hpcnas.train.loop import EpochLoop, WeightedCrossEntropy, cosine_sgd
+from hpcnas.rundir import RunDir
 
 
 def model_spec(cfg: Config, info: DatasetInfo, genotype: Optional[Genotype], source: str = "<genotype>") -> Dict[str, Any]:
@@ -117,9 +118,9 @@ class Trainer(EpochLoop):
 
     def run(self) -> float:
         """Train to the end; returns the best validation mIoU (or -1 without a validation split)."""
-        from hpcnas.checkpoint import BEST, save_checkpoint
+        from hpcnas.checkpoint import save_checkpoint
 
         self.run_epochs()
-        if not (self.run_dir / "checkpoints" / BEST).exists():  # no validation split: the last epoch stands in
-            save_checkpoint(self.run_dir, BEST, {"epoch": self.epochs - 1, "model": self.model.state_dict(), "val_miou": None, "spec": self.spec})
+        if not RunDir(self.run_dir).best.exists():  # no validation split: the last epoch stands in
+            save_checkpoint(RunDir(self.run_dir).best, {"epoch": self.epochs - 1, "model": self.model.state_dict(), "val_miou": None, "spec": self.spec})
         return self.best_miou

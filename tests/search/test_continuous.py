@@ -124,7 +124,7 @@ def test_usr2_exits_75_and_resume_existing_finishes(tmp_path):
     os.kill(proc.pid, signal.SIGUSR2)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 75, err
-    assert f"stopped by SIGUSR2" in err and f"continue with --resume {run}" in err
+    assert "stopped by SIGUSR2" in err and f"continue with --resume {run}" in err
     assert not (run / "genotype.json").exists()
     done = run_cli(*again)
     assert done.returncode == 0, done.stderr
