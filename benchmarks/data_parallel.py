@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from _emit import emit  # noqa: E402 - benchmarks/_emit.py, beside this script
+
 from hpcnas.rundir import read_jsonl  # noqa: E402
 
 
@@ -30,12 +31,31 @@ def run_one(ranks: int, args, workdir: Path) -> dict:
     """One search; images per second from its metrics."""
     out = workdir / f"r{ranks}"
     sets = [
-        f"data.synth.n={args.patches}", f"data.synth.size={args.size}", "data.synth.val_fraction=0.1", "data.synth.test_fraction=0.0",
-        f"search.batch_size={args.batch}", f"search.epochs={args.epochs}", "search.arch_start_epoch=0", f"search.max_steps_per_epoch={args.steps}",
-        f"device={args.device}", f"space.channels={args.channels}", "space.depth=3", "space.nodes=4", "search.partial_channels=4",
+        f"data.synth.n={args.patches}",
+        f"data.synth.size={args.size}",
+        "data.synth.val_fraction=0.1",
+        "data.synth.test_fraction=0.0",
+        f"search.batch_size={args.batch}",
+        f"search.epochs={args.epochs}",
+        "search.arch_start_epoch=0",
+        f"search.max_steps_per_epoch={args.steps}",
+        f"device={args.device}",
+        f"space.channels={args.channels}",
+        "space.depth=3",
+        "space.nodes=4",
+        "search.partial_channels=4",
         f"search.sync_batchnorm={args.sync_batchnorm}",
     ]
-    cmd = [sys.executable, "-m", "hpcnas.cli", "search", "--config", str(ROOT / "configs/smoke.yaml"), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "hpcnas.cli",
+        "search",
+        "--config",
+        str(ROOT / "configs/smoke.yaml"),
+        "--out",
+        str(out),
+    ]
     for s in sets:
         cmd += ["--set", s]
     if ranks > 1:
@@ -48,7 +68,16 @@ def run_one(ranks: int, args, workdir: Path) -> dict:
     steps = sum(r["steps"] for r in records)
     seconds = sum(r["train_s"] for r in records)
     images = steps * args.batch * ranks * 2
-    return {"ranks": ranks, "device": args.device, "sync_batchnorm": args.sync_batchnorm == "true", "batch_per_rank": args.batch, "input": args.size, "steps": steps, "train_s": seconds, "images_per_s": images / seconds}
+    return {
+        "ranks": ranks,
+        "device": args.device,
+        "sync_batchnorm": args.sync_batchnorm == "true",
+        "batch_per_rank": args.batch,
+        "input": args.size,
+        "steps": steps,
+        "train_s": seconds,
+        "images_per_s": images / seconds,
+    }
 
 
 def main(argv=None) -> int:
@@ -72,7 +101,9 @@ def main(argv=None) -> int:
         r["scaling_efficiency"] = r["images_per_s"] / (base * r["ranks"])
     print(f"{'ranks':>6}{'device':>8}{'batch/rank':>12}{'images/s':>10}{'efficiency':>12}")
     for r in rows:
-        print(f"{r['ranks']:>6}{r['device']:>8}{r['batch_per_rank']:>12}{r['images_per_s']:>10.2f}{r['scaling_efficiency']:>12.2f}")
+        print(
+            f"{r['ranks']:>6}{r['device']:>8}{r['batch_per_rank']:>12}{r['images_per_s']:>10.2f}{r['scaling_efficiency']:>12.2f}"
+        )
     emit({"benchmark": "data_parallel", "cpus": os.cpu_count(), "rows": rows}, args.json)
     return 0
 

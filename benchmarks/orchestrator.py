@@ -11,7 +11,8 @@ ranks can be oversubscribed.  From each history:
 
 Targets: asynchronous >= 98 % utilization, <= 5 ms overhead per task.
 
-    python benchmarks/orchestrator.py [--ranks 4,8,16] [--median 2.0] [--tasks-per-rank 4] [--json out.json] [--plot out.png]
+    python benchmarks/orchestrator.py [--ranks 4,8,16] [--median 2.0] [--tasks-per-rank 4]
+        [--json out.json] [--plot out.png]
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from _emit import emit  # noqa: E402 - benchmarks/_emit.py, beside this script
+
 from hpcnas.rundir import read_jsonl  # noqa: E402
 
 
@@ -52,12 +54,36 @@ def busy_curve(history, t0: float, points: int = 400):
 def run_one(world: int, mode: str, args, workdir: Path) -> dict:
     """One orchestrated search; its figures."""
     out = workdir / f"{mode}-{world}"
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_rmaps_base_oversubscribe="1")
+    env = dict(
+        os.environ,
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+        OMPI_MCA_rmaps_base_oversubscribe="1",
+    )
     sets = [
-        "evolve.evaluator.name=sleep", f"evolve.evaluator.sleep_median={args.median}", f"evolve.evaluator.sleep_sigma={args.sigma}", f"evolve.strategy.mode={mode}",
-        f"evolve.max_evaluations={world * args.tasks_per_rank}", "evolve.strategy.population=8", "evolve.strategy.sample_size=3", "data.synth.n=4",
+        "evolve.evaluator.name=sleep",
+        f"evolve.evaluator.sleep_median={args.median}",
+        f"evolve.evaluator.sleep_sigma={args.sigma}",
+        f"evolve.strategy.mode={mode}",
+        f"evolve.max_evaluations={world * args.tasks_per_rank}",
+        "evolve.strategy.population=8",
+        "evolve.strategy.sample_size=3",
+        "data.synth.n=4",
     ]
-    cmd = [args.mpirun, "-np", str(world), "--oversubscribe", sys.executable, "-m", "hpcnas.cli", "evolve", "--config", str(ROOT / "configs/smoke-evolve.yaml"), "--out", str(out)]
+    cmd = [
+        args.mpirun,
+        "-np",
+        str(world),
+        "--oversubscribe",
+        sys.executable,
+        "-m",
+        "hpcnas.cli",
+        "evolve",
+        "--config",
+        str(ROOT / "configs/smoke-evolve.yaml"),
+        "--out",
+        str(out),
+    ]
     for s in sets:
         cmd += ["--set", s]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -72,10 +98,13 @@ def run_one(world: int, mode: str, args, workdir: Path) -> dict:
     warm = np.array([(r["start"] - r["submit"]) * 1000 for r in history if r["id"] not in first_per_rank.values()])
     last_dispatch = max(d["submit"] for d in dispatch)
     return {
-        "ranks": world, "mode": mode, "tasks": len(history),
+        "ranks": world,
+        "mode": mode,
+        "tasks": len(history),
         "utilization": utilization(history, world),
         "utilization_steady": utilization(history, world, until=last_dispatch),
-        "overhead_ms_mean": float(overhead.mean()), "overhead_ms_median": float(np.median(overhead)),
+        "overhead_ms_mean": float(overhead.mean()),
+        "overhead_ms_median": float(np.median(overhead)),
         "overhead_ms_warm_mean": float(warm.mean()) if len(warm) else None,
         "wall_s": max(r["end"] for r in history) - min(r["submit"] for r in history),
         "curve": busy_curve(history, min(r["submit"] for r in history)),
@@ -99,7 +128,11 @@ def main(argv=None) -> int:
             for mode in args.modes.split(","):
                 rows.append(run_one(world, mode, args, Path(tmp)))
                 r = rows[-1]
-                print(f"  {mode:<13} {world:>3} ranks: utilization {100 * r['utilization']:.1f}% (steady {100 * r['utilization_steady']:.1f}%), overhead {r['overhead_ms_median']:.2f} ms median", file=sys.stderr)
+                print(
+                    f"  {mode:<13} {world:>3} ranks: utilization {100 * r['utilization']:.1f}% "
+                    f"(steady {100 * r['utilization_steady']:.1f}%), overhead {r['overhead_ms_median']:.2f} ms median",
+                    file=sys.stderr,
+                )
     if args.plot:
         import matplotlib
 
@@ -118,10 +151,17 @@ def main(argv=None) -> int:
             ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(args.plot, dpi=110)
-    print(f"{'mode':<14}{'ranks':>6}{'tasks':>7}{'util %':>9}{'steady %':>10}{'ovh ms med':>12}{'ovh ms mean':>13}{'warm mean':>11}{'wall s':>8}")
+    print(
+        f"{'mode':<14}{'ranks':>6}{'tasks':>7}{'util %':>9}{'steady %':>10}"
+        f"{'ovh ms med':>12}{'ovh ms mean':>13}{'warm mean':>11}{'wall s':>8}"
+    )
     for r in rows:
         warm = f"{r['overhead_ms_warm_mean']:.2f}" if r["overhead_ms_warm_mean"] is not None else "-"
-        print(f"{r['mode']:<14}{r['ranks']:>6}{r['tasks']:>7}{100 * r['utilization']:>9.1f}{100 * r['utilization_steady']:>10.1f}{r['overhead_ms_median']:>12.2f}{r['overhead_ms_mean']:>13.2f}{warm:>11}{r['wall_s']:>8.1f}")
+        print(
+            f"{r['mode']:<14}{r['ranks']:>6}{r['tasks']:>7}{100 * r['utilization']:>9.1f}"
+            f"{100 * r['utilization_steady']:>10.1f}{r['overhead_ms_median']:>12.2f}{r['overhead_ms_mean']:>13.2f}"
+            f"{warm:>11}{r['wall_s']:>8.1f}"
+        )
     for r in rows:
         r.pop("curve")
     emit({"benchmark": "orchestrator", "median_s": args.median, "sigma": args.sigma, "rows": rows}, args.json)

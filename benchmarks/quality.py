@@ -54,11 +54,21 @@ PRESETS: Dict[str, dict] = {
         "tile": {"size": 64, "overlap": 0, "scale": 0.25, "val_fraction": 0.2, "test_fraction": 0.2},
         "config": "configs/darts_unet.yaml",
         "set": [
-            "space.channels=8", "space.depth=3", "space.nodes=3",
-            "search.epochs=5", "search.batch_size=16", "search.max_steps_per_epoch=12", "search.arch_start_epoch=2",
-            "search.partial_channels=4", "search.lr=0.05",
-            "train.epochs=6", "train.batch_size=16", "train.max_steps_per_epoch=20", "train.select_from_epoch=3",
-            "train.lr=0.05", "train.baseline_width=16",
+            "space.channels=8",
+            "space.depth=3",
+            "space.nodes=3",
+            "search.epochs=5",
+            "search.batch_size=16",
+            "search.max_steps_per_epoch=12",
+            "search.arch_start_epoch=2",
+            "search.partial_channels=4",
+            "search.lr=0.05",
+            "train.epochs=6",
+            "train.batch_size=16",
+            "train.max_steps_per_epoch=20",
+            "train.select_from_epoch=3",
+            "train.lr=0.05",
+            "train.baseline_width=16",
         ],
         "arch_lr": {"gaea": 10.0, "adam": 0.03},
         "jobs": 2,
@@ -78,26 +88,62 @@ PRESETS: Dict[str, dict] = {
 # stop ("early_stop": the genotype of the epoch before the decoder cell reached N skips, read off the
 # search's per-epoch genotypes: the run up to that epoch is the same).
 VARIANTS: Dict[str, dict] = {
-    "random-channels": {"kind": "search", "set": ["search.channel_sampling=random"],
-                        "about": "partial channels drawn at random each training call (the default since this benchmark)"},
-    "shuffle-channels": {"kind": "search", "set": ["search.channel_sampling=shuffle"],
-                         "about": "PC-DARTS reference: a fixed C/K slice, then channel_shuffle"},
-    "darts-minus": {"kind": "search", "set": ["search.aux_skip=1.0"],
-                    "about": "DARTS-: auxiliary skip, weight 1 decayed linearly to 0"},
-    "adam": {"kind": "search", "set": ["search.arch_optimizer=adam"],
-             "about": "softmax DARTS: Adam on logits instead of GAEA"},
-    "pdarts-cap1": {"kind": "decode", "base": "A", "set": ["search.decode.max_skips=1"],
-                    "about": "P-DARTS: at most 1 skip in the decoder cell"},
-    "dartsplus-stop2": {"kind": "early_stop", "base": "A", "skips": 2,
-                        "about": "DARTS+: stop when the decoder cell holds 2 skips"},
-    "darts-minus+cap1": {"kind": "decode", "base": "D:darts-minus", "set": ["search.decode.max_skips=1"],
-                         "about": "DARTS- search, P-DARTS cap of 1 skip"},
-    "random-channels+cap1": {"kind": "decode", "base": "D:random-channels", "set": ["search.decode.max_skips=1"],
-                             "about": "random partial channels, P-DARTS cap of 1 skip"},
-    "random-channels+pfcap": {"kind": "decode", "base": "D:random-channels", "set": ["search.decode.max_parameter_free=0.5"],
-                              "about": "random partial channels, at most half the decoder's edges parameter-free"},
-    "random-channels+stop2": {"kind": "early_stop", "base": "D:random-channels", "skips": 2,
-                              "about": "random partial channels, DARTS+ stop at 2 skips"},
+    "random-channels": {
+        "kind": "search",
+        "set": ["search.channel_sampling=random"],
+        "about": "partial channels drawn at random each training call (the default since this benchmark)",
+    },
+    "shuffle-channels": {
+        "kind": "search",
+        "set": ["search.channel_sampling=shuffle"],
+        "about": "PC-DARTS reference: a fixed C/K slice, then channel_shuffle",
+    },
+    "darts-minus": {
+        "kind": "search",
+        "set": ["search.aux_skip=1.0"],
+        "about": "DARTS-: auxiliary skip, weight 1 decayed linearly to 0",
+    },
+    "adam": {
+        "kind": "search",
+        "set": ["search.arch_optimizer=adam"],
+        "about": "softmax DARTS: Adam on logits instead of GAEA",
+    },
+    "pdarts-cap1": {
+        "kind": "decode",
+        "base": "A",
+        "set": ["search.decode.max_skips=1"],
+        "about": "P-DARTS: at most 1 skip in the decoder cell",
+    },
+    "dartsplus-stop2": {
+        "kind": "early_stop",
+        "base": "A",
+        "skips": 2,
+        "about": "DARTS+: stop when the decoder cell holds 2 skips",
+    },
+    "darts-minus+cap1": {
+        "kind": "decode",
+        "base": "D:darts-minus",
+        "set": ["search.decode.max_skips=1"],
+        "about": "DARTS- search, P-DARTS cap of 1 skip",
+    },
+    "random-channels+cap1": {
+        "kind": "decode",
+        "base": "D:random-channels",
+        "set": ["search.decode.max_skips=1"],
+        "about": "random partial channels, P-DARTS cap of 1 skip",
+    },
+    "random-channels+pfcap": {
+        "kind": "decode",
+        "base": "D:random-channels",
+        "set": ["search.decode.max_parameter_free=0.5"],
+        "about": "random partial channels, at most half the decoder's edges parameter-free",
+    },
+    "random-channels+stop2": {
+        "kind": "early_stop",
+        "base": "D:random-channels",
+        "skips": 2,
+        "about": "random partial channels, DARTS+ stop at 2 skips",
+    },
 }
 
 
@@ -138,12 +184,22 @@ class Plan:
         seeds = range(args.seeds)
         for s in seeds:
             self._search_arm("A", s, [])
-            self._train(f"A-large/seed-{s}", "A-large", s, genotype=f"A/seed-{s}/search/genotype.json",
-                        extra=lambda: [f"train.target_params={self.default_baseline_params()}"])
+            self._train(
+                f"A-large/seed-{s}",
+                "A-large",
+                s,
+                genotype=f"A/seed-{s}/search/genotype.json",
+                extra=lambda: [f"train.target_params={self.default_baseline_params()}"],
+            )
             self._train(f"B-default/seed-{s}", "B-default", s, baseline=True)
-            self._train(f"B-matched/seed-{s}", "B-matched", s, baseline=True,
-                        extra=lambda: [f"train.target_params={self.median_params('A')}"],
-                        after=[f"A/seed-{t}/train" for t in seeds])
+            self._train(
+                f"B-matched/seed-{s}",
+                "B-matched",
+                s,
+                baseline=True,
+                extra=lambda: [f"train.target_params={self.median_params('A')}"],
+                after=[f"A/seed-{t}/train" for t in seeds],
+            )
         for k in range(args.random_cells):
             self._train(f"C/cell-{k}", "C", k, random_cell=True)
         for name in args.variants:
@@ -171,20 +227,40 @@ class Plan:
     def _search_arm(self, arm: str, seed: int, extra: List[str]) -> None:
         base = f"{arm.replace(':', '-')}/seed-{seed}"
         self.runs[f"{base}/search"] = Run(f"{base}/search", arm, "search", lambda: self._cli(seed, extra), seed=seed)
-        self._train(f"{base}/train", arm, seed, genotype=f"{base}/search/genotype.json", after=[f"{base}/search"],
-                    search_sets=extra)
+        self._train(
+            f"{base}/train",
+            arm,
+            seed,
+            genotype=f"{base}/search/genotype.json",
+            after=[f"{base}/search"],
+            search_sets=extra,
+        )
 
-    def _train(self, name: str, arm: str, seed: int, genotype: Optional[str] = None, baseline: bool = False,
-               random_cell: bool = False, extra: Optional[Callable[[], List[str]]] = None,
-               after: Optional[List[str]] = None, search_sets: List[str] = (), prepare=None) -> None:
+    def _train(
+        self,
+        name: str,
+        arm: str,
+        seed: int,
+        genotype: Optional[str] = None,
+        baseline: bool = False,
+        random_cell: bool = False,
+        extra: Optional[Callable[[], List[str]]] = None,
+        after: Optional[List[str]] = None,
+        search_sets: List[str] = (),
+        prepare=None,
+    ) -> None:
         after = list(after or [])
         if genotype and not after:
             after.append(str(Path(genotype).parent))
 
         def args() -> List[str]:
-            which = (["--baseline", "resnet_unet"] if baseline else
-                     ["--genotype", "random", "--seed", str(seed)] if random_cell else
-                     ["--genotype", str(self.root / genotype)])
+            which = (
+                ["--baseline", "resnet_unet"]
+                if baseline
+                else ["--genotype", "random", "--seed", str(seed)]
+                if random_cell
+                else ["--genotype", str(self.root / genotype)]
+            )
             return which + self._cli(seed, list(search_sets) + (extra() if extra else [])) + ["--evaluate", "test"]
 
         self.runs[name] = Run(name, arm, "train", args, after, seed, prepare)
@@ -196,31 +272,44 @@ class Plan:
         genotype = f"{name}/genotype.json"
 
         def prepare() -> None:
-            derive_genotype(search_dir, spec, self.config, self._overrides(seed, spec.get("set", [])), self.root / genotype)
+            derive_genotype(
+                search_dir, spec, self.config, self._overrides(seed, spec.get("set", [])), self.root / genotype
+            )
 
-        self._train(f"{name}/train", arm, seed, genotype=genotype, after=[str(search_dir.relative_to(self.root))],
-                    prepare=prepare)
+        self._train(
+            f"{name}/train",
+            arm,
+            seed,
+            genotype=genotype,
+            after=[str(search_dir.relative_to(self.root))],
+            prepare=prepare,
+        )
 
     # numbers that runs read from earlier runs
 
     def default_baseline_params(self) -> int:
         """Parameters of the ResNet-UNet at this benchmark's default width (what A-large is sized to)."""
         from hpcnas.config import load_config
+        from hpcnas.data.hdf5 import read_info
         from hpcnas.train.baselines import ResNetUNet
         from hpcnas.train.complexity import count_parameters
-
-        from hpcnas.data.hdf5 import read_info
 
         cfg = load_config(self.config, self._overrides(0, []))
 
         info = read_info(self.data)
-        return count_parameters(ResNetUNet(info.channels, info.num_classes, cfg.train.baseline_width, cfg.space.depth,
-                                           cfg.train.baseline_blocks))
+        return count_parameters(
+            ResNetUNet(
+                info.channels, info.num_classes, cfg.train.baseline_width, cfg.space.depth, cfg.train.baseline_blocks
+            )
+        )
 
     def median_params(self, arm: str) -> int:
         """The median parameter count of an arm's trained networks."""
-        counts = [json.loads((r.out(self.root) / "model.json").read_text())["params"]
-                  for r in self.runs.values() if r.arm == arm and r.command == "train" and r.done(self.root)]
+        counts = [
+            json.loads((r.out(self.root) / "model.json").read_text())["params"]
+            for r in self.runs.values()
+            if r.arm == arm and r.command == "train" and r.done(self.root)
+        ]
         return int(statistics.median(counts))
 
 
@@ -240,7 +329,9 @@ def derive_genotype(search_dir: Path, spec: dict, config: str, overrides: List[s
         genotype = Genotype.from_dict(records[-1]["genotype"])
         for before, record in zip([None] + records, records):
             g = Genotype.from_dict(record["genotype"])
-            if darts_plus_stops(g, record["epoch"], cfg.search.arch_start_epoch, spec["skips"]):  # the search's own rule
+            if darts_plus_stops(
+                g, record["epoch"], cfg.search.arch_start_epoch, spec["skips"]
+            ):  # the search's own rule
                 genotype = Genotype.from_dict(before["genotype"]) if before else g
                 break
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -252,8 +343,14 @@ def derive_genotype(search_dir: Path, spec: dict, config: str, overrides: List[s
 
 
 def hpcnas_command(run: Run, root: Path) -> List[str]:
-    return [str(Path(sys.executable).parent / "hpcnas"), run.command, *run.args(), "--out", str(run.out(root)),
-            "--resume-existing"]
+    return [
+        str(Path(sys.executable).parent / "hpcnas"),
+        run.command,
+        *run.args(),
+        "--out",
+        str(run.out(root)),
+        "--resume-existing",
+    ]
 
 
 def run_local(plan: Plan, jobs: int, log) -> Dict[str, float]:
@@ -285,8 +382,9 @@ def run_local(plan: Plan, jobs: int, log) -> Dict[str, float]:
                 failed.add(run.name)
                 log(f"skip   {run.name}: a run it needs failed")
                 continue
-            if not all(plan.runs[d].done(root) if d in plan.runs else (root / d / "genotype.json").exists()
-                       for d in run.after):
+            if not all(
+                plan.runs[d].done(root) if d in plan.runs else (root / d / "genotype.json").exists() for d in run.after
+            ):
                 continue
             pending.remove(run)
             if run.prepare:
@@ -315,13 +413,23 @@ def run_slurm(plan: Plan, log) -> bool:
     for run in plan.runs.values():
         if run.done(root) or run.name in submitted:
             continue
-        if not all(plan.runs[d].done(root) if d in plan.runs else (root / d / "genotype.json").exists()
-                   for d in run.after):
+        if not all(
+            plan.runs[d].done(root) if d in plan.runs else (root / d / "genotype.json").exists() for d in run.after
+        ):
             continue
         if run.prepare:
             run.prepare()
-        cmd = ["sbatch", "--parsable", f"--job-name=q-{run.arm.replace(':', '-')}", f"--output={root}/logs/%x-%j.out",
-               *plan.args.sbatch_arg, str(scripts[run.command]), *run.args(), "--out", str(run.out(root))]
+        cmd = [
+            "sbatch",
+            "--parsable",
+            f"--job-name=q-{run.arm.replace(':', '-')}",
+            f"--output={root}/logs/%x-%j.out",
+            *plan.args.sbatch_arg,
+            str(scripts[run.command]),
+            *run.args(),
+            "--out",
+            str(run.out(root)),
+        ]
         (root / "logs").mkdir(parents=True, exist_ok=True)
         job = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
         if job.returncode:
@@ -364,10 +472,15 @@ def run_row(plan: Plan, run: Run, walls: Dict[str, float]) -> Optional[dict]:
     search = [d for d in run.after if d.endswith("/search")]
     wall = run_seconds(plan.root, run.name, walls) + sum(run_seconds(plan.root, d, walls) for d in search)
     row = {
-        "arm": run.arm, "run": run.name, "seed": run.seed,
-        "test_miou": ev["miou"], "foreground_iou": sum(fg) / len(fg) if fg else None,
+        "arm": run.arm,
+        "run": run.name,
+        "seed": run.seed,
+        "test_miou": ev["miou"],
+        "foreground_iou": sum(fg) / len(fg) if fg else None,
         "object_f1_0.5": 2 * p * r / (p + r) if p + r else 0.0,
-        "params": model["params"], "flops": model["flops"], "wall_s": wall,
+        "params": model["params"],
+        "flops": model["flops"],
+        "wall_s": wall,
         "epoch1_val_miou": next((m.get("val_miou") for m in read_jsonl(out / "metrics.jsonl")), None),
     }
     if model.get("genotype"):
@@ -405,12 +518,18 @@ def aggregate(rows: List[dict]) -> List[dict]:
 
 
 def markdown(summary: List[dict], command: str, preset: str, goal: dict) -> str:
-    lines = [f"# Search quality ({preset} preset)", "", f"`{command}`", "",
-             "Mean ± standard deviation over seeds (random cells: over cells); *vs C* is the arm's mean test mIoU "
-             "minus the median random cell's.", "",
-             "| arm | n | test mIoU | vs C | foreground IoU | object F1@0.5 | params | GFLOPs/tile | wall s | "
-             "param-free ops |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"# Search quality ({preset} preset)",
+        "",
+        f"`{command}`",
+        "",
+        "Mean ± standard deviation over seeds (random cells: over cells); *vs C* is the arm's mean test mIoU "
+        "minus the median random cell's.",
+        "",
+        "| arm | n | test mIoU | vs C | foreground IoU | object F1@0.5 | params | GFLOPs/tile | wall s | "
+        "param-free ops |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     random_median = next((e["test_miou_median"] for e in summary if e["arm"] == "C"), None)
 
     def pm(e, key, fmt="{:.3f}"):
@@ -420,13 +539,18 @@ def markdown(summary: List[dict], command: str, preset: str, goal: dict) -> str:
 
     for e in summary:
         versus = f"{e['test_miou'] - random_median:+.3f}" if random_median is not None else "-"
-        lines.append(f"| {e['arm']} | {e['n']} | {pm(e, 'test_miou')} | {versus} | {pm(e, 'foreground_iou')} | "
-                     f"{pm(e, 'object_f1_0.5')} | {e['params']:,.0f} | {e['flops'] / 1e9:.3g} | {e['wall_s']:.0f} | "
-                     + (f"{e['parameter_free']:.2f}" if "parameter_free" in e else "-") + " |")
+        lines.append(
+            f"| {e['arm']} | {e['n']} | {pm(e, 'test_miou')} | {versus} | {pm(e, 'foreground_iou')} | "
+            f"{pm(e, 'object_f1_0.5')} | {e['params']:,.0f} | {e['flops'] / 1e9:.3g} | {e['wall_s']:.0f} | "
+            + (f"{e['parameter_free']:.2f}" if "parameter_free" in e else "-")
+            + " |"
+        )
     if goal:
         lines += ["", "Goal (mean test mIoU; the random cells by their median):", ""]
-        lines += [f"- {k}: {v['a']:.4f} against {v['other']:.4f} ({v['margin']:+.4f}, {'met' if v['met'] else 'not met'})"
-                  for k, v in goal.items()]
+        lines += [
+            f"- {k}: {v['a']:.4f} against {v['other']:.4f} ({v['margin']:+.4f}, {'met' if v['met'] else 'not met'})"
+            for k, v in goal.items()
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -438,7 +562,11 @@ def goals(summary: List[dict]) -> dict:
         if mine in by and other in by:
             a, o = by[mine]["test_miou"], by[other][key]
             checks[f"{mine} vs {other} ({'median' if 'median' in key else 'mean'})"] = {
-                "a": a, "other": o, "margin": a - o, "met": a >= o}
+                "a": a,
+                "other": o,
+                "margin": a - o,
+                "met": a >= o,
+            }
     return checks
 
 
@@ -473,7 +601,6 @@ def fidelity(plan: Plan, rows: List[dict], boot: int = 1000) -> dict:
     """Kendall tau between cheap estimates and the retrained test mIoU, with a bootstrap 95% interval."""
     import numpy as np
     from scipy.stats import kendalltau
-
     from zero_cost import zero_cost_scores  # benchmarks/zero_cost.py, beside this script
 
     cells = [r for r in rows if "genotype" in r and r["arm"] not in ("A-large",)]
@@ -511,8 +638,18 @@ def prepare_data(args: argparse.Namespace, log) -> str:
 
         t = PRESETS[args.preset]["tile"]
         target.parent.mkdir(parents=True, exist_ok=True)
-        counts = tile_folder(data, data, target, t["size"], t["overlap"], palette=args.palette, scale=t["scale"],
-                             val_fraction=t["val_fraction"], test_fraction=t["test_fraction"], stratify=True)
+        counts = tile_folder(
+            data,
+            data,
+            target,
+            t["size"],
+            t["overlap"],
+            palette=args.palette,
+            scale=t["scale"],
+            val_fraction=t["val_fraction"],
+            test_fraction=t["test_fraction"],
+            stratify=True,
+        )
         log(f"tiled {data} -> {target}: {counts}")
     return str(target.resolve())
 
@@ -520,19 +657,30 @@ def prepare_data(args: argparse.Namespace, log) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="HDF5 data set, or a folder of images and masks to tile")
-    parser.add_argument("--palette", default=str(REPO / "configs" / "palettes" / "dubai_building.yaml"),
-                        help="mask palette when --data is a folder (default: the Dubai building palette)")
+    parser.add_argument(
+        "--palette",
+        default=str(REPO / "configs" / "palettes" / "dubai_building.yaml"),
+        help="mask palette when --data is a folder (default: the Dubai building palette)",
+    )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
     parser.add_argument("--seeds", type=int, default=3, help="seeds of A, A-large, B and each variant (default 3)")
     parser.add_argument("--random-cells", type=int, default=5, help="random cells in arm C (default 5)")
-    parser.add_argument("--variants", default="none", help=f"comma-separated arm D variants, 'all' or 'none' "
-                        f"(known: {', '.join(VARIANTS)})")
+    parser.add_argument(
+        "--variants",
+        default="none",
+        help=f"comma-separated arm D variants, 'all' or 'none' (known: {', '.join(VARIANTS)})",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     parser.add_argument("--out", required=True, help="the benchmark's folder (run directories, logs, results)")
     parser.add_argument("--jobs", type=int, default=None, help="runs at a time on this machine (default: the preset's)")
     parser.add_argument("--launcher", choices=["local", "slurm"], default="local")
-    parser.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
-                        help="with --launcher slurm: one more sbatch option for every job, e.g. --sbatch-arg=--time=2:00:00")
+    parser.add_argument(
+        "--sbatch-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="with --launcher slurm: one more sbatch option for every job, e.g. --sbatch-arg=--time=2:00:00",
+    )
     parser.add_argument("--fidelity", action="store_true", help="Kendall tau of cheap estimates against test mIoU")
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "results"), help="where the tables are copied")
     parser.add_argument("--tag", default=None, help="name of the copies: quality-TAG.* (default: the preset)")
@@ -574,11 +722,18 @@ def main() -> int:
     rows = [row for run in plan.runs.values() if run.command == "train" for row in [run_row(plan, run, walls)] if row]
     summary = aggregate(rows)
     goal = goals(summary)
-    payload = {"command": command, "preset": args.preset, "data": data, "seeds": args.seeds,
-               "variants": {v: VARIANTS[v]["about"] for v in args.variants},
-               "runs_wall_s": round(sum(run_seconds(root, name, walls) for name in plan.runs), 1),  # one run after another
-               "this_invocation_s": round(time.time() - started, 1),
-               "summary": summary, "goal": goal, "rows": rows}
+    payload = {
+        "command": command,
+        "preset": args.preset,
+        "data": data,
+        "seeds": args.seeds,
+        "variants": {v: VARIANTS[v]["about"] for v in args.variants},
+        "runs_wall_s": round(sum(run_seconds(root, name, walls) for name in plan.runs), 1),  # one run after another
+        "this_invocation_s": round(time.time() - started, 1),
+        "summary": summary,
+        "goal": goal,
+        "rows": rows,
+    }
     if args.fidelity:
         payload["fidelity"] = fidelity(plan, rows)
     (root / "quality.json").write_text(json.dumps(payload, indent=2) + "\n")
@@ -587,8 +742,11 @@ def main() -> int:
         text += "\nVariants:\n\n" + "".join(f"- D:{v}: {VARIANTS[v]['about']}\n" for v in args.variants)
     if "fidelity" in payload:
         text += "\nFidelity (Kendall tau against test mIoU, bootstrap 95% interval):\n\n"
-        text += "".join(f"- {k}: {v['tau']:+.2f} [{v['ci95'][0]:+.2f}, {v['ci95'][1]:+.2f}]\n"
-                        for k, v in payload["fidelity"].items() if isinstance(v, dict))
+        text += "".join(
+            f"- {k}: {v['tau']:+.2f} [{v['ci95'][0]:+.2f}, {v['ci95'][1]:+.2f}]\n"
+            for k, v in payload["fidelity"].items()
+            if isinstance(v, dict)
+        )
     (root / "quality.md").write_text(text)
     figure(rows, summary, root / "quality.png")
     print(text)

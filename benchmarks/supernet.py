@@ -15,7 +15,6 @@ import sys
 import time
 
 import torch
-
 from _emit import emit  # benchmarks/_emit.py, beside this script
 
 from hpcnas.space.genotype import TOPOLOGIES
@@ -65,8 +64,14 @@ def measure(topology: str, k: int, args, device: torch.device) -> dict:
         model.zero_grad(set_to_none=True)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return {
-        "topology": topology, "K": k, "device": str(device), "input": size, "batch": args.batch,
-        "step_ms": 1000 * sum(times) / len(times), "activation_mb": act / 2**20, "peak_mb": peak,
+        "topology": topology,
+        "K": k,
+        "device": str(device),
+        "input": size,
+        "batch": args.batch,
+        "step_ms": 1000 * sum(times) / len(times),
+        "activation_mb": act / 2**20,
+        "peak_mb": peak,
         "params": sum(p.numel() for p in model.weight_parameters()),
     }
 
@@ -95,7 +100,9 @@ def main(argv=None) -> int:
     for r in rows:
         peak = f"{r['peak_mb']:.0f}" if r["peak_mb"] is not None else "-"
         ratio = f"{r['activation_vs_k1']:.2f}" if r["activation_vs_k1"] is not None else "-"
-        print(f"{r['topology']:<14}{r['K']:>3}{r['step_ms']:>10.1f}{r['activation_mb']:>11.1f}{ratio:>8}{peak:>9}{r['params']:>10}")
+        print(
+            f"{r['topology']:<14}{r['K']:>3}{r['step_ms']:>10.1f}{r['activation_mb']:>11.1f}{ratio:>8}{peak:>9}{r['params']:>10}"
+        )
     emit({"benchmark": "supernet", "torch": torch.__version__, "rows": rows}, args.json)
     return 0
 

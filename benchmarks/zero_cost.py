@@ -85,8 +85,11 @@ def zero_cost_scores(run_dir: Path, data: str, seed: int = 0) -> Dict[str, float
     spec = json.loads((Path(run_dir) / "model.json").read_text())
     x, y = _batch(data)
     scores = {}
-    for name, score in (("grad-norm", lambda m: grad_norm(m, x, y)), ("SynFlow", lambda m: synflow(m, x)),
-                        ("NASWOT", lambda m: naswot(m, x))):
+    for name, score in (
+        ("grad-norm", lambda m: grad_norm(m, x, y)),
+        ("SynFlow", lambda m: synflow(m, x)),
+        ("NASWOT", lambda m: naswot(m, x)),
+    ):
         torch.manual_seed(seed)
         scores[name] = score(build_model(spec))
     torch.manual_seed(seed)

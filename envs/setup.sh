@@ -4,7 +4,7 @@
 # editable mode.  Safe to run again: every step checks before it acts.
 #
 #   envs/setup.sh            runtime only
-#   envs/setup.sh --dev      + test tools (pytest, ...)
+#   envs/setup.sh --dev      + test tools (pytest, ruff, mypy)
 #
 # Environment: PYTHON (interpreter used to create .venv, default python3),
 # HPCNAS_TORCH (torch requirement, default torch==2.13.0: pinned, because an

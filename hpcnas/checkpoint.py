@@ -11,7 +11,6 @@ from hpcnas.errors import UserError
 from hpcnas.rundir import atomic_path
 
 
-
 def save_checkpoint(path: Path, state: Dict[str, Any]) -> Path:
     """Write a checkpoint (``RunDir.latest`` or ``RunDir.best``) via a temporary file and a rename."""
     path = Path(path)
@@ -28,4 +27,6 @@ def load_checkpoint(path: Path, map_location: Optional[torch.device] = None) -> 
     try:
         return torch.load(path, map_location=map_location or "cpu", weights_only=False)
     except Exception as exc:  # torch raises many types for a truncated or foreign file
-        raise UserError(f"unreadable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})", source=str(path)) from None
+        raise UserError(
+            f"unreadable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})", source=str(path)
+        ) from None

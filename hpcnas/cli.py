@@ -19,8 +19,8 @@ from typing import Callable, List, Optional
 
 from hpcnas import __version__
 from hpcnas.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_RESUMABLE, Interrupted, UserError
-from hpcnas.signals import STOP, ignore_stop_signals
 from hpcnas.rundir import SUMMARY, RunDir
+from hpcnas.signals import STOP, ignore_stop_signals
 
 log = logging.getLogger("hpcnas")
 
@@ -32,7 +32,14 @@ log = logging.getLogger("hpcnas")
 def cmd_data_synth(args: argparse.Namespace) -> None:
     from hpcnas.data.synth import synthesize
 
-    counts = synthesize(args.out, n=args.n, size=args.size, seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction)
+    counts = synthesize(
+        args.out,
+        n=args.n,
+        size=args.size,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+    )
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + " patches")
 
 
@@ -41,9 +48,19 @@ def cmd_data_tile(args: argparse.Namespace) -> None:
 
     classes = args.classes.split(",") if args.classes else None
     counts = tile_folder(
-        args.images, args.masks, args.out, size=args.size, overlap=args.overlap, palette=args.palette,
-        class_names=classes, val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed, limit=args.limit,
-        scale=args.scale, stratify=args.stratify,
+        args.images,
+        args.masks,
+        args.out,
+        size=args.size,
+        overlap=args.overlap,
+        palette=args.palette,
+        class_names=classes,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        limit=args.limit,
+        scale=args.scale,
+        stratify=args.stratify,
     )
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + " patches")
 
@@ -83,8 +100,17 @@ def cmd_evolve(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from hpcnas.pipeline import train
 
-    train(args.config, args.set, genotype=args.genotype, baseline=args.baseline, seed=args.seed, out=args.out, resume=args.resume, device=args.device,
-          evaluate_split=args.evaluate)
+    train(
+        args.config,
+        args.set,
+        genotype=args.genotype,
+        baseline=args.baseline,
+        seed=args.seed,
+        out=args.out,
+        resume=args.resume,
+        device=args.device,
+        evaluate_split=args.evaluate,
+    )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -102,16 +128,33 @@ def cmd_submit(args: argparse.Namespace) -> Optional[int]:
     from hpcnas.cluster.submit import Request, sbatch_text, submit
 
     request = Request(
-        command=args.command_name, config=args.config, overrides=args.set, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
-        cpus_per_task=args.cpus_per_task, time=args.time, partition=args.partition, account=args.account, qos=args.qos,
-        constraint=args.constraint, array=args.array, signal_delay_s=args.signal_delay, genotype=args.genotype, baseline=args.baseline, out=args.out, logs=args.logs,
+        command=args.command_name,
+        config=args.config,
+        overrides=args.set,
+        nodes=args.nodes,
+        gpus_per_node=args.gpus_per_node,
+        cpus_per_task=args.cpus_per_task,
+        time=args.time,
+        partition=args.partition,
+        account=args.account,
+        qos=args.qos,
+        constraint=args.constraint,
+        array=args.array,
+        signal_delay_s=args.signal_delay,
+        genotype=args.genotype,
+        baseline=args.baseline,
+        out=args.out,
+        logs=args.logs,
     )
     if args.dry_run:
         print(sbatch_text(request))
         return None
     jobs = submit(request, local=args.local)
     for job, run_dir in jobs:
-        print(f"submitted job {job.job_id} ({'local' if args.local else 'slurm'}): hpcnas {request.command} -> {run_dir}; logs {job.paths.stdout}")
+        print(
+            f"submitted job {job.job_id} ({'local' if args.local else 'slurm'}): "
+            f"hpcnas {request.command} -> {run_dir}; logs {job.paths.stdout}"
+        )
     if args.wait or args.local:
         failed = 0
         for job, _ in jobs:
@@ -120,7 +163,12 @@ def cmd_submit(args: argparse.Namespace) -> Optional[int]:
                 print(f"job {job.job_id} done: {result['run_dir']}")
             except Exception as exc:  # noqa: BLE001 - submitit re-raises the job's own failure
                 failed += 1
-                print(f"hpcnas: job {job.job_id} failed: {str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__} (log: {job.paths.stderr})", file=sys.stderr)
+                print(
+                    f"hpcnas: job {job.job_id} failed: "
+                    f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__} "
+                    f"(log: {job.paths.stderr})",
+                    file=sys.stderr,
+                )
         return EXIT_FAILURE if failed else None
     return None
 
@@ -132,8 +180,10 @@ def cmd_pareto(args: argparse.Namespace) -> None:
     search, target = pareto(args.run, args.export)
     names = [o.name for o in search.objectives]
     front = search.front
-    print(f"{search.run_dir}: {len(front)} of {len(search.evaluations)} evaluations on the front of "
-          + ", ".join(map(str, search.objectives)))
+    print(
+        f"{search.run_dir}: {len(front)} of {len(search.evaluations)} evaluations on the front of "
+        + ", ".join(map(str, search.objectives))
+    )
     print("  id  " + "".join(f"{n:>14}" for n in names) + "  genotype")
     for e in front:
         values = "".join(f"{e.objectives[n]:>14.6g}" if n in e.objectives else f"{'-':>14}" for n in names)
@@ -154,12 +204,27 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--config", required=required, help="YAML configuration file (see configs/)" + ("" if required else "; with --resume, the run's own config.yaml"))
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one key, e.g. --set search.epochs=3 (repeatable)")
+    p.add_argument(
+        "--config",
+        required=required,
+        help="YAML configuration file (see configs/)"
+        + ("" if required else "; with --resume, the run's own config.yaml"),
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one key, e.g. --set search.epochs=3 (repeatable)",
+    )
 
 
 def _add_resume_existing(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--resume-existing", action="store_true", help="with --out DIR: continue the run if DIR already holds one, else start it (what a requeued job wants)")
+    p.add_argument(
+        "--resume-existing",
+        action="store_true",
+        help="with --out DIR: continue the run if DIR already holds one, else start it (what a requeued job wants)",
+    )
 
 
 def _resolve_resume_existing(args: argparse.Namespace) -> None:
@@ -179,7 +244,9 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``hpcnas`` argument parser with all its subcommands."""
-    parser = OneLineParser(prog="hpcnas", description="Neural architecture search for semantic segmentation on SLURM GPU clusters.")
+    parser = OneLineParser(
+        prog="hpcnas", description="Neural architecture search for semantic segmentation on SLURM GPU clusters."
+    )
     parser.add_argument("--version", action="version", version=f"hpcnas {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -198,24 +265,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the config's)")
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("evolve", help="discrete search (regularized evolution, random) on MPI: mpirun -np N hpcnas-evolve ...")
+    p = sub.add_parser(
+        "evolve", help="discrete search (regularized evolution, random) on MPI: mpirun -np N hpcnas-evolve ..."
+    )
     _add_config_args(p, required=False)
     p.add_argument("--out", help="run directory (default: a new folder under runs/)")
-    p.add_argument("--resume", metavar="DIR", help="continue the search in DIR: re-queue what was in flight, retrain nothing finished")
+    p.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the search in DIR: re-queue what was in flight, retrain nothing finished",
+    )
     _add_resume_existing(p)
     p.set_defaults(func=cmd_evolve)
 
     p = sub.add_parser("train", help="retrain a genotype, a random cell or the ResNet-UNet baseline")
     _add_config_args(p, required=False)
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--genotype", help="genotype JSON file, or 'random' for a random cell of the configured topology")
+    which.add_argument(
+        "--genotype", help="genotype JSON file, or 'random' for a random cell of the configured topology"
+    )
     which.add_argument("--baseline", help="hand-designed baseline: resnet_unet")
     p.add_argument("--seed", type=int, default=0, help="seed of the random genotype (with --genotype random)")
     p.add_argument("--out", help="run directory (default: a new folder under runs/)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its latest checkpoint")
     _add_resume_existing(p)
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the config's)")
-    p.add_argument("--evaluate", metavar="SPLIT", choices=["val", "test"], help="then evaluate the best checkpoint on SPLIT (full images) into evaluation.json")
+    p.add_argument(
+        "--evaluate",
+        metavar="SPLIT",
+        choices=["val", "test"],
+        help="then evaluate the best checkpoint on SPLIT (full images) into evaluation.json",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="full-image IoU / mIoU and object precision-recall of a trained network")
@@ -226,38 +306,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("submit", help="submit search / evolve / train as a SLURM job (submitit), requeued and resumed at the time limit")
+    p = sub.add_parser(
+        "submit",
+        help="submit search / evolve / train as a SLURM job (submitit), requeued and resumed at the time limit",
+    )
     p.add_argument("--config", required=True, help="YAML configuration file (checked before submitting)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one key (repeatable)")
-    p.add_argument("--command", dest="command_name", default="search", choices=["search", "evolve", "train"], help="what the job runs (default search)")
+    p.add_argument(
+        "--command",
+        dest="command_name",
+        default="search",
+        choices=["search", "evolve", "train"],
+        help="what the job runs (default search)",
+    )
     p.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
-    p.add_argument("--gpus-per-node", type=int, default=4, help="GPUs per node = ranks per node for search/evolve (default 4; train uses 1)")
+    p.add_argument(
+        "--gpus-per-node",
+        type=int,
+        default=4,
+        help="GPUs per node = ranks per node for search/evolve (default 4; train uses 1)",
+    )
     p.add_argument("--cpus-per-task", type=int, default=10, help="CPUs per rank (default 10)")
     p.add_argument("--time", default="01:00:00", help="time limit, HH:MM:SS or D-HH:MM:SS (default 01:00:00)")
     for name in ("partition", "account", "qos", "constraint"):
         p.add_argument(f"--{name}", help=f"SLURM {name} (default: sbatch's, e.g. SBATCH_{name.upper()})")
-    p.add_argument("--signal-delay", type=int, default=120, metavar="SECONDS", help="SIGUSR2 this long before the time limit: checkpoint, requeue (default 120)")
+    p.add_argument(
+        "--signal-delay",
+        type=int,
+        default=120,
+        metavar="SECONDS",
+        help="SIGUSR2 this long before the time limit: checkpoint, requeue (default 120)",
+    )
     p.add_argument("--array", type=int, metavar="N", help="train N random cells as a job array (random baselines)")
     p.add_argument("--genotype", help="train: the genotype JSON to retrain")
     p.add_argument("--baseline", help="train: a hand-designed baseline (resnet_unet)")
     p.add_argument("--out", help="run directory; %%j becomes the job id (default runs/COMMAND-%%j)")
-    p.add_argument("--logs", default="runs/submitit", help="submitit's folder for job scripts and logs (default runs/submitit)")
+    p.add_argument(
+        "--logs", default="runs/submitit", help="submitit's folder for job scripts and logs (default runs/submitit)"
+    )
     p.add_argument("--dry-run", action="store_true", help="print the generated sbatch script, submit nothing")
-    p.add_argument("--local", action="store_true", help="run here without SLURM (one process), for debugging; waits for the end")
+    p.add_argument(
+        "--local", action="store_true", help="run here without SLURM (one process), for debugging; waits for the end"
+    )
     p.add_argument("--wait", action="store_true", help="wait for the job(s) to finish and report how they ended")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("report", help="plots, cell drawings and a summary of one or more runs")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories; the first one gets report/, the others are overlaid")
+    p.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="run directories; the first one gets report/, the others are overlaid",
+    )
     p.add_argument("--out", help="report folder (default: FIRST_RUN/report)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("pareto", help="the Pareto front of a discrete search; --export writes each member's genotype.json")
+    p = sub.add_parser(
+        "pareto", help="the Pareto front of a discrete search; --export writes each member's genotype.json"
+    )
     p.add_argument("run", metavar="RUN_DIR", help="a discrete search's run directory (hpcnas-evolve)")
-    p.add_argument("--export", metavar="DIR", help="a new folder: DIR/eval-ID/genotype.json per front member, and DIR/front.json")
+    p.add_argument(
+        "--export", metavar="DIR", help="a new folder: DIR/eval-ID/genotype.json per front member, and DIR/front.json"
+    )
     p.set_defaults(func=cmd_pareto)
 
-    data = sub.add_parser("data", help="build or inspect HDF5 data sets").add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    data = sub.add_parser("data", help="build or inspect HDF5 data sets").add_subparsers(
+        dest="data_command", metavar="ACTION", required=True
+    )
     p = data.add_parser("synth", help="write the synthetic rotorcraft data set")
     p.add_argument("--out", required=True, help="output HDF5 file")
     p.add_argument("--n", type=int, default=48, help="number of patches (default 48)")
@@ -279,9 +394,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="tile only the first N images")
-    p.add_argument("--scale", type=float, default=1.0, help="resize images (bilinear) and masks (nearest) by this factor first (default 1)")
-    p.add_argument("--stratify", action="store_true",
-                   help="spread images with and without foreground evenly over train/val/test (small-object data)")
+    p.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="resize images (bilinear) and masks (nearest) by this factor first (default 1)",
+    )
+    p.add_argument(
+        "--stratify",
+        action="store_true",
+        help="spread images with and without foreground evenly over train/val/test (small-object data)",
+    )
     p.set_defaults(func=cmd_data_tile)
 
     p = data.add_parser("info", help="check a data set and print what it holds")
@@ -296,7 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(func: Callable[[argparse.Namespace], Optional[int]], args: argparse.Namespace) -> int:
     """Call a command function; map bad input to exit 2 and failures to exit 1 with a log."""
-    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        format="%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
     from hpcnas.distributed import launched_rank
 
     try:

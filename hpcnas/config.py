@@ -69,7 +69,9 @@ class DecodeConfig:
     edges_per_node: int = field(default=2, metadata=_range(1))  # K of eq. 12
     paths: Union[Literal["auto"], int] = "auto"  # UNet++: "auto" = mu + 3 sigma (eq. 13), or a fixed K
     path_decoder: Literal["multipath", "viterbi"] = "multipath"
-    max_skips: Optional[int] = field(default=None, metadata=_range(0))  # P-DARTS: at most this many skips per decoder cell
+    max_skips: Optional[int] = field(
+        default=None, metadata=_range(0)
+    )  # P-DARTS: at most this many skips per decoder cell
     # at most this share of the decoder cell's edges without weights (skips, pooling); 0.5 measured best (README)
     max_parameter_free: Optional[float] = field(default=0.5, metadata=_range(0.0, 1.0))
 
@@ -89,13 +91,19 @@ class SearchConfig:
     epochs: int = field(default=50, metadata=_range(1))
     batch_size: int = field(default=2, metadata=_range(1))
     arch_optimizer: Literal["gaea", "adam"] = "gaea"
-    arch_lr: Optional[float] = field(default=None, metadata=_range(0.0))  # None: the optimizer's own (gaea 0.1, adam 6e-4)
+    arch_lr: Optional[float] = field(
+        default=None, metadata=_range(0.0)
+    )  # None: the optimizer's own (gaea 0.1, adam 6e-4)
     arch_weight_decay: float = field(default=1e-3, metadata=_range(0.0))  # Adam only
     arch_start_epoch: int = field(default=15, metadata=_range(0))  # 1-based: the first epoch with architecture steps
     partial_channels: int = field(default=1, metadata=_range(1))  # K of eq. 7; 1 = plain DARTS
-    channel_sampling: Literal["shuffle", "random"] = "random"  # random channels (measured best, README), or PC-DARTS' shuffle
+    channel_sampling: Literal["shuffle", "random"] = (
+        "random"  # random channels (measured best, README), or PC-DARTS' shuffle
+    )
     aux_skip: float = field(default=0.0, metadata=_range(0.0))  # DARTS-: auxiliary skip weight, decayed linearly to 0
-    early_stop_skips: Optional[int] = field(default=None, metadata=_range(1))  # DARTS+: stop when the decoder cell has this many skips
+    early_stop_skips: Optional[int] = field(
+        default=None, metadata=_range(1)
+    )  # DARTS+: stop when the decoder cell has this many skips
     edge_normalization: bool = True  # eq. 8 (never applies to ResNeXt cells)
     lr: float = field(default=0.01, metadata=_range(0.0))
     lr_min: float = field(default=0.0, metadata=_range(0.0))
@@ -121,8 +129,12 @@ class TrainConfig:
     weight_decay: float = field(default=1e-3, metadata=_range(0.0))
     grad_clip: float = field(default=5.0, metadata=_range(0.0))
     select_from_epoch: int = field(default=30, metadata=_range(0))  # 1-based: the first epoch that may be the best
-    channels: Optional[int] = field(default=None, metadata=_range(1))  # a genotype's width when retrained; None: space.channels
-    target_params: Optional[int] = field(default=None, metadata=_range(1))  # scale the width to about this many parameters
+    channels: Optional[int] = field(
+        default=None, metadata=_range(1)
+    )  # a genotype's width when retrained; None: space.channels
+    target_params: Optional[int] = field(
+        default=None, metadata=_range(1)
+    )  # scale the width to about this many parameters
     max_steps_per_epoch: Optional[int] = field(default=None, metadata=_range(1))
     baseline_width: int = field(default=32, metadata=_range(1))  # ResNet-UNet: channels of the first stage
     baseline_blocks: int = field(default=2, metadata=_range(1))  # ResNet-UNet: residual blocks per stage
@@ -143,8 +155,12 @@ class ExecutorSection:
     """How the MPI orchestrator runs evaluations."""
 
     task_timeout: float = field(default=3600.0, metadata=_range(0.1))  # seconds per evaluation
-    grace_period: float = field(default=60.0, metadata=_range(0.0))  # after SIGTERM/SIGUSR2: wait this long for in-flight results
-    threads_per_rank: Optional[int] = field(default=None, metadata=_range(1))  # CPU threads of each child; None: cores / ranks on the node
+    grace_period: float = field(
+        default=60.0, metadata=_range(0.0)
+    )  # after SIGTERM/SIGUSR2: wait this long for in-flight results
+    threads_per_rank: Optional[int] = field(
+        default=None, metadata=_range(1)
+    )  # CPU threads of each child; None: cores / ranks on the node
 
 
 @dataclass
@@ -182,12 +198,19 @@ class EvolveConfig:
 
 # the flat evolve keys of earlier versions -> where they live now (still read, with a deprecation line)
 LEGACY_EVOLVE_KEYS = {
-    "strategy": "strategy.name", "mode": "strategy.mode", "population": "strategy.population",
-    "sample_size": "strategy.sample_size", "task_timeout": "executor.task_timeout",
-    "grace_period": "executor.grace_period", "threads_per_rank": "executor.threads_per_rank",
-    "evaluator": "evaluator.name", "proxy_epochs": "evaluator.proxy_epochs",
-    "keep_checkpoints": "evaluator.keep_checkpoints", "sleep_median": "evaluator.sleep_median",
-    "sleep_sigma": "evaluator.sleep_sigma", "retry_oom_half_batch": "faults.retry_oom_half_batch",
+    "strategy": "strategy.name",
+    "mode": "strategy.mode",
+    "population": "strategy.population",
+    "sample_size": "strategy.sample_size",
+    "task_timeout": "executor.task_timeout",
+    "grace_period": "executor.grace_period",
+    "threads_per_rank": "executor.threads_per_rank",
+    "evaluator": "evaluator.name",
+    "proxy_epochs": "evaluator.proxy_epochs",
+    "keep_checkpoints": "evaluator.keep_checkpoints",
+    "sleep_median": "evaluator.sleep_median",
+    "sleep_sigma": "evaluator.sleep_sigma",
+    "retry_oom_half_batch": "faults.retry_oom_half_batch",
     "inject_faults": "faults.inject",
 }
 
@@ -253,9 +276,10 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Co
     for item in overrides:
         key, value = parse_override(item)
         parts = key.split(".")
-        if len(parts) == 2 and parts[0] == "evolve" and _legacy_target(parts[1], value) is not None:
-            _deprecated(parts[1], _legacy_target(parts[1], value), "--set")
-            key = f"evolve.{_legacy_target(parts[1], value)}"
+        target = _legacy_target(parts[1], value) if len(parts) == 2 and parts[0] == "evolve" else None
+        if target is not None:
+            _deprecated(parts[1], target, "--set")
+            key = f"evolve.{target}"
         tree = to_dict(cfg)
         set_dotted(tree, key, value, source="--set")
         cfg = from_dict(Config, tree, source="--set")
@@ -267,8 +291,12 @@ def check_consistency(cfg: Config, source: str) -> None:
     """Rules that tie several keys together (each key alone was checked against its bounds)."""
     s = cfg.data.synth
     if s.val_fraction + s.test_fraction >= 1:
-        raise UserError(f"val_fraction + test_fraction must be below 1 (no training data left), got "
-                        f"{s.val_fraction} + {s.test_fraction}", source=source, key="data.synth")
+        raise UserError(
+            f"val_fraction + test_fraction must be below 1 (no training data left), got "
+            f"{s.val_fraction} + {s.test_fraction}",
+            source=source,
+            key="data.synth",
+        )
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -350,7 +378,7 @@ def from_dict(cls: type, raw: Dict[str, Any], source: str, prefix: str = "") -> 
         key = f"{prefix}{name}"
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
-            values[name] = from_dict(tp, raw[name], source, prefix=f"{key}.")
+            values[name] = from_dict(typing.cast(type, tp), raw[name], source, prefix=f"{key}.")
         else:
             values[name] = _coerce(raw[name], tp, source, key)
             _check_range(values[name], f, source, key)

@@ -51,11 +51,15 @@ def open_run(command: str, cfg: Config, out: Optional[str], resume: Optional[str
     input first: a refused resume must not rewrite the run's config.
     """
     if not resume and out and RunDir(out).config.exists():
-        raise UserError(f"already holds a run: continue it with --resume {out}, or choose another --out", source=str(out))
+        raise UserError(
+            f"already holds a run: continue it with --resume {out}, or choose another --out", source=str(out)
+        )
     run_dir = Path(resume) if resume else make_run_dir(out, command)
     lock_run_dir(run_dir)
     if not resume and RunDir(run_dir).config.exists():  # another start got here first
-        raise UserError(f"already holds a run: continue it with --resume {out}, or choose another --out", source=str(out))
+        raise UserError(
+            f"already holds a run: continue it with --resume {out}, or choose another --out", source=str(out)
+        )
     if write_config:
         dump_config(cfg, RunDir(run_dir).config)
     _log_to(RunDir(run_dir).log)
@@ -82,9 +86,14 @@ def same_data(run_dir: Path, info, data_path: str) -> None:
     """
     from hpcnas.rundir import write_json
 
-    mark = {"path": str(Path(data_path).resolve()), "bytes": Path(data_path).stat().st_size, "splits": info.split_sizes,
-            "tile": info.tile_size, "classes": info.class_names,
-            "class_weights": [round(float(w), 6) for w in info.class_weights]}
+    mark = {
+        "path": str(Path(data_path).resolve()),
+        "bytes": Path(data_path).stat().st_size,
+        "splits": info.split_sizes,
+        "tile": info.tile_size,
+        "classes": info.class_names,
+        "class_weights": [round(float(w), 6) for w in info.class_weights],
+    }
     path = RunDir(run_dir).data_fingerprint
     if not path.exists():
         write_json(path, mark)
@@ -92,8 +101,11 @@ def same_data(run_dir: Path, info, data_path: str) -> None:
     before = json.loads(path.read_text())
     changed = [key for key in mark if key != "path" and before.get(key) != mark[key]]
     if changed:
-        raise UserError(f"the data differs from the data this run started on ({', '.join(changed)} changed; it was "
-                        f"{before['path']}): resume with the same data, or start a new run", source=str(data_path))
+        raise UserError(
+            f"the data differs from the data this run started on ({', '.join(changed)} changed; it was "
+            f"{before['path']}): resume with the same data, or start a new run",
+            source=str(data_path),
+        )
 
 
 def checkpoint_to_resume(run_dir: Path) -> Optional[Path]:
@@ -109,8 +121,11 @@ def checkpoint_to_resume(run_dir: Path) -> Optional[Path]:
         return latest
     logged = len(read_jsonl(RunDir(run_dir).metrics))
     if logged:
-        raise UserError(f"{latest.relative_to(run_dir)} is missing but {logged} epoch(s) are logged: nothing to resume from "
-                        "(the history is left as it is); start a new run", source=str(run_dir))
+        raise UserError(
+            f"{latest.relative_to(run_dir)} is missing but {logged} epoch(s) are logged: nothing to resume from "
+            "(the history is left as it is); start a new run",
+            source=str(run_dir),
+        )
     return None
 
 
@@ -123,14 +138,22 @@ def resolve_data(cfg: Config, run_dir: Path) -> str:
     path = RunDir(run_dir).data
     if not path.exists():
         s = cfg.data.synth
-        counts = synthesize(path, n=s.n, size=s.size, seed=s.seed, val_fraction=s.val_fraction, test_fraction=s.test_fraction)
+        counts = synthesize(
+            path, n=s.n, size=s.size, seed=s.seed, val_fraction=s.val_fraction, test_fraction=s.test_fraction
+        )
         log.info("synthetic data: %s (%s)", path, ", ".join(f"{k} {v}" for k, v in counts.items()))
     return str(path)
 
 
 @holds_run_dirs
 @stoppable
-def search(config_path: Optional[str], overrides: Sequence[str] = (), out: Optional[str] = None, resume: Optional[str] = None, device: Optional[str] = None):
+def search(
+    config_path: Optional[str],
+    overrides: Sequence[str] = (),
+    out: Optional[str] = None,
+    resume: Optional[str] = None,
+    device: Optional[str] = None,
+):
     """``hpcnas search``: continuous search into a run directory; returns (genotype, run_dir)."""
     cfg = resolve_config(config_path, overrides, resume)
     from hpcnas.data.hdf5 import read_info
@@ -171,29 +194,50 @@ def search(config_path: Optional[str], overrides: Sequence[str] = (), out: Optio
         if ctx.is_root:
             log.info("resuming %s at %s", run_dir, runner.resume_point())
     if ctx.is_root:
-        log.info("search %s on %s x %d rank(s): %s, %d epochs -> %s", cfg.space.topology, dev, ctx.size, cfg.search.arch_optimizer, cfg.search.epochs, run_dir)
+        log.info(
+            "search %s on %s x %d rank(s): %s, %d epochs -> %s",
+            cfg.space.topology,
+            dev,
+            ctx.size,
+            cfg.search.arch_optimizer,
+            cfg.search.epochs,
+            run_dir,
+        )
     return runner.run(), run_dir
 
 
 @holds_run_dirs
 @stoppable
-def train(config_path: Optional[str], overrides: Sequence[str] = (), genotype: Optional[str] = None, baseline: Optional[str] = None, seed: int = 0, out: Optional[str] = None, resume: Optional[str] = None, device: Optional[str] = None, evaluate_split: Optional[str] = None):
+def train(
+    config_path: Optional[str],
+    overrides: Sequence[str] = (),
+    genotype: Optional[str] = None,
+    baseline: Optional[str] = None,
+    seed: int = 0,
+    out: Optional[str] = None,
+    resume: Optional[str] = None,
+    device: Optional[str] = None,
+    evaluate_split: Optional[str] = None,
+):
     """``hpcnas train``: retrain a genotype file, a random cell (``genotype="random"``) or a baseline.
 
-    ``train.channels`` / ``train.target_params`` size the network.  With ``evaluate_split`` the best checkpoint is then evaluated on that split
+    ``train.channels`` / ``train.target_params`` size the network.  With ``evaluate_split`` the best
+    checkpoint is then evaluated on that split
     (full images), into the run's ``evaluation.json``.
     """
     import random
 
     from hpcnas.data.hdf5 import read_info
+    from hpcnas.distributed import launched_size
     from hpcnas.rundir import write_json
     from hpcnas.space.genotype import Genotype
     from hpcnas.space.searchspace import SearchSpace
 
-    from hpcnas.distributed import launched_size
-
     if launched_size() > 1:
-        raise UserError(f"train runs as one process, but this launch started {launched_size()}: give it one task (slurm/train.sh, hpcnas submit --command train)")
+        raise UserError(
+            f"train runs as one process, but this launch started {launched_size()}: give it one task "
+            "(slurm/train.sh, hpcnas submit --command train)"
+        )
     cfg = resolve_config(config_path, overrides, resume)
     space = SearchSpace.from_config(cfg)
     geno = None
@@ -238,8 +282,17 @@ def train(config_path: Optional[str], overrides: Sequence[str] = (), genotype: O
         log.info("resuming %s at %s", run_dir, trainer.resume_point())
     what = spec["kind"] if spec["kind"] != "genotype" else spec["genotype"]["topology"]
     width = spec["channels"] if spec["kind"] == "genotype" else spec["baseline_width"]
-    log.info("train %s (width %d: %s parameters, %.3g GFLOPs per %d px tile) on %s: %d epochs -> %s", what, width,
-             f"{spec['params']:,}", spec["flops"] / 1e9, info.tile_size, dev, cfg.train.epochs, run_dir)
+    log.info(
+        "train %s (width %d: %s parameters, %.3g GFLOPs per %d px tile) on %s: %d epochs -> %s",
+        what,
+        width,
+        f"{spec['params']:,}",
+        spec["flops"] / 1e9,
+        info.tile_size,
+        dev,
+        cfg.train.epochs,
+        run_dir,
+    )
     best = trainer.run()
     if evaluate_split:
         from hpcnas.train.evaluate import evaluate as run_evaluation
@@ -248,7 +301,13 @@ def train(config_path: Optional[str], overrides: Sequence[str] = (), genotype: O
     return best, run_dir
 
 
-def evaluate(checkpoint: str, data: Optional[str] = None, split: str = "test", out: Optional[str] = None, device: Optional[str] = None):
+def evaluate(
+    checkpoint: str,
+    data: Optional[str] = None,
+    split: str = "test",
+    out: Optional[str] = None,
+    device: Optional[str] = None,
+):
     """``hpcnas evaluate``: full-image metrics; defaults to the run's own data and directory."""
     from hpcnas.runtime import select_device
     from hpcnas.train.evaluate import evaluate as run_evaluation
@@ -271,7 +330,9 @@ def report(run_dirs: Sequence[str], out: Optional[str] = None) -> Path:
         if not Path(d).is_dir():
             raise UserError("no such run directory", source=str(d))
         if not RunDir(d).holds_a_run():
-            raise UserError("holds no run (no metrics.jsonl, evaluation.json, history.jsonl or genotype.json)", source=str(d))
+            raise UserError(
+                "holds no run (no metrics.jsonl, evaluation.json, history.jsonl or genotype.json)", source=str(d)
+            )
     return build_report([Path(d) for d in run_dirs], Path(out) if out else None)
 
 
@@ -288,7 +349,9 @@ def pareto(run_dir: str, export: Optional[str] = None) -> "tuple[Any, Optional[P
         raise UserError("no such run directory", source=str(run_dir))
     search = read_search(Path(run_dir))
     if search is None:
-        raise UserError("holds no discrete search (no history.jsonl): run mpirun ... hpcnas-evolve first", source=str(run_dir))
+        raise UserError(
+            "holds no discrete search (no history.jsonl): run mpirun ... hpcnas-evolve first", source=str(run_dir)
+        )
     if export is None:
         return search, None
     target = Path(export)
@@ -297,14 +360,22 @@ def pareto(run_dir: str, export: Optional[str] = None) -> "tuple[Any, Optional[P
     front = search.front
     for e in front:
         Genotype.from_dict(e.genotype).save(RunDir(target / f"eval-{e.id:05d}").genotype)
-    write_json(target / "front.json", {"run": str(search.run_dir), "objectives": [str(o) for o in search.objectives],
-                                       "front": [e.to_dict() for e in front]})
+    write_json(
+        target / "front.json",
+        {
+            "run": str(search.run_dir),
+            "objectives": [str(o) for o in search.objectives],
+            "front": [e.to_dict() for e in front],
+        },
+    )
     return search, target
 
 
 @holds_run_dirs
 @stoppable
-def evolve(config_path: Optional[str], overrides: Sequence[str] = (), out: Optional[str] = None, resume: Optional[str] = None) -> Optional[Path]:
+def evolve(
+    config_path: Optional[str], overrides: Sequence[str] = (), out: Optional[str] = None, resume: Optional[str] = None
+) -> Optional[Path]:
     """``hpcnas-evolve`` / ``hpcnas evolve``: discrete search on every MPI rank of this job.
 
     Rank 0 resolves the configuration and the run directory and broadcasts
@@ -369,12 +440,19 @@ def smoke(out: Optional[str] = None, config_path: Optional[str] = None, override
     with_data = list(overrides) + [f"data.path={data}"]
     genotype, search_dir = search(config, with_data, out=str(root / "search"))
     print(f"[smoke] search: {genotype.describe()} ({time.time() - t0:.0f}s)")
-    _, train_dir = train(config, with_data, genotype=str(RunDir(search_dir).genotype), out=str(root / "train"), evaluate_split="test")
+    _, train_dir = train(
+        config, with_data, genotype=str(RunDir(search_dir).genotype), out=str(root / "train"), evaluate_split="test"
+    )
     result = json.loads(RunDir(train_dir).evaluation.read_text())
-    _, base_dir = train(config, with_data, baseline="resnet_unet", out=str(root / "baseline_resnet_unet"), evaluate_split="test")
+    _, base_dir = train(
+        config, with_data, baseline="resnet_unet", out=str(root / "baseline_resnet_unet"), evaluate_split="test"
+    )
     report_dir = report([str(train_dir), str(base_dir), str(search_dir)])
     curve = result["objects"]
     print(f"[smoke] done in {time.time() - t0:.0f}s: {root}")
-    print(f"[smoke] test mIoU {result['miou']:.4f}, object recall@0.5 {curve['recall'][4]:.3f}, precision@0.5 {curve['precision'][4]:.3f}")
+    print(
+        f"[smoke] test mIoU {result['miou']:.4f}, object recall@0.5 {curve['recall'][4]:.3f}, "
+        f"precision@0.5 {curve['precision'][4]:.3f}"
+    )
     print(f"[smoke] report: {report_dir / SUMMARY}")
     return root

@@ -71,8 +71,14 @@ class Task:
 
     def again(self, origin: Origin, batch_size: Optional[int] = None) -> "Task":
         """The same architecture dispatched anew (re-queued, or retried at another batch size)."""
-        return Task(self.id, self.genotype, batch_size or self.batch_size, self.parent, origin,
-                    retried=self.retried or origin is Origin.RETRY)
+        return Task(
+            self.id,
+            self.genotype,
+            batch_size or self.batch_size,
+            self.parent,
+            origin,
+            retried=self.retried or origin is Origin.RETRY,
+        )
 
 
 @dataclass
@@ -137,8 +143,21 @@ class Evaluation:
         objectives = {k: float(v) for k, v in result.measured.items() if v is not None}
         if result.fitness is not None:
             objectives["miou"] = float(result.fitness)
-        return cls(task.id, task.genotype, result.status, result.fitness, objectives, task.parent, rank, task.batch_size,
-                   task.retried, task.submit, result.start, result.end, result.error)
+        return cls(
+            task.id,
+            task.genotype,
+            result.status,
+            result.fitness,
+            objectives,
+            task.parent,
+            rank,
+            task.batch_size,
+            task.retried,
+            task.submit,
+            result.start,
+            result.end,
+            result.error,
+        )
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain JSON-able data."""

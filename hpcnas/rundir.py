@@ -14,7 +14,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Union
+from typing import AbstractSet, Any, Dict, Iterator, List, Optional, Union
 
 PathLike = Union[str, Path]
 SUMMARY = "summary.md"  # in a report folder
@@ -133,8 +133,11 @@ def lock_run_dir(path: PathLike) -> None:
         os.close(fd)
         raise UserError(f"in use by {holder}: one writer per run directory", source=str(path)) from None
     except OSError as exc:
-        logging.getLogger("hpcnas").warning("%s: no lock on this file system (%s); make sure no other command writes "
-                                            "this run directory", path, exc.strerror)
+        logging.getLogger("hpcnas").warning(
+            "%s: no lock on this file system (%s); make sure no other command writes this run directory",
+            path,
+            exc.strerror,
+        )
         os.close(fd)
         return
     os.ftruncate(fd, 0)
@@ -142,7 +145,7 @@ def lock_run_dir(path: PathLike) -> None:
     _HELD[key] = fd
 
 
-def release_run_dirs(keep: "set[str]" = frozenset()) -> None:
+def release_run_dirs(keep: "AbstractSet[str]" = frozenset()) -> None:
     """Release every run directory lock this process holds, but those in ``keep``."""
     for key in [k for k in _HELD if k not in keep]:
         os.close(_HELD.pop(key))
@@ -239,7 +242,7 @@ class JsonlWriter:
 
 def read_jsonl(path: PathLike) -> List[Dict[str, Any]]:
     """Every complete record of a JSON-lines file; a torn last line is skipped."""
-    records = []
+    records: List[Dict[str, Any]] = []
     p = Path(path)
     if not p.exists():
         return records

@@ -30,9 +30,15 @@ def select_device(name: str = "auto") -> torch.device:
         raise UserError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)", source="--device") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError(f"device {name!r} requested but no CUDA GPU is available (torch {torch.__version__}, cuda {torch.version.cuda})", source="--device")
+            raise UserError(
+                f"device {name!r} requested but no CUDA GPU is available "
+                f"(torch {torch.__version__}, cuda {torch.version.cuda})",
+                source="--device",
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(f"device {name!r} requested but only {torch.cuda.device_count()} GPU(s) are visible", source="--device")
+            raise UserError(
+                f"device {name!r} requested but only {torch.cuda.device_count()} GPU(s) are visible", source="--device"
+            )
     elif device.type != "cpu":
         raise UserError(f"unsupported device {name!r} (use auto, cpu, cuda or cuda:N)", source="--device")
     return device
@@ -64,7 +70,9 @@ def restore_rng_state(state: Dict[str, Any]) -> None:
 
 def reset_peak_memory(device: torch.device) -> None:
     """Start a new peak-memory window (CUDA only; host RSS peak is per process)."""
-    if device.type == "cuda" and torch.cuda.is_initialized():  # before CUDA starts there is nothing to reset (and torch refuses)
+    if (
+        device.type == "cuda" and torch.cuda.is_initialized()
+    ):  # before CUDA starts there is nothing to reset (and torch refuses)
         torch.cuda.reset_peak_memory_stats(device)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import signal
 import threading
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 
@@ -31,7 +31,7 @@ class StopFlag:
 
     def __init__(self) -> None:
         self.signal: Optional[str] = None
-        self._previous: Dict[int, object] = {}
+        self._previous: Dict[int, Any] = {}
         self._depth = 0
         self._armed = False  # held for the whole process by its entry point (see :meth:`arm`)
 

@@ -32,7 +32,14 @@ def run_cli(*args: str, cwd=None, env=None, timeout: float = 600) -> subprocess.
     """Run ``python -m hpcnas.cli ARGS`` as a user would and capture its output."""
     full_env = dict(os.environ)
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "hpcnas.cli", *args], cwd=cwd or ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "hpcnas.cli", *args],
+        cwd=cwd or ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def run_interrupted_in_epoch(monkeypatch, loop_cls, epoch: int, run) -> None:

@@ -12,18 +12,32 @@ from tests.conftest import ROOT, run_cli
 
 
 def _modules_after(code: str) -> set:
-    out = subprocess.run([sys.executable, "-c", code + "\nimport sys; print(' '.join(sorted(sys.modules)))"], capture_output=True, text=True, check=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys; print(' '.join(sorted(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
     return set(out.stdout.split())
 
 
 def test_import_and_help_never_import_torch():
     assert "torch" not in _modules_after("import hpcnas")
     assert "torch" not in _modules_after(
-        "import hpcnas.cli, hpcnas.config, hpcnas.space.genotype, hpcnas.search.decode, hpcnas.data.hdf5, hpcnas.data.sharding, hpcnas.rundir"
+        "import hpcnas.cli, hpcnas.config, hpcnas.space.genotype, hpcnas.search.decode, hpcnas.data.hdf5, "
+        "hpcnas.data.sharding, hpcnas.rundir"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", "import sys\nfrom hpcnas.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules)"],
-        capture_output=True, text=True, cwd=ROOT,
+        [
+            sys.executable,
+            "-c",
+            "import sys\nfrom hpcnas.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n"
+            "    pass\nprint('torch' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert proc.stdout.strip().endswith("False"), proc.stdout
     assert "search" in proc.stdout and "data" in proc.stdout
@@ -52,7 +66,9 @@ def test_missing_gpu_is_a_clear_error(tmp_path):
 
     if torch.cuda.is_available():
         return
-    proc = run_cli("search", "--config", str(ROOT / "configs/smoke.yaml"), "--out", str(tmp_path / "r"), "--device", "cuda")
+    proc = run_cli(
+        "search", "--config", str(ROOT / "configs/smoke.yaml"), "--out", str(tmp_path / "r"), "--device", "cuda"
+    )
     assert proc.returncode == 2
     assert proc.stderr.startswith("hpcnas: error: --device: device 'cuda' requested but no CUDA GPU is available")
 
@@ -80,14 +96,28 @@ def test_out_on_an_existing_run_is_refused(tmp_path):
     (out / "metrics.jsonl").write_text('{"epoch": 0}\n')
     proc = run_cli("search", "--config", str(ROOT / "configs/smoke.yaml"), "--out", str(out))
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"hpcnas: error: {out}: already holds a run: continue it with --resume {out}, or choose another --out"
+    assert (
+        proc.stderr.strip()
+        == f"hpcnas: error: {out}: already holds a run: continue it with --resume {out}, or choose another --out"
+    )
     assert (out / "metrics.jsonl").read_text() == '{"epoch": 0}\n' and (out / "config.yaml").read_text() == "seed: 0\n"
 
 
 def test_launch_detection(monkeypatch):
     from hpcnas.distributed import launched_rank, launched_size
 
-    for name in ("HOROVOD_SIZE", "HOROVOD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "PMI_SIZE", "PMI_RANK", "PMIX_RANK", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_STEP_ID"):
+    for name in (
+        "HOROVOD_SIZE",
+        "HOROVOD_RANK",
+        "OMPI_COMM_WORLD_SIZE",
+        "OMPI_COMM_WORLD_RANK",
+        "PMI_SIZE",
+        "PMI_RANK",
+        "PMIX_RANK",
+        "SLURM_NTASKS",
+        "SLURM_PROCID",
+        "SLURM_STEP_ID",
+    ):
         monkeypatch.delenv(name, raising=False)
     assert (launched_size(), launched_rank()) == (1, 0)
     monkeypatch.setenv("SLURM_NTASKS", "8")  # an sbatch script, not yet under srun: one process
@@ -115,15 +145,29 @@ def test_a_warning_after_the_command_finished_does_not_kill_the_process(tmp_path
 
 def _console(*args):
     """The ``hpcnas`` console script of this environment, as SLURM's srun starts it."""
-    return subprocess.Popen([str(Path(sys.executable).parent / "hpcnas"), *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "hpcnas"), *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_a_warning_during_start_up_stops_a_search_cleanly(tmp_path):
     """USR2 while the command is still importing (a loaded node): kept for the first step, exit 75, resumable."""
     out = tmp_path / "run"
-    proc = _console("search", "--config", str(ROOT / "configs" / "smoke.yaml"), "--out", str(out),
-                    "--set", "search.epochs=2", "--set", "device=cpu")
+    proc = _console(
+        "search",
+        "--config",
+        str(ROOT / "configs" / "smoke.yaml"),
+        "--out",
+        str(out),
+        "--set",
+        "search.epochs=2",
+        "--set",
+        "device=cpu",
+    )
     time.sleep(0.3)  # the handler is installed first thing; torch takes seconds to import after it
     proc.send_signal(signal.SIGUSR2)
     _, err = proc.communicate(timeout=300)
@@ -145,7 +189,8 @@ def test_a_warning_during_start_up_of_a_command_that_does_not_resume_ends_it(tmp
 def test_a_warning_after_a_search_finished_does_not_kill_the_process(tmp_path):
     code = (
         "import os, signal, sys\nfrom hpcnas.cli import main\n"
-        f"code = main(['search', '--config', {str(ROOT / 'configs' / 'smoke.yaml')!r}, '--out', {str(tmp_path / 'r')!r},"
+        f"code = main(['search', '--config', {str(ROOT / 'configs' / 'smoke.yaml')!r}, "
+        f"'--out', {str(tmp_path / 'r')!r},"
         " '--set', 'search.epochs=1', '--set', 'device=cpu'])\n"
         "os.kill(os.getpid(), signal.SIGUSR2)\nos.kill(os.getpid(), signal.SIGTERM)\nsys.exit(code)"
     )
@@ -184,14 +229,18 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_good_checkpoint(tmp_path):
 
     tiny = tmp_path / "tiny"
     tiny.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(tiny)], capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(tiny)], capture_output=True, text=True
+    )
     if mounted.returncode:
         if os.environ.get("CI"):
             pytest.fail(f"cannot mount a tmpfs to fill: {mounted.stderr.strip()}")
         pytest.skip(f"cannot mount a tmpfs (needs root): {mounted.stderr.strip()}")
     try:
         out = tiny / "run"
-        proc = run_cli("search", "--config", str(ROOT / "configs" / "smoke.yaml"), "--out", str(out), "--set", "device=cpu")
+        proc = run_cli(
+            "search", "--config", str(ROOT / "configs" / "smoke.yaml"), "--out", str(out), "--set", "device=cpu"
+        )
         assert proc.returncode == 1
         lines = proc.stderr.strip().splitlines()
         assert lines[-1].startswith(f"hpcnas: error: no space left on device writing {out}"), proc.stderr[-2000:]

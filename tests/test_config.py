@@ -44,7 +44,11 @@ def test_file_then_overrides(tmp_path):
         ("search:\n  epochs: three\n", [], "key 'search.epochs': expected an integer"),
         ("search:\n  epochs: 0\n", [], "key 'search.epochs': must be >= 1, got 0"),
         ("search:\n  momentum: 1.5\n", [], "key 'search.momentum': must be <= 1.0"),
-        ("space:\n  topology: darts_unet+\n", [], "key 'space.topology': must be one of darts_unet, darts_unetpp, resnext_unet (did you mean 'darts_unet'?)"),
+        (
+            "space:\n  topology: darts_unet+\n",
+            [],
+            "key 'space.topology': must be one of darts_unet, darts_unetpp, resnext_unet (did you mean 'darts_unet'?)",
+        ),
         ("search:\n  edge_normalization: 1\n", [], "key 'search.edge_normalization': expected true or false"),
         ("search: 3\n", [], "key 'search': expected a section"),
         ("", ["search.epochs"], "--set: 'search.epochs' is not of the form section.key=value"),
@@ -79,7 +83,12 @@ def test_every_shipped_config_loads():
     for path in configs:
         cfg = load_config(str(path))
         # the resolved config round-trips through YAML
-        assert load_config(None, [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}" for k, v in _flat(to_dict(cfg))]) == cfg
+        assert (
+            load_config(
+                None, [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}" for k, v in _flat(to_dict(cfg))]
+            )
+            == cfg
+        )
 
 
 def _flat(d, prefix=""):
@@ -100,8 +109,10 @@ def test_cli_bad_key_is_one_line_exit_2(tmp_path):
 
 def test_old_flat_evolve_keys_still_work_with_one_deprecation_line_each(tmp_path, capsys):
     path = tmp_path / "old.yaml"
-    path.write_text("evolve:\n  strategy: random\n  population: 3\n  proxy_epochs: 2\n  inject_faults: ['1:oom']\n"
-                    "  evaluator: sleep\n  task_timeout: 9\n")
+    path.write_text(
+        "evolve:\n  strategy: random\n  population: 3\n  proxy_epochs: 2\n  inject_faults: ['1:oom']\n"
+        "  evaluator: sleep\n  task_timeout: 9\n"
+    )
     cfg = load_config(str(path), ["evolve.sample_size=2", "evolve.retry_oom_half_batch=false"])
     ev = cfg.evolve
     assert (ev.strategy.name, ev.strategy.population, ev.strategy.sample_size) == ("random", 3, 2)

@@ -8,9 +8,24 @@ import hpcnas
 ROOT = Path(hpcnas.__file__).parent
 # lower number = lower layer; modules of one layer may import each other
 LAYERS = {
-    "errors": 0, "rundir": 1, "signals": 1, "runtime": 1, "config": 2, "checkpoint": 2, "distributed": 2,
-    "data": 3, "space": 4, "records": 5, "strategies": 5, "train": 6, "search": 7, "execution": 8,
-    "cluster": 9, "report": 10, "pipeline": 11, "cli": 12,
+    "errors": 0,
+    "rundir": 1,
+    "signals": 1,
+    "runtime": 1,
+    "config": 2,
+    "checkpoint": 2,
+    "distributed": 2,
+    "data": 3,
+    "space": 4,
+    "records": 5,
+    "strategies": 5,
+    "train": 6,
+    "search": 7,
+    "execution": 8,
+    "cluster": 9,
+    "report": 10,
+    "pipeline": 11,
+    "cli": 12,
 }
 
 

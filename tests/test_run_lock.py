@@ -11,13 +11,26 @@ import time
 from tests.conftest import ROOT, run_cli, set_args
 
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
-LONG = ["data.synth.n=16", "data.synth.size=32", "space.channels=8", "space.depth=2", "space.nodes=2",
-        "search.epochs=200", "search.batch_size=4", "device=cpu"]
+LONG = [
+    "data.synth.n=16",
+    "data.synth.size=32",
+    "space.channels=8",
+    "space.depth=2",
+    "space.nodes=2",
+    "search.epochs=200",
+    "search.batch_size=4",
+    "device=cpu",
+]
 
 
 def start_search(out) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "hpcnas.cli", "search", "--config", SMOKE, *set_args(LONG),
-                             "--out", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpcnas.cli", "search", "--config", SMOKE, *set_args(LONG), "--out", str(out)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(path, timeout=120):
@@ -35,7 +48,8 @@ def test_a_live_run_refuses_a_second_writer_and_a_killed_one_does_not(tmp_path):
         resumed = run_cli("search", "--resume", str(out), timeout=120)
         assert resumed.returncode == 2
         assert resumed.stderr.strip().splitlines() == [
-            f"hpcnas: error: {out}: in use by pid {first.pid} on {os.uname().nodename}: one writer per run directory"]
+            f"hpcnas: error: {out}: in use by pid {first.pid} on {os.uname().nodename}: one writer per run directory"
+        ]
         again = run_cli("search", "--config", SMOKE, "--out", str(out), timeout=120)
         assert again.returncode == 2 and "already holds a run" in again.stderr
     finally:

@@ -99,7 +99,16 @@ def slurm_parameters(req: Request) -> Dict[str, Any]:
 class PipelineJob(Checkpointable):
     """One hpcnas command, run on every task of a job; requeued at the time limit and resumed."""
 
-    def __init__(self, command: str, config: str, overrides: List[str], out: str, genotype: Optional[str] = None, baseline: Optional[str] = None, seed: int = 0):
+    def __init__(
+        self,
+        command: str,
+        config: str,
+        overrides: List[str],
+        out: str,
+        genotype: Optional[str] = None,
+        baseline: Optional[str] = None,
+        seed: int = 0,
+    ):
         self.command, self.config, self.overrides, self.out = command, config, list(overrides), out
         self.genotype, self.baseline, self.seed = genotype, baseline, seed
 
@@ -130,7 +139,15 @@ class PipelineJob(Checkpointable):
         elif self.command == "evolve":
             pipeline.evolve(self.config, self.overrides, out=out, resume=resume)
         else:
-            pipeline.train(self.config, self.overrides, genotype=self.genotype, baseline=self.baseline, seed=self.seed, out=out, resume=resume)
+            pipeline.train(
+                self.config,
+                self.overrides,
+                genotype=self.genotype,
+                baseline=self.baseline,
+                seed=self.seed,
+                out=out,
+                resume=resume,
+            )
 
 
 def _check(req: Request) -> None:
@@ -150,7 +167,10 @@ def _check(req: Request) -> None:
         raise UserError("train runs as one process: use --nodes 1", source="--nodes")
     if req.array is not None:
         if req.command != "train" or req.genotype or req.baseline:
-            raise UserError("--array N trains N random cells: use it with --command train and without --genotype/--baseline", source="--array")
+            raise UserError(
+                "--array N trains N random cells: use it with --command train and without --genotype/--baseline",
+                source="--array",
+            )
         if req.array < 1:
             raise UserError("--array needs at least 1 task", source="--array")
     elif req.command == "train" and not (req.genotype or req.baseline):
@@ -179,7 +199,9 @@ def sbatch_text(req: Request) -> str:
     if req.array is not None:
         params["map_count"] = req.array
     folder = Path(req.logs).resolve() / JOB_ID
-    return _make_sbatch_string(command=f"{sys.executable} -u -m submitit.core._submit {folder}", folder=folder, **params)
+    return _make_sbatch_string(
+        command=f"{sys.executable} -u -m submitit.core._submit {folder}", folder=folder, **params
+    )
 
 
 def submit(req: Request, local: bool = False) -> List[Tuple[Any, str]]:
@@ -197,7 +219,9 @@ def submit(req: Request, local: bool = False) -> List[Tuple[Any, str]]:
         try:
             executor = submitit.SlurmExecutor(folder, max_num_timeout=MAX_REQUEUES)
         except RuntimeError:
-            raise UserError("no SLURM here (no srun on PATH): use --local to run without SLURM, or --dry-run to see the job") from None
+            raise UserError(
+                "no SLURM here (no srun on PATH): use --local to run without SLURM, or --dry-run to see the job"
+            ) from None
         executor.update_parameters(**slurm_parameters(req))
     jobs = jobs_for(req)
     try:
@@ -209,5 +233,7 @@ def submit(req: Request, local: bool = False) -> List[Tuple[Any, str]]:
                     submitted = [executor.submit(job) for job in jobs]
     except submitit.core.utils.FailedJobError as exc:
         lines = [line for line in str(exc).splitlines() if line.strip()]
-        raise UserError(f"sbatch refused the job: {lines[0] if lines else exc}") from None  # sbatch's first line names the cause
+        raise UserError(
+            f"sbatch refused the job: {lines[0] if lines else exc}"
+        ) from None  # sbatch's first line names the cause
     return [(s, job.out.replace(JOB_ID, str(s.job_id))) for s, job in zip(submitted, jobs)]

@@ -49,7 +49,9 @@ def balanced_class_weights(class_pixels: np.ndarray) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def create_dataset(path: PathLike, class_names: Sequence[str], tile_size: int, overlap: int, channels: int = 3) -> Iterator["DatasetWriter"]:
+def create_dataset(
+    path: PathLike, class_names: Sequence[str], tile_size: int, overlap: int, channels: int = 3
+) -> Iterator["DatasetWriter"]:
     """Stream patches into a new data set; the file appears at ``path`` only on success.
 
     On an exception the temporary file is removed and whatever was at ``path``
@@ -65,7 +67,9 @@ def create_dataset(path: PathLike, class_names: Sequence[str], tile_size: int, o
 class DatasetWriter:
     """Appends patches to an open HDF5 file (made by :func:`create_dataset`)."""
 
-    def __init__(self, file: h5py.File, name: str, class_names: Sequence[str], tile_size: int, overlap: int, channels: int):
+    def __init__(
+        self, file: h5py.File, name: str, class_names: Sequence[str], tile_size: int, overlap: int, channels: int
+    ):
         self._file = file
         self.name = name
         self.class_names = list(class_names)
@@ -86,7 +90,9 @@ class DatasetWriter:
         self.source_split.append(split)
         return len(self.sources) - 1
 
-    def add_patch(self, image: np.ndarray, mask: np.ndarray, source: int, offset: Tuple[int, int], valid: Tuple[int, int]) -> None:
+    def add_patch(
+        self, image: np.ndarray, mask: np.ndarray, source: int, offset: Tuple[int, int], valid: Tuple[int, int]
+    ) -> None:
         """Append one patch to the split of its source image."""
         s = self.tile_size
         if image.shape != (s, s, self.channels) or mask.shape != (s, s):
@@ -198,8 +204,20 @@ def read_info(path: PathLike) -> DatasetInfo:
         try:
             a = f.attrs
             if a.get("format") != FORMAT:
-                raise UserError(f"not an hpcnas data set (attribute 'format' is {a.get('format')!r}, expected '{FORMAT}')", source=src)
-            for key in ("class_names", "tile_size", "overlap", "class_weights", "class_pixels", "sources", "source_shapes", "source_split"):
+                raise UserError(
+                    f"not an hpcnas data set (attribute 'format' is {a.get('format')!r}, expected '{FORMAT}')",
+                    source=src,
+                )
+            for key in (
+                "class_names",
+                "tile_size",
+                "overlap",
+                "class_weights",
+                "class_pixels",
+                "sources",
+                "source_shapes",
+                "source_split",
+            ):
                 if key not in a:
                     raise UserError(f"missing attribute '{key}'", source=src)
             class_names = [str(c) for c in a["class_names"]]
@@ -218,12 +236,16 @@ def read_info(path: PathLike) -> DatasetInfo:
                 n = g["images"].shape[0]
                 for name in FIELDS:
                     if g[name].shape[0] != n:
-                        raise UserError(f"'{split}/{name}' has {g[name].shape[0]} entries, '{split}/images' has {n}", source=src)
+                        raise UserError(
+                            f"'{split}/{name}' has {g[name].shape[0]} entries, '{split}/images' has {n}", source=src
+                        )
                 ishape, mshape = g["images"].shape, g["masks"].shape
                 if len(ishape) != 4 or ishape[1:3] != (tile, tile):
                     raise UserError(f"'{split}/images' has shape {ishape}, expected (N, {tile}, {tile}, C)", source=src)
                 if mshape[1:] != ishape[1:3]:
-                    raise UserError(f"'{split}/masks' shape {mshape} does not match '{split}/images' {ishape}", source=src)
+                    raise UserError(
+                        f"'{split}/masks' shape {mshape} does not match '{split}/images' {ishape}", source=src
+                    )
                 if g["images"].dtype != np.uint8 or g["masks"].dtype != np.uint8:
                     raise UserError(f"'{split}' images and masks must be uint8", source=src)
                 channels = ishape[3]
@@ -231,9 +253,13 @@ def read_info(path: PathLike) -> DatasetInfo:
                 _check_placement(g, split, np.asarray(a["source_shapes"], dtype=np.int64).reshape(-1, 2), tile, src)
             weights = np.asarray(a["class_weights"], dtype=np.float32)
             if weights.shape != (len(class_names),):
-                raise UserError(f"'class_weights' has {weights.shape[0]} entries for {len(class_names)} classes", source=src)
+                raise UserError(
+                    f"'class_weights' has {weights.shape[0]} entries for {len(class_names)} classes", source=src
+                )
             if not np.isfinite(weights).all() or (weights < 0).any() or not (weights > 0).any():
-                raise UserError(f"'class_weights' must be finite, non-negative and not all 0, got {weights.tolist()}", source=src)
+                raise UserError(
+                    f"'class_weights' must be finite, non-negative and not all 0, got {weights.tolist()}", source=src
+                )
             return DatasetInfo(
                 path=Path(path),
                 class_names=class_names,
@@ -264,8 +290,11 @@ def check_class_ids(info: "DatasetInfo", block: int = 256) -> None:
                 labels = np.where(chunk == IGNORE_INDEX, 0, chunk)
                 if labels.size and int(labels.max()) >= info.num_classes:
                     i = start + int(np.argmax(labels.reshape(len(chunk), -1).max(axis=1)))
-                    raise UserError(f"patch {split}[{i}] has class id {int(labels.max())}, beyond the "
-                                    f"{info.num_classes} classes {info.class_names}", source=str(info.path))
+                    raise UserError(
+                        f"patch {split}[{i}] has class id {int(labels.max())}, beyond the "
+                        f"{info.num_classes} classes {info.class_names}",
+                        source=str(info.path),
+                    )
 
 
 def _check_placement(group, split: str, source_shapes: np.ndarray, tile: int, src: str) -> None:
@@ -276,13 +305,18 @@ def _check_placement(group, split: str, source_shapes: np.ndarray, tile: int, sr
     bad = (sources < 0) | (sources >= len(source_shapes))
     if bad.any():
         i = int(np.argmax(bad))
-        raise UserError(f"patch {split}[{i}] names source {int(sources[i])}, but there are {len(source_shapes)}", source=src)
+        raise UserError(
+            f"patch {split}[{i}] names source {int(sources[i])}, but there are {len(source_shapes)}", source=src
+        )
     shapes = source_shapes[sources]
     outside = ((offsets < 0) | (valid < 1) | (valid > tile) | (offsets + valid > shapes)).any(axis=1)
     if outside.any():
         i = int(np.argmax(outside))
-        raise UserError(f"patch {split}[{i}] at offset {offsets[i].tolist()} (valid {valid[i].tolist()}) lies outside its "
-                        f"source of {shapes[i].tolist()} px", source=src)
+        raise UserError(
+            f"patch {split}[{i}] at offset {offsets[i].tolist()} (valid {valid[i].tolist()}) lies outside its "
+            f"source of {shapes[i].tolist()} px",
+            source=src,
+        )
 
 
 class PatchReader:
@@ -312,7 +346,9 @@ class PatchReader:
             image = g["images"][index]
             mask = g["masks"][index]
         except (OSError, KeyError, ValueError) as exc:
-            raise UserError(f"cannot read patch {self.split}[{index}] (corrupt file?): {_short(exc)}", source=self.path) from None
+            raise UserError(
+                f"cannot read patch {self.split}[{index}] (corrupt file?): {_short(exc)}", source=self.path
+            ) from None
         labels = mask[mask != IGNORE_INDEX]
         if labels.size and int(labels.max()) >= self.num_classes:
             raise UserError(

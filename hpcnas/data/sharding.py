@@ -13,7 +13,9 @@ from typing import List
 import numpy as np
 
 
-def shard_indices(count: int, rank: int = 0, world: int = 1, epoch: int = 0, seed: int = 0, shuffle: bool = True) -> List[int]:
+def shard_indices(
+    count: int, rank: int = 0, world: int = 1, epoch: int = 0, seed: int = 0, shuffle: bool = True
+) -> List[int]:
     """The indices rank ``rank`` of ``world`` reads in ``epoch``."""
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} outside world of size {world}")

@@ -86,7 +86,9 @@ def draw_scene(rng: np.random.Generator, h: int, w: int, tile: int) -> Tuple[np.
     return (np.clip(image, 0, 1) * 255).astype(np.uint8), mask
 
 
-def synthesize(out: PathLike, n: int = 48, size: int = 64, seed: int = 0, val_fraction: float = 0.25, test_fraction: float = 0.25) -> Dict[str, int]:
+def synthesize(
+    out: PathLike, n: int = 48, size: int = 64, seed: int = 0, val_fraction: float = 0.25, test_fraction: float = 0.25
+) -> Dict[str, int]:
     """Write a synthetic data set of exactly ``n`` patches to ``out``; returns patches per split.
 
     Scenes of 2x2 overlapping tiles are drawn and tiled (so objects are cut by
@@ -97,8 +99,10 @@ def synthesize(out: PathLike, n: int = 48, size: int = 64, seed: int = 0, val_fr
     if size < 16:
         raise UserError(f"patches must be at least 16 px, got {size}", source="--size")
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise UserError(f"fractions must be in [0, 1) and sum below 1, got {val_fraction} + {test_fraction}",
-                        source="--val-fraction/--test-fraction")
+        raise UserError(
+            f"fractions must be in [0, 1) and sum below 1, got {val_fraction} + {test_fraction}",
+            source="--val-fraction/--test-fraction",
+        )
     if Path(out).is_dir():
         raise UserError("is a directory: give the path of the .h5 file to write", source=str(out))
     overlap = overlap_for(size)

@@ -35,7 +35,9 @@ def tile_positions(length: int, size: int, overlap: int) -> List[int]:
     return [i * stride for i in range(count)]
 
 
-def tile_array(image: np.ndarray, mask: np.ndarray, size: int, overlap: int) -> Iterator[Tuple[np.ndarray, np.ndarray, Tuple[int, int], Tuple[int, int]]]:
+def tile_array(
+    image: np.ndarray, mask: np.ndarray, size: int, overlap: int
+) -> Iterator[Tuple[np.ndarray, np.ndarray, Tuple[int, int], Tuple[int, int]]]:
     """Yield ``(patch, mask_patch, (y, x), (valid_h, valid_w))`` covering the image."""
     h, w = mask.shape
     for y in tile_positions(h, size, overlap):
@@ -79,9 +81,13 @@ class Palette:
                 rgb = tuple(int(v) for v in str(text).split(","))
                 assert len(rgb) == 3 and all(0 <= v <= 255 for v in rgb)
             except (ValueError, AssertionError):
-                raise UserError("colour must be written 'r,g,b' with values 0-255", source=src, key=f"colors.{text}") from None
+                raise UserError(
+                    "colour must be written 'r,g,b' with values 0-255", source=src, key=f"colors.{text}"
+                ) from None
             if name not in ids:
-                raise UserError(f"class '{name}' is not in classes {names} (nor '{IGNORE_NAME}')", source=src, key=f"colors.{text}")
+                raise UserError(
+                    f"class '{name}' is not in classes {names} (nor '{IGNORE_NAME}')", source=src, key=f"colors.{text}"
+                )
             colors[rgb] = ids[name]
         default = raw.get("default")
         if default is not None and default not in ids:
@@ -128,7 +134,11 @@ def pair_images_and_masks(images: PathLike, masks: PathLike) -> List[Tuple[Path,
     """
     images, masks = Path(images), Path(masks)
     image_files = [p for p in list_images(images) if "masks" not in p.relative_to(images).parts[:-1]]
-    mask_files = {p.relative_to(masks).with_suffix(""): p for p in list_images(masks) if "images" not in p.relative_to(masks).parts[:-1]}
+    mask_files = {
+        p.relative_to(masks).with_suffix(""): p
+        for p in list_images(masks)
+        if "images" not in p.relative_to(masks).parts[:-1]
+    }
     if not image_files:
         raise UserError("no image files outside 'masks' folders", source=str(images))
     pairs = []
@@ -169,9 +179,13 @@ def read_mask(path: Path, palette: Optional[Palette], num_classes: int, scale: f
     try:
         with Image.open(path) as im:
             if palette is not None:
-                return palette.apply(np.asarray(_rescaled(im.convert("RGB"), scale, Image.Resampling.NEAREST)), str(path))
+                return palette.apply(
+                    np.asarray(_rescaled(im.convert("RGB"), scale, Image.Resampling.NEAREST)), str(path)
+                )
             if im.mode not in ("L", "P", "I", "I;16", "1"):
-                raise UserError(f"mask has colour mode {im.mode}; give --palette to map colours to classes", source=str(path))
+                raise UserError(
+                    f"mask has colour mode {im.mode}; give --palette to map colours to classes", source=str(path)
+                )
             ids = np.asarray(_rescaled(im, scale, Image.Resampling.NEAREST))
     except (UnidentifiedImageError, OSError) as exc:
         raise UserError(f"cannot read mask: {exc}", source=str(path)) from None
@@ -197,7 +211,9 @@ def assign_splits(count: int, val_fraction: float, test_fraction: float, seed: i
     return splits
 
 
-def assign_splits_stratified(scores: Sequence[float], val_fraction: float, test_fraction: float, seed: int) -> List[str]:
+def assign_splits_stratified(
+    scores: Sequence[float], val_fraction: float, test_fraction: float, seed: int
+) -> List[str]:
     """A split name per source, spreading sources evenly by ``score`` (their share of tiles with foreground).
 
     Sources are ranked by score (a seeded shuffle breaks ties) and dealt in that
@@ -270,7 +286,11 @@ def tile_folder(
             image = read_image(img_path, scale)
             mask = read_mask(mask_path, pal, len(names), scale)
             if image.shape[:2] != mask.shape:
-                raise UserError(f"image is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is {mask.shape[1]}x{mask.shape[0]}", source=str(img_path))
+                raise UserError(
+                    f"image is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is "
+                    f"{mask.shape[1]}x{mask.shape[0]}",
+                    source=str(img_path),
+                )
             src = writer.add_source(str(img_path.relative_to(root)), mask.shape, split)
             for patch, mpatch, offset, valid in tile_array(image, mask, size, overlap):
                 writer.add_patch(patch, mpatch, src, offset, valid)

@@ -64,19 +64,37 @@ class ShardedSampler(Sampler[int]):
         self.epoch, self.skip = epoch, skip
 
     def __iter__(self) -> Iterator[int]:
-        return iter(shard_indices(self.count, self.rank, self.world, self.epoch, self.seed, self.shuffle)[self.skip:])
+        return iter(shard_indices(self.count, self.rank, self.world, self.epoch, self.seed, self.shuffle)[self.skip :])
 
     def __len__(self) -> int:
         return max(0, (-(-self.count // self.world) if self.count else 0) - self.skip)
 
 
-def make_loader(dataset: SegmentationDataset, batch_size: int, rank: int = 0, world: int = 1, seed: int = 0, shuffle: bool = True, num_workers: int = 0, drop_last: bool = False) -> DataLoader:
+def make_loader(
+    dataset: SegmentationDataset,
+    batch_size: int,
+    rank: int = 0,
+    world: int = 1,
+    seed: int = 0,
+    shuffle: bool = True,
+    num_workers: int = 0,
+    drop_last: bool = False,
+) -> DataLoader:
     """A DataLoader over this rank's shard; call ``loader.sampler.set_epoch(e)`` each epoch."""
     sampler = ShardedSampler(len(dataset), rank, world, seed, shuffle)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last, persistent_workers=num_workers > 0)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        persistent_workers=num_workers > 0,
+    )
 
 
-def validation_loader(path: str, batch_size: int, split: str = "val", rank: int = 0, world: int = 1) -> Optional[DataLoader]:
+def validation_loader(
+    path: str, batch_size: int, split: str = "val", rank: int = 0, world: int = 1
+) -> Optional[DataLoader]:
     """An unshuffled, unaugmented loader over this rank's share of ``split`` (no padding: every
     patch counted once across ranks), or ``None`` when the split is empty."""
     count = SegmentationDataset(path, split, augment=False).info.split_sizes.get(split, 0)

@@ -38,7 +38,9 @@ class HorovodContext(SingleProcess):
         try:
             import horovod.torch as hvd
         except ImportError:
-            raise UserError("launched on several ranks but horovod is not installed (envs/setup.sh builds it)") from None
+            raise UserError(
+                "launched on several ranks but horovod is not installed (envs/setup.sh builds it)"
+            ) from None
         comm = None
         if "HOROVOD_RANK" not in os.environ:  # MPI launch (mpirun / srun): share mpi4py's communicator
             try:
@@ -75,7 +77,9 @@ class HorovodContext(SingleProcess):
         for name, opt in optimizers.items():
             # as a pickled object, not hvd.broadcast_optimizer_state: that sends the learning rate
             # through a float32 tensor, and the rounded lr then drifts the cosine schedule
-            opt.load_state_dict(self.hvd.broadcast_object(opt.state_dict(), root_rank=0, name=f"hpcnas.optimizer.{name}"))
+            opt.load_state_dict(
+                self.hvd.broadcast_object(opt.state_dict(), root_rank=0, name=f"hpcnas.optimizer.{name}")
+            )
 
     def broadcast_object(self, obj: Any) -> Any:
         return self.hvd.broadcast_object(obj, root_rank=0, name="hpcnas.object")
@@ -139,7 +143,9 @@ def convert_sync_batch_norm(module: nn.Module, ctx: HorovodContext) -> nn.Module
     """Replace every BatchNorm2d (weights and buffers kept) by :class:`SyncBatchNorm2d`."""
     for name, child in list(module.named_children()):
         if type(child) is nn.BatchNorm2d:
-            sync = SyncBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+            sync = SyncBatchNorm2d(
+                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
+            )
             sync.load_state_dict(child.state_dict())
             sync.ctx = ctx
             setattr(module, name, sync.to(next(child.buffers()).device))

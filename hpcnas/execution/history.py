@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Union
 
 from hpcnas.records import Evaluation, Origin, Task
-from hpcnas.strategies.objectives import Objective, parse_objectives, pareto_front
 from hpcnas.rundir import JsonlWriter, RunDir, read_jsonl
+from hpcnas.strategies.objectives import Objective, pareto_front, parse_objectives
 
 
 class SearchLog:
@@ -24,7 +24,9 @@ class SearchLog:
         files = RunDir(run_dir)
         self.dispatched: List[Task] = [Task.from_dict(r) for r in read_jsonl(files.dispatch)]
         self.finished: List[Evaluation] = [Evaluation.from_dict(r) for r in read_jsonl(files.history)]
-        seqs = [r.seq for r in self.dispatched + self.finished if r.seq is not None]  # type: ignore[operator]
+        seqs = [t.seq for t in self.dispatched if t.seq is not None] + [
+            e.seq for e in self.finished if e.seq is not None
+        ]
         self.seq = max(seqs, default=-1) + 1
         self.next_id = max([t.id for t in self.dispatched], default=-1) + 1
         self._dispatch = JsonlWriter(files.dispatch)

@@ -24,8 +24,8 @@ from hpcnas.errors import UserError
 from hpcnas.execution.history import SearchLog
 from hpcnas.execution.slot import WorkerSlot
 from hpcnas.execution.worker import evaluator_class
-from hpcnas.rundir import RunDir
 from hpcnas.records import Evaluation, Origin, Result, Status, Task, WorkerSetup
+from hpcnas.rundir import RunDir
 from hpcnas.signals import STOP, ignore_stop_signals
 from hpcnas.space.genotype import Genotype
 from hpcnas.space.searchspace import SearchSpace
@@ -42,8 +42,9 @@ def make_strategy(cfg: Config, world: int) -> Strategy:
     """The configured strategy, wrapped in the generational barrier if asked."""
     ev = cfg.evolve
     objectives = parse_objectives(ev.objectives)
-    strategy = strategy_class(ev.strategy.name).from_options(SearchSpace.from_config(cfg), cfg.seed, objectives,
-                                                        ev.strategy.population, ev.strategy.sample_size)
+    strategy = strategy_class(ev.strategy.name).from_options(
+        SearchSpace.from_config(cfg), cfg.seed, objectives, ev.strategy.population, ev.strategy.sample_size
+    )
     return Generational(strategy, size=world) if ev.strategy.mode == "generational" else strategy
 
 
@@ -57,8 +58,11 @@ def check_evolve_config(cfg: Config, world: int) -> None:
     parse_faults(cfg.evolve.faults.inject)
     ev = cfg.evolve
     if ev.strategy.name != "random" and ev.strategy.population > ev.max_evaluations:
-        raise UserError(f"the population ({ev.strategy.population}) must not exceed evolve.max_evaluations ({ev.max_evaluations}): "
-                        "the search would end before evolving", key="evolve.strategy.population")
+        raise UserError(
+            f"the population ({ev.strategy.population}) must not exceed evolve.max_evaluations ({ev.max_evaluations}): "
+            "the search would end before evolving",
+            key="evolve.strategy.population",
+        )
 
 
 def stop_serving(comm) -> None:
@@ -86,14 +90,26 @@ def replay(strategy: Strategy, search_log: SearchLog) -> None:
             continue
         proposal = strategy.ask()
         if proposal is None or proposal.genotype.to_dict() != event.genotype:
-            log.warning("replay diverged at evaluation %d (code or config changed?): continuing from the logged records", event.id)
+            log.warning(
+                "replay diverged at evaluation %d (code or config changed?): continuing from the logged records",
+                event.id,
+            )
 
 
 class Dispatcher:
     """Rank 0: ask the strategy, hand tasks to free ranks, record results."""
 
-    def __init__(self, comm, slot: WorkerSlot, cfg: Config, run_dir: Path, search_log: SearchLog, strategy: Strategy,
-                 status=None, any_source=None):
+    def __init__(
+        self,
+        comm,
+        slot: WorkerSlot,
+        cfg: Config,
+        run_dir: Path,
+        search_log: SearchLog,
+        strategy: Strategy,
+        status=None,
+        any_source=None,
+    ):
         self.comm, self.slot, self.cfg, self.run_dir = comm, slot, cfg, run_dir
         self.log, self.strategy = search_log, strategy
         self.world = comm.Get_size()
@@ -143,8 +159,19 @@ class Dispatcher:
         result = Result.from_dict(raw)
         if result.end is None:
             result.end = time.time()
-        if result.status is Status.OOM and self.cfg.evolve.faults.retry_oom_half_batch and not task.retried and task.batch_size > 1:
-            log.info("evaluation %d: out of memory at batch %d on rank %d, retrying at batch %d", task.id, task.batch_size, rank, task.batch_size // 2)
+        if (
+            result.status is Status.OOM
+            and self.cfg.evolve.faults.retry_oom_half_batch
+            and not task.retried
+            and task.batch_size > 1
+        ):
+            log.info(
+                "evaluation %d: out of memory at batch %d on rank %d, retrying at batch %d",
+                task.id,
+                task.batch_size,
+                rank,
+                task.batch_size // 2,
+            )
             self._send(rank, task.again(Origin.RETRY, batch_size=task.batch_size // 2))
             return
         evaluation = Evaluation.of(task, result, rank)
@@ -152,7 +179,14 @@ class Dispatcher:
         self.strategy.tell(evaluation)
         self.idle.append(rank)
         fit = f"{evaluation.fitness:.4f}" if evaluation.fitness is not None else "-"
-        log.info("evaluation %d on rank %d: %s, fitness %s (%d done)", evaluation.id, rank, evaluation.status, fit, len(self.log.finished))
+        log.info(
+            "evaluation %d on rank %d: %s, fitness %s (%d done)",
+            evaluation.id,
+            rank,
+            evaluation.status,
+            fit,
+            len(self.log.finished),
+        )
 
     # -- loop ----------------------------------------------------------------
 
@@ -182,7 +216,9 @@ class Dispatcher:
             self.log.close()
         if not self.stop.requested:
             return None
-        work_left = bool(self.inflight) or (len(self.log.finished) < self.cfg.evolve.max_evaluations and not self._out_of_time(started))
+        work_left = bool(self.inflight) or (
+            len(self.log.finished) < self.cfg.evolve.max_evaluations and not self._out_of_time(started)
+        )
         return self.stop.signal if work_left else None
 
     def _dispatch_loop(self, started: float) -> None:
@@ -202,9 +238,16 @@ class Dispatcher:
                 break  # budget spent, or nothing in flight and nothing left to propose
             if self.stop.signal and stop_deadline is None:
                 stop_deadline = time.time() + self.cfg.evolve.executor.grace_period
-                log.info("%s received: no new dispatch; waiting up to %.0f s for %d evaluation(s) in flight", self.stop.signal, self.cfg.evolve.executor.grace_period, len(self.inflight))
+                log.info(
+                    "%s received: no new dispatch; waiting up to %.0f s for %d evaluation(s) in flight",
+                    self.stop.signal,
+                    self.cfg.evolve.executor.grace_period,
+                    len(self.inflight),
+                )
             if stop_deadline is not None and time.time() > stop_deadline:
-                log.info("grace period over: %d evaluation(s) left in flight are re-queued on --resume", len(self.inflight))
+                log.info(
+                    "grace period over: %d evaluation(s) left in flight are re-queued on --resume", len(self.inflight)
+                )
                 break
             if not results:
                 time.sleep(POLL_S)
@@ -240,8 +283,19 @@ def worker_setup(cfg: Config, run_dir: Path, data: str, local_rank: int, local_s
     ev = cfg.evolve
     threads = ev.executor.threads_per_rank or max(1, (os.cpu_count() or 1) // max(local_size, 1))
     e = ev.evaluator
-    return WorkerSetup(str(RunDir(run_dir).config), data, str(run_dir), local_rank, threads, e.name, e.proxy_epochs,
-                       e.keep_checkpoints, e.latency_runs, e.sleep_median, e.sleep_sigma)
+    return WorkerSetup(
+        str(RunDir(run_dir).config),
+        data,
+        str(run_dir),
+        local_rank,
+        threads,
+        e.name,
+        e.proxy_epochs,
+        e.keep_checkpoints,
+        e.latency_runs,
+        e.sleep_median,
+        e.sleep_sigma,
+    )
 
 
 def run_orchestrator(comm, cfg: Config, run_dir: Path, data: str) -> Optional[str]:
@@ -271,7 +325,14 @@ def run_orchestrator(comm, cfg: Config, run_dir: Path, data: str) -> Optional[st
     done, pending = len(search_log.finished), len(search_log.in_flight())
     if done or pending:
         log.info("resuming: %d evaluation(s) done, %d re-queued", done, pending)
-    log.info("evolve (%s, %s) on %d rank(s): budget %d evaluations -> %s", cfg.evolve.strategy.name, cfg.evolve.strategy.mode, comm.Get_size(), cfg.evolve.max_evaluations, run_dir)
+    log.info(
+        "evolve (%s, %s) on %d rank(s): budget %d evaluations -> %s",
+        cfg.evolve.strategy.name,
+        cfg.evolve.strategy.mode,
+        comm.Get_size(),
+        cfg.evolve.max_evaluations,
+        run_dir,
+    )
     interrupted = dispatcher.run()
     best = strategy.best()
     if best is not None:
@@ -279,6 +340,10 @@ def run_orchestrator(comm, cfg: Config, run_dir: Path, data: str) -> Optional[st
         log.info("best: evaluation %d, fitness %.4f -> %s", best.id, best.fitness, RunDir(run_dir).genotype)
     if len(strategy.objectives) > 1:
         front = strategy.front()
-        log.info("Pareto front of %s: %d evaluation(s) (hpcnas pareto %s)", ", ".join(map(str, strategy.objectives)),
-                 len(front), run_dir)
+        log.info(
+            "Pareto front of %s: %d evaluation(s) (hpcnas pareto %s)",
+            ", ".join(map(str, strategy.objectives)),
+            len(front),
+            run_dir,
+        )
     return interrupted

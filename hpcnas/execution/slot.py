@@ -53,8 +53,13 @@ class WorkerSlot:
         log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "hpcnas.execution.worker", json.dumps(self.setup)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1,
-            env=child_environment(), start_new_session=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            bufsize=1,
+            env=child_environment(),
+            start_new_session=True,
         )
         log.close()
         self.lines = queue.Queue()
@@ -62,6 +67,7 @@ class WorkerSlot:
 
     @staticmethod
     def _read(proc: subprocess.Popen, lines: "queue.Queue[Optional[str]]") -> None:
+        assert proc.stdout is not None  # started with stdout=PIPE
         for line in proc.stdout:
             lines.put(line)
         lines.put(None)  # end of stream: the child exited
@@ -72,6 +78,7 @@ class WorkerSlot:
         self.task = task
         self.sent_at = time.time()
         self.deadline = self.sent_at + self.timeout
+        assert self.proc is not None and self.proc.stdin is not None  # prestart() started it with stdin=PIPE
         self.proc.stdin.write(json.dumps(task) + "\n")
         self.proc.stdin.flush()
 
@@ -88,27 +95,42 @@ class WorkerSlot:
             if record["status"] != "ok":
                 self._reap(grace=5.0)
             return self._finish(record)
-        if line is None or self.proc.poll() is not None:
+        if line is None or self._child().poll() is not None:
             code = self._reap(grace=1.0)
-            cause = f"killed by signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exited with code {code}"
+            cause = (
+                f"killed by signal {signal.Signals(-code).name}"
+                if code is not None and code < 0
+                else f"exited with code {code}"
+            )
             return self._finish({"status": "crashed", "error": f"worker {cause}", "end": time.time()})
         if time.time() > self.deadline:
             self.kill()
-            return self._finish({"status": "timeout", "error": f"no result after {self.timeout:g} s: process group killed", "end": time.time()})
+            return self._finish(
+                {
+                    "status": "timeout",
+                    "error": f"no result after {self.timeout:g} s: process group killed",
+                    "end": time.time(),
+                }
+            )
         return None
 
     def _finish(self, record: Dict[str, Any]) -> Dict[str, Any]:
         task, self.task = self.task, None
+        assert task is not None  # only a running task finishes
         record.setdefault("start", self.sent_at)
         record["id"] = task["id"]
         return record
 
+    def _child(self) -> subprocess.Popen:
+        assert self.proc is not None, "no child started"  # a task runs only in a started child
+        return self.proc
+
     def _reap(self, grace: float) -> Optional[int]:
         try:
-            return self.proc.wait(timeout=grace)
+            return self._child().wait(timeout=grace)
         except subprocess.TimeoutExpired:
             self.kill()
-            return self.proc.returncode
+            return self._child().returncode
 
     def kill(self) -> None:
         """SIGKILL the child's whole process group (DataLoader workers included)."""
@@ -124,7 +146,8 @@ class WorkerSlot:
         if self.proc is None:
             return
         try:
-            self.proc.stdin.close()
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
         except (BrokenPipeError, OSError):
             pass
         try:

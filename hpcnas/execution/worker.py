@@ -133,8 +133,10 @@ class TrainEvaluator(Evaluator):
         device = _device(setup.local_rank)
         if task.fault:
             inject(task.fault, device)
-        cfg = load_config(setup.config, [f"train.epochs={setup.proxy_epochs}", "train.select_from_epoch=0",
-                                         f"train.batch_size={task.batch_size}"])
+        cfg = load_config(
+            setup.config,
+            [f"train.epochs={setup.proxy_epochs}", "train.select_from_epoch=0", f"train.batch_size={task.batch_size}"],
+        )
         info = read_info(setup.data)
         spec = model_spec(cfg, info, Genotype.from_dict(task.genotype))
         eval_dir = RunDir(setup.run_dir).eval_dir(task.id)
@@ -150,15 +152,18 @@ class TrainEvaluator(Evaluator):
             "peak_memory": round(peak_memory_mb(device), 1),
         }
         if setup.latency_runs:
-            measured["latency"] = round(measure_latency(trainer.model, info.channels, info.tile_size, device,
-                                                        setup.latency_runs), 3)
+            measured["latency"] = round(
+                measure_latency(trainer.model, info.channels, info.tile_size, device, setup.latency_runs), 3
+            )
         return Result(task.id, Status.OK, fitness=best if best >= 0 else None, measured=measured)
 
 
 def kernel_cost(genotype: Dict[str, Any]) -> float:
     """A stand-in for a parameter count that needs no torch: the summed squared kernel sizes of the genotype's ops."""
     ops = [op for nodes in genotype["cells"].values() for node in nodes for op, _ in node]
-    return float(sum(25 if "5x5" in op or op.endswith("_3") else 9 if "3x3" in op or op.endswith("_2") else 1 for op in ops))
+    return float(
+        sum(25 if "5x5" in op or op.endswith("_3") else 9 if "3x3" in op or op.endswith("_2") else 1 for op in ops)
+    )
 
 
 class SleepEvaluator(Evaluator):
@@ -181,8 +186,10 @@ EVALUATORS: Dict[str, Type[Evaluator]] = {cls.name: cls for cls in (TrainEvaluat
 def evaluator_class(name: str) -> Type[Evaluator]:
     """The registered evaluator called ``name`` (a ``UserError`` listing the known ones otherwise)."""
     if name not in EVALUATORS:
-        raise UserError(f"unknown evaluator '{name}'{nearest(name, EVALUATORS)} (known: {', '.join(sorted(EVALUATORS))})",
-                        key="evolve.evaluator.name")
+        raise UserError(
+            f"unknown evaluator '{name}'{nearest(name, EVALUATORS)} (known: {', '.join(sorted(EVALUATORS))})",
+            key="evolve.evaluator.name",
+        )
     return EVALUATORS[name]
 
 

@@ -10,15 +10,18 @@ import numpy as np
 
 from hpcnas.execution.history import read_search
 from hpcnas.report import graphs, plots
-from hpcnas.strategies.objectives import hypervolume_over_time
 from hpcnas.rundir import SUMMARY, RunDir, atomic_write_text, read_jsonl
 from hpcnas.space.genotype import TOPOLOGIES, Genotype
+from hpcnas.strategies.objectives import hypervolume_over_time
 
 
 def _examples(npz: Path) -> List[Dict[str, np.ndarray]]:
     with np.load(npz) as data:
         names = list(data["names"])
-        return [{"name": n, "image": data[f"image_{i}"], "truth": data[f"truth_{i}"], "pred": data[f"pred_{i}"]} for i, n in enumerate(names)]
+        return [
+            {"name": n, "image": data[f"image_{i}"], "truth": data[f"truth_{i}"], "pred": data[f"pred_{i}"]}
+            for i, n in enumerate(names)
+        ]
 
 
 def _value(v: Optional[float]) -> str:
@@ -42,7 +45,9 @@ def build_report(runs: Sequence[Path], out: Optional[Path] = None) -> Path:
     taken: set = set()
     labels = {run: _label(run, taken) for run in runs}
     metrics = {labels[r]: read_jsonl(RunDir(r).metrics) for r in runs if read_jsonl(RunDir(r).metrics)}
-    evaluations = {labels[r]: json.loads(RunDir(r).evaluation.read_text()) for r in runs if RunDir(r).evaluation.exists()}
+    evaluations = {
+        labels[r]: json.loads(RunDir(r).evaluation.read_text()) for r in runs if RunDir(r).evaluation.exists()
+    }
     figures: List[str] = []
     notes: List[str] = []
 
@@ -56,7 +61,11 @@ def build_report(runs: Sequence[Path], out: Optional[Path] = None) -> Path:
         figures.append(plots.precision_recall(evaluations, out / "precision_recall.png").name)
     for run in runs:
         if RunDir(run).predictions.exists():
-            figures.append(plots.prediction_examples(_examples(RunDir(run).predictions), out / f"predictions_{labels[run].replace('/', '_')}.png").name)
+            figures.append(
+                plots.prediction_examples(
+                    _examples(RunDir(run).predictions), out / f"predictions_{labels[run].replace('/', '_')}.png"
+                ).name
+            )
             break
     searches = {labels[r]: s for r in runs if (s := read_search(r)) is not None}
     for label, search in searches.items():
@@ -64,17 +73,25 @@ def build_report(runs: Sequence[Path], out: Optional[Path] = None) -> Path:
         history = [e.to_dict() for e in search.evaluations]
         figures.append(plots.evolution_history(history, out / f"evolution_{stem}.png").name)
         front = search.front
-        figures.append(plots.accuracy_against_costs(search.evaluations, search.objectives, front,
-                                                    out / f"accuracy_costs_{stem}.png").name)
+        figures.append(
+            plots.accuracy_against_costs(
+                search.evaluations, search.objectives, front, out / f"accuracy_costs_{stem}.png"
+            ).name
+        )
         if len(search.objectives) > 1:
             times, volumes = hypervolume_over_time(search.objectives, search.evaluations)
-            figures.append(plots.hypervolume_curve(times, volumes, search.objectives, out / f"hypervolume_{stem}.png").name)
+            figures.append(
+                plots.hypervolume_curve(times, volumes, search.objectives, out / f"hypervolume_{stem}.png").name
+            )
 
     genotypes = {labels[r]: Genotype.load(str(RunDir(r).genotype)) for r in runs if RunDir(r).genotype.exists()}
     drawn = set()
     for label, g in genotypes.items():
         if not graphs.have_dot():
-            notes.append("graphviz (the `dot` program or its Python package) is missing: cells and networks were not drawn (envs/setup.sh installs both).")
+            notes.append(
+                "graphviz (the `dot` program or its Python package) is missing: cells and networks were not drawn "
+                "(envs/setup.sh installs both)."
+            )
             break
         if g in drawn:
             continue
@@ -89,19 +106,28 @@ def build_report(runs: Sequence[Path], out: Optional[Path] = None) -> Path:
             if made:
                 figures.append(made.name)
 
-    lines = ["# hpcnas report", "",
-             "| run | epochs | best val mIoU | test mIoU | test IoU per class | object P@0.5 | object R@0.5 | parameters | GFLOPs/tile |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "# hpcnas report",
+        "",
+        "| run | epochs | best val mIoU | test mIoU | test IoU per class | object P@0.5 | object R@0.5 "
+        "| parameters | GFLOPs/tile |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for run in runs:
         label = labels[run]
         recs = metrics.get(label, [])
         vals = [r["val_miou"] for r in recs if r.get("val_miou") is not None]
         ev = evaluations.get(label)
         model = json.loads(RunDir(run).model.read_text()) if RunDir(run).model.exists() else {}
-        per_class = ", ".join(f"{k[4:]} {v:.3f}" for k, v in ev.items() if k.startswith("iou_") and v is not None) if ev else ""
+        per_class = (
+            ", ".join(f"{k[4:]} {v:.3f}" for k, v in ev.items() if k.startswith("iou_") and v is not None) if ev else ""
+        )
         cells = [
-            label, str(len(recs)), f"{max(vals):.4f}" if vals else "-",
-            f"{ev['miou']:.4f}" if ev else "-", per_class or "-",
+            label,
+            str(len(recs)),
+            f"{max(vals):.4f}" if vals else "-",
+            f"{ev['miou']:.4f}" if ev else "-",
+            per_class or "-",
             f"{ev['objects']['precision'][4]:.3f}" if ev else "-",
             f"{ev['objects']['recall'][4]:.3f}" if ev else "-",
             f"{model['params']:,}" if "params" in model else "-",
@@ -113,10 +139,16 @@ def build_report(runs: Sequence[Path], out: Optional[Path] = None) -> Path:
         lines += [f"- **{label}**: `{g.describe()}`" for label, g in genotypes.items()]
     for label, search in searches.items():
         names = [o.name for o in search.objectives]
-        lines += ["", f"## Pareto front of {label}: " + ", ".join(map(str, search.objectives)), "",
-                  f"{len(search.front)} of {len(search.evaluations)} evaluations (`hpcnas pareto {search.run_dir} --export DIR` "
-                  "writes their genotypes).", "",
-                  "| evaluation | " + " | ".join(names) + " | genotype |", "| --- " * (len(names) + 2) + "|"]
+        lines += [
+            "",
+            f"## Pareto front of {label}: " + ", ".join(map(str, search.objectives)),
+            "",
+            f"{len(search.front)} of {len(search.evaluations)} evaluations "
+            f"(`hpcnas pareto {search.run_dir} --export DIR` writes their genotypes).",
+            "",
+            "| evaluation | " + " | ".join(names) + " | genotype |",
+            "| --- " * (len(names) + 2) + "|",
+        ]
         for e in search.front:
             values = [_value(e.objectives.get(n)) for n in names]
             described = Genotype.from_dict(e.genotype).describe().replace("|", "\\|")  # a bar would end the cell

@@ -29,7 +29,9 @@ def draw_cell(genotype: Genotype, role: str, path: Path) -> Optional[Path]:
 
     kind = TOPOLOGIES[genotype.topology].cell_kind
     n_in = kind.inputs
-    g = graphviz.Digraph(name=role, graph_attr={"rankdir": "LR", "label": f"{genotype.topology}: {role} cell", "fontsize": "14"})
+    g = graphviz.Digraph(
+        name=role, graph_attr={"rankdir": "LR", "label": f"{genotype.topology}: {role} cell", "fontsize": "14"}
+    )
     g.attr("node", style="filled", fontname="Helvetica")
     names = ["c_{k-2}", "c_{k-1}"] if n_in == 2 else ["x"]
     for k, name in enumerate(names):
@@ -59,7 +61,14 @@ def draw_unetpp(genotype: Genotype, path: Path) -> Optional[Path]:
     depth = genotype.paths[0][-1][1]
     kept = {(a, b) for p in genotype.paths for a, b in zip(p, p[1:])}
     on_path = {n for p in genotype.paths for n in p}
-    g = graphviz.Digraph(name="unetpp", graph_attr={"label": f"UNet++ network, {len(genotype.paths)} kept path(s)", "splines": "line", "nodesep": "0.6"})
+    g = graphviz.Digraph(
+        name="unetpp",
+        graph_attr={
+            "label": f"UNet++ network, {len(genotype.paths)} kept path(s)",
+            "splines": "line",
+            "nodesep": "0.6",
+        },
+    )
     g.attr("node", shape="circle", style="filled", fontname="Helvetica", fontsize="10")
     for i, j in unetpp_nodes(depth):
         colour = "lightblue" if (i, j) in on_path else "grey92"

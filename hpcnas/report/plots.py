@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-import numpy as np
-
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -46,10 +45,16 @@ def entropy_curves(runs: Dict[str, List[dict]], path: Path) -> Path:
         epochs = [r["epoch"] for r in records]
         for cell in records[0]["entropy_normalized"]:
             style = "-" if cell == "mean" else "--"
-            ax.plot(epochs, [r["entropy_normalized"][cell] for r in records], style, marker=".", label=f"{label}: {cell}")
+            ax.plot(
+                epochs, [r["entropy_normalized"][cell] for r in records], style, marker=".", label=f"{label}: {cell}"
+            )
     ax.axhline(1.0, color="grey", linewidth=1, linestyle=":", label="uniform (no preference)")
-    ax.set(xlabel="epoch", ylabel="entropy of theta / ln|O|", title="architecture entropy per cell (1 = uniform)",
-           ylim=(0, 1.05))
+    ax.set(
+        xlabel="epoch",
+        ylabel="entropy of theta / ln|O|",
+        title="architecture entropy per cell (1 = uniform)",
+        ylim=(0, 1.05),
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -77,7 +82,13 @@ def prediction_examples(examples: Sequence[Dict[str, np.ndarray]], path: Path) -
     for row, ex in zip(axes, examples):
         row[0].imshow(ex["image"])
         truth = np.where(ex["truth"] == 255, np.nan, ex["truth"].astype(float))
-        row[1].imshow(truth, cmap="viridis", vmin=0, vmax=max(1, np.nanmax(truth) if np.isfinite(truth).any() else 1), interpolation="nearest")
+        row[1].imshow(
+            truth,
+            cmap="viridis",
+            vmin=0,
+            vmax=max(1, np.nanmax(truth) if np.isfinite(truth).any() else 1),
+            interpolation="nearest",
+        )
         row[2].imshow(ex["pred"], cmap="viridis", vmin=0, vmax=max(1, int(ex["pred"].max())), interpolation="nearest")
         for ax, title in zip(row, (ex.get("name", "image"), "truth", "prediction")):
             ax.set_title(str(title), fontsize=9)
@@ -108,12 +119,17 @@ def evolution_history(history: List[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
-COST_LABELS = {"params": "parameters", "flops": "FLOPs per tile", "latency": "latency (ms)",
-               "peak_memory": "peak training memory (MB)"}
+COST_LABELS = {
+    "params": "parameters",
+    "flops": "FLOPs per tile",
+    "latency": "latency (ms)",
+    "peak_memory": "peak training memory (MB)",
+}
 
 
-def accuracy_against_costs(history: List[Evaluation], objectives: Sequence[Objective], front: List[Evaluation],
-                           path: Path) -> Path:
+def accuracy_against_costs(
+    history: List[Evaluation], objectives: Sequence[Objective], front: List[Evaluation], path: Path
+) -> Path:
     """Discrete search: val mIoU against each measured cost, the front of the configured objectives in red."""
     ok = [e for e in history if e.ok]
     costs = [c for c in COST_LABELS if any(c in e.objectives for e in ok)] or ["params"]
@@ -128,7 +144,13 @@ def accuracy_against_costs(history: List[Evaluation], objectives: Sequence[Objec
             ax.scatter(*zip(*rest), s=14, alpha=0.5, color="C0", label="evaluations")
         if top:  # a line where the front is a trade-off of this cost; elsewhere its members only
             style = "o-" if cost in {o.name for o in objectives} else "o"
-            ax.plot(*zip(*top), style, color="C3", ms=5, label=f"front of {', '.join(o.name for o in objectives)} ({len(top)})")
+            ax.plot(
+                *zip(*top),
+                style,
+                color="C3",
+                ms=5,
+                label=f"front of {', '.join(o.name for o in objectives)} ({len(top)})",
+            )
         if cost in bounded:
             ax.axvline(bounded[cost], color="grey", ls="--", lw=1, label=f"bound {bounded[cost]:g}")
         ax.set(xlabel=COST_LABELS[cost], ylabel="fitness (val mIoU)", title=f"accuracy against {cost}")
@@ -139,13 +161,17 @@ def accuracy_against_costs(history: List[Evaluation], objectives: Sequence[Objec
     return _save(fig, path)
 
 
-def hypervolume_curve(times: Sequence[float], volumes: Sequence[float], objectives: Sequence[Objective],
-                      path: Path) -> Path:
+def hypervolume_curve(
+    times: Sequence[float], volumes: Sequence[float], objectives: Sequence[Objective], path: Path
+) -> Path:
     """Multi-objective search: the hypervolume of the front over time."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
     t0 = min(times) if times else 0.0
     ax.step([(t - t0) / 60 for t in times], volumes, where="post", color="C3")
-    ax.set(xlabel="minutes since the first result", ylabel="hypervolume (objectives scaled to [0, 1], ref 1.1)",
-           title="hypervolume of " + ", ".join(map(str, objectives)))
+    ax.set(
+        xlabel="minutes since the first result",
+        ylabel="hypervolume (objectives scaled to [0, 1], ref 1.1)",
+        title="hypervolume of " + ", ".join(map(str, objectives)),
+    )
     ax.grid(alpha=0.3)
     return _save(fig, path)

@@ -9,7 +9,8 @@ Two collapse remedies act here: DARTS-'s auxiliary skip (``search.aux_skip``,
 decayed linearly to 0 over the epochs) and DARTS+'s early stop
 (``search.early_stop_skips``: the search ends when the decoded decoder cell
 holds that many skip connections, and the genotype of the epoch before is
-kept).  P-DARTS's cap on skips is a decoding rule (``search.decode.max_skips``).  Resuming restores every parameter, optimizer, scheduler
+kept).  P-DARTS's cap on skips is a decoding rule (``search.decode.max_skips``).
+Resuming restores every parameter, optimizer, scheduler
 and RNG (global and channel sampling), so a killed run that is resumed ends
 exactly like an uninterrupted one on CPU.
 """
@@ -46,11 +47,21 @@ def build_supernet(cfg: Config, info: DatasetInfo) -> SearchNetwork:
     space = SearchSpace.from_config(cfg)
     need = space.stride()
     if info.tile_size % need:
-        raise UserError(f"tile size {info.tile_size} is not divisible by the network stride {need} (space.depth={sp.depth}, {sp.topology})", source=str(info.path))
+        raise UserError(
+            f"tile size {info.tile_size} is not divisible by the network stride {need} "
+            f"(space.depth={sp.depth}, {sp.topology})",
+            source=str(info.path),
+        )
     try:
         return build_search_network(
-            space, info.channels, info.num_classes, channels=sp.channels, partial=se.partial_channels,
-            edge_norm=se.edge_normalization, arch_mode=arch_mode(se.arch_optimizer), seed=cfg.seed + 1,
+            space,
+            info.channels,
+            info.num_classes,
+            channels=sp.channels,
+            partial=se.partial_channels,
+            edge_norm=se.edge_normalization,
+            arch_mode=arch_mode(se.arch_optimizer),
+            seed=cfg.seed + 1,
             sampling=se.channel_sampling,
         )
     except ValueError as exc:
@@ -86,16 +97,29 @@ class SupernetSearch(EpochLoop):
             w_set, a_set = train, train
         # se.batch_size is per rank: N ranks with batch b step like one rank with batch N*b
         shard = dict(rank=ctx.rank, world=ctx.size, num_workers=cfg.data.num_workers)
-        self.w_loader = make_loader(w_set, se.batch_size, seed=cfg.seed, drop_last=len(w_set) >= se.batch_size * ctx.size, **shard)
-        self.a_loader = make_loader(a_set, se.batch_size, seed=cfg.seed + 7919, drop_last=len(a_set) >= se.batch_size * ctx.size, **shard)
+        self.w_loader = make_loader(
+            w_set, se.batch_size, seed=cfg.seed, drop_last=len(w_set) >= se.batch_size * ctx.size, **shard
+        )
+        self.a_loader = make_loader(
+            a_set, se.batch_size, seed=cfg.seed + 7919, drop_last=len(a_set) >= se.batch_size * ctx.size, **shard
+        )
         self.val_loader = validation_loader(data_path, se.batch_size, rank=ctx.rank, world=ctx.size)
         self.criterion = WeightedCrossEntropy(info.class_weights, device, ctx)
         arch_ids = {id(p) for p in self.model.arch_parameters()}
         self.w_params = self.model.weight_parameters()
         named = [(f"w.{n}", p) for n, p in self.model.named_parameters() if id(p) not in arch_ids]
-        self.w_opt, self.sched = cosine_sgd(self.w_params, se.lr, se.momentum, se.weight_decay, se.epochs, se.lr_min,
-                                            wrap=lambda opt: ctx.distributed_optimizer(opt, named))
-        self.a_opt = make_arch_optimizer(se.arch_optimizer, self.model.arch_parameters(), se.arch_lr, se.arch_weight_decay)
+        self.w_opt, self.sched = cosine_sgd(
+            self.w_params,
+            se.lr,
+            se.momentum,
+            se.weight_decay,
+            se.epochs,
+            se.lr_min,
+            wrap=lambda opt: ctx.distributed_optimizer(opt, named),
+        )
+        self.a_opt = make_arch_optimizer(
+            se.arch_optimizer, self.model.arch_parameters(), se.arch_lr, se.arch_weight_decay
+        )
         self.cost = None  # FBNet's resource term, when search.cost asks for one
         if se.cost.kind is not None and se.cost.weight > 0:
             sample = torch.zeros(1, info.channels, info.tile_size, info.tile_size, device=device)
@@ -113,7 +137,11 @@ class SupernetSearch(EpochLoop):
 
     def extra_state(self) -> Dict[str, Any]:
         kept = self.kept_genotype.to_dict() if self.kept_genotype is not None else None
-        return {"channel_rng": self.model.channel_rng.get_state(), "kept_genotype": kept, "stopped_early": self.stopped_early}
+        return {
+            "channel_rng": self.model.channel_rng.get_state(),
+            "kept_genotype": kept,
+            "stopped_early": self.stopped_early,
+        }
 
     def load_extra_state(self, state: Dict[str, Any]) -> None:
         self.model.channel_rng.set_state(state["channel_rng"])
@@ -132,9 +160,15 @@ class SupernetSearch(EpochLoop):
 
     def epoch_extras(self) -> Dict[str, Any]:
         genotype = decode(self.cfg, self.model)
-        return {"entropy": self.model.arch.entropies(), "entropy_normalized": self.model.arch.entropies(normalized=True),
-                "arch_lr": self.arch_lr, "aux_skip": round(self.aux_coefficient, 6), "genotype": genotype.to_dict(),
-                "skips": genotype.skip_count(), "parameter_free": genotype.parameter_free_fraction()}
+        return {
+            "entropy": self.model.arch.entropies(),
+            "entropy_normalized": self.model.arch.entropies(normalized=True),
+            "arch_lr": self.arch_lr,
+            "aux_skip": round(self.aux_coefficient, 6),
+            "genotype": genotype.to_dict(),
+            "skips": genotype.skip_count(),
+            "parameter_free": genotype.parameter_free_fraction(),
+        }
 
     def stop_early(self, epoch: int, record: Dict[str, Any]) -> bool:
         """DARTS+: stop once the decoded decoder cell holds ``early_stop_skips`` skips; keep the genotype before."""
@@ -143,7 +177,12 @@ class SupernetSearch(EpochLoop):
         if not darts_plus_stops(genotype, epoch + 1, self.cfg.search.arch_start_epoch, limit):
             self.kept_genotype = genotype
             return False
-        log.info("early stop (search.early_stop_skips=%d): %d skips in the decoder cell at epoch %d", limit, genotype.skip_count(), epoch + 1)
+        log.info(
+            "early stop (search.early_stop_skips=%d): %d skips in the decoder cell at epoch %d",
+            limit,
+            genotype.skip_count(),
+            epoch + 1,
+        )
         return True
 
     def epoch_batches(self, epoch: int, first_step: int):
@@ -183,7 +222,12 @@ class SupernetSearch(EpochLoop):
 
     def epoch_summary(self, epoch: int, sums: Dict[str, float], steps: int) -> Dict[str, Any]:
         arch_on = self.arch_active(epoch)
-        summary = {"train_loss": sums.get("train_loss", 0.0) / max(steps, 1), "arch_loss": sums["arch_loss"] / steps if arch_on and steps else None, "steps": steps, "arch_updates": arch_on}
+        summary = {
+            "train_loss": sums.get("train_loss", 0.0) / max(steps, 1),
+            "arch_loss": sums["arch_loss"] / steps if arch_on and steps else None,
+            "steps": steps,
+            "arch_updates": arch_on,
+        }
         if self.cost is not None:
             with torch.no_grad():
                 summary["expected_cost"] = round(float(self.cost()), 6)  # relative to uniform theta: 1 at the start
@@ -192,15 +236,22 @@ class SupernetSearch(EpochLoop):
     def run(self) -> Genotype:
         """Train from ``start_epoch`` to the end, then decode and write the genotype."""
         self.run_epochs()
-        genotype = self.kept_genotype if self.stopped_early and self.kept_genotype is not None else decode(self.cfg, self.model)
+        genotype = (
+            self.kept_genotype
+            if self.stopped_early and self.kept_genotype is not None
+            else decode(self.cfg, self.model)
+        )
         if not self.ctx.is_root:
             return genotype
         genotype.save(RunDir(self.run_dir).genotype)
         snap = self.model.arch.snapshot()
-        write_json(RunDir(self.run_dir).arch, {
-            "ops": {r: w.tolist() for r, w in snap["ops"].items()},
-            "edges": {r: [e.tolist() for e in es] for r, es in snap["edges"].items()} if snap["edges"] else None,
-            "betas": {f"{i},{j}": b.tolist() for (i, j), b in snap["betas"].items()},
-        })
+        write_json(
+            RunDir(self.run_dir).arch,
+            {
+                "ops": {r: w.tolist() for r, w in snap["ops"].items()},
+                "edges": {r: [e.tolist() for e in es] for r, es in snap["edges"].items()} if snap["edges"] else None,
+                "betas": {f"{i},{j}": b.tolist() for (i, j), b in snap["betas"].items()},
+            },
+        )
         log.info("genotype: %s", genotype.describe())
         return genotype

@@ -28,7 +28,9 @@ def _params(name: str, channels: int, stride: int, shape: Tuple[int, ...], devic
     return float(sum(p.numel() for p in build_op(name, channels, stride, affine=True).parameters()))
 
 
-def _latency(name: str, channels: int, stride: int, shape: Tuple[int, ...], device: torch.device, runs: int = 5) -> float:
+def _latency(
+    name: str, channels: int, stride: int, shape: Tuple[int, ...], device: torch.device, runs: int = 5
+) -> float:
     op = build_op(name, channels, stride, affine=True).to(device).eval()
     x = torch.zeros((1, channels) + tuple(shape[2:]), device=device)
     times = []

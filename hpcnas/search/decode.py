@@ -25,7 +25,16 @@ import numpy as np
 
 from hpcnas.space.genotype import Genotype
 from hpcnas.space.searchspace import SearchSpace
-from hpcnas.space.topology import PARAMETER_FREE_OPS, SKIP_OPS, ZERO_OPS, Cell, GridNode, Path_, unetpp_in_edges, unetpp_nodes
+from hpcnas.space.topology import (
+    PARAMETER_FREE_OPS,
+    SKIP_OPS,
+    ZERO_OPS,
+    Cell,
+    GridNode,
+    Path_,
+    unetpp_in_edges,
+    unetpp_nodes,
+)
 
 
 def best_op(weights: np.ndarray, op_names: Sequence[str], banned: frozenset = frozenset()) -> Tuple[int, float]:
@@ -36,8 +45,13 @@ def best_op(weights: np.ndarray, op_names: Sequence[str], banned: frozenset = fr
     return k, float(weights[k])
 
 
-def decode_cell(space: SearchSpace, op_weights: np.ndarray, edge_weights: Optional[Sequence[np.ndarray]] = None,
-                max_skips: Optional[int] = None, max_parameter_free: Optional[float] = None) -> Cell:
+def decode_cell(
+    space: SearchSpace,
+    op_weights: np.ndarray,
+    edge_weights: Optional[Sequence[np.ndarray]] = None,
+    max_skips: Optional[int] = None,
+    max_parameter_free: Optional[float] = None,
+) -> Cell:
     """One cell's ``(op, input)`` pairs from its (edges, |O|) op weights in edge order.
 
     ``max_skips`` caps the skip connections kept (a count), ``max_parameter_free`` the
@@ -125,24 +139,39 @@ def viterbi_path(betas: Dict[GridNode, np.ndarray], depth: int) -> Path_:
                 logp = float(np.log(max(betas[node][k], 1e-12))) if node in betas else 0.0
                 score, trail = best[src]
                 options.append((score + logp, trail + (node,)))
-        # max score; on a tie the earliest source in edge order
-        best[node] = max(options, key=lambda o: o[0]) if options else None
-        if best[node] is None:
-            del best[node]
+        if options:  # max score; on a tie the earliest source in edge order
+            best[node] = max(options, key=lambda o: o[0])
     return best[(0, depth)][1]
 
 
-def decode_genotype(space: SearchSpace, snapshot: Dict, *, paths: Union[str, int] = "auto", path_decoder: str = "multipath",
-                    max_skips: Optional[int] = None, max_parameter_free: Optional[float] = None) -> Genotype:
+def decode_genotype(
+    space: SearchSpace,
+    snapshot: Dict,
+    *,
+    paths: Union[str, int] = "auto",
+    path_decoder: str = "multipath",
+    max_skips: Optional[int] = None,
+    max_parameter_free: Optional[float] = None,
+) -> Genotype:
     """A genotype of ``space`` from an :meth:`ArchParams.snapshot`."""
     topo = space.topology
     cells = []
     for role in topo.cell_names:
         edges = snapshot["edges"][role] if snapshot.get("edges") else None
         decoder = role == topo.cell_names[1]  # the caps apply to the normal (decoder) cell, as in P-DARTS
-        cells.append((role, decode_cell(space, snapshot["ops"][role], edges,
-                                        max_skips if decoder else None, max_parameter_free if decoder else None)))
-    kept = None
+        cells.append(
+            (
+                role,
+                decode_cell(
+                    space,
+                    snapshot["ops"][role],
+                    edges,
+                    max_skips if decoder else None,
+                    max_parameter_free if decoder else None,
+                ),
+            )
+        )
+    kept: Optional[Tuple[Path_, ...]] = None
     if topo.nested:
         if path_decoder == "viterbi":
             kept = (viterbi_path(snapshot["betas"], space.depth),)
@@ -156,8 +185,14 @@ def decode_genotype(space: SearchSpace, snapshot: Dict, *, paths: Union[str, int
 def decode_configured(cfg, snapshot: Dict) -> Genotype:
     """The genotype an :meth:`ArchParams.snapshot` stands for under a run's configuration (space + decode rules)."""
     d = cfg.search.decode
-    return decode_genotype(SearchSpace.from_config(cfg), snapshot, paths=d.paths, path_decoder=d.path_decoder,
-                           max_skips=d.max_skips, max_parameter_free=d.max_parameter_free)
+    return decode_genotype(
+        SearchSpace.from_config(cfg),
+        snapshot,
+        paths=d.paths,
+        path_decoder=d.path_decoder,
+        max_skips=d.max_skips,
+        max_parameter_free=d.max_parameter_free,
+    )
 
 
 def snapshot_from_json(raw: Dict) -> Dict:

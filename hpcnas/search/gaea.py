@@ -65,7 +65,9 @@ class ArchOptimizer:
 
 ARCH_OPTIMIZERS: Dict[str, ArchOptimizer] = {
     "gaea": ArchOptimizer("simplex", 0.1, lambda params, lr, wd: ExponentiatedGradient(params, lr=lr)),
-    "adam": ArchOptimizer("logits", 6e-4, lambda params, lr, wd: torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), weight_decay=wd)),
+    "adam": ArchOptimizer(
+        "logits", 6e-4, lambda params, lr, wd: torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), weight_decay=wd)
+    ),
 }
 
 
@@ -75,8 +77,10 @@ def arch_optimizer(kind: str) -> ArchOptimizer:
         return ARCH_OPTIMIZERS[kind]
     except KeyError:
         known = ", ".join(ARCH_OPTIMIZERS)
-        raise UserError(f"unknown architecture optimizer {kind!r}{nearest(kind, ARCH_OPTIMIZERS)} (known: {known})",
-                        key="search.arch_optimizer") from None
+        raise UserError(
+            f"unknown architecture optimizer {kind!r}{nearest(kind, ARCH_OPTIMIZERS)} (known: {known})",
+            key="search.arch_optimizer",
+        ) from None
 
 
 def make_arch_optimizer(kind: str, params, lr: Optional[float], weight_decay: float) -> torch.optim.Optimizer:

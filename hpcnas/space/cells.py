@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from hpcnas.space.mixed import MixedOp
+from hpcnas.space.ops import FactorizedReduce, ReLUConvBN, build_op
 from hpcnas.space.searchspace import SearchSpace
 from hpcnas.space.topology import CELL_KINDS, Cell, CellKind
-from hpcnas.space.ops import FactorizedReduce, ReLUConvBN, build_op
 
 Edge = Tuple[int, nn.Module]  # (index of the input state, module)
 
@@ -69,10 +69,16 @@ class GraphCell(nn.Module):
             states.append(total)
         return states
 
-
     @classmethod
-    def build(cls, edges: List[List[Edge]], in_channels: Sequence[int], c: int, reduction: bool, reduce_prev: bool,
-              affine: bool) -> "GraphCell":
+    def build(
+        cls,
+        edges: List[List[Edge]],
+        in_channels: Sequence[int],
+        c: int,
+        reduction: bool,
+        reduce_prev: bool,
+        affine: bool,
+    ) -> "GraphCell":
         """The cell over ``edges`` with its input preprocessing."""
         raise NotImplementedError
 
@@ -84,7 +90,9 @@ class DartsCell(GraphCell):
 
     def __init__(self, nodes: List[List[Edge]], c_prev_prev: int, c_prev: int, c: int, reduce_prev: bool, affine: bool):
         super().__init__(nodes, c * len(nodes))
-        self.pre0 = FactorizedReduce(c_prev_prev, c, affine) if reduce_prev else ReLUConvBN(c_prev_prev, c, 1, affine=affine)
+        self.pre0 = (
+            FactorizedReduce(c_prev_prev, c, affine) if reduce_prev else ReLUConvBN(c_prev_prev, c, 1, affine=affine)
+        )
         self.pre1 = ReLUConvBN(c_prev, c, 1, affine=affine)
 
     def forward(self, inputs: Sequence[torch.Tensor], arch: Optional[CellArch] = None) -> torch.Tensor:
@@ -129,11 +137,18 @@ def _stride(kind: CellKind, src: int, reduction: bool) -> int:
     return 2 if reduction and src < kind.inputs else 1
 
 
-def search_edges(space: SearchSpace, c: int, reduction: bool, partial: int, generator, sampling: str = "shuffle") -> List[List[Edge]]:
+def search_edges(
+    space: SearchSpace, c: int, reduction: bool, partial: int, generator, sampling: str = "shuffle"
+) -> List[List[Edge]]:
     """Mixed-op edges from every state a node may read."""
     kind = space.kind
-    return [[(s, MixedOp(space.ops, c, _stride(kind, s, reduction), partial, generator, sampling)) for s in space.sources(j)]
-            for j in range(space.node_count())]
+    return [
+        [
+            (s, MixedOp(space.ops, c, _stride(kind, s, reduction), partial, generator, sampling))
+            for s in space.sources(j)
+        ]
+        for j in range(space.node_count())
+    ]
 
 
 def discrete_edges(kind: CellKind, cell: Cell, c: int, reduction: bool) -> List[List[Edge]]:
@@ -141,6 +156,14 @@ def discrete_edges(kind: CellKind, cell: Cell, c: int, reduction: bool) -> List[
     return [[(src, build_op(op, c, _stride(kind, src, reduction), affine=True)) for op, src in node] for node in cell]
 
 
-def make_cell(kind: CellKind, edges: List[List[Edge]], in_channels: Sequence[int], c: int, reduction: bool, reduce_prev: bool, affine: bool) -> GraphCell:
+def make_cell(
+    kind: CellKind,
+    edges: List[List[Edge]],
+    in_channels: Sequence[int],
+    c: int,
+    reduction: bool,
+    reduce_prev: bool,
+    affine: bool,
+) -> GraphCell:
     """Wrap edges into the cell module of their kind, with its input preprocessing."""
     return CELL_MODULES[kind.name].build(edges, in_channels, c, reduction, reduce_prev, affine)

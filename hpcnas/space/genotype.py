@@ -20,10 +20,19 @@ from typing import Any, Dict, Optional, Tuple
 
 from hpcnas.errors import UserError, nearest
 from hpcnas.space.topology import (  # noqa: F401 - re-exported: the vocabulary genotypes are written in
-    OP_SETS, PARAMETER_FREE_OPS, SKIP_OPS, TOPOLOGIES, ZERO_OPS, Cell, GridNode, Pair, Path_, unetpp_in_edges,
-    unetpp_nodes, unetpp_paths,
+    OP_SETS,
+    PARAMETER_FREE_OPS,
+    SKIP_OPS,
+    TOPOLOGIES,
+    ZERO_OPS,
+    Cell,
+    GridNode,
+    Pair,
+    Path_,
+    unetpp_in_edges,
+    unetpp_nodes,
+    unetpp_paths,
 )
-
 
 # --------------------------------------------------------------------------
 # the genotype
@@ -106,7 +115,10 @@ class Genotype:
 
     def describe(self) -> str:
         """A one-line summary for logs."""
-        parts = [f"{name}: " + " | ".join("+".join(f"{op}<{i}" for op, i in node) for node in nodes) for name, nodes in self.cells]
+        parts = [
+            f"{name}: " + " | ".join("+".join(f"{op}<{i}" for op, i in node) for node in nodes)
+            for name, nodes in self.cells
+        ]
         if self.paths:
             parts.append(f"{len(self.paths)} path(s)")
         return f"{self.topology} [" + "; ".join(parts) + "]"
@@ -123,7 +135,10 @@ def _parse(raw: Any, source: str) -> Genotype:
             raise err(str(key), f"unknown key{nearest(str(key), ['topology', 'op_set', 'cells', 'paths'])}")
     topo_name = raw.get("topology")
     if topo_name not in TOPOLOGIES:
-        raise err("topology", f"unknown topology {topo_name!r}{nearest(str(topo_name), TOPOLOGIES)} (known: {', '.join(TOPOLOGIES)})")
+        raise err(
+            "topology",
+            f"unknown topology {topo_name!r}{nearest(str(topo_name), TOPOLOGIES)} (known: {', '.join(TOPOLOGIES)})",
+        )
     topo = TOPOLOGIES[topo_name]
     op_set = raw.get("op_set", topo.op_set)
     if op_set not in OP_SETS:
@@ -134,7 +149,11 @@ def _parse(raw: Any, source: str) -> Genotype:
         raise err("cells", f"expected a mapping of cell types {list(topo.cell_names)}")
     for name in cells_raw:
         if name not in topo.cell_names:
-            raise err(f"cells.{name}", f"unknown cell type for {topo_name}{nearest(str(name), topo.cell_names)} (expected {list(topo.cell_names)})")
+            raise err(
+                f"cells.{name}",
+                f"unknown cell type for {topo_name}{nearest(str(name), topo.cell_names)} "
+                f"(expected {list(topo.cell_names)})",
+            )
     cells = []
     n_in = topo.cell_kind.inputs
     for name in topo.cell_names:

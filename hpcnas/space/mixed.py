@@ -40,8 +40,15 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
 class MixedOp(nn.Module):
     """Weighted sum of every candidate op on one edge."""
 
-    def __init__(self, op_names: Sequence[str], channels: int, stride: int, partial: int = 1,
-                 generator: Optional[torch.Generator] = None, sampling: str = "shuffle"):
+    def __init__(
+        self,
+        op_names: Sequence[str],
+        channels: int,
+        stride: int,
+        partial: int = 1,
+        generator: Optional[torch.Generator] = None,
+        sampling: str = "shuffle",
+    ):
         super().__init__()
         if channels % partial:
             raise ValueError(f"{channels} channels cannot be split into 1/{partial} parts (search.partial_channels)")

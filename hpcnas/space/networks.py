@@ -39,14 +39,18 @@ class ArchParams(nn.Module):
     are logits and the weights are their softmax.
     """
 
-    def __init__(self, mode: str, cells: Dict[str, List[int]], n_ops: int, edge_norm: bool, betas: Sequence[GridNode] = ()):
+    def __init__(
+        self, mode: str, cells: Dict[str, List[int]], n_ops: int, edge_norm: bool, betas: Sequence[GridNode] = ()
+    ):
         super().__init__()
         self.mode = mode
         self.roles = list(cells)
         self.node_inputs = {role: list(counts) for role, counts in cells.items()}
         self.ops = nn.ParameterDict({role: self._init(sum(counts), n_ops) for role, counts in cells.items()})
         self.edges = nn.ParameterDict(
-            {f"{role}_{j}": self._init(n) for role, counts in cells.items() for j, n in enumerate(counts)} if edge_norm else {}
+            {f"{role}_{j}": self._init(n) for role, counts in cells.items() for j, n in enumerate(counts)}
+            if edge_norm
+            else {}
         )
         self.betas = nn.ParameterDict({f"{i}_{j}": self._init(len(unetpp_in_edges((i, j)))) for i, j in betas})
 
@@ -74,8 +78,17 @@ class ArchParams(nn.Module):
         """Plain numpy copies of every probability vector (for decoding and logs)."""
         with torch.no_grad():
             out: Dict[str, object] = {"ops": {r: self.weights(p).cpu().numpy() for r, p in self.ops.items()}}
-            out["edges"] = {r: [self.weights(self.edges[f"{r}_{j}"]).cpu().numpy() for j in range(len(c))] for r, c in self.node_inputs.items()} if len(self.edges) else None
-            out["betas"] = {tuple(int(v) for v in k.split("_")): self.weights(p).cpu().numpy() for k, p in self.betas.items()}
+            out["edges"] = (
+                {
+                    r: [self.weights(self.edges[f"{r}_{j}"]).cpu().numpy() for j in range(len(c))]
+                    for r, c in self.node_inputs.items()
+                }
+                if len(self.edges)
+                else None
+            )
+            out["betas"] = {
+                tuple(int(v) for v in k.split("_")): self.weights(p).cpu().numpy() for k, p in self.betas.items()
+            }
         return out
 
     def entropies(self, normalized: bool = False) -> Dict[str, float]:
@@ -94,8 +107,16 @@ class ArchParams(nn.Module):
 class CellFactory:
     """Builds the cells of a network: search cells (mixed ops of a space) or discrete cells (a genotype)."""
 
-    def __init__(self, kind: CellKind, roles: Sequence[str], space: Optional[SearchSpace] = None, partial: int = 1,
-                 generator=None, genotype: Optional[Genotype] = None, sampling: str = "shuffle"):
+    def __init__(
+        self,
+        kind: CellKind,
+        roles: Sequence[str],
+        space: Optional[SearchSpace] = None,
+        partial: int = 1,
+        generator=None,
+        genotype: Optional[Genotype] = None,
+        sampling: str = "shuffle",
+    ):
         self.kind, self.roles, self.space = kind, tuple(roles), space
         self.partial, self.generator, self.genotype, self.sampling = partial, generator, genotype, sampling
 
@@ -118,10 +139,20 @@ class CellFactory:
 class UNet(nn.Module):
     """U-Net of cells; ``arch`` given means a search network."""
 
-    def __init__(self, factory: CellFactory, in_channels: int, num_classes: int, channels: int, depth: int, arch: Optional[ArchParams] = None):
+    def __init__(
+        self,
+        factory: CellFactory,
+        in_channels: int,
+        num_classes: int,
+        channels: int,
+        depth: int,
+        arch: Optional[ArchParams] = None,
+    ):
         super().__init__()
         self.kind, self.roles, self.arch = factory.kind, factory.roles, arch
-        two_inputs = self.kind.inputs == 2  # a cell that also reads its grand-parent, at twice the resolution from level 2
+        two_inputs = (
+            self.kind.inputs == 2
+        )  # a cell that also reads its grand-parent, at twice the resolution from level 2
         self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels))
         enc_ch = [channels]
         self.down = nn.ModuleList()
@@ -168,13 +199,25 @@ class EdgeAdapter(nn.Module):
 class UNetPlusPlus(nn.Module):
     """Nested UNet++ of cells; in search every edge exists, after decoding only kept-path edges."""
 
-    def __init__(self, factory: CellFactory, in_channels: int, num_classes: int, channels: int, depth: int, arch: Optional[ArchParams] = None, paths=None):
+    def __init__(
+        self,
+        factory: CellFactory,
+        in_channels: int,
+        num_classes: int,
+        channels: int,
+        depth: int,
+        arch: Optional[ArchParams] = None,
+        paths=None,
+    ):
         super().__init__()
         self.kind, self.roles, self.arch, self.depth = factory.kind, factory.roles, arch, depth
         half = max(channels // 2, 1)
         self.stem = nn.Sequential(  # two fixed stem cells: 4x smaller
-            nn.Conv2d(in_channels, half, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(half), nn.ReLU(inplace=False),
-            nn.Conv2d(half, channels, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(channels),
+            nn.Conv2d(in_channels, half, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(half),
+            nn.ReLU(inplace=False),
+            nn.Conv2d(half, channels, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
         )
         kept_edges = None
         if paths is not None:
@@ -218,7 +261,9 @@ class UNetPlusPlus(nn.Module):
             i, j = node
             cell = self.cells[_key(node)]
             if j == 0:
-                states[node] = cell(self.kind.network_inputs([states[(max(i - 2, 0), 0)], states[(i - 1, 0)]]), enc_arch)
+                states[node] = cell(
+                    self.kind.network_inputs([states[(max(i - 2, 0), 0)], states[(i - 1, 0)]]), enc_arch
+                )
                 continue
             size = states[(i, 0)].shape[-2:]
             adapted = [self.adapters[_key(s, node)](states[s], size) for s in self.inputs[node]]
@@ -268,24 +313,43 @@ class SearchNetwork(nn.Module):
         return [p for p in self.parameters() if id(p) not in arch_ids]
 
 
-def build_search_network(space: SearchSpace, in_channels: int, num_classes: int, *, channels: int, partial: int = 1,
-                         edge_norm: bool = True, arch_mode: str = "simplex", seed: int = 0,
-                         sampling: str = "shuffle") -> SearchNetwork:
+def build_search_network(
+    space: SearchSpace,
+    in_channels: int,
+    num_classes: int,
+    *,
+    channels: int,
+    partial: int = 1,
+    edge_norm: bool = True,
+    arch_mode: str = "simplex",
+    seed: int = 0,
+    sampling: str = "shuffle",
+) -> SearchNetwork:
     """The supernet of a space, with channel sampling seeded by ``seed``."""
     for level in range(space.depth + 1):
         if (channels * 2**level) % partial:
-            raise ValueError(f"channels {channels * 2**level} at level {level} are not divisible by partial_channels={partial}")
+            raise ValueError(
+                f"channels {channels * 2**level} at level {level} are not divisible by partial_channels={partial}"
+            )
     topo = space.topology
     rng = torch.Generator().manual_seed(seed)
     factory = CellFactory(space.kind, topo.cell_names, space, partial, rng, sampling=sampling)
     counts = space.node_inputs()
     betas = [n for n in unetpp_nodes(space.depth) if n[1] > 0] if topo.nested else []
-    arch = ArchParams(arch_mode, {role: counts for role in topo.cell_names}, len(space.ops), edge_norm and space.kind.edge_normalization, betas)
+    arch = ArchParams(
+        arch_mode,
+        {role: counts for role in topo.cell_names},
+        len(space.ops),
+        edge_norm and space.kind.edge_normalization,
+        betas,
+    )
     cls = UNetPlusPlus if topo.nested else UNet
     return SearchNetwork(cls(factory, in_channels, num_classes, channels, space.depth, arch=arch), arch, rng)
 
 
-def build_discrete_network(genotype: Genotype, in_channels: int, num_classes: int, *, channels: int, depth: int) -> nn.Module:
+def build_discrete_network(
+    genotype: Genotype, in_channels: int, num_classes: int, *, channels: int, depth: int
+) -> nn.Module:
     """The network of a genotype: only the chosen ops (and, for UNet++, kept paths)."""
     topo = TOPOLOGIES[genotype.topology]
     factory = CellFactory(topo.cell_kind, topo.cell_names, genotype=genotype)

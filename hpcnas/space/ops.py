@@ -19,10 +19,22 @@ from hpcnas.space.genotype import OP_SETS
 class ReLUConvBN(nn.Sequential):
     """ReLU, one convolution (any kernel shape, stride, dilation, groups), BatchNorm."""
 
-    def __init__(self, c_in: int, c_out: int, kernel, stride: int = 1, padding=0, dilation: int = 1, groups: int = 1, affine: bool = True):
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        kernel,
+        stride: int = 1,
+        padding=0,
+        dilation: int = 1,
+        groups: int = 1,
+        affine: bool = True,
+    ):
         super().__init__(
             nn.ReLU(inplace=False),
-            nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups, bias=False),
+            nn.Conv2d(
+                c_in, c_out, kernel, stride=stride, padding=padding, dilation=dilation, groups=groups, bias=False
+            ),
             nn.BatchNorm2d(c_out, affine=affine),
         )
 

@@ -26,8 +26,16 @@ class SearchSpace:
     depth: int
 
     @classmethod
-    def of(cls, topology: str, op_set: Optional[str] = None, nodes: int = 4, towers: int = 4, tower_depth: int = 2,
-           depth: int = 3, edges_per_node: int = 2) -> "SearchSpace":
+    def of(
+        cls,
+        topology: str,
+        op_set: Optional[str] = None,
+        nodes: int = 4,
+        towers: int = 4,
+        tower_depth: int = 2,
+        depth: int = 3,
+        edges_per_node: int = 2,
+    ) -> "SearchSpace":
         """The space of a topology by name (its own op set unless ``op_set`` is given)."""
         topo = TOPOLOGIES[topology]
         return cls(topo, op_set or topo.op_set, CellShape(nodes, towers, tower_depth, edges_per_node), depth)
@@ -36,8 +44,9 @@ class SearchSpace:
     def from_config(cls, cfg) -> "SearchSpace":
         """The space of a run's configuration (``space`` and ``search.decode.edges_per_node``)."""
         sp = cfg.space
-        return cls.of(sp.topology, sp.op_set, sp.nodes, sp.towers, sp.tower_depth, sp.depth,
-                      cfg.search.decode.edges_per_node)
+        return cls.of(
+            sp.topology, sp.op_set, sp.nodes, sp.towers, sp.tower_depth, sp.depth, cfg.search.decode.edges_per_node
+        )
 
     # -- structure --------------------------------------------------------------
 
@@ -110,6 +119,7 @@ class SearchSpace:
         for _ in range(100):  # redraw until the mutation really changes something
             change = rng.choice(kinds)
             if change == "path":
+                assert genotype.paths is not None  # "path" is a choice for nested topologies only
                 every = unetpp_paths(genotype.paths[0][-1][1])
                 paths = list(genotype.paths)
                 paths[rng.randrange(len(paths))] = rng.choice(every)
@@ -125,8 +135,8 @@ class SearchSpace:
                 else:
                     sources = self.kind.sources(self.shape, j)
                     inp = sources[rng.randrange(len(sources))]
-                node = cell[j][:k] + ((op, inp),) + cell[j][k + 1:]
-                cells = genotype.cells[:c] + ((name, cell[:j] + (node,) + cell[j + 1:]),) + genotype.cells[c + 1:]
+                node = cell[j][:k] + ((op, inp),) + cell[j][k + 1 :]
+                cells = genotype.cells[:c] + ((name, cell[:j] + (node,) + cell[j + 1 :]),) + genotype.cells[c + 1 :]
                 candidate = Genotype(genotype.topology, genotype.op_set, cells, genotype.paths)
             if candidate != genotype:
                 return candidate
@@ -135,16 +145,25 @@ class SearchSpace:
     def check(self, genotype: Genotype, source: str) -> None:
         """Raise ``UserError`` when a genotype does not fit this space."""
         if genotype.topology != self.topology.name:
-            raise UserError(f"genotype is {genotype.topology} but the config's space.topology is {self.topology.name}",
-                            source=source, key="topology")
+            raise UserError(
+                f"genotype is {genotype.topology} but the config's space.topology is {self.topology.name}",
+                source=source,
+                key="topology",
+            )
         expected = self.node_count()
         for name, cell in genotype.cells:
             if len(cell) != expected:
-                raise UserError(f"has {len(cell)} nodes, the config's {self.kind.size_keys} gives {expected}",
-                                source=source, key=f"cells.{name}")
+                raise UserError(
+                    f"has {len(cell)} nodes, the config's {self.kind.size_keys} gives {expected}",
+                    source=source,
+                    key=f"cells.{name}",
+                )
             problem = self.kind.problem(cell, self.shape)
             if problem is not None:
                 raise UserError(problem[1], source=source, key=f"cells.{name}[{problem[0]}]")
         if genotype.paths is not None and genotype.paths[0][-1][1] != self.depth:
-            raise UserError(f"paths end at depth {genotype.paths[0][-1][1]}, the config's space.depth is {self.depth}",
-                            source=source, key="paths")
+            raise UserError(
+                f"paths end at depth {genotype.paths[0][-1][1]}, the config's space.depth is {self.depth}",
+                source=source,
+                key="paths",
+            )

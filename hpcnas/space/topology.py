@@ -18,12 +18,27 @@ from typing import Dict, List, Sequence, Tuple
 
 OP_SETS: Dict[str, Tuple[str, ...]] = {
     "O_base": (
-        "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5",
-        "avg_pool_3x3", "max_pool_3x3", "skip_connect", "none",
+        "sep_conv_3x3",
+        "sep_conv_5x5",
+        "dil_conv_3x3",
+        "dil_conv_5x5",
+        "avg_pool_3x3",
+        "max_pool_3x3",
+        "skip_connect",
+        "none",
     ),
     "O_large": (
-        "conv2d_1", "conv2d_2", "conv2d_3", "depthconv2d_1", "depthconv2d_2", "depthconv2d_3",
-        "splitconv2d_1", "splitconv2d_2", "splitconv2d_3", "skip", "cut",
+        "conv2d_1",
+        "conv2d_2",
+        "conv2d_3",
+        "depthconv2d_1",
+        "depthconv2d_2",
+        "depthconv2d_3",
+        "splitconv2d_1",
+        "splitconv2d_2",
+        "splitconv2d_3",
+        "skip",
+        "cut",
     ),
 }
 ZERO_OPS = frozenset({"none", "cut"})  # never decoded, never sampled
@@ -75,7 +90,7 @@ class CellKind:
 
     def network_inputs(self, states: Sequence) -> list:
         """Of the states (grand-parent, parent), the ones a cell of this kind takes."""
-        return list(states[-self.inputs:])
+        return list(states[-self.inputs :])
 
     def problem(self, cell: Cell, shape: CellShape) -> "Tuple[int, str] | None":
         """``(node, message)`` of the first way a cell breaks this kind's structure, else ``None``."""

@@ -40,8 +40,9 @@ class Strategy:
         self.succeeded: List[Evaluation] = []  # every evaluation told that ended ok
 
     @classmethod
-    def from_options(cls, space: SearchSpace, seed: int, objectives: Sequence[Objective], population: int,
-                     sample_size: int) -> "Strategy":
+    def from_options(
+        cls, space: SearchSpace, seed: int, objectives: Sequence[Objective], population: int, sample_size: int
+    ) -> "Strategy":
         """Build from the configured options (a strategy ignores those it has no use for)."""
         return cls(space, seed, objectives)
 
@@ -94,8 +95,10 @@ def register(cls: Type[Strategy]) -> Type[Strategy]:
 def strategy_class(name: str) -> Type[Strategy]:
     """The registered strategy called ``name`` (a ``UserError`` listing the known ones otherwise)."""
     if name not in STRATEGIES:
-        raise UserError(f"unknown strategy '{name}'{nearest(name, STRATEGIES)} (known: {', '.join(sorted(STRATEGIES))})",
-                        key="evolve.strategy.name")
+        raise UserError(
+            f"unknown strategy '{name}'{nearest(name, STRATEGIES)} (known: {', '.join(sorted(STRATEGIES))})",
+            key="evolve.strategy.name",
+        )
     return STRATEGIES[name]
 
 

@@ -27,11 +27,19 @@ class RegularizedEvolution(Strategy):
 
     name = "evolution"
 
-    def __init__(self, space: SearchSpace, seed: int = 0, objectives: Sequence[Objective] = DEFAULT_OBJECTIVES,
-                 population: int = 20, sample_size: int = 5):
+    def __init__(
+        self,
+        space: SearchSpace,
+        seed: int = 0,
+        objectives: Sequence[Objective] = DEFAULT_OBJECTIVES,
+        population: int = 20,
+        sample_size: int = 5,
+    ):
         super().__init__(space, seed, objectives)
         if not 1 <= sample_size <= population:
-            raise UserError(f"must be in [1, population={population}], got {sample_size}", key="evolve.strategy.sample_size")
+            raise UserError(
+                f"must be in [1, population={population}], got {sample_size}", key="evolve.strategy.sample_size"
+            )
         self.population_size, self.sample_size = population, sample_size
         self.population: Deque[Evaluation] = deque()
         self.results = 0

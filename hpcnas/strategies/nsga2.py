@@ -43,8 +43,10 @@ def rank_and_crowding(objectives: Sequence[Objective], evaluations: Sequence[Eva
             distance = calc_crowding_distance(values[front]) if len(front) > 2 else np.full(len(front), np.inf)
             for k, d in zip(front, distance):
                 out[feasible[k]] = (rank, float(d))
-    infeasible = sorted((i for i, e in enumerate(evaluations) if violation(objectives, e) > 0),
-                        key=lambda i: violation(objectives, evaluations[i]))
+    infeasible = sorted(
+        (i for i, e in enumerate(evaluations) if violation(objectives, e) > 0),
+        key=lambda i: violation(objectives, evaluations[i]),
+    )
     for offset, i in enumerate(infeasible):
         out[i] = (len(fronts) + offset, 0.0)
     return out
@@ -56,11 +58,19 @@ class NSGA2(Strategy):
 
     name = "nsga2"
 
-    def __init__(self, space: SearchSpace, seed: int = 0, objectives: Sequence[Objective] = DEFAULT_OBJECTIVES,
-                 population: int = 20, sample_size: int = 2):
+    def __init__(
+        self,
+        space: SearchSpace,
+        seed: int = 0,
+        objectives: Sequence[Objective] = DEFAULT_OBJECTIVES,
+        population: int = 20,
+        sample_size: int = 2,
+    ):
         super().__init__(space, seed, objectives)
         if not 1 <= sample_size <= population:
-            raise UserError(f"must be in [1, population={population}], got {sample_size}", key="evolve.strategy.sample_size")
+            raise UserError(
+                f"must be in [1, population={population}], got {sample_size}", key="evolve.strategy.sample_size"
+            )
         self.population_size, self.sample_size = population, sample_size
         self.population: List[Evaluation] = []
         self.ranking: List[Tuple[int, float]] = []

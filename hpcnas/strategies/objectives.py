@@ -74,7 +74,9 @@ def parse_objectives(items: Sequence[str], key: str = "evolve.objectives") -> Li
             raise UserError(f"'{item}' is not NAME, NAME <= BOUND or NAME >= BOUND", key=f"{key}[{i}]")
         name, op, text = match.groups()
         if name not in KNOWN:
-            raise UserError(f"unknown objective '{name}'{nearest(name, KNOWN)} (known: {', '.join(KNOWN)})", key=f"{key}[{i}]")
+            raise UserError(
+                f"unknown objective '{name}'{nearest(name, KNOWN)} (known: {', '.join(KNOWN)})", key=f"{key}[{i}]"
+            )
         maximize = KNOWN[name][0]
         bound = None
         if op is not None:
@@ -86,8 +88,10 @@ def parse_objectives(items: Sequence[str], key: str = "evolve.objectives") -> Li
                 raise UserError(f"bound must be a finite number, got {text}", key=f"{key}[{i}]")
             if (op == ">=") != maximize:
                 better = "higher" if maximize else "lower"
-                raise UserError(f"{name} is better {better}: its bound is written {name} {'>=' if maximize else '<='} B",
-                                key=f"{key}[{i}]")
+                raise UserError(
+                    f"{name} is better {better}: its bound is written {name} {'>=' if maximize else '<='} B",
+                    key=f"{key}[{i}]",
+                )
         if any(o.name == name for o in out):
             raise UserError(f"objective '{name}' given twice", key=f"{key}[{i}]")
         out.append(Objective(name, maximize, bound))
@@ -113,7 +117,8 @@ def pareto_front(objectives: Sequence[Objective], evaluations: Sequence[Evaluati
 
 
 def scale_bounds(objectives: Sequence[Objective], evaluations: Sequence[Evaluation]) -> "tuple[list, list]":
-    """Per objective, the lowest and highest minimized value over the successful evaluations (for :func:`hypervolume`)."""
+    """Per objective, the lowest and highest minimized value over the successful evaluations (scales
+    :func:`hypervolume`)."""
     pool = [e for e in evaluations if e.ok]
     lows, highs = [], []
     for o in objectives:
@@ -123,8 +128,9 @@ def scale_bounds(objectives: Sequence[Objective], evaluations: Sequence[Evaluati
     return lows, highs
 
 
-def hypervolume(objectives: Sequence[Objective], front: Sequence[Evaluation], lows: Sequence[float],
-                highs: Sequence[float]) -> float:
+def hypervolume(
+    objectives: Sequence[Objective], front: Sequence[Evaluation], lows: Sequence[float], highs: Sequence[float]
+) -> float:
     """The hypervolume (pymoo) of a front, each objective scaled to [0, 1] by ``lows``/``highs``, against
     the reference point 1.1 in every objective: 0 for an empty front, at most 1.1 ** len(objectives)."""
     import numpy as np
@@ -137,8 +143,9 @@ def hypervolume(objectives: Sequence[Objective], front: Sequence[Evaluation], lo
     return float(HV(ref_point=np.full(len(objectives), 1.1))(points))
 
 
-def hypervolume_over_time(objectives: Sequence[Objective], evaluations: Sequence[Evaluation],
-                          bounds: "Optional[tuple]" = None) -> "tuple[list, list]":
+def hypervolume_over_time(
+    objectives: Sequence[Objective], evaluations: Sequence[Evaluation], bounds: "Optional[tuple]" = None
+) -> "tuple[list, list]":
     """``(end times, hypervolumes)``: the hypervolume of the front after each finished evaluation, in end order.
 
     ``bounds``: the ``(lows, highs)`` that scale the objectives (default: this run's own, :func:`scale_bounds`);
@@ -147,7 +154,7 @@ def hypervolume_over_time(objectives: Sequence[Objective], evaluations: Sequence
     lows, highs = bounds or scale_bounds(objectives, evaluations)
     front: List[Evaluation] = []
     times, volumes = [], []
-    for e in sorted((e for e in evaluations if e.end is not None), key=lambda e: e.end):
+    for e in sorted((e for e in evaluations if e.end is not None), key=lambda e: e.end or 0.0):
         if e.ok and violation(objectives, e) == 0 and not any(dominates(objectives, f, e) for f in front):
             front = [f for f in front if not dominates(objectives, e, f)] + [e]
         times.append(e.end)

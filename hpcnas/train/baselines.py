@@ -37,12 +37,18 @@ class ResNetUNet(nn.Module):
         widths = [width * 2**level for level in range(depth + 1)]
         self.stem = nn.Sequential(_conv_bn_relu(in_channels, width), BasicBlock(width, width))
         self.down = nn.ModuleList(
-            nn.Sequential(BasicBlock(widths[l - 1], widths[l], stride=2), *[BasicBlock(widths[l], widths[l]) for _ in range(blocks - 1)])
-            for l in range(1, depth + 1)
+            nn.Sequential(
+                BasicBlock(widths[level - 1], widths[level], stride=2),
+                *[BasicBlock(widths[level], widths[level]) for _ in range(blocks - 1)],
+            )
+            for level in range(1, depth + 1)
         )
         self.up = nn.ModuleList(
-            nn.Sequential(_conv_bn_relu(widths[l + 1] + widths[l], widths[l]), _conv_bn_relu(widths[l], widths[l]))
-            for l in reversed(range(depth))
+            nn.Sequential(
+                _conv_bn_relu(widths[level + 1] + widths[level], widths[level]),
+                _conv_bn_relu(widths[level], widths[level]),
+            )
+            for level in reversed(range(depth))
         )
         self.head = nn.Conv2d(width, num_classes, 1)
 

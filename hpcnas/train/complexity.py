@@ -43,6 +43,7 @@ def width_for_parameters(build: Callable[[int], nn.Module], target: int, low: in
     Parameters grow with the width, so a bisection finds the two widths around
     the target; the nearer of the two wins (the smaller on a tie).
     """
+
     def params(width: int) -> int:
         with torch.device("meta"):
             return count_parameters(build(width))

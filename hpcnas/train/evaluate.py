@@ -41,7 +41,9 @@ class Canvas:
         return self.total / np.maximum(self.count, 1)
 
 
-def full_images(reader: PatchReader, info, split: str, predict=None, batch_size: int = 8) -> Iterator[Dict[str, np.ndarray]]:
+def full_images(
+    reader: PatchReader, info, split: str, predict=None, batch_size: int = 8
+) -> Iterator[Dict[str, np.ndarray]]:
     """Yield each source image of ``split``: ``name``, ``image``, ``truth`` and, with ``predict``, ``logits``.
 
     ``predict`` maps a (N, H, W, C) uint8 batch to (N, classes, H, W) logits.
@@ -66,7 +68,11 @@ def full_images(reader: PatchReader, info, split: str, predict=None, batch_size:
                 truth[y : y + vh, x : x + vw] = mask[:vh, :vw]
                 if logits is not None:
                     logits.add(out[k], offsets[i], valid[i])
-        item = {"name": info.sources[src], "image": np.moveaxis(np.rint(image.mean()), 0, -1).astype(np.uint8), "truth": truth}
+        item = {
+            "name": info.sources[src],
+            "image": np.moveaxis(np.rint(image.mean()), 0, -1).astype(np.uint8),
+            "truth": truth,
+        }
         if logits is not None:
             item["logits"] = logits.mean()
         yield item
@@ -80,26 +86,45 @@ def load_model(checkpoint: str, device: torch.device):
     state = load_checkpoint(Path(checkpoint), device)
     spec = state.get("spec") or state.get("extra", {}).get("spec")
     if spec is None:
-        raise UserError("not a training checkpoint (no model spec; search checkpoints hold a supernet: train its genotype first)", source=checkpoint)
+        raise UserError(
+            "not a training checkpoint (no model spec; search checkpoints hold a supernet: train its genotype first)",
+            source=checkpoint,
+        )
     model = build_model(spec).to(device)
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as exc:  # torch lists every mismatched tensor: the first line says enough
-        raise UserError(f"the weights do not fit the network its spec describes ({str(exc).splitlines()[0][:160]})",
-                        source=checkpoint) from None
+        raise UserError(
+            f"the weights do not fit the network its spec describes ({str(exc).splitlines()[0][:160]})",
+            source=checkpoint,
+        ) from None
     model.eval()
     return model, spec
 
 
-def evaluate(checkpoint: str, data: str, split: str = "test", out: Optional[Path] = None, device: Optional[torch.device] = None, examples: int = 4) -> Dict:
+def evaluate(
+    checkpoint: str,
+    data: str,
+    split: str = "test",
+    out: Optional[Path] = None,
+    device: Optional[torch.device] = None,
+    examples: int = 4,
+) -> Dict:
     """Full-image metrics of a trained network; writes ``evaluation.json`` (+ prediction examples) to ``out``."""
     device = device or torch.device("cpu")
     model, spec = load_model(checkpoint, device)
     info = read_info(data)
     if split not in info.split_sizes or info.split_sizes[split] == 0:
-        raise UserError(f"split '{split}' is empty (splits: {', '.join(f'{k} {v}' for k, v in info.split_sizes.items())})", source=data)
+        raise UserError(
+            f"split '{split}' is empty (splits: {', '.join(f'{k} {v}' for k, v in info.split_sizes.items())})",
+            source=data,
+        )
     if spec["num_classes"] != info.num_classes or spec["in_channels"] != info.channels:
-        raise UserError(f"the checkpoint has {spec['num_classes']} classes / {spec['in_channels']} channels, the data {info.num_classes} / {info.channels}", source=data)
+        raise UserError(
+            f"the checkpoint has {spec['num_classes']} classes / {spec['in_channels']} channels, "
+            f"the data {info.num_classes} / {info.channels}",
+            source=data,
+        )
 
     @torch.no_grad()
     def predict(batch: np.ndarray) -> np.ndarray:
@@ -120,12 +145,30 @@ def evaluate(checkpoint: str, data: str, split: str = "test", out: Optional[Path
         if len(shown) < examples:
             shown.append({**item, "pred": pred})
     reader.close()
-    result = {"checkpoint": str(checkpoint), "data": str(data), "split": split, "images": n_images, **summarize(conf, info.class_names), "objects": objects.curve(), "confusion": conf.tolist()}
+    result = {
+        "checkpoint": str(checkpoint),
+        "data": str(data),
+        "split": split,
+        "images": n_images,
+        **summarize(conf, info.class_names),
+        "objects": objects.curve(),
+        "confusion": conf.tolist(),
+    }
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         write_json(RunDir(out).evaluation, result)
-        np.savez_compressed(RunDir(out).predictions, **{f"{k}_{i}": v for i, ex in enumerate(shown) for k, v in ex.items() if k != "name"}, names=np.array([ex["name"] for ex in shown]))
+        np.savez_compressed(
+            RunDir(out).predictions,
+            **{f"{k}_{i}": v for i, ex in enumerate(shown) for k, v in ex.items() if k != "name"},
+            names=np.array([ex["name"] for ex in shown]),
+        )
     curve = result["objects"]
-    log.info("%s: mIoU %.4f, object recall@0.5 %.3f, precision@0.5 %.3f", split, result["miou"], curve["recall"][4], curve["precision"][4])
+    log.info(
+        "%s: mIoU %.4f, object recall@0.5 %.3f, precision@0.5 %.3f",
+        split,
+        result["miou"],
+        curve["recall"][4],
+        curve["precision"][4],
+    )
     return result

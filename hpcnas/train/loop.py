@@ -11,12 +11,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from hpcnas.checkpoint import load_checkpoint, save_checkpoint
 from hpcnas.data.hdf5 import IGNORE_INDEX
 from hpcnas.distributed import SingleProcess
 from hpcnas.errors import Interrupted, UserError
 from hpcnas.rundir import JsonlWriter, RunDir, truncate_jsonl
 from hpcnas.runtime import peak_memory_mb, progress, reset_peak_memory, restore_rng_state, rng_state
-from hpcnas.checkpoint import load_checkpoint, save_checkpoint
 from hpcnas.signals import STOP
 from hpcnas.train.metrics import confusion, summarize
 
@@ -38,13 +38,23 @@ class WeightedCrossEntropy(nn.Module):
         self.ctx = ctx
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        total = nn.functional.cross_entropy(logits, target, weight=self.weight, ignore_index=IGNORE_INDEX, reduction="sum")
+        total = nn.functional.cross_entropy(
+            logits, target, weight=self.weight, ignore_index=IGNORE_INDEX, reduction="sum"
+        )
         labelled = target[target != IGNORE_INDEX]
         weight_sum = self.ctx.sum(self.weight[labelled].sum().detach().reshape(1))[0]
         return total / (weight_sum.clamp_min(1e-12) / self.ctx.size)
 
 
-def cosine_sgd(params: Iterable[nn.Parameter], lr: float, momentum: float, weight_decay: float, epochs: int, lr_min: float, wrap: Optional[Callable] = None) -> Tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+def cosine_sgd(
+    params: Iterable[nn.Parameter],
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    epochs: int,
+    lr_min: float,
+    wrap: Optional[Callable] = None,
+) -> Tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """SGD with momentum, cosine-annealed from ``lr`` to ``lr_min`` over ``epochs`` (paper section 5).
 
     ``wrap`` (Horovod's DistributedOptimizer) is applied before the schedule is attached: the
@@ -170,13 +180,20 @@ class EpochLoop:
             for k, o in self.optimizers.items():
                 o.load_state_dict(state["optimizers"][k])
         except (RuntimeError, KeyError, ValueError) as exc:
-            raise UserError(f"checkpoint does not match the configured model ({str(exc).splitlines()[0][:200]})", source=str(path)) from None
+            raise UserError(
+                f"checkpoint does not match the configured model ({str(exc).splitlines()[0][:200]})", source=str(path)
+            ) from None
         self.sched.load_state_dict(state["sched"])
         restore_rng_state(state["rng"])
         self.load_extra_state(state["extra"])
         self.best_miou = state["best_miou"]
         if state.get("step"):  # stopped inside the epoch
-            self.start_epoch, self.resume_step, self.resume_sums, self.resume_rng = state["epoch"], state["step"], state["sums"], state["rng"]
+            self.start_epoch, self.resume_step, self.resume_sums, self.resume_rng = (
+                state["epoch"],
+                state["step"],
+                state["sums"],
+                state["rng"],
+            )
         else:
             self.start_epoch = state["epoch"] + 1
 
@@ -204,7 +221,11 @@ class EpochLoop:
             if step + 1 < steps and self.ctx.any(self.stop.requested):
                 if self.ctx.is_root:
                     save_checkpoint(RunDir(self.run_dir).latest, self.state(epoch, step + 1, sums))
-                raise Interrupted(self.run_dir, self.stop.signal or "another rank's signal", f"in epoch {epoch} after step {step + 1}/{steps}")
+                raise Interrupted(
+                    self.run_dir,
+                    self.stop.signal or "another rank's signal",
+                    f"in epoch {epoch} after step {step + 1}/{steps}",
+                )
         return self.epoch_summary(epoch, sums, steps)
 
     def validate(self) -> dict:
@@ -231,7 +252,9 @@ class EpochLoop:
                     if self.stopped_early:
                         break
                     if epoch + 1 < self.epochs and self.ctx.any(self.stop.requested):
-                        raise Interrupted(self.run_dir, self.stop.signal or "another rank's signal", f"after epoch {epoch}")
+                        raise Interrupted(
+                            self.run_dir, self.stop.signal or "another rank's signal", f"after epoch {epoch}"
+                        )
         finally:
             if metrics is not None:
                 metrics.close()
@@ -247,7 +270,13 @@ class EpochLoop:
         record.update(self.validate())
         self.check_replicas()
         record.update(self.epoch_extras())
-        record.update({"time_s": round(time.time() - t0, 3), "peak_memory_mb": round(peak_memory_mb(self.device), 1), "ranks": self.ctx.size})
+        record.update(
+            {
+                "time_s": round(time.time() - t0, 3),
+                "peak_memory_mb": round(peak_memory_mb(self.device), 1),
+                "ranks": self.ctx.size,
+            }
+        )
         self.stopped_early = self.stop_early(epoch, record)
         if self.stopped_early:
             record["stopped_early"] = True
@@ -259,6 +288,17 @@ class EpochLoop:
         metrics.write(record)
         save_checkpoint(RunDir(self.run_dir).latest, self.state(epoch))
         if improved:
-            save_checkpoint(RunDir(self.run_dir).best, {"epoch": epoch, "model": self.model.state_dict(), "val_miou": self.best_miou, **self.best_state()})
+            save_checkpoint(
+                RunDir(self.run_dir).best,
+                {"epoch": epoch, "model": self.model.state_dict(), "val_miou": self.best_miou, **self.best_state()},
+            )
         val = f"{record['val_miou']:.4f}" if "val_miou" in record else "n/a"
-        log.info("epoch %d/%d  loss %.4f  val mIoU %s%s  %.1fs", epoch + 1, self.epochs, record["train_loss"], val, " *" if improved else "", record["time_s"])
+        log.info(
+            "epoch %d/%d  loss %.4f  val mIoU %s%s  %.1fs",
+            epoch + 1,
+            self.epochs,
+            record["train_loss"],
+            val,
+            " *" if improved else "",
+            record["time_s"],
+        )

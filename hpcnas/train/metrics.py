@@ -64,7 +64,9 @@ def match_objects(pred: np.ndarray, truth: np.ndarray) -> "tuple[List[float], in
     t_lab, n_t = label_objects(truth)
     if n_p == 0 or n_t == 0:
         return [], n_p, n_t
-    joint = np.bincount((p_lab.ravel().astype(np.int64) * (n_t + 1) + t_lab.ravel()), minlength=(n_p + 1) * (n_t + 1)).reshape(n_p + 1, n_t + 1)
+    joint = np.bincount(
+        (p_lab.ravel().astype(np.int64) * (n_t + 1) + t_lab.ravel()), minlength=(n_p + 1) * (n_t + 1)
+    ).reshape(n_p + 1, n_t + 1)
     inter = joint[1:, 1:].astype(np.float64)
     area_p = joint[1:, :].sum(1).astype(np.float64)
     area_t = joint[:, 1:].sum(0).astype(np.float64)

@@ -22,6 +22,7 @@ from hpcnas.config import Config
 from hpcnas.data.hdf5 import DatasetInfo
 from hpcnas.data.torch_dataset import SegmentationDataset, make_loader, validation_loader
 from hpcnas.errors import UserError
+from hpcnas.rundir import RunDir
 from hpcnas.runtime import seed_everything
 from hpcnas.space.genotype import Genotype
 from hpcnas.space.networks import build_discrete_network
@@ -29,19 +30,25 @@ from hpcnas.space.searchspace import SearchSpace
 from hpcnas.train.baselines import ResNetUNet
 from hpcnas.train.complexity import complexity, width_for_parameters
 from hpcnas.train.loop import EpochLoop, WeightedCrossEntropy, cosine_sgd
-from hpcnas.rundir import RunDir
 
 
-def model_spec(cfg: Config, info: DatasetInfo, genotype: Optional[Genotype], source: str = "<genotype>") -> Dict[str, Any]:
+def model_spec(
+    cfg: Config, info: DatasetInfo, genotype: Optional[Genotype], source: str = "<genotype>"
+) -> Dict[str, Any]:
     """Everything needed to rebuild the network: a genotype (checked against the space) or the baseline."""
     sp = cfg.space
     tr = cfg.train
     spec: Dict[str, Any] = {
         "kind": "genotype" if genotype is not None else "resnet_unet",
         "genotype": genotype.to_dict() if genotype is not None else None,
-        "in_channels": info.channels, "num_classes": info.num_classes, "class_names": info.class_names,
-        "channels": tr.channels or sp.channels, "depth": sp.depth, "tower_depth": sp.tower_depth,
-        "baseline_width": tr.baseline_width, "baseline_blocks": tr.baseline_blocks,
+        "in_channels": info.channels,
+        "num_classes": info.num_classes,
+        "class_names": info.class_names,
+        "channels": tr.channels or sp.channels,
+        "depth": sp.depth,
+        "tower_depth": sp.tower_depth,
+        "baseline_width": tr.baseline_width,
+        "baseline_blocks": tr.baseline_blocks,
     }
     if genotype is not None:
         space = SearchSpace.from_config(cfg)
@@ -50,7 +57,10 @@ def model_spec(cfg: Config, info: DatasetInfo, genotype: Optional[Genotype], sou
     else:
         need = 2**sp.depth
     if info.tile_size % need:
-        raise UserError(f"tile size {info.tile_size} is not divisible by the network stride {need} (space.depth={sp.depth})", source=str(info.path))
+        raise UserError(
+            f"tile size {info.tile_size} is not divisible by the network stride {need} (space.depth={sp.depth})",
+            source=str(info.path),
+        )
     if tr.target_params:  # search small, retrain at the size of the budget
         width_key = "channels" if genotype is not None else "baseline_width"
         spec[width_key] = width_for_parameters(lambda w: build_model({**spec, width_key: w}), tr.target_params)
@@ -62,14 +72,20 @@ def build_model(spec: Dict[str, Any]) -> nn.Module:
     """The network a :func:`model_spec` describes."""
     if spec["kind"] == "genotype":
         g = Genotype.from_dict(spec["genotype"])
-        return build_discrete_network(g, spec["in_channels"], spec["num_classes"], channels=spec["channels"], depth=spec["depth"])
-    return ResNetUNet(spec["in_channels"], spec["num_classes"], spec["baseline_width"], spec["depth"], spec["baseline_blocks"])
+        return build_discrete_network(
+            g, spec["in_channels"], spec["num_classes"], channels=spec["channels"], depth=spec["depth"]
+        )
+    return ResNetUNet(
+        spec["in_channels"], spec["num_classes"], spec["baseline_width"], spec["depth"], spec["baseline_blocks"]
+    )
 
 
 class Trainer(EpochLoop):
     """Train one discrete network in one run directory."""
 
-    def __init__(self, cfg: Config, run_dir: Path, data_path: str, info: DatasetInfo, device: torch.device, spec: Dict[str, Any]):
+    def __init__(
+        self, cfg: Config, run_dir: Path, data_path: str, info: DatasetInfo, device: torch.device, spec: Dict[str, Any]
+    ):
         super().__init__(run_dir, device, info.class_names)
         self.cfg, self.spec = cfg, spec
         tr = cfg.train
@@ -78,10 +94,14 @@ class Trainer(EpochLoop):
         train = SegmentationDataset(data_path, "train", augment=cfg.data.augment)
         if len(train) == 0:
             raise UserError("the train split is empty", source=data_path)
-        self.loader = make_loader(train, tr.batch_size, seed=cfg.seed, num_workers=cfg.data.num_workers, drop_last=len(train) >= tr.batch_size)
+        self.loader = make_loader(
+            train, tr.batch_size, seed=cfg.seed, num_workers=cfg.data.num_workers, drop_last=len(train) >= tr.batch_size
+        )
         self.val_loader = validation_loader(data_path, tr.batch_size)
         self.criterion = WeightedCrossEntropy(info.class_weights, device, self.ctx)
-        self.opt, self.sched = cosine_sgd(self.model.parameters(), tr.lr, tr.momentum, tr.weight_decay, tr.epochs, tr.lr_min)
+        self.opt, self.sched = cosine_sgd(
+            self.model.parameters(), tr.lr, tr.momentum, tr.weight_decay, tr.epochs, tr.lr_min
+        )
         self.optimizers = {"w": self.opt}
         self.epochs = tr.epochs
         self.steps_per_epoch = min(len(self.loader), tr.max_steps_per_epoch or len(self.loader))
@@ -122,5 +142,8 @@ class Trainer(EpochLoop):
 
         self.run_epochs()
         if not RunDir(self.run_dir).best.exists():  # no validation split: the last epoch stands in
-            save_checkpoint(RunDir(self.run_dir).best, {"epoch": self.epochs - 1, "model": self.model.state_dict(), "val_miou": None, "spec": self.spec})
+            save_checkpoint(
+                RunDir(self.run_dir).best,
+                {"epoch": self.epochs - 1, "model": self.model.state_dict(), "val_miou": None, "spec": self.spec},
+            )
         return self.best_miou

@@ -17,13 +17,23 @@ import pytest
 import torch
 
 from hpcnas.rundir import read_jsonl
-from tests.conftest import ROOT, run_cli, set_args as sets
+from tests.conftest import ROOT, run_cli
+from tests.conftest import set_args as sets
 
 pytestmark = pytest.mark.slow
 
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
-TINY = ["data.synth.n=16", "data.synth.size=32", "space.channels=8", "space.depth=2", "space.nodes=2", "search.batch_size=4",
-        "search.arch_start_epoch=1", "search.partial_channels=2", "device=cpu"]
+TINY = [
+    "data.synth.n=16",
+    "data.synth.size=32",
+    "space.channels=8",
+    "space.depth=2",
+    "space.nodes=2",
+    "search.batch_size=4",
+    "search.arch_start_epoch=1",
+    "search.partial_channels=2",
+    "device=cpu",
+]
 # long enough that a job with a 2-minute limit and the warning 90 s before it is signalled at least once
 LONG = ["data.synth.n=32", *TINY[1:], "search.epochs=30"]
 JOB_ENV = dict(os.environ, OMPI_MCA_btl="self,tcp")  # Open MPI between emulated nodes of one host: TCP
@@ -62,8 +72,14 @@ def final_model(run_dir):
 def reference(tmp_path_factory):
     """The LONG search run here without SLURM, one thread (as the jobs with --cpus-per-task=1)."""
     out = tmp_path_factory.mktemp("reference") / "run"
-    proc = subprocess.run([sys.executable, "-m", "hpcnas.cli", "search", "--config", SMOKE, *sets(LONG), "--out", str(out)],
-                          cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpcnas.cli", "search", "--config", SMOKE, *sets(LONG), "--out", str(out)],
+        cwd=ROOT,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
@@ -79,8 +95,16 @@ def assert_same_run(run_dir, reference):
 
 def test_unetpp_search_script_runs_horovod_across_two_nodes(cluster, tmp_path):
     run = tmp_path / "run"
-    proc, log = sbatch("search_darts_unetpp.sh", "--config", SMOKE, "--out", str(run), *sets(TINY + ["space.topology=darts_unetpp", "search.epochs=1", "search.sync_batchnorm=false"]),
-                       sbatch_args=["--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1"], output=tmp_path / "job.out")
+    proc, log = sbatch(
+        "search_darts_unetpp.sh",
+        "--config",
+        SMOKE,
+        "--out",
+        str(run),
+        *sets(TINY + ["space.topology=darts_unetpp", "search.epochs=1", "search.sync_batchnorm=false"]),
+        sbatch_args=["--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1"],
+        output=tmp_path / "job.out",
+    )
     assert proc.returncode == 0, log[-3000:] + proc.stderr
     assert "on n[1-2] (2 task(s))" in log and "x 2 rank(s)" in log  # one rank on each emulated node
     assert (run / "genotype.json").exists()
@@ -90,8 +114,15 @@ def test_unetpp_search_script_runs_horovod_across_two_nodes(cluster, tmp_path):
 
 def test_evolve_script_completes(cluster, tmp_path):
     run = tmp_path / "run"
-    proc, log = sbatch("evolve.sh", "--config", str(ROOT / "configs" / "smoke-evolve.yaml"), "--out", str(run),
-                       sbatch_args=["--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1"], output=tmp_path / "job.out")
+    proc, log = sbatch(
+        "evolve.sh",
+        "--config",
+        str(ROOT / "configs" / "smoke-evolve.yaml"),
+        "--out",
+        str(run),
+        sbatch_args=["--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1"],
+        output=tmp_path / "job.out",
+    )
     assert proc.returncode == 0, log[-3000:] + proc.stderr
     history = read_jsonl(run / "history.jsonl")
     assert len(history) == 8 and {r["rank"] for r in history} == {0, 1}
@@ -100,8 +131,16 @@ def test_evolve_script_completes(cluster, tmp_path):
 
 def test_random_baseline_array_trains_one_cell_per_task(cluster, tmp_path):
     out = tmp_path / "random"
-    proc, log = sbatch("random_baseline.sh", "--config", SMOKE, "--out", str(out), *sets(TINY + ["train.epochs=1", "train.batch_size=4"]),
-                       sbatch_args=["--array=0-1", "--cpus-per-task=1"], output=tmp_path / "job-%a.out")
+    proc, log = sbatch(
+        "random_baseline.sh",
+        "--config",
+        SMOKE,
+        "--out",
+        str(out),
+        *sets(TINY + ["train.epochs=1", "train.batch_size=4"]),
+        sbatch_args=["--array=0-1", "--cpus-per-task=1"],
+        output=tmp_path / "job-%a.out",
+    )
     assert proc.returncode == 0, proc.stderr
     genotypes = [(out / str(i) / "genotype.json").read_text() for i in (0, 1)]
     assert genotypes[0] != genotypes[1]  # seeded by the array index
@@ -110,8 +149,16 @@ def test_random_baseline_array_trains_one_cell_per_task(cluster, tmp_path):
 
 def test_time_limit_signals_requeues_and_resumes_to_the_same_genotype(cluster, tmp_path, reference):
     run = tmp_path / "run"
-    proc, log = sbatch("search_darts_unet.sh", "--config", SMOKE, "--out", str(run), *sets(LONG),
-                       sbatch_args=["--time=2", "--signal=USR2@90", "--cpus-per-task=1", "--nodes=1", "--ntasks-per-node=1"], output=tmp_path / "job.out")
+    proc, log = sbatch(
+        "search_darts_unet.sh",
+        "--config",
+        SMOKE,
+        "--out",
+        str(run),
+        *sets(LONG),
+        sbatch_args=["--time=2", "--signal=USR2@90", "--cpus-per-task=1", "--nodes=1", "--ntasks-per-node=1"],
+        output=tmp_path / "job.out",
+    )
     assert proc.returncode == 0, log[-3000:] + proc.stderr
     assert "hpcnas: stopped by SIGUSR2" in log and "requeueing job" in log, log[-3000:]
     assert re.search(r"job \d+ start 2 on", log) and "resuming" in (run / "log.txt").read_text()
@@ -120,9 +167,28 @@ def test_time_limit_signals_requeues_and_resumes_to_the_same_genotype(cluster, t
 
 def test_submit_search_completes_through_submitit(cluster, tmp_path):
     run = tmp_path / "run"
-    done = run_cli("submit", "--config", SMOKE, *sets(TINY + ["search.epochs=1", "search.sync_batchnorm=false"]), "--command", "search",
-                   "--nodes", "2", "--gpus-per-node", "1", "--cpus-per-task", "1", "--time", "00:10:00",
-                   "--out", str(run), "--logs", str(tmp_path / "logs"), "--wait", env=JOB_ENV)
+    done = run_cli(
+        "submit",
+        "--config",
+        SMOKE,
+        *sets(TINY + ["search.epochs=1", "search.sync_batchnorm=false"]),
+        "--command",
+        "search",
+        "--nodes",
+        "2",
+        "--gpus-per-node",
+        "1",
+        "--cpus-per-task",
+        "1",
+        "--time",
+        "00:10:00",
+        "--out",
+        str(run),
+        "--logs",
+        str(tmp_path / "logs"),
+        "--wait",
+        env=JOB_ENV,
+    )
     assert done.returncode == 0, done.stderr
     job_id = re.search(r"submitted job (\d+) \(slurm\)", done.stdout).group(1)
     assert f"job {job_id} done: {run}" in done.stdout
@@ -130,12 +196,51 @@ def test_submit_search_completes_through_submitit(cluster, tmp_path):
 
 
 def test_submit_evolve_and_a_random_cell_array(cluster, tmp_path):
-    evolve = run_cli("submit", "--config", str(ROOT / "configs" / "smoke-evolve.yaml"), "--command", "evolve", "--nodes", "2", "--gpus-per-node", "1",
-                     "--cpus-per-task", "1", "--time", "00:10:00", "--out", str(tmp_path / "evolve"), "--logs", str(tmp_path / "logs"), "--wait", env=JOB_ENV)
+    evolve = run_cli(
+        "submit",
+        "--config",
+        str(ROOT / "configs" / "smoke-evolve.yaml"),
+        "--command",
+        "evolve",
+        "--nodes",
+        "2",
+        "--gpus-per-node",
+        "1",
+        "--cpus-per-task",
+        "1",
+        "--time",
+        "00:10:00",
+        "--out",
+        str(tmp_path / "evolve"),
+        "--logs",
+        str(tmp_path / "logs"),
+        "--wait",
+        env=JOB_ENV,
+    )
     assert evolve.returncode == 0, evolve.stderr
     assert {r["rank"] for r in read_jsonl(tmp_path / "evolve" / "history.jsonl")} == {0, 1}
-    array = run_cli("submit", "--config", SMOKE, *sets(TINY + ["train.epochs=1"]), "--command", "train", "--array", "2", "--gpus-per-node", "1",
-                    "--cpus-per-task", "1", "--time", "00:10:00", "--out", str(tmp_path / "random"), "--logs", str(tmp_path / "logs"), "--wait", env=JOB_ENV)
+    array = run_cli(
+        "submit",
+        "--config",
+        SMOKE,
+        *sets(TINY + ["train.epochs=1"]),
+        "--command",
+        "train",
+        "--array",
+        "2",
+        "--gpus-per-node",
+        "1",
+        "--cpus-per-task",
+        "1",
+        "--time",
+        "00:10:00",
+        "--out",
+        str(tmp_path / "random"),
+        "--logs",
+        str(tmp_path / "logs"),
+        "--wait",
+        env=JOB_ENV,
+    )
     assert array.returncode == 0, array.stderr
     assert re.findall(r"submitted job (\d+)_(\d) \(slurm\)", array.stdout)[1][1] == "1"  # one array job, two tasks
     genotypes = [(tmp_path / "random" / str(i) / "genotype.json").read_text() for i in (0, 1)]
@@ -144,9 +249,30 @@ def test_submit_evolve_and_a_random_cell_array(cluster, tmp_path):
 
 def test_submitted_job_is_requeued_at_its_time_limit_and_resumes(cluster, tmp_path, reference):
     run = tmp_path / "run"
-    done = run_cli("submit", "--config", SMOKE, *sets(LONG), "--command", "search", "--nodes", "1", "--gpus-per-node", "1",
-                   "--cpus-per-task", "1", "--time", "00:02:00", "--signal-delay", "90",
-                   "--out", str(run), "--logs", str(tmp_path / "logs"), "--wait", env=JOB_ENV)
+    done = run_cli(
+        "submit",
+        "--config",
+        SMOKE,
+        *sets(LONG),
+        "--command",
+        "search",
+        "--nodes",
+        "1",
+        "--gpus-per-node",
+        "1",
+        "--cpus-per-task",
+        "1",
+        "--time",
+        "00:02:00",
+        "--signal-delay",
+        "90",
+        "--out",
+        str(run),
+        "--logs",
+        str(tmp_path / "logs"),
+        "--wait",
+        env=JOB_ENV,
+    )
     assert done.returncode == 0, done.stderr
     logs = "".join(p.read_text() for p in (tmp_path / "logs").rglob("*_log.err"))
     assert "Requeued job" in logs, logs[-3000:]
@@ -154,21 +280,41 @@ def test_submitted_job_is_requeued_at_its_time_limit_and_resumes(cluster, tmp_pa
 
 
 def test_bad_submissions_fail_at_once_with_one_line(cluster, tmp_path):
-    proc = subprocess.run(["sbatch", "--partition=nope", str(ROOT / "slurm" / "search_darts_unet.sh")], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        ["sbatch", "--partition=nope", str(ROOT / "slurm" / "search_darts_unet.sh")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0 and "invalid partition specified: nope" in proc.stderr
 
-    submitted = run_cli("submit", "--config", SMOKE, "--command", "search", "--partition", "nope", "--logs", str(tmp_path / "logs"))
+    submitted = run_cli(
+        "submit", "--config", SMOKE, "--command", "search", "--partition", "nope", "--logs", str(tmp_path / "logs")
+    )
     assert submitted.returncode == 2
-    assert submitted.stderr.strip() == "hpcnas: error: sbatch refused the job: sbatch: error: invalid partition specified: nope"
+    assert (
+        submitted.stderr.strip()
+        == "hpcnas: error: sbatch refused the job: sbatch: error: invalid partition specified: nope"
+    )
 
     missing = run_cli("submit", "--config", str(tmp_path / "missing.yaml"), "--command", "search")
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "missing.yaml" in missing.stderr
 
-    too_big = subprocess.run(["sbatch", str(ROOT / "slurm" / "search_darts_unet.sh")], cwd=ROOT, capture_output=True, text=True)  # 2 x 4 tasks x 10 CPUs
+    too_big = subprocess.run(
+        ["sbatch", str(ROOT / "slurm" / "search_darts_unet.sh")], cwd=ROOT, capture_output=True, text=True
+    )  # 2 x 4 tasks x 10 CPUs
     assert too_big.returncode != 0 and "More processors requested than permitted" in too_big.stderr
 
-    proc, log = sbatch("search_darts_unet.sh", "--config", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "run"),
-                       sbatch_args=["--nodes=1", "--ntasks-per-node=1", "--cpus-per-task=1"], output=tmp_path / "job.out", timeout=120)
+    proc, log = sbatch(
+        "search_darts_unet.sh",
+        "--config",
+        str(tmp_path / "missing.yaml"),
+        "--out",
+        str(tmp_path / "run"),
+        sbatch_args=["--nodes=1", "--ntasks-per-node=1", "--cpus-per-task=1"],
+        output=tmp_path / "job.out",
+        timeout=120,
+    )
     assert proc.returncode == 2  # the job's exit code: bad input
     assert re.search(r"hpcnas: error: .*missing\.yaml", log) and "Traceback" not in log
     assert not (tmp_path / "run").exists()

@@ -11,7 +11,9 @@ from tests.conftest import ROOT, run_cli, set_args
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 
 
-@pytest.mark.parametrize("text,minutes", [("00:10:00", 10), ("20:00:00", 1200), ("00:00:30", 1), ("1-00:00:01", 1441), ("00:01:59", 2)])
+@pytest.mark.parametrize(
+    "text,minutes", [("00:10:00", 10), ("20:00:00", 1200), ("00:00:30", 1), ("1-00:00:01", 1441), ("00:01:59", 2)]
+)
 def test_time_limits(text, minutes):
     assert time_minutes(text) == minutes
 
@@ -23,8 +25,14 @@ def test_bad_time_limits(text):
 
 
 def test_parameters_follow_the_gpus():
-    search = slurm_parameters(Request("search", SMOKE, nodes=2, gpus_per_node=4, cpus_per_task=10, time="20:00:00", partition="gpu", account="abc"))
-    assert search["ntasks_per_node"] == 4 and search["gres"] == "gpu:4" and search["nodes"] == 2 and search["time"] == 1200
+    search = slurm_parameters(
+        Request(
+            "search", SMOKE, nodes=2, gpus_per_node=4, cpus_per_task=10, time="20:00:00", partition="gpu", account="abc"
+        )
+    )
+    assert (
+        search["ntasks_per_node"] == 4 and search["gres"] == "gpu:4" and search["nodes"] == 2 and search["time"] == 1200
+    )
     assert search["partition"] == "gpu" and search["account"] == "abc" and "qos" not in search
     assert search["signal_delay_s"] == 120 and search["additional_parameters"] == {"hint": "nomultithread"}
     train = slurm_parameters(Request("train", SMOKE, gpus_per_node=4, genotype="g.json"))
@@ -34,11 +42,39 @@ def test_parameters_follow_the_gpus():
 
 
 def test_dry_run_prints_the_sbatch_script(tmp_path):
-    done = run_cli("submit", "--config", SMOKE, "--command", "search", "--nodes", "2", "--gpus-per-node", "4", "--time", "02:00:00",
-                   "--qos", "q1", "--constraint", "v100-32g", "--logs", str(tmp_path / "logs"), "--dry-run")
+    done = run_cli(
+        "submit",
+        "--config",
+        SMOKE,
+        "--command",
+        "search",
+        "--nodes",
+        "2",
+        "--gpus-per-node",
+        "4",
+        "--time",
+        "02:00:00",
+        "--qos",
+        "q1",
+        "--constraint",
+        "v100-32g",
+        "--logs",
+        str(tmp_path / "logs"),
+        "--dry-run",
+    )
     assert done.returncode == 0, done.stderr
-    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gres=gpu:4", "#SBATCH --cpus-per-task=10", "#SBATCH --hint=nomultithread",
-                 "#SBATCH --time=120", "#SBATCH --signal=USR2@120", "#SBATCH --qos=q1", "#SBATCH --constraint=v100-32g", "srun "):
+    for line in (
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=4",
+        "#SBATCH --gres=gpu:4",
+        "#SBATCH --cpus-per-task=10",
+        "#SBATCH --hint=nomultithread",
+        "#SBATCH --time=120",
+        "#SBATCH --signal=USR2@120",
+        "#SBATCH --qos=q1",
+        "#SBATCH --constraint=v100-32g",
+        "srun ",
+    ):
         assert line in done.stdout, line
     assert not (tmp_path / "logs").exists()  # nothing submitted, nothing written
 
@@ -50,14 +86,20 @@ def test_array_gives_one_seeded_random_cell_and_run_directory_per_task(tmp_path)
     assert "#SBATCH --array=0-2" in sbatch_text(Request("train", SMOKE, array=3, gpus_per_node=1, logs=str(tmp_path)))
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--command", "search", "--array", "3"], "--array: --array N trains N random cells"),
-    (["--command", "train"], "--command train needs --genotype"),
-    (["--command", "train", "--genotype", "g.json", "--nodes", "2"], "--nodes: train runs as one process"),
-    (["--command", "search", "--time", "90"], "--time: '90' is not a time limit"),
-    (["--command", "search", "--time", "00:01:00", "--signal-delay", "120"], "--signal-delay: the warning must come before the time limit"),
-    (["--command", "search", "--set", "search.epoch=3"], "key 'search.epoch'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--command", "search", "--array", "3"], "--array: --array N trains N random cells"),
+        (["--command", "train"], "--command train needs --genotype"),
+        (["--command", "train", "--genotype", "g.json", "--nodes", "2"], "--nodes: train runs as one process"),
+        (["--command", "search", "--time", "90"], "--time: '90' is not a time limit"),
+        (
+            ["--command", "search", "--time", "00:01:00", "--signal-delay", "120"],
+            "--signal-delay: the warning must come before the time limit",
+        ),
+        (["--command", "search", "--set", "search.epoch=3"], "key 'search.epoch'"),
+    ],
+)
 def test_bad_requests_are_one_line(args, message):
     done = run_cli("submit", "--config", SMOKE, *args, "--dry-run")
     assert done.returncode == 2
@@ -65,10 +107,29 @@ def test_bad_requests_are_one_line(args, message):
 
 
 def test_local_runs_the_job_here_and_waits(tmp_path):
-    tiny = ["data.synth.n=16", "data.synth.size=32", "space.channels=8", "space.depth=2", "space.nodes=2", "search.epochs=1", "device=cpu"]
+    tiny = [
+        "data.synth.n=16",
+        "data.synth.size=32",
+        "space.channels=8",
+        "space.depth=2",
+        "space.nodes=2",
+        "search.epochs=1",
+        "device=cpu",
+    ]
     run = tmp_path / "run"
-    done = run_cli("submit", "--config", SMOKE, *set_args(tiny), "--command", "search", "--local",
-                   "--out", str(run), "--logs", str(tmp_path / "logs"))
+    done = run_cli(
+        "submit",
+        "--config",
+        SMOKE,
+        *set_args(tiny),
+        "--command",
+        "search",
+        "--local",
+        "--out",
+        str(run),
+        "--logs",
+        str(tmp_path / "logs"),
+    )
     assert done.returncode == 0, done.stderr
     assert "(local): hpcnas search -> " + str(run) in done.stdout and f"done: {run}" in done.stdout
     assert (run / "genotype.json").exists() and (run / "checkpoints" / "latest.pt").exists()

@@ -74,7 +74,9 @@ def test_torch_dataset_shapes_and_augmentation(synth_h5):
     # augmentation permutes pixels: the label histogram is preserved
     torch.manual_seed(0)
     for k in range(len(ds)):
-        assert torch.equal(torch.bincount(ds[k][1].flatten(), minlength=256), torch.bincount(plain[k][1].flatten(), minlength=256))
+        assert torch.equal(
+            torch.bincount(ds[k][1].flatten(), minlength=256), torch.bincount(plain[k][1].flatten(), minlength=256)
+        )
     loader = make_loader(plain, batch_size=4, rank=1, world=2, seed=0)
     seen = [m for _, m in loader]
     assert sum(len(m) for m in seen) == (len(plain) + 1) // 2

@@ -32,7 +32,12 @@ def test_traits_of_the_paper_data(tmp_path):
         masks = np.concatenate([f[f"{s}/masks"][...] for s in ("train", "val", "test")])
     per_patch = (masks == 1).sum(axis=(1, 2))
     assert (per_patch == 0).any(), "no empty patch"
-    touching = ((masks[:, 0, :] == 1).any(1) | (masks[:, -1, :] == 1).any(1) | (masks[:, :, 0] == 1).any(1) | (masks[:, :, -1] == 1).any(1))
+    touching = (
+        (masks[:, 0, :] == 1).any(1)
+        | (masks[:, -1, :] == 1).any(1)
+        | (masks[:, :, 0] == 1).any(1)
+        | (masks[:, :, -1] == 1).any(1)
+    )
     assert touching.any(), "no object cut by a patch border"
 
 
@@ -41,7 +46,11 @@ def test_splits_by_source_image(tmp_path):
     synthesize(path, n=40, size=32, seed=2)
     with h5py.File(path) as f:
         sources = {s: set(f[f"{s}/source"][...].tolist()) for s in ("train", "val", "test")}
-    assert not (sources["train"] & sources["val"]) and not (sources["train"] & sources["test"]) and not (sources["val"] & sources["test"])
+    assert (
+        not (sources["train"] & sources["val"])
+        and not (sources["train"] & sources["test"])
+        and not (sources["val"] & sources["test"])
+    )
 
 
 def test_cli_synth(tmp_path):

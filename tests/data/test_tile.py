@@ -86,7 +86,7 @@ def test_palette_maps_colours_and_ignore(tmp_path):
         ('classes: [bg, fg]\ncolors:\n  "0,0,0": bg\n', "mask colour (100, 50, 1) at"),
         ('classes: [bg, fg]\ncolors:\n  "0,0": bg\n', "key 'colors.0,0': colour must be written 'r,g,b'"),
         ('classes: [bg, fg]\ncolors:\n  "0,0,0": sky\n', "class 'sky' is not in classes"),
-        ('classes: [bg]\ncolours: {}\n', "unknown key"),
+        ("classes: [bg]\ncolours: {}\n", "unknown key"),
     ],
 )
 def test_bad_palette_or_colour(tmp_path, palette_text, message):
@@ -135,8 +135,12 @@ def test_images_and_masks_folders_under_one_root(tmp_path):
     for tile in ("Tile 1", "Tile 2"):
         (tmp_path / "set" / tile / "images").mkdir(parents=True)
         (tmp_path / "set" / tile / "masks").mkdir(parents=True)
-        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "set" / tile / "images" / "part_1.jpg")
-        Image.fromarray(rng.integers(0, 2, (20, 20), dtype=np.uint8)).save(tmp_path / "set" / tile / "masks" / "part_1.png")
+        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(
+            tmp_path / "set" / tile / "images" / "part_1.jpg"
+        )
+        Image.fromarray(rng.integers(0, 2, (20, 20), dtype=np.uint8)).save(
+            tmp_path / "set" / tile / "masks" / "part_1.png"
+        )
     out = tmp_path / "o.h5"
     counts = tile_folder(tmp_path / "set", tmp_path / "set", out, size=20, overlap=0, val_fraction=0)
     assert counts["train"] == 2
@@ -147,9 +151,26 @@ def test_cli_tile_bad_input_keeps_old_output(tmp_path):
     images, masks = make_folder(tmp_path, [(20, 20)], values=(0, 5))
     out = tmp_path / "o.h5"
     out.write_bytes(b"previous good file")
-    proc = run_cli("data", "tile", "--images", str(images), "--masks", str(masks), "--out", str(out), "--size", "16", "--overlap", "4")
+    proc = run_cli(
+        "data",
+        "tile",
+        "--images",
+        str(images),
+        "--masks",
+        str(masks),
+        "--out",
+        str(out),
+        "--size",
+        "16",
+        "--overlap",
+        "4",
+    )
     assert proc.returncode == 2
-    assert proc.stderr.startswith("hpcnas: error: ") and "class id 5" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert (
+        proc.stderr.startswith("hpcnas: error: ")
+        and "class id 5" in proc.stderr
+        and len(proc.stderr.strip().splitlines()) == 1
+    )
     assert out.read_bytes() == b"previous good file"
 
 
@@ -158,15 +179,31 @@ def test_real_dubai_building_target(tmp_path):
     """Tile three real images (folder names with spaces) with the binary building palette."""
     out = tmp_path / "dubai.h5"
     proc = run_cli(
-        "data", "tile", "--images", str(DUBAI / "Tile 2" / "images"), "--masks", str(DUBAI / "Tile 2" / "masks"),
-        "--out", str(out), "--palette", str(ROOT / "configs/palettes/dubai_building.yaml"), "--limit", "3", "--val-fraction", "0.34",
-        "--size", "256", "--overlap", "90",
+        "data",
+        "tile",
+        "--images",
+        str(DUBAI / "Tile 2" / "images"),
+        "--masks",
+        str(DUBAI / "Tile 2" / "masks"),
+        "--out",
+        str(out),
+        "--palette",
+        str(ROOT / "configs/palettes/dubai_building.yaml"),
+        "--limit",
+        "3",
+        "--val-fraction",
+        "0.34",
+        "--size",
+        "256",
+        "--overlap",
+        "90",
     )
     assert proc.returncode == 0, proc.stderr
     info = read_info(out)
     assert info.class_names == ["background", "building"]
     assert info.source_split.count("val") == 1 and len(info.sources) == 3
-    # the stored building pixels equal a direct count on the source masks (train images, no double counting of overlaps is not
+    # the stored building pixels equal a direct count on the source masks (train images; no double counting of
+    # overlaps is not
     # the goal: patches overlap, so count through the patches' valid areas instead)
     with h5py.File(out) as f:
         masks, valid = f["train/masks"][...], f["train/valid"][...]
@@ -174,7 +211,9 @@ def test_real_dubai_building_target(tmp_path):
     assert stored == info.class_pixels[1] > 0
     # every building pixel of a train source image is inside some patch
     src_index = [i for i, s in enumerate(info.source_split) if s == "train"][0]
-    rgb = np.asarray(Image.open(DUBAI / "Tile 2" / "masks" / (info.sources[src_index].rsplit(".", 1)[0] + ".png")).convert("RGB"))
+    rgb = np.asarray(
+        Image.open(DUBAI / "Tile 2" / "masks" / (info.sources[src_index].rsplit(".", 1)[0] + ".png")).convert("RGB")
+    )
     assert (rgb == (60, 16, 152)).all(-1).sum() > 0
 
 
@@ -195,13 +234,15 @@ def test_tile_scale_and_stratify(tmp_path):
     for i in range(3):  # three sources without foreground
         Image.fromarray(np.zeros((64, 64), np.uint8)).save(masks / f"img {i}.png")
     out = tmp_path / "t.h5"
-    counts = tile_folder(images, masks, out, size=16, overlap=0, val_fraction=0.34, test_fraction=0.34, scale=0.5,
-                         stratify=True)
+    counts = tile_folder(
+        images, masks, out, size=16, overlap=0, val_fraction=0.34, test_fraction=0.34, scale=0.5, stratify=True
+    )
     assert counts == {"train": 8, "val": 8, "test": 8}  # 64 px at half scale: 2 x 2 tiles of 16 px per source
     with h5py.File(out) as f:
         for split in ("val", "test"):
             fg = [bool((f[split]["masks"][f[split]["source"][:] == s] == 1).any()) for s in set(f[split]["source"][:])]
             assert sorted(fg) == [False, True]
-    res = run_cli("data", "tile", "--images", str(images), "--masks", str(masks), "--out", str(tmp_path / "x.h5"),
-                  "--scale", "0")
+    res = run_cli(
+        "data", "tile", "--images", str(images), "--masks", str(masks), "--out", str(tmp_path / "x.h5"), "--scale", "0"
+    )
     assert res.returncode == 2 and "--scale" in res.stderr and not (tmp_path / "x.h5").exists()

@@ -1,6 +1,6 @@
 """Run under mpirun by the tests: theta must be bit-identical on every rank; planted drift must be caught.
 
-    mpirun -np 2 python tests/distributed/probe_replicas.py OUT_DIR
+mpirun -np 2 python tests/distributed/probe_replicas.py OUT_DIR
 """
 
 import sys
@@ -16,7 +16,10 @@ from hpcnas.search.continuous import SupernetSearch
 
 def main(out: str) -> int:
     ctx = setup()
-    cfg = load_config("configs/smoke.yaml", ["search.epochs=1", "search.arch_start_epoch=0", "search.batch_size=2", "device=cpu", "search.arch_lr=0.1"])
+    cfg = load_config(
+        "configs/smoke.yaml",
+        ["search.epochs=1", "search.arch_start_epoch=0", "search.batch_size=2", "device=cpu", "search.arch_lr=0.1"],
+    )
     data = f"{out}/data.h5"
     if ctx.is_root:
         from hpcnas.data.synth import synthesize

@@ -13,10 +13,16 @@ import pytest
 import torch
 
 from hpcnas.rundir import read_jsonl
-from tests.conftest import ROOT, set_args as sets
+from tests.conftest import ROOT
+from tests.conftest import set_args as sets
 
 MPIRUN = shutil.which("mpirun")
-MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMPI_MCA_rmaps_base_oversubscribe": "1", "PYTHONUNBUFFERED": "1"}
+MPI_ENV = {
+    "OMPI_ALLOW_RUN_AS_ROOT": "1",
+    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+    "OMPI_MCA_rmaps_base_oversubscribe": "1",
+    "PYTHONUNBUFFERED": "1",
+}
 
 
 def _have_horovod() -> bool:
@@ -25,22 +31,37 @@ def _have_horovod() -> bool:
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(MPIRUN is None or not _have_horovod(), reason="needs mpirun and horovod (envs/setup.sh builds both)"),
+    pytest.mark.skipif(
+        MPIRUN is None or not _have_horovod(), reason="needs mpirun and horovod (envs/setup.sh builds both)"
+    ),
 ]
 
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 # augmentation off: flips drawn per sample would differ between 1 and 2 ranks; the paper's arch lr
-BASE = ["data.augment=false", "search.epochs=3", "search.arch_start_epoch=1", "data.synth.n=16", "device=cpu", "search.arch_lr=0.1"]
+BASE = [
+    "data.augment=false",
+    "search.epochs=3",
+    "search.arch_start_epoch=1",
+    "data.synth.n=16",
+    "device=cpu",
+    "search.arch_lr=0.1",
+]
 
 
 def search_cmd(ranks, out, extra=(), resume=False):
     cli = [sys.executable, "-m", "hpcnas.cli", "search"]
-    cli += ["--resume", str(out)] + sets(extra) if resume else ["--config", SMOKE, "--out", str(out)] + sets(BASE + list(extra))
+    cli += (
+        ["--resume", str(out)] + sets(extra)
+        if resume
+        else ["--config", SMOKE, "--out", str(out)] + sets(BASE + list(extra))
+    )
     return ([MPIRUN, "-np", str(ranks), "--oversubscribe"] if ranks > 1 else []) + cli
 
 
 def run(cmd, timeout=600):
-    return subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, **MPI_ENV), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        cmd, cwd=ROOT, env=dict(os.environ, **MPI_ENV), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def theta(run_dir):
@@ -70,7 +91,17 @@ def test_two_ranks_equal_one_rank_with_double_batch(tmp_path):
 
 
 def test_theta_identical_on_every_rank_and_drift_caught(tmp_path):
-    proc = run([MPIRUN, "-np", "2", "--oversubscribe", sys.executable, str(ROOT / "tests/distributed/probe_replicas.py"), str(tmp_path)])
+    proc = run(
+        [
+            MPIRUN,
+            "-np",
+            "2",
+            "--oversubscribe",
+            sys.executable,
+            str(ROOT / "tests/distributed/probe_replicas.py"),
+            str(tmp_path),
+        ]
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert proc.stdout.count("theta identical on 2 ranks: True") == 2
     assert proc.stdout.count("drift detected: architecture parameters differ across ranks") == 2
@@ -78,7 +109,13 @@ def test_theta_identical_on_every_rank_and_drift_caught(tmp_path):
 
 def test_resume_two_rank_checkpoint_on_one_rank(tmp_path):
     out = tmp_path / "cut"
-    proc = subprocess.Popen(search_cmd(2, out, ["search.batch_size=2", "search.epochs=4"]), cwd=ROOT, env=dict(os.environ, **MPI_ENV), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        search_cmd(2, out, ["search.batch_size=2", "search.epochs=4"]),
+        cwd=ROOT,
+        env=dict(os.environ, **MPI_ENV),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and len(read_jsonl(out / "metrics.jsonl")) < 2:
         time.sleep(0.1)
@@ -100,11 +137,20 @@ def test_resume_two_rank_checkpoint_on_one_rank(tmp_path):
 
 def test_a_dead_rank_ends_the_job(tmp_path):
     out = tmp_path / "dead"
-    proc = subprocess.Popen(search_cmd(2, out, ["search.batch_size=2", "search.epochs=50"]), cwd=ROOT, env=dict(os.environ, **MPI_ENV), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        search_cmd(2, out, ["search.batch_size=2", "search.epochs=50"]),
+        cwd=ROOT,
+        env=dict(os.environ, **MPI_ENV),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and len(read_jsonl(out / "metrics.jsonl")) < 1:
         time.sleep(0.1)
-    ranks = sorted(int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split())
+    ranks = sorted(
+        int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    )
     assert len(ranks) == 2
     os.kill(ranks[-1], signal.SIGKILL)
     started = time.time()
@@ -118,11 +164,20 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     checkpoint, both exit 75; resuming on 2 ranks ends like the uninterrupted 2-rank run."""
     extra = ["search.batch_size=2", "search.epochs=3", "data.synth.n=48"]
     out = tmp_path / "cut"
-    proc = subprocess.Popen(search_cmd(2, out, extra), cwd=ROOT, env=dict(os.environ, **MPI_ENV), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        search_cmd(2, out, extra),
+        cwd=ROOT,
+        env=dict(os.environ, **MPI_ENV),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and len(read_jsonl(out / "metrics.jsonl")) < 1:
         time.sleep(0.05)
-    ranks = sorted(int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split())
+    ranks = sorted(
+        int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    )
     assert proc.poll() is None and len(ranks) == 2, "the search ended before it could be signalled"
     os.kill(ranks[-1], signal.SIGUSR2)  # the later-started rank: not the one that writes
     _, err = proc.communicate(timeout=300)

@@ -30,8 +30,14 @@ def answer(task):
     """What a worker reports for a task: oom when asked to, else a fitness from its id."""
     if task.get("fault") == "oom":
         return {"id": task["id"], "status": "oom", "error": "injected", "start": 1.0, "end": 2.0}
-    return {"id": task["id"], "status": "ok", "fitness": task["id"] / 100, "measured": {"params": 10.0 * task["id"]},
-            "start": 1.0, "end": 2.0}
+    return {
+        "id": task["id"],
+        "status": "ok",
+        "fitness": task["id"] / 100,
+        "measured": {"params": 10.0 * task["id"]},
+        "start": 1.0,
+        "end": 2.0,
+    }
 
 
 class FakeComm:
@@ -114,9 +120,14 @@ def test_an_oom_is_retried_once_at_half_batch_on_the_same_rank(tmp_path):
     d, comm, slot = dispatcher(tmp_path, 1, "evolve.faults.inject=['2:oom']", "train.batch_size=4")
     d.run()
     dispatched = [r for r in read_jsonl(tmp_path / "dispatch.jsonl") if r["id"] == 2]
-    assert [(r["origin"], r["batch_size"], r["retried"]) for r in dispatched] == [("strategy", 4, False), ("retry", 2, True)]
+    assert [(r["origin"], r["batch_size"], r["retried"]) for r in dispatched] == [
+        ("strategy", 4, False),
+        ("retry", 2, True),
+    ]
     (record,) = [r for r in read_jsonl(tmp_path / "history.jsonl") if r["id"] == 2]
-    assert record["status"] == "oom" and record["batch_size"] == 2 and record["retried"]  # the fault stays: one retry only
+    assert (
+        record["status"] == "oom" and record["batch_size"] == 2 and record["retried"]
+    )  # the fault stays: one retry only
 
 
 def test_resume_requeues_what_was_in_flight_and_replays_the_strategy(tmp_path):
@@ -142,7 +153,9 @@ def test_resume_requeues_what_was_in_flight_and_replays_the_strategy(tmp_path):
     assert sorted(r["id"] for r in read_jsonl(tmp_path / "history.jsonl")) == list(range(7))
     # replay asked the strategy exactly as the first run did: the next proposals are the ones a fresh one makes
     fresh = d.strategy.__class__(d.strategy.space, seed=0)
-    assert [fresh.ask().genotype.to_dict() for _ in range(7)] == [r["genotype"] for r in dispatched if r["origin"] == "strategy"]
+    assert [fresh.ask().genotype.to_dict() for _ in range(7)] == [
+        r["genotype"] for r in dispatched if r["origin"] == "strategy"
+    ]
 
 
 def test_replay_warns_once_the_log_and_the_strategy_disagree(tmp_path, caplog):
@@ -169,9 +182,12 @@ def test_search_log_reopens_where_it_stopped(tmp_path):
     again.close()
 
 
-@pytest.mark.parametrize("raw", [
-    {"id": 3, "genotype": {}, "status": "ok", "fitness": 0.5, "params": 12, "flops": 99, "peak_memory_mb": 7.5},
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"id": 3, "genotype": {}, "status": "ok", "fitness": 0.5, "params": 12, "flops": 99, "peak_memory_mb": 7.5},
+    ],
+)
 def test_history_written_before_objectives_reads_into_objectives(raw):
     e = Evaluation.from_dict(raw)
     assert e.objectives == {"miou": 0.5, "params": 12.0, "flops": 99.0, "peak_memory": 7.5}

@@ -17,7 +17,12 @@ from tests.conftest import ROOT, set_args
 
 SMOKE_EVOLVE = str(ROOT / "configs" / "smoke-evolve.yaml")
 MPIRUN = shutil.which("mpirun")
-MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMPI_MCA_rmaps_base_oversubscribe": "1", "PYTHONUNBUFFERED": "1"}
+MPI_ENV = {
+    "OMPI_ALLOW_RUN_AS_ROOT": "1",
+    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+    "OMPI_MCA_rmaps_base_oversubscribe": "1",
+    "PYTHONUNBUFFERED": "1",
+}
 needs_mpi = pytest.mark.skipif(MPIRUN is None, reason="no mpirun (envs/setup.sh installs Open MPI)")
 
 
@@ -33,7 +38,9 @@ def evolve_cmd(np_, out, *overrides, resume=False):
 
 
 def run(cmd, timeout=420):
-    return subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, **MPI_ENV), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        cmd, cwd=ROOT, env=dict(os.environ, **MPI_ENV), capture_output=True, text=True, timeout=timeout
+    )
 
 
 SLEEPY = ["evolve.evaluator.name=sleep", "evolve.evaluator.sleep_median=0.3", "evolve.evaluator.sleep_sigma=0.5"]
@@ -41,11 +48,14 @@ SLEEPY = ["evolve.evaluator.name=sleep", "evolve.evaluator.sleep_median=0.3", "e
 
 @needs_mpi
 @pytest.mark.slow
-@pytest.mark.parametrize("bad, message", [
-    ("evolve.strategy.sample_size=9", "evolve.strategy.sample_size"),
-    ("evolve.faults.inject=['3:melt']", "evolve.faults.inject"),
-    ("evolve.strategy.population=50", "evolve.strategy.population"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("evolve.strategy.sample_size=9", "evolve.strategy.sample_size"),
+        ("evolve.faults.inject=['3:melt']", "evolve.faults.inject"),
+        ("evolve.strategy.population=50", "evolve.strategy.population"),
+    ],
+)
 def test_a_bad_evolve_config_ends_every_rank_at_once(tmp_path, bad, message):
     """The check runs on rank 0 before any rank serves: exit 2, one line, nothing written, nothing left running."""
     out = tmp_path / "bad"
@@ -62,8 +72,23 @@ def test_a_bad_evolve_config_ends_every_rank_at_once(tmp_path, bad, message):
 def test_single_process_without_mpirun(tmp_path):
     """Launched alone, rank 0 is the whole job: it dispatches to its own slot."""
     out = tmp_path / "solo"
-    proc = subprocess.run([sys.executable, "-m", "hpcnas.cli", "evolve", "--config", SMOKE_EVOLVE, "--out", str(out), *sets(*SLEEPY, "evolve.max_evaluations=4", "evolve.evaluator.sleep_median=0.05")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hpcnas.cli",
+            "evolve",
+            "--config",
+            SMOKE_EVOLVE,
+            "--out",
+            str(out),
+            *sets(*SLEEPY, "evolve.max_evaluations=4", "evolve.evaluator.sleep_median=0.05"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     history = read_jsonl(out / "history.jsonl")
     assert sorted(r["id"] for r in history) == [0, 1, 2, 3] and {r["rank"] for r in history} == {0}
@@ -76,7 +101,9 @@ def test_single_process_without_mpirun(tmp_path):
 @pytest.mark.slow
 def test_search_finishes_its_budget_with_real_training(tmp_path):
     out = tmp_path / "ev"
-    proc = run(evolve_cmd(3, out, "evolve.max_evaluations=6", "evolve.strategy.population=2", "evolve.strategy.sample_size=2"))
+    proc = run(
+        evolve_cmd(3, out, "evolve.max_evaluations=6", "evolve.strategy.population=2", "evolve.strategy.sample_size=2")
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     history = read_jsonl(out / "history.jsonl")
     assert len(history) == 6 and len({r["id"] for r in history}) == 6
@@ -95,11 +122,21 @@ def test_search_finishes_its_budget_with_real_training(tmp_path):
 def test_faults_are_results_not_the_end(tmp_path):
     """A real OOM in the child, a SIGKILLed child, a hang past the timeout: recorded, and the search completes."""
     out = tmp_path / "faults"
-    proc = run(evolve_cmd(3, out, "evolve.max_evaluations=7", "evolve.executor.task_timeout=40", "evolve.faults.inject=['1:oom', '2:kill', '3:hang']"))
+    proc = run(
+        evolve_cmd(
+            3,
+            out,
+            "evolve.max_evaluations=7",
+            "evolve.executor.task_timeout=40",
+            "evolve.faults.inject=['1:oom', '2:kill', '3:hang']",
+        )
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     history = {r["id"]: r for r in read_jsonl(out / "history.jsonl")}
     assert sorted(history) == list(range(7))
-    assert history[1]["status"] == "oom" and history[1]["retried"] and history[1]["batch_size"] == 2  # retried once at half batch
+    assert (
+        history[1]["status"] == "oom" and history[1]["retried"] and history[1]["batch_size"] == 2
+    )  # retried once at half batch
     assert "allocate" in history[1]["error"] or "memory" in history[1]["error"]
     assert history[2]["status"] == "crashed" and "SIGKILL" in history[2]["error"]
     assert history[3]["status"] == "timeout"
@@ -122,7 +159,9 @@ def _wait_for_lines(path, count, proc, deadline):
 def test_killed_mpirun_resumes_without_retraining(tmp_path):
     out = tmp_path / "killed"
     cmd = evolve_cmd(4, out, *SLEEPY, "evolve.max_evaluations=16", "evolve.evaluator.sleep_median=0.6")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, **MPI_ENV), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=dict(os.environ, **MPI_ENV), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     assert _wait_for_lines(out / "history.jsonl", 5, proc, time.time() + 180), "no progress before the kill"
     # the whole job at once, as a scheduler kills a step: every rank, then mpirun (ranks are its children)
     ranks = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
@@ -153,8 +192,18 @@ def test_sigusr2_stops_cleanly_with_grace(tmp_path):
     """SLURM's warning signal: no new dispatch, in-flight results kept, exit 75 (work left: requeue
     me), history consistent; --resume-existing then finishes the budget."""
     out = tmp_path / "signalled"
-    cmd = evolve_cmd(3, out, "evolve.evaluator.name=sleep", "evolve.evaluator.sleep_median=1.5", "evolve.evaluator.sleep_sigma=0.1", "evolve.max_evaluations=100", "evolve.executor.grace_period=30")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, **MPI_ENV), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = evolve_cmd(
+        3,
+        out,
+        "evolve.evaluator.name=sleep",
+        "evolve.evaluator.sleep_median=1.5",
+        "evolve.evaluator.sleep_sigma=0.1",
+        "evolve.max_evaluations=100",
+        "evolve.executor.grace_period=30",
+    )
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=dict(os.environ, **MPI_ENV), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     assert _wait_for_lines(out / "history.jsonl", 3, proc, time.time() + 120)
     proc.send_signal(signal.SIGUSR2)  # mpirun forwards SIGUSR2 to every rank
     stdout, stderr = proc.communicate(timeout=120)
@@ -166,7 +215,16 @@ def test_sigusr2_stops_cleanly_with_grace(tmp_path):
     assert len(history) < 100 and "SIGUSR2 received" in (out / "log.txt").read_text()
     for line in (out / "history.jsonl").read_text().splitlines():
         json.loads(line)
-    cmd = evolve_cmd(3, out, "evolve.evaluator.name=sleep", "evolve.evaluator.sleep_median=0.05", "evolve.evaluator.sleep_sigma=0.1", "evolve.max_evaluations=100") + ["--resume-existing"]
-    finished = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, **MPI_ENV), capture_output=True, text=True, timeout=300)
+    cmd = evolve_cmd(
+        3,
+        out,
+        "evolve.evaluator.name=sleep",
+        "evolve.evaluator.sleep_median=0.05",
+        "evolve.evaluator.sleep_sigma=0.1",
+        "evolve.max_evaluations=100",
+    ) + ["--resume-existing"]
+    finished = subprocess.run(
+        cmd, cwd=ROOT, env=dict(os.environ, **MPI_ENV), capture_output=True, text=True, timeout=300
+    )
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert len(read_jsonl(out / "history.jsonl")) == 100

@@ -27,7 +27,9 @@ SMOKE_PARETO = str(ROOT / "configs" / "smoke-pareto.yaml")
 
 def pareto_cmd(np_, out, *overrides, resume=False):
     entry = Path(sys.executable).parent / "hpcnas-evolve"  # the console script the README shows
-    base = [MPIRUN, "-np", str(np_), "--oversubscribe"] + ([str(entry)] if entry.exists() else [sys.executable, "-m", "hpcnas.cli", "evolve"])
+    base = [MPIRUN, "-np", str(np_), "--oversubscribe"] + (
+        [str(entry)] if entry.exists() else [sys.executable, "-m", "hpcnas.cli", "evolve"]
+    )
     if resume:
         return base + ["--resume", str(out)] + sets(*overrides)
     return base + ["--config", SMOKE_PARETO, "--out", str(out)] + sets(*overrides)
@@ -70,7 +72,9 @@ def test_a_killed_two_objective_search_resumes_with_its_front_and_respects_the_b
     out = tmp_path / "killed"
     bound = ["evolve.objectives=[miou, 'params <= 100']", "evolve.max_evaluations=20", "evolve.strategy.population=4"]
     cmd = pareto_cmd(4, out, *SLEEPY, *bound)
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, **MPI_ENV), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=dict(os.environ, **MPI_ENV), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     assert _wait_for_lines(out / "history.jsonl", 7, proc, time.time() + 180), "no progress before the kill"
     ranks = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     for pid in ranks + [str(proc.pid)]:

@@ -14,16 +14,26 @@ from hpcnas.errors import UserError
 from hpcnas.pipeline import search
 from hpcnas.rundir import read_jsonl
 from hpcnas.search.decode import decode_cell, decode_configured, snapshot_from_json
-from hpcnas.space.searchspace import SearchSpace
 from hpcnas.search.gaea import SIMPLEX_FLOOR, ExponentiatedGradient, make_arch_optimizer
 from hpcnas.space.genotype import OP_SETS, Genotype
 from hpcnas.space.mixed import MixedOp, channel_shuffle
+from hpcnas.space.searchspace import SearchSpace
 from tests.conftest import ROOT
 
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
-TINY = ["data.synth.n=16", "data.synth.size=32", "space.channels=8", "space.depth=2", "space.nodes=2",
-        "search.epochs=3", "search.batch_size=4", "search.arch_start_epoch=2", "search.partial_channels=2",
-        "search.arch_lr=3.0", "device=cpu"]
+TINY = [
+    "data.synth.n=16",
+    "data.synth.size=32",
+    "space.channels=8",
+    "space.depth=2",
+    "space.nodes=2",
+    "search.epochs=3",
+    "search.batch_size=4",
+    "search.arch_start_epoch=2",
+    "search.partial_channels=2",
+    "search.arch_lr=3.0",
+    "device=cpu",
+]
 OPS = OP_SETS["O_base"]  # sep3 sep5 dil3 dil5 avg max skip none
 
 

@@ -20,9 +20,18 @@ from hpcnas.space.genotype import Genotype
 from tests.conftest import ROOT, run_cli, run_interrupted_in_epoch, run_signalled_at_step, set_args
 
 TINY = [
-    "data.synth.n=16", "data.synth.size=32", "space.channels=8", "space.depth=2", "space.nodes=2",
-    "search.epochs=3", "search.batch_size=4", "search.arch_start_epoch=2", "search.partial_channels=2", "search.arch_lr=3.0",
-    "search.lr=0.05", "device=cpu",
+    "data.synth.n=16",
+    "data.synth.size=32",
+    "space.channels=8",
+    "space.depth=2",
+    "space.nodes=2",
+    "search.epochs=3",
+    "search.batch_size=4",
+    "search.arch_start_epoch=2",
+    "search.partial_channels=2",
+    "search.arch_lr=3.0",
+    "search.lr=0.05",
+    "device=cpu",
 ]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 
@@ -116,7 +125,13 @@ def test_usr2_exits_75_and_resume_existing_finishes(tmp_path):
     assert ref.returncode == 0, ref.stderr
     run = tmp_path / "run"
     again = [*args, "--out", str(run), "--resume-existing"]
-    proc = subprocess.Popen([sys.executable, "-m", "hpcnas.cli", *again], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpcnas.cli", *again],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not (run / "checkpoints" / "latest.pt").exists():
         time.sleep(0.05)
@@ -128,7 +143,9 @@ def test_usr2_exits_75_and_resume_existing_finishes(tmp_path):
     assert not (run / "genotype.json").exists()
     done = run_cli(*again)
     assert done.returncode == 0, done.stderr
-    assert json.loads((run / "genotype.json").read_text()) == json.loads((tmp_path / "ref" / "genotype.json").read_text())
+    assert json.loads((run / "genotype.json").read_text()) == json.loads(
+        (tmp_path / "ref" / "genotype.json").read_text()
+    )
     assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3, 4]
 
 
@@ -139,7 +156,12 @@ def test_killed_search_resumes_exactly(tmp_path):
     ref = run_cli(*args, "--out", str(tmp_path / "ref"))
     assert ref.returncode == 0, ref.stderr
     victim = tmp_path / "victim"
-    proc = subprocess.Popen([sys.executable, "-m", "hpcnas.cli", *args, "--out", str(victim)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpcnas.cli", *args, "--out", str(victim)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     ckpt = victim / "checkpoints" / "latest.pt"
     while time.time() < deadline and proc.poll() is None:
@@ -152,7 +174,9 @@ def test_killed_search_resumes_exactly(tmp_path):
     assert not (victim / "genotype.json").exists()
     done = run_cli("search", "--resume", str(victim))
     assert done.returncode == 0, done.stderr
-    assert json.loads((victim / "genotype.json").read_text()) == json.loads((tmp_path / "ref" / "genotype.json").read_text())
+    assert json.loads((victim / "genotype.json").read_text()) == json.loads(
+        (tmp_path / "ref" / "genotype.json").read_text()
+    )
     ref_theta, got_theta = _final_theta(tmp_path / "ref"), _final_theta(victim)
     assert ref_theta.keys() == got_theta.keys()
     for k in ref_theta:

@@ -62,7 +62,12 @@ def test_the_cost_term_lowers_the_expected_params_of_the_smoke_search(tmp_path):
     final = {}
     for weight in (1e-9, 2.0):
         out = tmp_path / f"w{weight}"
-        sets = ["search.epochs=2", "search.arch_start_epoch=1", "search.cost.kind=params", f"search.cost.weight={weight}"]
+        sets = [
+            "search.epochs=2",
+            "search.arch_start_epoch=1",
+            "search.cost.kind=params",
+            f"search.cost.weight={weight}",
+        ]
         proc = run_cli("search", "--config", SMOKE, "--out", str(out), "--device", "cpu", *set_args(sets))
         assert proc.returncode == 0, proc.stderr[-2000:]
         final[weight] = read_jsonl(out / "metrics.jsonl")[-1]["expected_cost"]

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from hpcnas.search.decode import best_op, decode_cell, decode_genotype, path_log_likelihoods, select_paths, viterbi_path
+from hpcnas.search.gaea import ExponentiatedGradient
+from hpcnas.space.genotype import OP_SETS, unetpp_paths
 from hpcnas.space.searchspace import SearchSpace
 
 TWO_NODES = SearchSpace.of("darts_unet", nodes=2)
-from hpcnas.search.gaea import ExponentiatedGradient
-from hpcnas.space.genotype import OP_SETS, unetpp_paths
 
 
 def test_one_gaea_step_by_hand():
@@ -89,7 +89,8 @@ def test_resnext_cell_uses_tower_sources():
 
 
 def hand_betas(prefer_skip: float):
-    """Depth 2 betas: X(0,1) <- [up X(1,0), skip X(0,0)]; X(1,1) <- [up X(2,0), skip X(1,0)]; X(0,2) <- [up X(1,1), X(0,0), X(0,1)]."""
+    """Depth 2 betas: X(0,1) <- [up X(1,0), skip X(0,0)]; X(1,1) <- [up X(2,0), skip X(1,0)];
+    X(0,2) <- [up X(1,1), X(0,0), X(0,1)]."""
     return {
         (0, 1): np.array([1 - prefer_skip, prefer_skip]),
         (1, 1): np.array([0.3, 0.7]),
@@ -133,5 +134,7 @@ def test_decode_genotype_unetpp_end_to_end():
     g = decode_genotype(space, snap, paths="auto")
     assert g.paths and all(p[-1] == (0, 2) for p in g.paths)
     v = decode_genotype(space, snap, path_decoder="viterbi")
-    assert viterbi_path({(0, 1): np.array([0.5, 0.5]), (1, 1): np.array([0.5, 0.5]), (0, 2): np.array([1.0, 0.0, 0.0])}, 2)[1:3] == ((1, 0), (2, 0))  # tie: earliest source
+    assert viterbi_path(
+        {(0, 1): np.array([0.5, 0.5]), (1, 1): np.array([0.5, 0.5]), (0, 2): np.array([1.0, 0.0, 0.0])}, 2
+    )[1:3] == ((1, 0), (2, 0))  # tie: earliest source
     assert v.paths == (((0, 0), (1, 0), (1, 1), (0, 2)),)

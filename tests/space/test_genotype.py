@@ -29,7 +29,9 @@ def test_sampling_and_mutation_are_seeded():
         m = SearchSpace.of(a.topology, nodes=len(a.decoder_cell())).mutate(random.Random(1), a)
         assert m == SearchSpace.of(a.topology, nodes=len(a.decoder_cell())).mutate(random.Random(1), a) and m != a
         # exactly one change
-        diffs = sum(x != y for (_, ca), (_, cb) in zip(a.cells, m.cells) for na, nb in zip(ca, cb) for x, y in zip(na, nb))
+        diffs = sum(
+            x != y for (_, ca), (_, cb) in zip(a.cells, m.cells) for na, nb in zip(ca, cb) for x, y in zip(na, nb)
+        )
         assert diffs + (a.paths != m.paths) == 1
         Genotype.from_dict(m.to_dict())  # mutants stay valid
 
@@ -46,9 +48,18 @@ def base():
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda d: d["cells"]["normal"][0].__setitem__(0, ["sep_conv_9x9", 0]), "key 'cells.normal[0][0]': unknown op 'sep_conv_9x9' for O_base (did you mean"),
-        (lambda d: d["cells"]["normal"][1].__setitem__(0, ["skip_connect", 3]), "key 'cells.normal[1][0]': input 3 out of range: node 1 may read inputs 0..2"),
-        (lambda d: d.__setitem__("topology", "darts_unet3"), "key 'topology': unknown topology 'darts_unet3' (did you mean 'darts_unet'?)"),
+        (
+            lambda d: d["cells"]["normal"][0].__setitem__(0, ["sep_conv_9x9", 0]),
+            "key 'cells.normal[0][0]': unknown op 'sep_conv_9x9' for O_base (did you mean",
+        ),
+        (
+            lambda d: d["cells"]["normal"][1].__setitem__(0, ["skip_connect", 3]),
+            "key 'cells.normal[1][0]': input 3 out of range: node 1 may read inputs 0..2",
+        ),
+        (
+            lambda d: d.__setitem__("topology", "darts_unet3"),
+            "key 'topology': unknown topology 'darts_unet3' (did you mean 'darts_unet'?)",
+        ),
         (lambda d: d["cells"].pop("reduce"), "key 'cells.reduce': missing cell"),
         (lambda d: d.__setitem__("paths", [[[0, 0], [0, 1]]]), "key 'paths': only UNet++ genotypes have paths"),
         (lambda d: d.__setitem__("colour", 1), "key 'colour': unknown key"),

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from hpcnas.space.genotype import TOPOLOGIES
-from hpcnas.space.searchspace import SearchSpace
 from hpcnas.space.networks import build_discrete_network, build_search_network
+from hpcnas.space.searchspace import SearchSpace
 
 
 def small_search(topology, depth=2, partial=1, mode="simplex"):

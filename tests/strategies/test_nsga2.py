@@ -11,7 +11,7 @@ from hpcnas.errors import UserError
 from hpcnas.records import Evaluation
 from hpcnas.space.searchspace import SearchSpace
 from hpcnas.strategies.nsga2 import NSGA2, rank_and_crowding
-from hpcnas.strategies.objectives import dominates, parse_objectives, pareto_front
+from hpcnas.strategies.objectives import dominates, pareto_front, parse_objectives
 
 SPACE = SearchSpace.of("darts_unet", nodes=2, depth=2)
 ACC_PARAMS = parse_objectives(["miou", "params"])
@@ -19,26 +19,41 @@ ACC_PARAMS = parse_objectives(["miou", "params"])
 
 def point(i, miou, params, status="ok", genotype=None):
     genotype = genotype or SPACE.sample(random.Random(i))
-    return Evaluation.from_dict({"id": i, "genotype": genotype.to_dict(), "status": status, "fitness": miou,
-                                 "objectives": {"params": params}})
+    return Evaluation.from_dict(
+        {"id": i, "genotype": genotype.to_dict(), "status": status, "fitness": miou, "objectives": {"params": params}}
+    )
 
 
 def test_objectives_parse_with_directions_and_bounds():
     objs = parse_objectives(["miou >= 0.3", "params<=2e6", "latency"])
-    assert [(o.name, o.maximize, o.bound) for o in objs] == [("miou", True, 0.3), ("params", False, 2e6),
-                                                              ("latency", False, None)]
+    assert [(o.name, o.maximize, o.bound) for o in objs] == [
+        ("miou", True, 0.3),
+        ("params", False, 2e6),
+        ("latency", False, None),
+    ]
     assert objs[1].violation(point(0, 0.5, 3e6)) == pytest.approx(0.5) and objs[1].violation(point(0, 0.5, 1e6)) == 0
-    for bad, message in [(["acc"], "unknown objective 'acc'"), (["params >= 5"], "better lower"),
-                         (["miou", "miou"], "given twice"), (["params <= x"], "not a number"), ([], "at least one"),
-                         (["params < 5"], "NAME <= BOUND")]:
+    for bad, message in [
+        (["acc"], "unknown objective 'acc'"),
+        (["params >= 5"], "better lower"),
+        (["miou", "miou"], "given twice"),
+        (["params <= x"], "not a number"),
+        ([], "at least one"),
+        (["params < 5"], "NAME <= BOUND"),
+    ]:
         with pytest.raises(UserError, match=message):
             parse_objectives(bad)
 
 
 def test_ranks_and_crowding_on_a_hand_made_front():
     # front 0: (0.9, 300) (0.7, 100) (0.8, 200); front 1: (0.6, 150) (0.75, 350); front 2: (0.5, 400)
-    pts = [point(0, 0.9, 300), point(1, 0.7, 100), point(2, 0.8, 200), point(3, 0.6, 150), point(4, 0.75, 350),
-           point(5, 0.5, 400)]
+    pts = [
+        point(0, 0.9, 300),
+        point(1, 0.7, 100),
+        point(2, 0.8, 200),
+        point(3, 0.6, 150),
+        point(4, 0.75, 350),
+        point(5, 0.5, 400),
+    ]
     ranking = rank_and_crowding(ACC_PARAMS, pts)
     assert [r for r, _ in ranking] == [0, 0, 0, 1, 1, 2]
     # the ends of a front are infinitely far from crowding; the middle one is not

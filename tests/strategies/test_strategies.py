@@ -21,8 +21,16 @@ SHAPE = SearchSpace.of("darts_unet", nodes=2, depth=2)
 
 def evaluation(i, genotype, status="ok", fitness=None, parent=None, **objectives):
     """A finished evaluation as the orchestrator tells it."""
-    return Evaluation.from_dict({"id": i, "genotype": genotype.to_dict(), "status": status, "fitness": fitness,
-                                 "parent": parent, "objectives": objectives})
+    return Evaluation.from_dict(
+        {
+            "id": i,
+            "genotype": genotype.to_dict(),
+            "status": status,
+            "fitness": fitness,
+            "parent": parent,
+            "objectives": objectives,
+        }
+    )
 
 
 def drive(strategy, results):
@@ -38,7 +46,10 @@ def drive(strategy, results):
 
 
 def test_strategies_never_import_torch():
-    code = "import sys, hpcnas.strategies.evolution, hpcnas.strategies.random, hpcnas.execution.orchestrator, hpcnas.execution.slot; print('torch' in sys.modules)"
+    code = (
+        "import sys, hpcnas.strategies.evolution, hpcnas.strategies.random, hpcnas.strategies.nsga2, "
+        "hpcnas.execution.orchestrator, hpcnas.execution.slot; print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"
 
@@ -62,7 +73,12 @@ def test_random_phase_then_mutations_of_tournament_winners():
         p = evo.ask()
         assert p.parent == expected_parent
         parent = Genotype.from_dict(log[expected_parent]["genotype"])
-        diffs = sum(x != y for (_, ca), (_, cb) in zip(parent.cells, p.genotype.cells) for na, nb in zip(ca, cb) for x, y in zip(na, nb))
+        diffs = sum(
+            x != y
+            for (_, ca), (_, cb) in zip(parent.cells, p.genotype.cells)
+            for na, nb in zip(ca, cb)
+            for x, y in zip(na, nb)
+        )
         assert diffs == 1
         evo.tell(evaluation(i, p.genotype, fitness=0.0))
     assert [r.id for r in evo.population] == [4, 5, 6, 7]

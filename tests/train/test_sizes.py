@@ -14,8 +14,19 @@ from hpcnas.train.complexity import complexity, count_parameters, width_for_para
 from tests.conftest import ROOT, run_cli, set_args
 
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
-TINY = ["data.synth.n=16", "data.synth.size=32", "space.channels=8", "space.depth=2", "space.nodes=2", "train.epochs=2",
-        "train.select_from_epoch=1", "train.batch_size=4", "device=cpu", "train.baseline_width=8", "search.epochs=1"]
+TINY = [
+    "data.synth.n=16",
+    "data.synth.size=32",
+    "space.channels=8",
+    "space.depth=2",
+    "space.nodes=2",
+    "train.epochs=2",
+    "train.select_from_epoch=1",
+    "train.batch_size=4",
+    "device=cpu",
+    "train.baseline_width=8",
+    "search.epochs=1",
+]
 
 
 def test_flops_count_a_convolution_by_hand():
@@ -46,8 +57,9 @@ def test_training_records_its_size_and_retrains_wider(tmp_path):
 
 def test_target_params_sizes_a_genotype_and_the_baseline(tmp_path):
     _, base = train(SMOKE, TINY + ["train.target_params=60000"], baseline="resnet_unet", out=str(tmp_path / "b"))
-    _, cell = train(SMOKE, TINY + ["train.target_params=60000", "train.epochs=1"], genotype="random",
-                    out=str(tmp_path / "c"))
+    _, cell = train(
+        SMOKE, TINY + ["train.target_params=60000", "train.epochs=1"], genotype="random", out=str(tmp_path / "c")
+    )
     for run in (base, cell):
         params = json.loads((run / "model.json").read_text())["params"]
         assert params == pytest.approx(60000, rel=0.2)
@@ -55,8 +67,18 @@ def test_target_params_sizes_a_genotype_and_the_baseline(tmp_path):
 
 def test_train_evaluate_test_writes_the_evaluation(tmp_path):
     out = tmp_path / "run"
-    res = run_cli("train", "--config", SMOKE, *set_args(TINY), "--baseline", "resnet_unet", "--out", str(out),
-                  "--evaluate", "test")
+    res = run_cli(
+        "train",
+        "--config",
+        SMOKE,
+        *set_args(TINY),
+        "--baseline",
+        "resnet_unet",
+        "--out",
+        str(out),
+        "--evaluate",
+        "test",
+    )
     assert res.returncode == 0, res.stderr
     ev = json.loads((out / "evaluation.json").read_text())
     assert ev["split"] == "test" and 0 <= ev["miou"] <= 1

@@ -17,8 +17,18 @@ from hpcnas.train.evaluate import full_images
 from tests.conftest import ROOT, run_cli, run_interrupted_in_epoch, run_signalled_at_step
 
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
-TINY = ["data.synth.n=16", "data.synth.size=32", "space.channels=8", "space.depth=2", "space.nodes=2", "train.epochs=3",
-        "train.select_from_epoch=2", "train.batch_size=4", "device=cpu", "train.baseline_width=8"]
+TINY = [
+    "data.synth.n=16",
+    "data.synth.size=32",
+    "space.channels=8",
+    "space.depth=2",
+    "space.nodes=2",
+    "train.epochs=3",
+    "train.select_from_epoch=2",
+    "train.batch_size=4",
+    "device=cpu",
+    "train.baseline_width=8",
+]
 
 
 def test_tile_and_reassemble_restores_full_images(tmp_path):
@@ -71,8 +81,9 @@ def test_overlapping_logits_are_averaged(tmp_path):
 
 def test_train_genotype_then_evaluate(tmp_path):
     geno_file = tmp_path / "g.json"
-    from hpcnas.space.searchspace import SearchSpace
     import random
+
+    from hpcnas.space.searchspace import SearchSpace
 
     SearchSpace.of("darts_unet", nodes=2, depth=2).sample(random.Random(0)).save(geno_file)
     best, run_dir = train(SMOKE, TINY, genotype=str(geno_file), out=str(tmp_path / "run"))
@@ -101,7 +112,9 @@ def _assert_cut_run_matches_full(tmp_path):
     cut = torch.load(tmp_path / "cut/checkpoints/latest.pt", weights_only=False)["model"]
     for k in full:
         assert torch.equal(full[k], cut[k]), k
-    assert [r["train_loss"] for r in read_jsonl(tmp_path / "full/metrics.jsonl")] == [r["train_loss"] for r in read_jsonl(tmp_path / "cut/metrics.jsonl")]
+    assert [r["train_loss"] for r in read_jsonl(tmp_path / "full/metrics.jsonl")] == [
+        r["train_loss"] for r in read_jsonl(tmp_path / "cut/metrics.jsonl")
+    ]
 
 
 def test_train_resumed_mid_way_matches(tmp_path, monkeypatch):
@@ -127,10 +140,14 @@ def test_train_signalled_mid_epoch_resumes_exactly(tmp_path, monkeypatch):
 
 def test_bad_genotype_file_is_one_line(tmp_path):
     bad = tmp_path / "g.json"
-    bad.write_text(json.dumps({"topology": "darts_unet", "cells": {"reduce": [[["sep_conv_3x3", 0]]], "normal": [[["conv9", 0]]]}}))
+    bad.write_text(
+        json.dumps({"topology": "darts_unet", "cells": {"reduce": [[["sep_conv_3x3", 0]]], "normal": [[["conv9", 0]]]}})
+    )
     proc = run_cli("train", "--config", SMOKE, "--genotype", str(bad), "--out", str(tmp_path / "r"))
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"hpcnas: error: {bad}: key 'cells.normal[0][0]': unknown op 'conv9' for O_base"]
+    assert proc.stderr.strip().splitlines() == [
+        f"hpcnas: error: {bad}: key 'cells.normal[0][0]': unknown op 'conv9' for O_base"
+    ]
 
 
 def test_wrong_node_count_is_one_line(tmp_path):
@@ -140,7 +157,9 @@ def test_wrong_node_count_is_one_line(tmp_path):
 
     g = tmp_path / "g.json"
     SearchSpace.of("darts_unet", nodes=3, depth=2).sample(random.Random(0)).save(g)
-    proc = run_cli("train", "--config", SMOKE, "--genotype", str(g), "--out", str(tmp_path / "r"), "--set", "data.synth.n=8")
+    proc = run_cli(
+        "train", "--config", SMOKE, "--genotype", str(g), "--out", str(tmp_path / "r"), "--set", "data.synth.n=8"
+    )
     assert proc.returncode == 2 and "has 3 nodes, the config's space.nodes gives 2" in proc.stderr
 
 
