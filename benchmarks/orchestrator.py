@@ -9,18 +9,19 @@ ranks can be oversubscribed.  From each history:
   state (first start to last dispatch, without the final drain);
 * dispatch overhead per task: start (in the child) minus submit (on rank 0).
 
-Targets: asynchronous >= 98 % utilization, <= 5 ms overhead per task.
+Targets: asynchronous >= 98 % utilization, <= 5 ms overhead per task, also
+with the multi-objective strategy (``--strategies evolution,nsga2``: NSGA-II
+over mIoU and a parameter stand-in), whose sorting runs on rank 0 between
+dispatches.
 
     python benchmarks/orchestrator.py [--ranks 4,8,16] [--median 2.0] [--tasks-per-rank 4]
-        [--json out.json] [--plot out.png]
+        [--strategies evolution,nsga2] [--json out.json] [--plot out.png]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -31,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from _emit import emit  # noqa: E402 - benchmarks/_emit.py, beside this script
+from _evolve import run_evolve  # noqa: E402
 
 from hpcnas.rundir import read_jsonl  # noqa: E402
 
@@ -51,44 +53,22 @@ def busy_curve(history, t0: float, points: int = 400):
     return ts - t0, busy
 
 
-def run_one(world: int, mode: str, args, workdir: Path) -> dict:
+def run_one(world: int, mode: str, strategy: str, args, workdir: Path) -> dict:
     """One orchestrated search; its figures."""
-    out = workdir / f"{mode}-{world}"
-    env = dict(
-        os.environ,
-        OMPI_ALLOW_RUN_AS_ROOT="1",
-        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-        OMPI_MCA_rmaps_base_oversubscribe="1",
-    )
+    out = workdir / f"{mode}-{strategy}-{world}"
     sets = [
         "evolve.evaluator.name=sleep",
         f"evolve.evaluator.sleep_median={args.median}",
         f"evolve.evaluator.sleep_sigma={args.sigma}",
         f"evolve.strategy.mode={mode}",
+        f"evolve.strategy.name={strategy}",
+        "evolve.objectives=[miou, params]" if strategy == "nsga2" else "evolve.objectives=[miou]",
         f"evolve.max_evaluations={world * args.tasks_per_rank}",
         "evolve.strategy.population=8",
         "evolve.strategy.sample_size=3",
         "data.synth.n=4",
     ]
-    cmd = [
-        args.mpirun,
-        "-np",
-        str(world),
-        "--oversubscribe",
-        sys.executable,
-        "-m",
-        "hpcnas.cli",
-        "evolve",
-        "--config",
-        str(ROOT / "configs/smoke-evolve.yaml"),
-        "--out",
-        str(out),
-    ]
-    for s in sets:
-        cmd += ["--set", s]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"mpirun failed for {mode} {world}:\n{proc.stderr[-2000:]}")
+    run_evolve(args.mpirun, world, "configs/smoke-evolve.yaml", out, sets)
     history = read_jsonl(out / "history.jsonl")
     dispatch = read_jsonl(out / "dispatch.jsonl")
     overhead = np.array([r["start"] - r["submit"] for r in history]) * 1000
@@ -100,6 +80,7 @@ def run_one(world: int, mode: str, args, workdir: Path) -> dict:
     return {
         "ranks": world,
         "mode": mode,
+        "strategy": strategy,
         "tasks": len(history),
         "utilization": utilization(history, world),
         "utilization_steady": utilization(history, world, until=last_dispatch),
@@ -115,6 +96,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ranks", default="4,8,16")
     p.add_argument("--modes", default="async,generational")
+    p.add_argument("--strategies", default="evolution", help="comma-separated: evolution, nsga2, random")
     p.add_argument("--median", type=float, default=2.0, help="median task seconds")
     p.add_argument("--sigma", type=float, default=0.5, help="log-normal shape")
     p.add_argument("--tasks-per-rank", type=int, default=4)
@@ -126,13 +108,14 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for world in [int(x) for x in args.ranks.split(",")]:
             for mode in args.modes.split(","):
-                rows.append(run_one(world, mode, args, Path(tmp)))
-                r = rows[-1]
-                print(
-                    f"  {mode:<13} {world:>3} ranks: utilization {100 * r['utilization']:.1f}% "
-                    f"(steady {100 * r['utilization_steady']:.1f}%), overhead {r['overhead_ms_median']:.2f} ms median",
-                    file=sys.stderr,
-                )
+                for strategy in args.strategies.split(","):
+                    rows.append(run_one(world, mode, strategy, args, Path(tmp)))
+                    r = rows[-1]
+                    print(
+                        f"  {mode:<13} {strategy:<10} {world:>3} ranks: utilization {100 * r['utilization']:.1f}% "
+                        f"(steady {100 * r['utilization_steady']:.1f}%), overhead {r['overhead_ms_median']:.2f} ms",
+                        file=sys.stderr,
+                    )
     if args.plot:
         import matplotlib
 
@@ -145,20 +128,21 @@ def main(argv=None) -> int:
             for r in rows:
                 if r["ranks"] == world:
                     ts, busy = r["curve"]
-                    ax.step(ts, busy, where="post", label=f"{r['mode']} ({100 * r['utilization']:.0f}%)")
+                    label = f"{r['mode']} {r['strategy']} ({100 * r['utilization']:.0f}%)"
+                    ax.step(ts, busy, where="post", label=label)
             ax.set(title=f"{world} ranks", xlabel="seconds", ylabel="busy workers", ylim=(0, world + 0.5))
             ax.legend(fontsize=8)
             ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(args.plot, dpi=110)
     print(
-        f"{'mode':<14}{'ranks':>6}{'tasks':>7}{'util %':>9}{'steady %':>10}"
+        f"{'mode':<14}{'strategy':<11}{'ranks':>6}{'tasks':>7}{'util %':>9}{'steady %':>10}"
         f"{'ovh ms med':>12}{'ovh ms mean':>13}{'warm mean':>11}{'wall s':>8}"
     )
     for r in rows:
         warm = f"{r['overhead_ms_warm_mean']:.2f}" if r["overhead_ms_warm_mean"] is not None else "-"
         print(
-            f"{r['mode']:<14}{r['ranks']:>6}{r['tasks']:>7}{100 * r['utilization']:>9.1f}"
+            f"{r['mode']:<14}{r['strategy']:<11}{r['ranks']:>6}{r['tasks']:>7}{100 * r['utilization']:>9.1f}"
             f"{100 * r['utilization_steady']:>10.1f}{r['overhead_ms_median']:>12.2f}{r['overhead_ms_mean']:>13.2f}"
             f"{warm:>11}{r['wall_s']:>8.1f}"
         )

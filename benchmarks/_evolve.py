@@ -1,0 +1,40 @@
+"""Shared by the benchmarks that run the real discrete search: one ``mpirun ... hpcnas evolve`` run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_evolve(mpirun: str, ranks: int, config: str, out: Path, overrides: Sequence[str]) -> None:
+    """Run a discrete search with ``ranks`` ranks (oversubscribed, allowed as root) into ``out``; raise if it fails."""
+    env = dict(
+        os.environ,
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+        OMPI_MCA_rmaps_base_oversubscribe="1",
+    )
+    cmd = [
+        mpirun,
+        "-np",
+        str(ranks),
+        "--oversubscribe",
+        sys.executable,
+        "-m",
+        "hpcnas.cli",
+        "evolve",
+        "--config",
+        str(ROOT / config),
+        "--out",
+        str(out),
+    ]
+    for item in overrides:
+        cmd += ["--set", item]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"mpirun failed ({out.name}):\n{proc.stderr[-2000:]}")
