@@ -12,9 +12,9 @@ evaluations never join.  Sorting and crowding are pymoo's.
 
 from __future__ import annotations
 
+import importlib
+import threading
 from typing import List, Optional, Sequence, Tuple
-
-import numpy as np
 
 from hpcnas.errors import UserError
 from hpcnas.records import Evaluation
@@ -24,18 +24,22 @@ from hpcnas.strategies.base import DEFAULT_OBJECTIVES, Proposal, Strategy, regis
 from hpcnas.strategies.objectives import Objective, violation
 
 
+PYMOO_METRICS = "pymoo.operators.survival.rank_and_crowding.metrics"
+
+
 def rank_and_crowding(objectives: Sequence[Objective], evaluations: Sequence[Evaluation]) -> List[Tuple[int, float]]:
     """``(front rank, crowding distance)`` of every evaluation; lower rank and larger distance are better.
 
     Feasible evaluations are sorted into non-domination fronts 0, 1, ...; each
     infeasible one comes after them, in order of its violation.
     """
+    import numpy as np  # here, not at import: every rank imports the strategies, and numpy costs ~0.1 s
     from pymoo.operators.survival.rank_and_crowding.metrics import calc_crowding_distance
-    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting  # imported with the metrics
 
     out: List[Tuple[int, float]] = [(0, 0.0)] * len(evaluations)
     feasible = [i for i, e in enumerate(evaluations) if violation(objectives, e) == 0]
-    fronts: List[np.ndarray] = []
+    fronts: list = []
     if feasible:
         values = np.array([[o.minimized(evaluations[i]) for o in objectives] for i in feasible], dtype=float)
         fronts = NonDominatedSorting().do(values)
@@ -75,6 +79,9 @@ class NSGA2(Strategy):
         self.population: List[Evaluation] = []
         self.ranking: List[Tuple[int, float]] = []
         self.results = 0
+        # pymoo's import takes ~0.3 s (scipy): done at the first result, it would stall the dispatch loop while
+        # every rank waits; in the background it is over before the first tasks are
+        threading.Thread(target=importlib.import_module, args=(PYMOO_METRICS,), daemon=True).start()
 
     @classmethod
     def from_options(cls, space, seed, objectives, population, sample_size):
