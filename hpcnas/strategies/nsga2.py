@@ -23,7 +23,6 @@ from hpcnas.space.searchspace import SearchSpace
 from hpcnas.strategies.base import DEFAULT_OBJECTIVES, Proposal, Strategy, register
 from hpcnas.strategies.objectives import Objective, violation
 
-
 PYMOO_METRICS = "pymoo.operators.survival.rank_and_crowding.metrics"
 
 
