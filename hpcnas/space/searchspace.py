@@ -7,6 +7,7 @@ strategies and the report ask it instead of branching on names.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
@@ -88,6 +89,18 @@ class SearchSpace:
     def paths(self) -> List[Path_]:
         """UNet++: every input -> output path of the grid (empty for a U-Net)."""
         return unetpp_paths(self.depth) if self.topology.nested else []
+
+    def count(self) -> int:
+        """How many distinct genotypes :meth:`sample` can draw (ordered edges, 1 to 3 UNet++ paths)."""
+        per_cell = 1
+        for j in range(self.node_count()):
+            choices = len(self.sampled_ops) * (len(self.sources(j)) if self.kind.free_inputs else 1)
+            per_cell *= choices ** self.kept_per_node()
+        total = per_cell ** len(self.topology.cell_names)
+        if self.topology.nested:
+            n = len(self.paths())
+            total *= sum(math.comb(n, k) for k in range(1, 4))
+        return total
 
     # -- genotypes --------------------------------------------------------------
 

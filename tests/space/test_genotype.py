@@ -99,3 +99,13 @@ def test_path_enumeration_counts():
     assert [len(unetpp_paths(d)) for d in (1, 2, 3, 4)] == [2, 5, 13, 34]
     for path in unetpp_paths(3):
         assert path[0] == (0, 0) and path[-1] == (0, 3)
+
+
+def test_the_space_counts_what_it_samples():
+    tiny = SearchSpace.of("darts_unet", nodes=1, edges_per_node=1)  # one node, one edge from 2 inputs, 7 ops
+    assert tiny.count() == (7 * 2) ** 2
+    seen = {tiny.sample(random.Random(i)) for i in range(3000)}
+    assert len(seen) == tiny.count()  # every genotype reachable, no other
+    resnext = SearchSpace.of("resnext_unet", towers=2, tower_depth=1)  # fixed inputs: 10 ops per node
+    assert resnext.count() == (10 * 10) ** 2
+    assert SearchSpace.of("darts_unetpp", nodes=1, edges_per_node=1, depth=1).count() == (7 * 2) ** 2 * 3
