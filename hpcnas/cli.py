@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import os
 import sys
@@ -19,7 +20,7 @@ from typing import Callable, List, Optional
 
 from hpcnas import __version__
 from hpcnas.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_RESUMABLE, Interrupted, UserError
-from hpcnas.rundir import SUMMARY, RunDir
+from hpcnas.rundir import SUMMARY, RunDir, end_heartbeats
 from hpcnas.signals import STOP, ignore_stop_signals
 
 log = logging.getLogger("hpcnas")
@@ -192,6 +193,25 @@ def cmd_pareto(args: argparse.Namespace) -> None:
         print(f"exported {len(front)} genotype(s) -> {target}/eval-*/genotype.json (hpcnas train --genotype ...)")
 
 
+def cmd_status(args: argparse.Namespace) -> None:
+    from hpcnas.report.status import status_screens
+
+    while True:
+        text, statuses = status_screens(args.runs)
+        if args.json:
+            print(json.dumps({"runs": statuses}, indent=2), flush=True)
+        else:
+            if args.watch:
+                print("\033[2J\033[H" + time.strftime("%H:%M:%S") + f"  (every {args.watch:g} s; Ctrl-C ends)\n")
+            print(text, flush=True)
+        if not args.watch:
+            return
+        try:
+            time.sleep(args.watch)
+        except KeyboardInterrupt:
+            return
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from hpcnas.pipeline import report
 
@@ -361,6 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="report folder (default: FIRST_RUN/report)")
     p.set_defaults(func=cmd_report)
 
+    p = sub.add_parser("status", help="where runs stand: progress, ETA, best so far, heartbeat, SLURM job state")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (search, train or evolve)")
+    p.add_argument("--watch", type=float, metavar="N", help="redraw every N seconds until Ctrl-C")
+    p.add_argument("--json", action="store_true", help="one JSON object ({'runs': [...]}) instead of the screens")
+    p.set_defaults(func=cmd_status)
+
     p = sub.add_parser(
         "pareto", help="the Pareto front of a discrete search; --export writes each member's genotype.json"
     )
@@ -429,24 +455,32 @@ def run(func: Callable[[argparse.Namespace], Optional[int]], args: argparse.Name
 
     try:
         _resolve_resume_existing(args)
-        return int(func(args) or 0)
+        code = int(func(args) or 0)
+        end_heartbeats("finished")
+        return code
     except Interrupted as exc:
+        end_heartbeats("stopped", str(exc))
         if launched_rank() == 0:
             print(f"hpcnas: {exc}", file=sys.stderr)
         return EXIT_RESUMABLE
     except UserError as exc:
+        end_heartbeats("failed", f"error: {exc}")
         if launched_rank() == 0:  # every rank sees the same bad input: one line, from rank 0
             print(f"hpcnas: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
+        end_heartbeats("failed", "interrupted (Ctrl-C)")
         print("hpcnas: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence: log, one line, exit 1
         out = getattr(args, "out", None) or getattr(args, "resume", None)
         full = _full_disk(exc, out)
         if full:  # not the user's input (exit 1), but no bug either: say what happened, no traceback
+            end_heartbeats("failed", f"no space left on device writing {full}")
             print(f"hpcnas: error: no space left on device writing {full}", file=sys.stderr)
             return EXIT_FAILURE
+        first_line = str(exc).splitlines()[0][:300] if str(exc) else ""
+        end_heartbeats("failed", f"internal error: {type(exc).__name__}: {first_line}")
         logfile = _write_crash_log(out, traceback.format_exc())
         where = f"traceback in {logfile}" if logfile else "no room anywhere for the traceback"
         print(f"hpcnas: internal error: {type(exc).__name__}: {exc} ({where})", file=sys.stderr)

@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 
 from hpcnas.config import Config, dump_config, load_config
 from hpcnas.errors import Interrupted, UserError
-from hpcnas.rundir import SUMMARY, RunDir, holds_run_dirs, lock_run_dir, make_run_dir
+from hpcnas.rundir import SUMMARY, RunDir, holds_run_dirs, lock_run_dir, make_run_dir, start_heartbeat
 from hpcnas.signals import stoppable
 
 log = logging.getLogger("hpcnas")
@@ -63,6 +63,10 @@ def open_run(command: str, cfg: Config, out: Optional[str], resume: Optional[str
     if write_config:
         dump_config(cfg, RunDir(run_dir).config)
     _log_to(RunDir(run_dir).log)
+    from hpcnas.distributed import launched_rank
+
+    if launched_rank() == 0:
+        start_heartbeat(run_dir, command)
     return run_dir
 
 

@@ -50,6 +50,7 @@ class RunDir:
     latest = property(lambda self: self._at("checkpoints/latest.pt"), doc="the state to resume from")
     best = property(lambda self: self._at("checkpoints/best.pt"), doc="the weights of the best validation epoch")
     report = property(lambda self: self._at("report"), doc="hpcnas report's default output folder")
+    heartbeat = property(lambda self: self._at("heartbeat.json"), doc="rank 0's sign of life and final state")
 
     def eval_dir(self, evaluation: int) -> Path:
         """Discrete search: the run folder of one evaluation's proxy training."""
@@ -181,6 +182,79 @@ def holds_run_dirs(fn):
             del _CREATED[created:]
 
     return wrapper
+
+
+HEARTBEAT_S = 5.0  # at most one heartbeat write per this many seconds
+
+
+class Heartbeat:
+    """Rank 0's sign of life in ``heartbeat.json``: rewritten atomically, at most every ``interval`` seconds.
+
+    ``hpcnas status`` reads it from the run directory alone (a login node on the shared file system):
+    the command, its progress, when it last beat, and in the end how it ended.
+    """
+
+    def __init__(self, run_dir: PathLike, command: str, interval: float = HEARTBEAT_S):
+        import socket
+
+        self.path, self.command, self.interval = RunDir(run_dir).heartbeat, command, interval
+        self.started, self.last = time.time(), 0.0
+        self.host = socket.gethostname()
+        self.progress: Dict[str, Any] = {}
+
+    def beat(self, force: bool = False, **progress: Any) -> None:
+        """Record progress (e.g. ``epoch=3, epochs=10``); write it when the interval has passed."""
+        self.progress.update(progress)
+        now = time.time()
+        if force or now - self.last >= self.interval:
+            self.last = now
+            self._write("running", None, now)
+
+    def end(self, state: str, error: Optional[str] = None) -> None:
+        """The final state: ``finished``, ``stopped`` (resumable) or ``failed`` (with its error line)."""
+        self._write(state, error, time.time())
+
+    def _write(self, state: str, error: Optional[str], now: float) -> None:
+        if not self.path.parent.is_dir():  # a rejected start removed its folder: never recreate it
+            return
+        record = {
+            "command": self.command,
+            "state": state,
+            "pid": os.getpid(),
+            "host": self.host,
+            "started": self.started,
+            "time": now,
+            "slurm_job": os.environ.get("SLURM_JOB_ID"),
+            "progress": self.progress,
+            "error": error,
+        }
+        try:
+            write_json(self.path, record)
+        except OSError:  # a sign of life must never be what kills the run (a full or flaky disk)
+            pass
+
+
+_BEATING: Dict[str, Heartbeat] = {}  # resolved run directory -> this process's heartbeat for it
+
+
+def start_heartbeat(run_dir: PathLike, command: str) -> Heartbeat:
+    """Begin beating for ``run_dir`` (rank 0 of a search, train or evolve)."""
+    heart = Heartbeat(run_dir, command)
+    _BEATING[str(Path(run_dir).resolve())] = heart
+    heart.beat(force=True)
+    return heart
+
+
+def heartbeat(run_dir: PathLike) -> Optional[Heartbeat]:
+    """This process's heartbeat for ``run_dir``, or ``None`` (not rank 0, or no command started it)."""
+    return _BEATING.get(str(Path(run_dir).resolve()))
+
+
+def end_heartbeats(state: str, error: Optional[str] = None) -> None:
+    """Write the final state of every heartbeat this process started, and stop them."""
+    for heart in _BEATING.values():
+        heart.end(state, error)
+    _BEATING.clear()
 
 
 @contextlib.contextmanager

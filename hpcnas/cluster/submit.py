@@ -16,12 +16,14 @@ import logging
 import math
 import re
 import signal
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from hpcnas.errors import Interrupted, UserError
+from hpcnas.rundir import end_heartbeats
 from hpcnas.signals import STOP, ignore_stop_signals
 
 COMMANDS = ("search", "evolve", "train")
@@ -126,10 +128,15 @@ class PipelineJob(Checkpointable):
         try:
             self._run(pipeline, out, resume)
         except Interrupted as exc:
+            end_heartbeats("stopped", str(exc))
             logging.getLogger("hpcnas").info("%s", exc)
             if env.global_rank == 0 and callable(submitit_handler):
                 submitit_handler(signal.SIGUSR2, None)  # dumps checkpoint(), scontrol requeue, exits
             return {"run_dir": run_dir, "finished": False}
+        except BaseException as exc:
+            end_heartbeats("failed", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
+            raise
+        end_heartbeats("finished")
         ignore_stop_signals()  # finished: a late warning must not make submitit requeue a done job
         return {"run_dir": run_dir, "finished": True}
 
@@ -237,3 +244,16 @@ def submit(req: Request, local: bool = False) -> List[Tuple[Any, str]]:
             f"sbatch refused the job: {lines[0] if lines else exc}"
         ) from None  # sbatch's first line names the cause
     return [(s, job.out.replace(JOB_ID, str(s.job_id))) for s, job in zip(submitted, jobs)]
+
+
+def slurm_job_state(job_id: str) -> Optional[str]:
+    """A job's state from ``squeue`` (pending or running) or else ``sacct`` (ended); ``None`` if neither answers."""
+    for cmd in (["squeue", "-h", "-j", job_id, "-o", "%T"], ["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"]):
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        lines = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
+        if proc.returncode == 0 and lines:
+            return lines[0]
+    return None

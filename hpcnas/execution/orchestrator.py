@@ -25,7 +25,7 @@ from hpcnas.execution.history import SearchLog
 from hpcnas.execution.slot import WorkerSlot
 from hpcnas.execution.worker import evaluator_class
 from hpcnas.records import Evaluation, Origin, Result, Status, Task, WorkerSetup
-from hpcnas.rundir import RunDir
+from hpcnas.rundir import RunDir, heartbeat
 from hpcnas.signals import STOP, ignore_stop_signals
 from hpcnas.space.genotype import Genotype
 from hpcnas.space.searchspace import SearchSpace
@@ -118,6 +118,7 @@ class Dispatcher:
         self.inflight: Dict[int, Task] = {}
         self.idle: List[int] = list(range(self.world))
         self.stop = STOP
+        self.heart = heartbeat(run_dir)
         if status is None:
             from mpi4py import MPI  # imported here, not at module level: importing it initializes MPI
 
@@ -234,6 +235,8 @@ class Dispatcher:
             results = self._collect()
             for rank, result in results:
                 self._handle(rank, result)
+            if self.heart is not None:
+                self.heart.beat(ranks=self.world, finished=len(self.log.finished), in_flight=len(self.inflight))
             if not self.inflight and (not self._budget_left(started) or not (dispatched or results)):
                 break  # budget spent, or nothing in flight and nothing left to propose
             if self.stop.signal and stop_deadline is None:

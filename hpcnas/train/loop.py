@@ -15,7 +15,7 @@ from hpcnas.checkpoint import load_checkpoint, save_checkpoint
 from hpcnas.data.hdf5 import IGNORE_INDEX
 from hpcnas.distributed import SingleProcess
 from hpcnas.errors import Interrupted, UserError
-from hpcnas.rundir import JsonlWriter, RunDir, truncate_jsonl
+from hpcnas.rundir import Heartbeat, JsonlWriter, RunDir, heartbeat, truncate_jsonl
 from hpcnas.runtime import peak_memory_mb, progress, reset_peak_memory, restore_rng_state, rng_state
 from hpcnas.signals import STOP
 from hpcnas.train.metrics import confusion, summarize
@@ -106,6 +106,7 @@ class EpochLoop:
 
     def __init__(self, run_dir, device: torch.device, class_names, ctx=None):
         self.run_dir, self.device, self.class_names = Path(run_dir), device, list(class_names)
+        self.heart: Optional[Heartbeat] = None
         self.ctx = ctx or SingleProcess()
         self.start_epoch = 0
         self.best_miou = -1.0
@@ -216,6 +217,8 @@ class EpochLoop:
         for step in progress(range(first, steps), steps - first, f"epoch {epoch}", enabled=self.ctx.is_root):
             for key, value in self.train_step(epoch, next(batches)).items():
                 sums[key] = sums.get(key, 0.0) + value
+            if self.heart is not None:
+                self.heart.beat(epoch=epoch + 1, epochs=self.epochs, step=step + 1, steps=steps)
             if step % 50 == 49:
                 self.check_replicas()
             if step + 1 < steps and self.ctx.any(self.stop.requested):
@@ -243,6 +246,7 @@ class EpochLoop:
         if root:
             truncate_jsonl(metrics_path, self.start_epoch)
         metrics = JsonlWriter(metrics_path) if root else None
+        self.heart = heartbeat(self.run_dir)  # rank 0 of a command's own run (not a discrete search's evaluation)
         try:
             with self.stop:
                 for epoch in range(self.start_epoch, self.epochs):

@@ -1,0 +1,178 @@
+"""``hpcnas status``: where a run stands, from its run directory alone (a login node on the shared file system).
+
+Rank 0 of a search, train or evolve rewrites ``heartbeat.json`` every few
+seconds while it runs and writes its final state when it ends; the rest comes
+from the files the run writes anyway (config.yaml, metrics.jsonl,
+history.jsonl, dispatch.jsonl).  A heartbeat still saying "running" but older
+than :data:`STALE_S` belongs to a process that died without a word (killed,
+node lost): the run shows as stale.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from hpcnas.cluster.submit import slurm_job_state
+from hpcnas.errors import UserError
+from hpcnas.rundir import RunDir, read_jsonl
+
+STALE_S = 120.0  # a running heartbeat older than this: the process is gone
+
+
+def _config_value(config: Dict[str, Any], section: str, key: str, default: Any) -> Any:
+    value = (config.get(section) or {}).get(key, default)
+    return value if isinstance(value, (int, float)) else default
+
+
+def _read_config(run: RunDir) -> Dict[str, Any]:
+    """The run's config.yaml as plain data (not validated: an old run's config may predate today's keys)."""
+    try:
+        data = yaml.safe_load(run.config.read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _clock(seconds: Optional[float]) -> Optional[str]:
+    if seconds is None:
+        return None
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def _ago(seconds: float) -> str:
+    return f"{seconds:.0f} s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago"
+
+
+def run_status(run_dir: str, now: Optional[float] = None) -> Dict[str, Any]:
+    """Everything ``hpcnas status`` shows about one run, as plain data (``--json`` prints it as is)."""
+    now = time.time() if now is None else now
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise UserError("no such run directory", source=str(run_dir))
+    run = RunDir(path)
+    beat: Dict[str, Any] = {}
+    if run.heartbeat.exists():
+        try:
+            beat = json.loads(run.heartbeat.read_text())
+        except (OSError, ValueError):
+            beat = {}
+    if not beat and not run.config.exists():
+        raise UserError("not a run directory (no config.yaml, no heartbeat.json)", source=str(run_dir))
+    config = _read_config(run)
+    history = read_jsonl(run.history)
+    command = beat.get("command") or ("evolve" if run.history.exists() else "search" if run.arch.exists() else "train")
+    out: Dict[str, Any] = {"run": str(path), "command": command, "config": str(run.config)}
+
+    state, age = "unknown (no heartbeat: a run from before heartbeats, or not started by search/train/evolve)", None
+    if beat:
+        age = now - float(beat.get("time", now))
+        state = {"running": "running", "finished": "finished", "stopped": "stopped-resumable"}.get(
+            beat.get("state", ""), "failed"
+        )
+        if state == "running" and age > STALE_S:
+            state = f"stale (last heartbeat {_ago(age)})"
+        if beat.get("error") and state in ("failed", "stopped-resumable"):
+            out["error"] = beat["error"]
+        out.update(pid=beat.get("pid"), host=beat.get("host"))
+    out.update(state=state, heartbeat_age_s=round(age, 1) if age is not None else None)
+    live = state == "running"
+    progress = beat.get("progress", {}) if beat else {}
+
+    if command == "evolve":
+        budget = int(_config_value(config, "evolve", "max_evaluations", 0)) or None
+        dispatched = {r["id"] for r in read_jsonl(run.dispatch)}
+        finished = {r["id"] for r in history}
+        counts: Dict[str, int] = {}
+        for r in history:
+            counts[r.get("status", "?")] = counts.get(r.get("status", "?"), 0) + 1
+        ok = [r for r in history if r.get("status") == "ok" and r.get("fitness") is not None]
+        out.update(finished=len(history), budget=budget, by_status=counts, in_flight=len(dispatched - finished))
+        fraction = len(history) / budget if budget else None
+        if ok:
+            best = max(ok, key=lambda r: r["fitness"])
+            out["best"] = {"evaluation": best["id"], "fitness": best["fitness"]}
+        ranks = progress.get("ranks")
+        starts = [r["submit"] for r in read_jsonl(run.dispatch) if r.get("submit") is not None]
+        until = now if live else float(beat.get("time", now)) if beat else now
+        if ranks and starts and until > min(starts):
+            busy = sum(max(0.0, min(r.get("end") or until, until) - (r.get("start") or until)) for r in history)
+            out["utilization"] = round(busy / (ranks * (until - min(starts))), 4)
+            out["ranks"] = ranks
+    else:
+        section = "search" if command == "search" else "train"
+        epochs = int(_config_value(config, section, "epochs", 0)) or None
+        metrics = read_jsonl(run.metrics)
+        done = len(metrics)
+        out.update(epochs_done=done, epochs=epochs)
+        fraction = done / epochs if epochs else None
+        if live and progress.get("steps") and progress.get("epoch", 0) > done and epochs:
+            out.update(epoch=progress["epoch"], step=progress.get("step"), steps=progress["steps"])
+            fraction = (done + progress.get("step", 0) / progress["steps"]) / epochs
+        vals = [r["val_miou"] for r in metrics if r.get("val_miou") is not None]
+        if vals:
+            out["best"] = {"val_miou": max(vals), "epoch": metrics[vals.index(max(vals))].get("epoch")}
+    out["fraction"] = round(fraction, 4) if fraction is not None else None
+    if beat:
+        elapsed = (now if live else float(beat.get("time", now))) - float(beat.get("started", now))
+        out["elapsed_s"] = round(elapsed, 1)
+        if live and fraction and 0 < fraction < 1:
+            out["eta_s"] = round(elapsed * (1 - fraction) / fraction, 1)
+    job = beat.get("slurm_job") if beat else None
+    if job:
+        out["slurm_job"] = job
+        out["slurm_state"] = slurm_job_state(str(job))
+    return out
+
+
+def format_status(s: Dict[str, Any]) -> str:
+    """One screen (a few lines) per run."""
+    lines = [f"{s['run']}  {s['command']}  (config: {s['config']})"]
+    state = s["state"]
+    if s.get("heartbeat_age_s") is not None and state == "running":
+        state += f" (heartbeat {_ago(s['heartbeat_age_s'])}, pid {s.get('pid')} on {s.get('host')})"
+    lines.append(f"  state       {state}")
+    if s.get("error"):
+        lines.append(f"  last error  {s['error']}")
+    if s["command"] == "evolve":
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(s["by_status"].items())) or "none yet"
+        of = f"/{s['budget']}" if s.get("budget") else ""
+        flight = (
+            f", {s['in_flight']} in flight"
+            if s["state"] == "running"
+            else (f", {s['in_flight']} to re-queue on --resume" if s["in_flight"] else "")
+        )
+        lines.append(f"  progress    {s['finished']}{of} evaluations finished ({counts}){flight}")
+        if s.get("utilization") is not None:
+            lines.append(f"  utilization {100 * s['utilization']:.1f} % of {s['ranks']} rank(s) so far")
+        if s.get("best"):
+            lines.append(f"  best        fitness {s['best']['fitness']:.4f} (evaluation {s['best']['evaluation']})")
+    else:
+        of = f"/{s['epochs']}" if s.get("epochs") else ""
+        inside = f", in epoch {s['epoch']} step {s['step']}/{s['steps']}" if s.get("steps") else ""
+        lines.append(f"  progress    epoch {s['epochs_done']}{of} done{inside}")
+        if s.get("best"):
+            lines.append(f"  best        val mIoU {s['best']['val_miou']:.4f} (epoch {s['best']['epoch']})")
+    if s.get("fraction") is not None:
+        timing = f"{100 * s['fraction']:.0f} %"
+        if s.get("elapsed_s") is not None:
+            timing += f", elapsed {_clock(s['elapsed_s'])}"
+        if s.get("eta_s") is not None:
+            timing += f", ETA {_clock(s['eta_s'])}"
+        lines.append(f"  done        {timing}")
+    if s.get("slurm_job"):
+        lines.append(
+            f"  slurm       job {s['slurm_job']}: {s.get('slurm_state') or 'unknown (no squeue/sacct answer)'}"
+        )
+    return "\n".join(lines)
+
+
+def status_screens(run_dirs: List[str]) -> "tuple[str, List[Dict[str, Any]]]":
+    """The text of every run's screen, and the data behind it."""
+    statuses = [run_status(d) for d in run_dirs]
+    return "\n\n".join(format_status(s) for s in statuses), statuses

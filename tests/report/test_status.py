@@ -1,0 +1,138 @@
+"""hpcnas status: from the run directory alone, for a finished, running, stopped, stale or failed run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from hpcnas.rundir import write_json
+from tests.conftest import ROOT, run_cli, set_args
+
+SMOKE = str(ROOT / "configs" / "smoke.yaml")
+
+
+def status_json(*runs):
+    proc = run_cli("status", "--json", *map(str, runs))
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)["runs"]
+
+
+def test_a_finished_search(tmp_path):
+    out = tmp_path / "s"
+    proc = run_cli("search", "--config", SMOKE, "--out", str(out), "--device", "cpu", *set_args(["search.epochs=2"]))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (s,) = status_json(out)
+    assert (s["command"], s["state"], s["epochs_done"], s["epochs"], s["fraction"]) == ("search", "finished", 2, 2, 1.0)
+    assert 0 <= s["best"]["val_miou"] <= 1 and s["elapsed_s"] > 0 and "eta_s" not in s
+    screen = run_cli("status", str(out)).stdout
+    assert "state       finished" in screen and "epoch 2/2 done" in screen and "val mIoU" in screen
+
+
+def test_a_running_search_then_stopped_by_sigusr2(tmp_path):
+    out = tmp_path / "live"
+    cmd = [sys.executable, "-m", "hpcnas.cli", "search", "--config", SMOKE, "--out", str(out), "--device", "cpu"]
+    proc = subprocess.Popen(
+        cmd + set_args(["search.epochs=40"]), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    deadline, s = time.time() + 120, None
+    while time.time() < deadline:
+        if (out / "metrics.jsonl").exists() and (out / "heartbeat.json").exists():
+            s = status_json(out)[0]
+            if s.get("eta_s"):
+                break
+        time.sleep(0.5)
+    assert s is not None and s["state"] == "running" and s["pid"] == proc.pid and s["heartbeat_age_s"] < 30
+    assert 0 < s["fraction"] < 1 and s["eta_s"] > 0
+    proc.send_signal(signal.SIGUSR2)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err[-2000:]
+    (s,) = status_json(out)
+    assert s["state"] == "stopped-resumable" and "SIGUSR2" in s["error"] and "eta_s" not in s
+
+
+def fake_run(path, state, age_s, error=None, command="train"):
+    path.mkdir()
+    (path / "config.yaml").write_text("train:\n  epochs: 10\n")
+    now = time.time()
+    write_json(
+        path / "heartbeat.json",
+        {
+            "command": command,
+            "state": state,
+            "pid": 1,
+            "host": "node7",
+            "started": now - age_s - 60,
+            "time": now - age_s,
+            "slurm_job": None,
+            "progress": {"epoch": 4, "epochs": 10, "step": 2, "steps": 5},
+            "error": error,
+        },
+    )
+
+
+def test_a_run_whose_process_died_without_a_word_is_stale(tmp_path):
+    fake_run(tmp_path / "dead", "running", age_s=14 * 60)
+    (s,) = status_json(tmp_path / "dead")
+    assert s["state"] == "stale (last heartbeat 14 min ago)"
+    assert "state       stale (last heartbeat 14 min ago)" in run_cli("status", str(tmp_path / "dead")).stdout
+
+
+def test_a_failed_run_shows_its_last_error_and_several_runs_one_screen_each(tmp_path):
+    fake_run(tmp_path / "bad", "failed", age_s=5, error="internal error: RuntimeError: boom")
+    fake_run(tmp_path / "ok", "finished", age_s=5)
+    text = run_cli("status", str(tmp_path / "bad"), str(tmp_path / "ok")).stdout
+    assert "last error  internal error: RuntimeError: boom" in text and text.count("(config: ") == 2
+    bad = run_cli("status", str(tmp_path / "bad"), str(tmp_path / "missing"))
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        f"hpcnas: error: {tmp_path / 'missing'}: no such run directory"
+    ]
+
+
+def test_watch_redraws_until_interrupted(tmp_path):
+    fake_run(tmp_path / "w", "running", age_s=1)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpcnas.cli", "status", str(tmp_path / "w"), "--watch", "0.2"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert out.count("state       running") >= 2  # redrawn
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/usr/bin/mpirun"), reason="no mpirun")
+def test_a_discrete_search_shows_evaluations_and_utilization(tmp_path):
+    out = tmp_path / "ev"
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    sets = ["evolve.evaluator.name=sleep", "evolve.evaluator.sleep_median=0.2", "evolve.max_evaluations=8"]
+    cmd = [
+        "mpirun",
+        "-np",
+        "2",
+        "--oversubscribe",
+        sys.executable,
+        "-m",
+        "hpcnas.cli",
+        "evolve",
+        "--config",
+        str(ROOT / "configs" / "smoke-evolve.yaml"),
+        "--out",
+        str(out),
+    ] + set_args(sets)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (s,) = status_json(out)
+    assert (s["command"], s["state"], s["finished"], s["budget"], s["in_flight"]) == ("evolve", "finished", 8, 8, 0)
+    assert s["by_status"] == {"ok": 8} and s["ranks"] == 2 and 0.3 < s["utilization"] <= 1.0
+    assert "8/8 evaluations finished (ok 8)" in run_cli("status", str(out)).stdout
