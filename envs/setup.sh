@@ -4,7 +4,7 @@
 # editable mode.  Safe to run again: every step checks before it acts.
 #
 #   envs/setup.sh            runtime only
-#   envs/setup.sh --dev      + test tools (pytest, ruff, mypy)
+#   envs/setup.sh --dev      + test tools (pytest, ruff, mypy, headless chromium)
 #
 # Environment: PYTHON (interpreter used to create .venv, default python3),
 # HPCNAS_TORCH (torch requirement, default torch==2.13.0: pinned, because an
@@ -30,6 +30,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # --- system packages -------------------------------------------------------
 apt_packages=(openmpi-bin libopenmpi-dev graphviz)
+[ "$dev" = 1 ] && apt_packages+=(chromium)  # the browser test of report/index.html (headless)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

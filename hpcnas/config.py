@@ -248,6 +248,15 @@ def migrate_legacy_keys(raw: Dict[str, Any], source: str) -> Dict[str, Any]:
 
 
 @dataclass
+class MonitorConfig:
+    """What a run writes for watching it live: TensorBoard events in ``DIR/tb`` (rank 0)."""
+
+    tensorboard: bool = True
+    images_every: int = field(default=5, metadata=_range(0))  # epochs between validation images (0: none)
+    images: int = field(default=3, metadata=_range(1))  # validation tiles shown: image | truth | prediction
+
+
+@dataclass
 class Config:
     """The whole resolved configuration of a run (written to ``config.yaml``)."""
 
@@ -258,6 +267,7 @@ class Config:
     search: SearchConfig = field(default_factory=SearchConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evolve: EvolveConfig = field(default_factory=EvolveConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
 
 # --------------------------------------------------------------------------

@@ -51,6 +51,7 @@ class RunDir:
     best = property(lambda self: self._at("checkpoints/best.pt"), doc="the weights of the best validation epoch")
     report = property(lambda self: self._at("report"), doc="hpcnas report's default output folder")
     heartbeat = property(lambda self: self._at("heartbeat.json"), doc="rank 0's sign of life and final state")
+    tb = property(lambda self: self._at("tb"), doc="TensorBoard event files (tensorboard --logdir)")
 
     def eval_dir(self, evaluation: int) -> Path:
         """Discrete search: the run folder of one evaluation's proxy training."""

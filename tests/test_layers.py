@@ -13,6 +13,7 @@ LAYERS = {
     "signals": 1,
     "runtime": 1,
     "config": 2,
+    "board": 2,
     "checkpoint": 2,
     "distributed": 2,
     "data": 3,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 from hpcnas.records import Evaluation, Origin, Task
 from hpcnas.rundir import JsonlWriter, RunDir, read_jsonl
@@ -67,6 +67,14 @@ class SearchLog:
         """Close both files."""
         self._dispatch.close()
         self._history.close()
+
+
+def utilization(evaluations: Sequence[Evaluation], ranks: int, since: float, until: float) -> Optional[float]:
+    """Busy worker-seconds of the finished evaluations between ``since`` and ``until``, over ``ranks`` x that span."""
+    if ranks < 1 or until <= since:
+        return None
+    busy = sum(max(0.0, min(e.end or until, until) - max(e.start or until, since)) for e in evaluations)
+    return busy / (ranks * (until - since))
 
 
 @dataclass

@@ -19,9 +19,10 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Deque, Dict, List, Optional
 
+from hpcnas.board import Board
 from hpcnas.config import Config
 from hpcnas.errors import UserError
-from hpcnas.execution.history import SearchLog
+from hpcnas.execution.history import SearchLog, utilization
 from hpcnas.execution.slot import WorkerSlot
 from hpcnas.execution.worker import evaluator_class
 from hpcnas.records import Evaluation, Origin, Result, Status, Task, WorkerSetup
@@ -30,7 +31,7 @@ from hpcnas.signals import STOP, ignore_stop_signals
 from hpcnas.space.genotype import Genotype
 from hpcnas.space.searchspace import SearchSpace
 from hpcnas.strategies import Generational, Strategy, strategy_class
-from hpcnas.strategies.objectives import parse_objectives
+from hpcnas.strategies.objectives import hypervolume, pareto_front, parse_objectives, scale_bounds
 
 log = logging.getLogger("hpcnas")
 
@@ -119,6 +120,9 @@ class Dispatcher:
         self.idle: List[int] = list(range(self.world))
         self.stop = STOP
         self.heart = heartbeat(run_dir)
+        # TensorBoard in the background: the dispatcher only queues what to chart
+        self.board = Board(RunDir(run_dir).tb, background=True) if self.heart and cfg.monitor.tensorboard else None
+        self.started = time.time()
         if status is None:
             from mpi4py import MPI  # imported here, not at module level: importing it initializes MPI
 
@@ -178,6 +182,7 @@ class Dispatcher:
         evaluation = Evaluation.of(task, result, rank)
         self.log.log_result(evaluation)
         self.strategy.tell(evaluation)
+        self._chart(evaluation)
         self.idle.append(rank)
         fit = f"{evaluation.fitness:.4f}" if evaluation.fitness is not None else "-"
         log.info(
@@ -188,6 +193,30 @@ class Dispatcher:
             fit,
             len(self.log.finished),
         )
+
+    def _chart(self, evaluation: Evaluation) -> None:
+        """TensorBoard, per finished evaluation: its objectives, the best so far, counts by status,
+        the ranks' utilization so far and, for several objectives, the front's size and hypervolume."""
+        if self.board is None:
+            return
+        finished, objectives = list(self.log.finished), list(self.strategy.objectives)
+        world, since, now = self.world, self.started, time.time()
+
+        def values() -> Dict[str, Any]:
+            out: Dict[str, Any] = {"status": {}, "evaluation": dict(evaluation.objectives) if evaluation.ok else {}}
+            for e in finished:
+                out["status"][str(e.status)] = out["status"].get(str(e.status), 0) + 1
+            ok = [e.fitness for e in finished if e.fitness is not None and e.ok]
+            if ok:
+                out["best_fitness"] = max(ok)
+            out["utilization"] = utilization(finished, world, since, now)
+            if len(objectives) > 1:
+                front = pareto_front(objectives, finished)
+                lows, highs = scale_bounds(objectives, finished)
+                out["front"] = {"size": len(front), "hypervolume": hypervolume(objectives, front, lows, highs)}
+            return out
+
+        self.board.scalars_later(values, len(finished), walltime=evaluation.end)
 
     # -- loop ----------------------------------------------------------------
 
@@ -211,6 +240,8 @@ class Dispatcher:
                 self._dispatch_loop(started)
         finally:
             stop_serving(self.comm)
+            if self.board is not None:
+                self.board.close()
             if self.slot.busy:
                 self.slot.kill()
             self.slot.close()

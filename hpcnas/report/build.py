@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from hpcnas.execution.history import read_search
-from hpcnas.report import graphs, plots
+from hpcnas.report import graphs, html, plots
 from hpcnas.rundir import SUMMARY, RunDir, atomic_write_text, read_jsonl
 from hpcnas.space.genotype import TOPOLOGIES, Genotype
 from hpcnas.strategies.objectives import hypervolume_over_time
@@ -59,14 +59,13 @@ def build_report(runs: Sequence[Path], out: Optional[Path] = None) -> Path:
         figures.append(plots.entropy_curves(searched, out / "entropy.png").name)
     if evaluations:
         figures.append(plots.precision_recall(evaluations, out / "precision_recall.png").name)
-    for run in runs:
+    for run in runs:  # every run's examples: the same tiles, compared run by run
         if RunDir(run).predictions.exists():
             figures.append(
                 plots.prediction_examples(
                     _examples(RunDir(run).predictions), out / f"predictions_{labels[run].replace('/', '_')}.png"
                 ).name
             )
-            break
     searches = {labels[r]: s for r in runs if (s := read_search(r)) is not None}
     for label, search in searches.items():
         stem = label.replace("/", "_")
@@ -106,34 +105,27 @@ def build_report(runs: Sequence[Path], out: Optional[Path] = None) -> Path:
             if made:
                 figures.append(made.name)
 
-    lines = [
-        "# hpcnas report",
-        "",
-        "| run | epochs | best val mIoU | test mIoU | test IoU per class | object P@0.5 | object R@0.5 "
-        "| parameters | GFLOPs/tile |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    header = [
+        "run",
+        "epochs",
+        "best val mIoU",
+        "test mIoU",
+        "test IoU per class",
+        "object P@0.5",
+        "object R@0.5",
+        "parameters",
+        "GFLOPs/tile",
+        "wall time",
+        "GPU-hours",
     ]
-    for run in runs:
-        label = labels[run]
-        recs = metrics.get(label, [])
-        vals = [r["val_miou"] for r in recs if r.get("val_miou") is not None]
-        ev = evaluations.get(label)
-        model = json.loads(RunDir(run).model.read_text()) if RunDir(run).model.exists() else {}
-        per_class = (
-            ", ".join(f"{k[4:]} {v:.3f}" for k, v in ev.items() if k.startswith("iou_") and v is not None) if ev else ""
+    rows = [
+        _summary_row(
+            run, labels[run], metrics.get(labels[run], []), evaluations.get(labels[run]), searches.get(labels[run])
         )
-        cells = [
-            label,
-            str(len(recs)),
-            f"{max(vals):.4f}" if vals else "-",
-            f"{ev['miou']:.4f}" if ev else "-",
-            per_class or "-",
-            f"{ev['objects']['precision'][4]:.3f}" if ev else "-",
-            f"{ev['objects']['recall'][4]:.3f}" if ev else "-",
-            f"{model['params']:,}" if "params" in model else "-",
-            f"{model['flops'] / 1e9:.3g}" if "flops" in model else "-",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+        for run in runs
+    ]
+    lines = ["# hpcnas report", "", "| " + " | ".join(header) + " |", "| --- " * len(header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     if genotypes:
         lines += ["", "## Architectures", ""]
         lines += [f"- **{label}**: `{g.describe()}`" for label, g in genotypes.items()]
@@ -157,4 +149,42 @@ def build_report(runs: Sequence[Path], out: Optional[Path] = None) -> Path:
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     atomic_write_text(out / SUMMARY, "\n".join(lines) + "\n")
+    html.write_index(
+        out, header, rows, figures, {label: g.describe() for label, g in genotypes.items()}, searches, notes
+    )
     return out
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds / 60:.1f} min"
+
+
+def _summary_row(run: Path, label: str, recs: List[dict], ev: Optional[dict], search) -> List[str]:
+    """One run's line of the summary table (markdown and HTML)."""
+    vals = [r["val_miou"] for r in recs if r.get("val_miou") is not None]
+    model = json.loads(RunDir(run).model.read_text()) if RunDir(run).model.exists() else {}
+    per_class = (
+        ", ".join(f"{k[4:]} {v:.3f}" for k, v in ev.items() if k.startswith("iou_") and v is not None) if ev else ""
+    )
+    wall, gpu_hours = None, "-"
+    if recs:
+        wall = sum(r.get("time_s", 0.0) for r in recs)
+        if str(recs[-1].get("device", "")).startswith("cuda"):  # every rank holds a GPU for the whole run
+            gpu_hours = f"{wall * recs[-1].get('ranks', 1) / 3600:.2f}"
+    elif search is not None and search.evaluations:
+        ends = [e.end for e in search.evaluations if e.end]
+        starts = [e.submit or e.start for e in search.evaluations if e.submit or e.start]
+        wall = max(ends) - min(starts) if ends and starts else None
+    return [
+        label,
+        str(len(recs)) if recs else "-",
+        f"{max(vals):.4f}" if vals else "-",
+        f"{ev['miou']:.4f}" if ev else "-",
+        per_class or "-",
+        f"{ev['objects']['precision'][4]:.3f}" if ev else "-",
+        f"{ev['objects']['recall'][4]:.3f}" if ev else "-",
+        f"{model['params']:,}" if "params" in model else "-",
+        f"{model['flops'] / 1e9:.3g}" if "flops" in model else "-",
+        _hours(wall) if wall else "-",
+        gpu_hours,
+    ]

@@ -19,6 +19,8 @@ import yaml
 
 from hpcnas.cluster.submit import slurm_job_state
 from hpcnas.errors import UserError
+from hpcnas.execution.history import utilization
+from hpcnas.records import Evaluation
 from hpcnas.rundir import RunDir, read_jsonl
 
 STALE_S = 120.0  # a running heartbeat older than this: the process is gone
@@ -100,10 +102,11 @@ def run_status(run_dir: str, now: Optional[float] = None) -> Dict[str, Any]:
         ranks = progress.get("ranks")
         starts = [r["submit"] for r in read_jsonl(run.dispatch) if r.get("submit") is not None]
         until = now if live else float(beat.get("time", now)) if beat else now
-        if ranks and starts and until > min(starts):
-            busy = sum(max(0.0, min(r.get("end") or until, until) - (r.get("start") or until)) for r in history)
-            out["utilization"] = round(busy / (ranks * (until - min(starts))), 4)
-            out["ranks"] = ranks
+        share = (
+            utilization([Evaluation.from_dict(r) for r in history], ranks or 0, min(starts), until) if starts else None
+        )
+        if share is not None:
+            out.update(utilization=round(share, 4), ranks=ranks)
     else:
         section = "search" if command == "search" else "train"
         epochs = int(_config_value(config, section, "epochs", 0)) or None

@@ -80,6 +80,7 @@ class SupernetSearch(EpochLoop):
         super().__init__(run_dir, device, info.class_names, ctx)
         ctx = self.ctx
         self.cfg, self.info = cfg, info
+        self.monitor = cfg.monitor
         se = cfg.search
         seed_everything(cfg.seed)
         model = build_supernet(cfg, info)
@@ -169,6 +170,27 @@ class SupernetSearch(EpochLoop):
             "skips": genotype.skip_count(),
             "parameter_free": genotype.parameter_free_fraction(),
         }
+
+    def write_board(self, epoch: int, record: Dict[str, Any]) -> None:
+        """Also the op weights of every edge (one overlay chart per edge) and the decoded genotype."""
+        super().write_board(epoch, record)
+        assert self.board is not None
+        snap = self.model.arch.snapshot()
+        ops = self.model.arch.op_names
+        weights = {
+            role: {f"e{e:02d}": dict(zip(ops, map(float, row))) for e, row in enumerate(w)}
+            for role, w in snap["ops"].items()
+        }
+        if epoch == self.start_epoch:  # once per start: a chart per edge overlays its ops' weights
+            self.board.layout(
+                {
+                    f"theta {role}": {f"edge {e}": [f"theta/{role}/{e}/.*"] for e in edges}
+                    for role, edges in weights.items()
+                }
+            )
+        self.board.scalars(weights, epoch + 1, prefix="theta")
+        genotype = Genotype.from_dict(record["genotype"])
+        self.board.text("genotype", f"`{genotype.describe()}`\n\n    {genotype.to_json()}", epoch + 1)
 
     def stop_early(self, epoch: int, record: Dict[str, Any]) -> bool:
         """DARTS+: stop once the decoded decoder cell holds ``early_stop_skips`` skips; keep the genotype before."""

@@ -40,13 +40,19 @@ class ArchParams(nn.Module):
     """
 
     def __init__(
-        self, mode: str, cells: Dict[str, List[int]], n_ops: int, edge_norm: bool, betas: Sequence[GridNode] = ()
+        self,
+        mode: str,
+        cells: Dict[str, List[int]],
+        op_names: Sequence[str],
+        edge_norm: bool,
+        betas: Sequence[GridNode] = (),
     ):
         super().__init__()
         self.mode = mode
         self.roles = list(cells)
         self.node_inputs = {role: list(counts) for role, counts in cells.items()}
-        self.ops = nn.ParameterDict({role: self._init(sum(counts), n_ops) for role, counts in cells.items()})
+        self.op_names = tuple(op_names)  # the columns of every op weight row
+        self.ops = nn.ParameterDict({role: self._init(sum(counts), len(op_names)) for role, counts in cells.items()})
         self.edges = nn.ParameterDict(
             {f"{role}_{j}": self._init(n) for role, counts in cells.items() for j, n in enumerate(counts)}
             if edge_norm
@@ -339,7 +345,7 @@ def build_search_network(
     arch = ArchParams(
         arch_mode,
         {role: counts for role in topo.cell_names},
-        len(space.ops),
+        space.ops,
         edge_norm and space.kind.edge_normalization,
         betas,
     )

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hpcnas.board import Board
 from hpcnas.checkpoint import load_checkpoint, save_checkpoint
 from hpcnas.data.hdf5 import IGNORE_INDEX
 from hpcnas.distributed import SingleProcess
@@ -107,6 +108,8 @@ class EpochLoop:
     def __init__(self, run_dir, device: torch.device, class_names, ctx=None):
         self.run_dir, self.device, self.class_names = Path(run_dir), device, list(class_names)
         self.heart: Optional[Heartbeat] = None
+        self.board: Optional[Board] = None
+        self.monitor = None  # the config's monitor section (set by subclasses): TensorBoard and its images
         self.ctx = ctx or SingleProcess()
         self.start_epoch = 0
         self.best_miou = -1.0
@@ -156,6 +159,32 @@ class EpochLoop:
 
     def check_replicas(self) -> None:
         """Raise if ranks hold different values where they must agree (called every 50 steps and every epoch)."""
+
+    def write_board(self, epoch: int, record: dict) -> None:
+        """TensorBoard (rank 0): the epoch's numbers, and every ``images_every`` epochs a few validation tiles."""
+        assert self.board is not None and self.monitor is not None
+        self.board.scalars(
+            {k: v for k, v in record.items() if k not in ("epoch", "ranks", "genotype")}, epoch + 1, prefix="epoch"
+        )
+        every = self.monitor.images_every
+        if every and ((epoch + 1) % every == 0 or epoch + 1 == self.epochs):
+            for k, rgb in enumerate(self.example_images(self.monitor.images)):
+                self.board.image(f"validation/{k}", rgb, epoch + 1)
+
+    def example_images(self, count: int) -> list:
+        """Up to ``count`` validation tiles as RGB arrays: image | truth | prediction, side by side."""
+        if self.val_loader is None:
+            return []
+        out = []
+        self.model.eval()
+        with torch.no_grad():
+            for x, y in self.val_loader:
+                pred = self.model(x.to(self.device)).argmax(1).cpu().numpy()
+                for image, truth, guess in zip(x.numpy(), y.numpy(), pred):
+                    out.append(side_by_side(image, truth, guess))
+                    if len(out) == count:
+                        return out
+        return out
 
     # -- state ---------------------------------------------------------------
 
@@ -215,10 +244,13 @@ class EpochLoop:
             restore_rng_state(self.resume_rng)
         steps = self.steps_per_epoch
         for step in progress(range(first, steps), steps - first, f"epoch {epoch}", enabled=self.ctx.is_root):
-            for key, value in self.train_step(epoch, next(batches)).items():
+            values = self.train_step(epoch, next(batches))
+            for key, value in values.items():
                 sums[key] = sums.get(key, 0.0) + value
             if self.heart is not None:
                 self.heart.beat(epoch=epoch + 1, epochs=self.epochs, step=step + 1, steps=steps)
+            if self.board is not None:
+                self.board.scalars(values, epoch * steps + step + 1, prefix="step")
             if step % 50 == 49:
                 self.check_replicas()
             if step + 1 < steps and self.ctx.any(self.stop.requested):
@@ -247,6 +279,8 @@ class EpochLoop:
             truncate_jsonl(metrics_path, self.start_epoch)
         metrics = JsonlWriter(metrics_path) if root else None
         self.heart = heartbeat(self.run_dir)  # rank 0 of a command's own run (not a discrete search's evaluation)
+        if self.heart is not None and self.monitor is not None and self.monitor.tensorboard:
+            self.board = Board(RunDir(self.run_dir).tb, background=True)  # a step only queues its scalars
         try:
             with self.stop:
                 for epoch in range(self.start_epoch, self.epochs):
@@ -262,6 +296,8 @@ class EpochLoop:
         finally:
             if metrics is not None:
                 metrics.close()
+            if self.board is not None:
+                self.board.close()
 
     def _run_epoch(self, epoch: int, metrics: Optional[JsonlWriter]) -> None:
         t0 = time.time()
@@ -279,6 +315,7 @@ class EpochLoop:
                 "time_s": round(time.time() - t0, 3),
                 "peak_memory_mb": round(peak_memory_mb(self.device), 1),
                 "ranks": self.ctx.size,
+                "device": str(self.device),
             }
         )
         self.stopped_early = self.stop_early(epoch, record)
@@ -290,6 +327,8 @@ class EpochLoop:
         if metrics is None:
             return
         metrics.write(record)
+        if self.board is not None:
+            self.write_board(epoch, record)
         save_checkpoint(RunDir(self.run_dir).latest, self.state(epoch))
         if improved:
             save_checkpoint(
@@ -306,3 +345,30 @@ class EpochLoop:
             " *" if improved else "",
             record["time_s"],
         )
+
+
+CLASS_COLOURS = np.array(
+    [
+        [0, 0, 0],
+        [230, 25, 75],
+        [60, 180, 75],
+        [255, 225, 25],
+        [0, 130, 200],
+        [245, 130, 48],
+        [145, 30, 180],
+        [70, 240, 240],
+        [240, 50, 230],
+        [210, 245, 60],
+    ],
+    dtype=np.uint8,
+)  # class 0 (background) black; ids beyond the table wrap around
+
+
+def side_by_side(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """(C, H, W) image in [0, 1] and two (H, W) class maps -> one (H, 3W + 4, 3) uint8 picture."""
+    rgb = image[:3] if image.shape[0] >= 3 else np.repeat(image[:1], 3, axis=0)
+    lo, hi = float(rgb.min()), float(rgb.max())
+    rgb = ((rgb - lo) / max(hi - lo, 1e-6) * 255).astype(np.uint8).transpose(1, 2, 0)
+    gap = np.full((rgb.shape[0], 2, 3), 255, dtype=np.uint8)
+    colour = lambda labels: CLASS_COLOURS[np.clip(labels, 0, None) % len(CLASS_COLOURS)]  # noqa: E731
+    return np.concatenate([rgb, gap, colour(truth), gap, colour(pred)], axis=1)

@@ -88,6 +88,7 @@ class Trainer(EpochLoop):
     ):
         super().__init__(run_dir, device, info.class_names)
         self.cfg, self.spec = cfg, spec
+        self.monitor = cfg.monitor
         tr = cfg.train
         seed_everything(cfg.seed)
         self.model = build_model(spec).to(device)

@@ -45,6 +45,15 @@ def test_smoke_pareto_trains_reports_and_exports_its_front(tmp_path):
     assert len(search.evaluations) == 10 and [o.name for o in search.objectives] == ["miou", "params"]
     front = search.front
     assert front and all(e.ok and e.objectives["params"] > 0 for e in front)
+    # TensorBoard, one point per finished evaluation, written by rank 0's background board
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert {"front/hypervolume", "front/size", "utilization", "status/ok", "evaluation/miou", "best_fitness"} <= set(
+        events.Tags()["scalars"]
+    )
+    assert [s.step for s in events.Scalars("front/hypervolume")] == list(range(1, 11))
     # nothing on the front is dominated by anything in the history
     assert {e.id for e in front} == {e.id for e in pareto_front(search.objectives, search.evaluations)}
 
