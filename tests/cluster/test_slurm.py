@@ -7,11 +7,13 @@ after starting the cluster), where a missing cluster is a failure.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -127,6 +129,14 @@ def test_evolve_script_completes(cluster, tmp_path):
     history = read_jsonl(run / "history.jsonl")
     assert len(history) == 8 and {r["rank"] for r in history} == {0, 1}
     assert (run / "genotype.json").exists()
+    # hpcnas status names the job and asks SLURM how it ended (sacct, once the job left squeue)
+    for _ in range(30):
+        status = json.loads(run_cli("status", "--json", str(run)).stdout)["runs"][0]
+        if status.get("slurm_state") == "COMPLETED":
+            break
+        time.sleep(1)
+    assert (status["state"], status["finished"], status["budget"]) == ("finished", 8, 8)
+    assert status["slurm_job"] and status["slurm_state"] == "COMPLETED", status
 
 
 def test_random_baseline_array_trains_one_cell_per_task(cluster, tmp_path):
