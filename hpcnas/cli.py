@@ -20,7 +20,7 @@ from typing import Callable, List, Optional
 
 from hpcnas import __version__
 from hpcnas.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_RESUMABLE, Interrupted, UserError
-from hpcnas.rundir import SUMMARY, RunDir, end_heartbeats
+from hpcnas.rundir import SUMMARY, RunDir
 from hpcnas.signals import STOP, ignore_stop_signals
 
 log = logging.getLogger("hpcnas")
@@ -455,32 +455,24 @@ def run(func: Callable[[argparse.Namespace], Optional[int]], args: argparse.Name
 
     try:
         _resolve_resume_existing(args)
-        code = int(func(args) or 0)
-        end_heartbeats("finished")
-        return code
+        return int(func(args) or 0)
     except Interrupted as exc:
-        end_heartbeats("stopped", str(exc))
         if launched_rank() == 0:
             print(f"hpcnas: {exc}", file=sys.stderr)
         return EXIT_RESUMABLE
     except UserError as exc:
-        end_heartbeats("failed", f"error: {exc}")
         if launched_rank() == 0:  # every rank sees the same bad input: one line, from rank 0
             print(f"hpcnas: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        end_heartbeats("failed", "interrupted (Ctrl-C)")
         print("hpcnas: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence: log, one line, exit 1
         out = getattr(args, "out", None) or getattr(args, "resume", None)
         full = _full_disk(exc, out)
         if full:  # not the user's input (exit 1), but no bug either: say what happened, no traceback
-            end_heartbeats("failed", f"no space left on device writing {full}")
             print(f"hpcnas: error: no space left on device writing {full}", file=sys.stderr)
             return EXIT_FAILURE
-        first_line = str(exc).splitlines()[0][:300] if str(exc) else ""
-        end_heartbeats("failed", f"internal error: {type(exc).__name__}: {first_line}")
         logfile = _write_crash_log(out, traceback.format_exc())
         where = f"traceback in {logfile}" if logfile else "no room anywhere for the traceback"
         print(f"hpcnas: internal error: {type(exc).__name__}: {exc} ({where})", file=sys.stderr)

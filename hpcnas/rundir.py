@@ -156,18 +156,23 @@ def release_run_dirs(keep: "AbstractSet[str]" = frozenset()) -> None:
 def holds_run_dirs(fn):
     """Decorator: the run directories ``fn`` locks are released when it returns or raises, and the
     folders it created are removed again when it rejects its input (a :class:`UserError`), so the
-    corrected command does not meet a half-made run."""
+    corrected command does not meet a half-made run.  The heartbeats it started get their final
+    state: finished, stopped (``Interrupted``: resumable) or failed with the error's first line."""
     import functools
     import shutil
 
-    from hpcnas.errors import UserError
+    from hpcnas.errors import Interrupted, UserError
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        before, created = set(_HELD), len(_CREATED)
+        before, created, beating = set(_HELD), len(_CREATED), set(_BEATING)
         try:
-            return fn(*args, **kwargs)
-        except UserError:
+            result = fn(*args, **kwargs)
+        except Interrupted as exc:
+            _end_heartbeats(beating, "stopped", str(exc))
+            raise
+        except UserError as exc:
+            _end_heartbeats(beating, "failed", f"error: {exc}")
             release_run_dirs(keep=before)
             for folder in reversed(_CREATED[created:]):
                 if folder in _RUN_DIRS:  # a run directory this process made: everything in it is this run's
@@ -178,9 +183,15 @@ def holds_run_dirs(fn):
                     except OSError:
                         break
             raise
+        except BaseException as exc:  # the final state of a failure, whatever it is, then the failure itself
+            first_line = str(exc).splitlines()[0][:300] if str(exc) else ""
+            _end_heartbeats(beating, "failed", f"{type(exc).__name__}: {first_line}".rstrip(": "))
+            raise
         finally:
             release_run_dirs(keep=before)
             del _CREATED[created:]
+        _end_heartbeats(beating, "finished")
+        return result
 
     return wrapper
 
@@ -251,11 +262,10 @@ def heartbeat(run_dir: PathLike) -> Optional[Heartbeat]:
     return _BEATING.get(str(Path(run_dir).resolve()))
 
 
-def end_heartbeats(state: str, error: Optional[str] = None) -> None:
-    """Write the final state of every heartbeat this process started, and stop them."""
-    for heart in _BEATING.values():
-        heart.end(state, error)
-    _BEATING.clear()
+def _end_heartbeats(keep: AbstractSet[str], state: str, error: Optional[str] = None) -> None:
+    """Write the final state of every heartbeat started since ``keep`` was taken, and stop them."""
+    for key in [k for k in _BEATING if k not in keep]:
+        _BEATING.pop(key).end(state, error)
 
 
 @contextlib.contextmanager

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from hpcnas.errors import Interrupted, UserError
-from hpcnas.rundir import end_heartbeats
 from hpcnas.signals import STOP, ignore_stop_signals
 
 COMMANDS = ("search", "evolve", "train")
@@ -128,15 +127,10 @@ class PipelineJob(Checkpointable):
         try:
             self._run(pipeline, out, resume)
         except Interrupted as exc:
-            end_heartbeats("stopped", str(exc))
             logging.getLogger("hpcnas").info("%s", exc)
             if env.global_rank == 0 and callable(submitit_handler):
                 submitit_handler(signal.SIGUSR2, None)  # dumps checkpoint(), scontrol requeue, exits
             return {"run_dir": run_dir, "finished": False}
-        except BaseException as exc:
-            end_heartbeats("failed", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
-            raise
-        end_heartbeats("finished")
         ignore_stop_signals()  # finished: a late warning must not make submitit requeue a done job
         return {"run_dir": run_dir, "finished": True}
 

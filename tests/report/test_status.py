@@ -136,3 +136,11 @@ def test_a_discrete_search_shows_evaluations_and_utilization(tmp_path):
     assert (s["command"], s["state"], s["finished"], s["budget"], s["in_flight"]) == ("evolve", "finished", 8, 8, 0)
     assert s["by_status"] == {"ok": 8} and s["ranks"] == 2 and 0.3 < s["utilization"] <= 1.0
     assert "8/8 evaluations finished (ok 8)" in run_cli("status", str(out)).stdout
+
+
+def test_each_command_of_a_longer_one_ends_its_own_heartbeat(tmp_path):
+    """As in hpcnas smoke: the search is over (finished) while the process goes on to train."""
+    from hpcnas.pipeline import search
+
+    search(SMOKE, ["search.epochs=1", "device=cpu"], out=str(tmp_path / "s"))
+    assert json.loads((tmp_path / "s" / "heartbeat.json").read_text())["state"] == "finished"
