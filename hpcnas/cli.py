@@ -45,6 +45,7 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
 
 
 def cmd_data_tile(args: argparse.Namespace) -> None:
+    from hpcnas.data.raster import parse_bands
     from hpcnas.data.tile import tile_folder
 
     classes = args.classes.split(",") if args.classes else None
@@ -62,6 +63,7 @@ def cmd_data_tile(args: argparse.Namespace) -> None:
         limit=args.limit,
         scale=args.scale,
         stratify=args.stratify,
+        bands=parse_bands(args.bands),
     )
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + " patches")
 
@@ -71,7 +73,14 @@ def cmd_data_info(args: argparse.Namespace) -> None:
 
     info = read_info(args.file)
     check_class_ids(info)  # the one command that reads every mask: a data set it passes trains to the end
-    print(f"{info.path}: tile {info.tile_size} px, overlap {info.overlap} px, {info.channels} channels")
+    print(
+        f"{info.path}: tile {info.tile_size} px, overlap {info.overlap} px, {info.channels} channels ({info.dtype}"
+        + (f", bands {','.join(map(str, info.bands))}" if info.bands else "")
+        + ")"
+    )
+    norm = info.normalization
+    if norm is not None and info.dtype != "uint8":
+        print("normalization (train split): " + ", ".join(f"({o:g}, {s:g})" for o, s in zip(norm.offset, norm.scale)))
     print("patches: " + ", ".join(f"{k} {v}" for k, v in info.split_sizes.items()))
     total = max(1, int(info.class_pixels.sum()))
     for name, px, w in zip(info.class_names, info.class_pixels, info.class_weights):
@@ -123,6 +132,39 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print("IoU threshold  " + " ".join(f"{t:5.1f}" for t in curve["thresholds"]))
     print("precision      " + " ".join(f"{v:5.2f}" for v in curve["precision"]))
     print("recall         " + " ".join(f"{v:5.2f}" for v in curve["recall"]))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from hpcnas.pipeline import predict
+    from hpcnas.predict.run import PredictOptions
+
+    options = PredictOptions(
+        tile=args.tile,
+        overlap=args.overlap,
+        batch=args.batch,
+        blend=args.blend,
+        probabilities=args.probabilities,
+        vector=args.vector,
+        resume=args.resume,
+        part=args.part,
+    )
+    counts = predict(args.checkpoint, args.input, args.out, options, engine=args.engine, device=args.device)
+    print(
+        f"predict: {counts['predicted']} scene(s) -> {args.out}"
+        + (f", {counts['skipped']} already there" if counts["skipped"] else "")
+    )
+
+
+def cmd_export(args: argparse.Namespace) -> Optional[int]:
+    from hpcnas.pipeline import export
+
+    result = export(args.checkpoint, args.format, args.out, args.tile)
+    verdict = "parity ok" if result["ok"] else "PARITY FAILED, nothing written"
+    print(
+        f"export {result['format']}: max |logit difference| {result['max_abs_diff']:.2e} on a random batch "
+        f"(tolerance {result['tolerance']:.0e}): {verdict}" + (f" -> {result['out']}" if result["ok"] else "")
+    )
+    return None if result["ok"] else EXIT_FAILURE
 
 
 def cmd_submit(args: argparse.Namespace) -> Optional[int]:
@@ -326,6 +368,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("predict", help="run a trained network over large scenes: GeoTIFF class maps, polygons")
+    p.add_argument("--checkpoint", required=True, help="RUN/checkpoints/best.pt, or a file hpcnas export wrote")
+    p.add_argument("--input", required=True, help="a scene (GeoTIFF, PNG, JPEG, ...) or a folder of scenes")
+    p.add_argument("--out", required=True, help="output folder (one set of files per scene)")
+    p.add_argument("--tile", type=int, help="window size in px (default: the training tile)")
+    p.add_argument("--overlap", type=int, help="window overlap in px (default: the training overlap)")
+    p.add_argument("--batch", type=int, default=8, help="windows per forward pass (default 8)")
+    p.add_argument("--blend", default="mean", choices=["mean", "smooth"], help="how overlapping logits are blended")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument(
+        "--engine", default="auto", choices=["auto", "torch", "torchscript", "onnxruntime"], help="default: by file"
+    )
+    p.add_argument("--probabilities", action="store_true", help="also write per-class probabilities (float16)")
+    p.add_argument("--vector", action="store_true", help="also write objects as GeoJSON polygons")
+    p.add_argument("--resume", action="store_true", help="skip the scenes whose class map is already written")
+    p.add_argument(
+        "--part", metavar="K/N", help="only every N-th scene from the K-th (K from 0): one task of a job array"
+    )
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="a trained network as TorchScript or ONNX, checked against PyTorch")
+    p.add_argument("--checkpoint", required=True, help="a training checkpoint (RUN/checkpoints/best.pt)")
+    p.add_argument("--format", required=True, choices=["torchscript", "onnx"])
+    p.add_argument("--out", required=True, help="the file to write (must not exist)")
+    p.add_argument("--tile", type=int, help="input size in px (default: the training tile)")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser(
         "submit",
         help="submit search / evolve / train as a SLURM job (submitit), requeued and resumed at the time limit",
@@ -409,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_synth)
 
     p = data.add_parser("tile", help="tile large images and masks into an HDF5 data set")
-    p.add_argument("--images", required=True, help="folder of images (JPEG/PNG/TIFF)")
+    p.add_argument("--images", required=True, help="folder of images (PNG/JPEG, GeoTIFF or another GDAL raster)")
     p.add_argument("--masks", required=True, help="folder of masks, same relative names")
     p.add_argument("--out", required=True, help="output HDF5 file")
     p.add_argument("--size", type=int, default=512)
@@ -431,6 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="spread images with and without foreground evenly over train/val/test (small-object data)",
     )
+    p.add_argument("--bands", help="image bands to use, in order, counted from 1 (e.g. 3,2,1; default all)")
     p.set_defaults(func=cmd_data_tile)
 
     p = data.add_parser("info", help="check a data set and print what it holds")

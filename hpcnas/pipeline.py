@@ -326,6 +326,31 @@ def evaluate(
     return run_evaluation(str(ckpt), data, split, target, select_device(device or "auto")), target
 
 
+def predict(
+    checkpoint: str,
+    source: str,
+    out: str,
+    options: Any,
+    engine: str = "auto",
+    device: Optional[str] = None,
+) -> "dict[str, int]":
+    """``hpcnas predict``: a trained (or exported) network over scenes, class maps and polygons into ``out``.
+
+    No run lock: outputs are per scene and renamed into place when complete,
+    so the tasks of a job array, each on its own scenes, share one ``out``.
+    """
+    from hpcnas.predict.run import predict as predict_scenes
+
+    return predict_scenes(checkpoint, source, out, options, engine=engine, device=device or "auto")
+
+
+def export(checkpoint: str, fmt: str, out: str, tile: Optional[int] = None) -> "dict[str, Any]":
+    """``hpcnas export``: TorchScript or ONNX, kept only if it matches PyTorch on a random batch."""
+    from hpcnas.predict.export import export_model
+
+    return export_model(checkpoint, fmt, out, tile)
+
+
 def report(run_dirs: Sequence[str], out: Optional[str] = None) -> Path:
     """``hpcnas report``: pictures and a summary of one or more runs into the first one's report/."""
     from hpcnas.report.build import build_report

@@ -22,6 +22,7 @@ LAYERS = {
     "strategies": 5,
     "train": 6,
     "search": 7,
+    "predict": 7,
     "execution": 8,
     "cluster": 9,
     "report": 10,

@@ -2,7 +2,7 @@
 
 Layout (one group per split, ``train``, ``val`` and optionally ``test``)::
 
-    /<split>/images   (N, H, W, C) uint8   chunked one patch per chunk, gzip
+    /<split>/images   (N, H, W, C) the scenes' own type (uint8 .. float32), one patch per chunk, gzip
     /<split>/masks    (N, H, W)    uint8   class ids; 255 = ignore (padding, unlabeled)
     /<split>/source   (N,)         int32   index into the root attribute ``sources``
     /<split>/offsets  (N, 2)       int32   (y, x) of the patch in its source image
@@ -10,7 +10,10 @@ Layout (one group per split, ``train``, ``val`` and optionally ``test``)::
 
 Root attributes: ``format``, ``version``, ``class_names``, ``tile_size``,
 ``overlap``, ``ignore_index``, ``sources`` (names), ``source_shapes`` (M, 2),
-``source_split``, ``class_pixels`` and ``class_weights`` (from the train masks).
+``source_split``, ``class_pixels`` and ``class_weights`` (from the train masks);
+since version 2 also ``bands`` (the source bands picked, 1-based; empty: all),
+``band_offset`` and ``band_scale`` (the per-band :class:`~hpcnas.data.raster.Normalization`
+from the train split).  A version 1 file is 8-bit RGB normalized by ``/255``.
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import h5py
 import numpy as np
 
+from hpcnas.data.raster import DTYPES, Normalization
 from hpcnas.errors import UserError
 from hpcnas.rundir import PathLike, atomic_path
 
 FORMAT = "hpcnas-segmentation"
-VERSION = 1
+VERSION = 2
 IGNORE_INDEX = 255
 SPLITS = ("train", "val", "test")
 FIELDS = ("images", "masks", "source", "offsets", "valid")
@@ -50,7 +54,13 @@ def balanced_class_weights(class_pixels: np.ndarray) -> np.ndarray:
 
 @contextlib.contextmanager
 def create_dataset(
-    path: PathLike, class_names: Sequence[str], tile_size: int, overlap: int, channels: int = 3
+    path: PathLike,
+    class_names: Sequence[str],
+    tile_size: int,
+    overlap: int,
+    channels: int = 3,
+    dtype: str = "uint8",
+    bands: Sequence[int] = (),
 ) -> Iterator["DatasetWriter"]:
     """Stream patches into a new data set; the file appears at ``path`` only on success.
 
@@ -59,7 +69,7 @@ def create_dataset(
     """
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
-            writer = DatasetWriter(f, str(path), class_names, tile_size, overlap, channels)
+            writer = DatasetWriter(f, str(path), class_names, tile_size, overlap, channels, dtype, bands)
             yield writer
             writer.finish()
 
@@ -68,7 +78,15 @@ class DatasetWriter:
     """Appends patches to an open HDF5 file (made by :func:`create_dataset`)."""
 
     def __init__(
-        self, file: h5py.File, name: str, class_names: Sequence[str], tile_size: int, overlap: int, channels: int
+        self,
+        file: h5py.File,
+        name: str,
+        class_names: Sequence[str],
+        tile_size: int,
+        overlap: int,
+        channels: int,
+        dtype: str = "uint8",
+        bands: Sequence[int] = (),
     ):
         self._file = file
         self.name = name
@@ -76,6 +94,9 @@ class DatasetWriter:
         self.tile_size = int(tile_size)
         self.overlap = int(overlap)
         self.channels = int(channels)
+        self.dtype = str(dtype)
+        self.bands = [int(b) for b in bands]
+        self.normalization = Normalization.fixed_8bit(self.channels)  # set from the train split before finish()
         self.sources: List[str] = []
         self.source_shapes: List[Tuple[int, int]] = []
         self.source_split: List[str] = []
@@ -97,6 +118,8 @@ class DatasetWriter:
         s = self.tile_size
         if image.shape != (s, s, self.channels) or mask.shape != (s, s):
             raise ValueError(f"patch shapes {image.shape}/{mask.shape} do not match tile size {s}")
+        if str(image.dtype) != self.dtype:
+            raise ValueError(f"patch type {image.dtype} is not the data set's {self.dtype}")
         labels = mask[mask != IGNORE_INDEX]
         if labels.size and int(labels.max()) >= len(self.class_names):
             raise UserError(
@@ -126,7 +149,7 @@ class DatasetWriter:
         s, c = self.tile_size, self.channels
         g = self._file.create_group(split)
         gz = dict(compression="gzip", compression_opts=4)
-        g.create_dataset("images", (0, s, s, c), maxshape=(None, s, s, c), dtype="u1", chunks=(1, s, s, c), **gz)
+        g.create_dataset("images", (0, s, s, c), maxshape=(None, s, s, c), dtype=self.dtype, chunks=(1, s, s, c), **gz)
         g.create_dataset("masks", (0, s, s), maxshape=(None, s, s), dtype="u1", chunks=(1, s, s), **gz)
         g.create_dataset("source", (0,), maxshape=(None,), dtype="i4", chunks=(1024,))
         g.create_dataset("offsets", (0, 2), maxshape=(None, 2), dtype="i4", chunks=(1024, 2))
@@ -152,6 +175,9 @@ class DatasetWriter:
         a["source_split"] = self.source_split
         a["class_pixels"] = self.class_pixels
         a["class_weights"] = balanced_class_weights(self.class_pixels)
+        a["bands"] = np.asarray(self.bands, dtype=np.int32)
+        a["band_offset"] = self.normalization.offset
+        a["band_scale"] = self.normalization.scale
 
 
 @dataclass
@@ -169,6 +195,25 @@ class DatasetInfo:
     sources: List[str]
     source_shapes: np.ndarray
     source_split: List[str]
+    dtype: str = "uint8"
+    bands: Optional[List[int]] = None
+    normalization: Optional[Normalization] = None
+
+    def __post_init__(self):
+        if self.normalization is None:
+            self.normalization = Normalization.fixed_8bit(self.channels)
+
+    def data_spec(self) -> Dict:
+        """What a network trained on this data expects of its input: stored in checkpoints and exports."""
+        assert self.normalization is not None
+        return {
+            "bands": self.bands,
+            "dtype": self.dtype,
+            "normalization": self.normalization.to_dict(),
+            "tile_size": self.tile_size,
+            "overlap": self.overlap,
+            "class_names": self.class_names,
+        }
 
     @property
     def num_classes(self) -> int:
@@ -224,6 +269,7 @@ def read_info(path: PathLike) -> DatasetInfo:
             tile = int(a["tile_size"])
             sizes: Dict[str, int] = {}
             channels = None
+            dtype: Optional[str] = None
             for split in SPLITS:
                 if split not in f:
                     if split == "test":
@@ -246,8 +292,11 @@ def read_info(path: PathLike) -> DatasetInfo:
                     raise UserError(
                         f"'{split}/masks' shape {mshape} does not match '{split}/images' {ishape}", source=src
                     )
-                if g["images"].dtype != np.uint8 or g["masks"].dtype != np.uint8:
-                    raise UserError(f"'{split}' images and masks must be uint8", source=src)
+                if str(g["images"].dtype) not in DTYPES or g["masks"].dtype != np.uint8:
+                    raise UserError(f"'{split}' images must be one of {', '.join(DTYPES)} and masks uint8", source=src)
+                if dtype is not None and str(g["images"].dtype) != dtype:
+                    raise UserError(f"'{split}/images' is {g['images'].dtype}, another split {dtype}", source=src)
+                dtype = str(g["images"].dtype)
                 channels = ishape[3]
                 sizes[split] = n
                 _check_placement(g, split, np.asarray(a["source_shapes"], dtype=np.int64).reshape(-1, 2), tile, src)
@@ -272,11 +321,27 @@ def read_info(path: PathLike) -> DatasetInfo:
                 sources=[str(s) for s in a["sources"]],
                 source_shapes=np.asarray(a["source_shapes"], dtype=np.int64).reshape(-1, 2),
                 source_split=[str(s) for s in a["source_split"]],
+                dtype=dtype or "uint8",
+                bands=[int(b) for b in a["bands"]] or None if "bands" in a else None,
+                normalization=_normalization(a, int(channels), src),
             )
         except UserError:
             raise
         except (OSError, KeyError, ValueError, TypeError) as exc:
             raise UserError(f"unreadable or corrupt data set: {_short(exc)}", source=src) from None
+
+
+def _normalization(attrs, channels: int, src: str) -> Normalization:
+    """The stored per-band normalization (version 2), or the ``/255`` of a version 1 file."""
+    if "band_offset" not in attrs:
+        return Normalization.fixed_8bit(channels)
+    offset, scale = (np.asarray(attrs[key], np.float32).reshape(-1) for key in ("band_offset", "band_scale"))
+    norm = Normalization(offset, scale)
+    if norm.offset.shape != (channels,) or norm.scale.shape != (channels,):
+        raise UserError(f"'band_offset'/'band_scale' do not have one entry per band ({channels})", source=src)
+    if not (np.isfinite(norm.offset).all() and np.isfinite(norm.scale).all() and (norm.scale > 0).all()):
+        raise UserError("'band_scale' must be positive and the normalization finite", source=src)
+    return norm
 
 
 def check_class_ids(info: "DatasetInfo", block: int = 256) -> None:

@@ -16,7 +16,8 @@ from typing import Dict, Tuple
 import numpy as np
 
 from hpcnas.data.hdf5 import create_dataset
-from hpcnas.data.tile import assign_splits, tile_array
+from hpcnas.data.raster import Scene
+from hpcnas.data.tile import assign_splits, tile_scene
 from hpcnas.errors import UserError
 from hpcnas.rundir import PathLike
 
@@ -114,6 +115,7 @@ def synthesize(
         for i, ((h, w), split) in enumerate(zip(shapes, splits)):
             image, mask = draw_scene(rng, h, w, size)
             src = writer.add_source(f"scene_{i:04d}", (h, w), split)
-            for patch, mpatch, offset, valid in tile_array(image, mask, size, overlap):
-                writer.add_patch(patch, mpatch, src, offset, valid)
+            scenes = Scene.from_array(image), Scene.from_array(mask, role="mask")
+            for patch, mpatch, offset, extent, _ in tile_scene(*scenes, size, overlap):
+                writer.add_patch(patch, mpatch, src, offset, extent)
         return writer.patch_counts()

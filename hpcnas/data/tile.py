@@ -1,9 +1,12 @@
 """Cut large images and their masks into overlapping patches (paper: 512 px, 180 px overlap).
 
-Masks hold class ids (single channel) or RGB colours mapped to ids by a
-palette file.  Edge tiles are padded (image 0, mask ignore) and their real
-extent is recorded.  The train/val/test split is drawn per source image, so
-overlapping tiles of one image never straddle the split.
+Images are PNG/JPEG or any raster GDAL reads (GeoTIFF above all), read
+window by window.  Masks hold class ids (single band) or RGB colours mapped
+to ids by a palette file; a georeferenced mask must share its image's CRS
+and transform.  Edge tiles are padded (image 0, mask ignore) and their real
+extent is recorded; nodata pixels are ignored.  The train/val/test split
+is drawn per source image, so overlapping tiles of one image never straddle
+the split.
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ import numpy as np
 
 from hpcnas.config import read_yaml_mapping
 from hpcnas.data.hdf5 import IGNORE_INDEX, create_dataset
+from hpcnas.data.raster import SCENE_SUFFIXES, BandStatistics, Scene
 from hpcnas.errors import UserError
 from hpcnas.rundir import PathLike
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 IGNORE_NAME = "ignore"
 
 
@@ -33,21 +36,6 @@ def tile_positions(length: int, size: int, overlap: int) -> List[int]:
     stride = size - overlap
     count = max(1, math.ceil((length - overlap) / stride))
     return [i * stride for i in range(count)]
-
-
-def tile_array(
-    image: np.ndarray, mask: np.ndarray, size: int, overlap: int
-) -> Iterator[Tuple[np.ndarray, np.ndarray, Tuple[int, int], Tuple[int, int]]]:
-    """Yield ``(patch, mask_patch, (y, x), (valid_h, valid_w))`` covering the image."""
-    h, w = mask.shape
-    for y in tile_positions(h, size, overlap):
-        for x in tile_positions(w, size, overlap):
-            vh, vw = min(size, h - y), min(size, w - x)
-            patch = np.zeros((size, size, image.shape[2]), dtype=np.uint8)
-            mpatch = np.full((size, size), IGNORE_INDEX, dtype=np.uint8)
-            patch[:vh, :vw] = image[y : y + vh, x : x + vw]
-            mpatch[:vh, :vw] = mask[y : y + vh, x : x + vw]
-            yield patch, mpatch, (y, x), (vh, vw)
 
 
 @dataclass
@@ -118,9 +106,9 @@ def list_images(folder: PathLike) -> List[Path]:
     root = Path(folder)
     if not root.is_dir():
         raise UserError("no such folder", source=str(folder))
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in SCENE_SUFFIXES and p.is_file())
     if not files:
-        raise UserError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder", source=str(folder))
+        raise UserError(f"no image files ({', '.join(SCENE_SUFFIXES)}) in this folder", source=str(folder))
     return files
 
 
@@ -152,47 +140,46 @@ def pair_images_and_masks(images: PathLike, masks: PathLike) -> List[Tuple[Path,
     return pairs
 
 
-def _rescaled(im, scale: float, resample):
-    """``im`` resized by ``scale`` (at least 1 x 1 pixel); unchanged at scale 1."""
-    if scale == 1.0:
-        return im
-    size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
-    return im.resize(size, resample)
-
-
-def read_image(path: Path, scale: float = 1.0) -> np.ndarray:
-    """An image as (H, W, 3) uint8, resized by ``scale`` (bilinear)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return np.asarray(_rescaled(im.convert("RGB"), scale, Image.Resampling.BILINEAR))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise UserError(f"cannot read image: {exc}", source=str(path)) from None
-
-
-def read_mask(path: Path, palette: Optional[Palette], num_classes: int, scale: float = 1.0) -> np.ndarray:
-    """A mask as (H, W) uint8 class ids, through the palette if one is given, resized by ``scale``
-    (nearest neighbour, so no new colour or class id appears)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            if palette is not None:
-                return palette.apply(
-                    np.asarray(_rescaled(im.convert("RGB"), scale, Image.Resampling.NEAREST)), str(path)
-                )
-            if im.mode not in ("L", "P", "I", "I;16", "1"):
-                raise UserError(
-                    f"mask has colour mode {im.mode}; give --palette to map colours to classes", source=str(path)
-                )
-            ids = np.asarray(_rescaled(im, scale, Image.Resampling.NEAREST))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise UserError(f"cannot read mask: {exc}", source=str(path)) from None
-    labelled = ids[ids != IGNORE_INDEX]
-    if labelled.size and int(labelled.max()) >= num_classes:
-        raise UserError(f"class id {int(labelled.max())} is beyond the {num_classes} classes", source=str(path))
+def mask_ids(pixels: np.ndarray, palette: Optional[Palette], where: str) -> np.ndarray:
+    """A mask window (H, W, bands) as (H, W) uint8 class ids: through the palette, or the single band itself."""
+    if palette is not None:
+        if pixels.shape[-1] < 3:
+            raise UserError("a --palette maps colours, but this mask has one band of class ids", source=where)
+        return palette.apply(pixels[..., :3].astype(np.uint8), where)
+    if pixels.shape[-1] != 1:
+        raise UserError(f"mask has {pixels.shape[-1]} bands; give --palette to map colours to classes", source=where)
+    ids = pixels[..., 0]
+    if ids.size and (int(ids.max()) > IGNORE_INDEX or int(ids.min()) < 0):
+        raise UserError(f"class id {int(ids.max())} is not in 0-255", source=where)
     return ids.astype(np.uint8)
+
+
+def tile_scene(
+    image: Scene, mask: Scene, size: int, overlap: int, palette: Optional[Palette] = None
+) -> Iterator[Tuple[np.ndarray, np.ndarray, Tuple[int, int], Tuple[int, int], np.ndarray]]:
+    """Yield ``(patch, mask_patch, (y, x), (valid_h, valid_w), valid_pixels)`` window by window.
+
+    Padding and nodata pixels are ``IGNORE_INDEX`` in the mask (no loss, no
+    metric); padding is 0 in the image.
+    """
+    for y in tile_positions(image.height, size, overlap):
+        for x in tile_positions(image.width, size, overlap):
+            pixels, valid = image.read(y, x, size, size)
+            labels, labelled = mask.read(y, x, size, size)
+            ids = mask_ids(labels, palette, str(mask.path))
+            ids[~(valid & labelled)] = IGNORE_INDEX
+            yield pixels, ids, (y, x), (min(size, image.height - y), min(size, image.width - x)), valid
+
+
+def foreground_tile_share(mask: Scene, palette: Optional[Palette], size: int, overlap: int) -> float:
+    """The share of a mask's tiles that hold at least one foreground pixel (class id > 0, not ignored)."""
+    hits = []
+    for y in tile_positions(mask.height, size, overlap):
+        for x in tile_positions(mask.width, size, overlap):
+            labels, labelled = mask.read(y, x, size, size)
+            ids = mask_ids(labels, palette, str(mask.path))
+            hits.append(bool(((ids > 0) & (ids != IGNORE_INDEX) & labelled).any()))
+    return sum(hits) / len(hits)
 
 
 def assign_splits(count: int, val_fraction: float, test_fraction: float, seed: int) -> List[str]:
@@ -237,16 +224,6 @@ def assign_splits_stratified(
     return splits
 
 
-def foreground_tile_share(mask: np.ndarray, size: int, overlap: int) -> float:
-    """The share of a mask's tiles that hold at least one foreground pixel (class id > 0, not ignored)."""
-    hits = []
-    for y in tile_positions(mask.shape[0], size, overlap):
-        for x in tile_positions(mask.shape[1], size, overlap):
-            window = mask[y : y + size, x : x + size]
-            hits.append(bool(((window > 0) & (window != IGNORE_INDEX)).any()))
-    return sum(hits) / len(hits)
-
-
 def tile_folder(
     images: PathLike,
     masks: PathLike,
@@ -261,12 +238,18 @@ def tile_folder(
     limit: Optional[int] = None,
     scale: float = 1.0,
     stratify: bool = False,
+    bands: Optional[Sequence[int]] = None,
 ) -> Dict[str, int]:
     """Tile every image/mask pair into the HDF5 data set ``out``; returns patches per split.
 
-    ``scale`` resizes every image and mask first (0.25: a quarter of the
-    resolution); ``stratify`` spreads sources with and without foreground
-    evenly over the splits (:func:`assign_splits_stratified`).
+    Scenes are read window by window (GeoTIFFs through rasterio), so memory
+    does not grow with their size.  ``bands`` picks and orders the image
+    bands (1-based); every image must then have the same type and band
+    count.  ``scale`` resizes PNG/JPEG images and masks first (0.25: a
+    quarter of the resolution); ``stratify`` spreads sources with and without
+    foreground evenly over the splits (:func:`assign_splits_stratified`).
+    The per-band normalization is computed on the train split's valid
+    pixels and stored in the file.
     """
     if not 0 <= overlap < size:
         raise UserError(f"overlap must be in [0, size), got overlap={overlap} size={size}", source="--overlap")
@@ -275,24 +258,34 @@ def tile_folder(
     pal = Palette.load(palette) if palette else None
     names = pal.class_names if pal else list(class_names or ["background", "object"])
     pairs = pair_images_and_masks(images, masks)[:limit]
+    mask_role = "colour mask" if pal else "mask"
     if stratify:
-        shares = [foreground_tile_share(read_mask(m, pal, len(names), scale), size, overlap) for _, m in pairs]
+        shares = []
+        for _, mask_path in pairs:
+            with Scene(mask_path, role=mask_role, scale=scale) as mask:
+                shares.append(foreground_tile_share(mask, pal, size, overlap))
         splits = assign_splits_stratified(shares, val_fraction, test_fraction, seed)
     else:
         splits = assign_splits(len(pairs), val_fraction, test_fraction, seed)
     root = Path(images)
-    with create_dataset(out, names, size, overlap, channels=3) as writer:
+    with Scene(pairs[0][0], bands, scale=scale) as first:
+        kind = (first.dtype, first.channels)
+    stats = BandStatistics(kind[1])
+    with create_dataset(out, names, size, overlap, channels=kind[1], dtype=kind[0], bands=bands or ()) as writer:
         for (img_path, mask_path), split in zip(pairs, splits):
-            image = read_image(img_path, scale)
-            mask = read_mask(mask_path, pal, len(names), scale)
-            if image.shape[:2] != mask.shape:
-                raise UserError(
-                    f"image is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is "
-                    f"{mask.shape[1]}x{mask.shape[0]}",
-                    source=str(img_path),
-                )
-            src = writer.add_source(str(img_path.relative_to(root)), mask.shape, split)
-            for patch, mpatch, offset, valid in tile_array(image, mask, size, overlap):
-                writer.add_patch(patch, mpatch, src, offset, valid)
+            with Scene(img_path, bands, scale=scale) as image, Scene(mask_path, role=mask_role, scale=scale) as mask:
+                if (image.dtype, image.channels) != kind:
+                    raise UserError(
+                        f"image is {image.dtype} with {image.channels} band(s), the first image "
+                        f"({pairs[0][0].name}) {kind[0]} with {kind[1]}: one data set holds one kind of scene",
+                        source=str(img_path),
+                    )
+                image.check_aligned(mask)
+                src = writer.add_source(str(img_path.relative_to(root)), (image.height, image.width), split)
+                for patch, mpatch, offset, extent, valid in tile_scene(image, mask, size, overlap, pal):
+                    writer.add_patch(patch, mpatch, src, offset, extent)
+                    if split == "train":
+                        stats.add(patch[: extent[0], : extent[1]], valid[: extent[0], : extent[1]])
+        writer.normalization = stats.normalization(kind[0])
         counts = writer.patch_counts()
     return counts

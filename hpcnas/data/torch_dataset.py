@@ -13,7 +13,8 @@ from hpcnas.data.sharding import shard_indices
 
 
 class SegmentationDataset(Dataset):
-    """Patches of one split as ``(image float32 (C,H,W) in [0,1], mask int64 (H,W))``.
+    """Patches of one split as ``(image float32 (C,H,W), mask int64 (H,W))``, the image normalized per band
+    as the data set says (8-bit: into [0, 1]).
 
     The file is opened lazily in each process that reads (DataLoader workers
     included) and only the requested patch is read.  With ``augment`` every
@@ -29,13 +30,18 @@ class SegmentationDataset(Dataset):
         self.augment = augment
         self.reader = PatchReader(path, split, self.info.num_classes)
         self.indices = list(range(self.info.split_sizes[split])) if indices is None else list(indices)
+        norm = self.info.normalization
+        assert norm is not None
+        self._offset = torch.from_numpy(norm.offset)[:, None, None]
+        self._scale = torch.from_numpy(norm.scale)[:, None, None]
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, k: int):
         image, mask = self.reader.read(self.indices[k])
-        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().sub_(self._offset)
+        image = image.div_(self._scale)
         mask = torch.from_numpy(mask.astype(np.int64))
         if self.augment:
             flips = torch.randint(0, 2, (2,)).tolist()

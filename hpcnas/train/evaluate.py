@@ -70,7 +70,7 @@ def full_images(
                     logits.add(out[k], offsets[i], valid[i])
         item = {
             "name": info.sources[src],
-            "image": np.moveaxis(np.rint(image.mean()), 0, -1).astype(np.uint8),
+            "image": np.moveaxis(image.mean(), 0, -1).round().astype(info.dtype),
             "truth": truth,
         }
         if logits is not None:
@@ -128,7 +128,7 @@ def evaluate(
 
     @torch.no_grad()
     def predict(batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0).to(device)
+        x = torch.from_numpy(info.normalization.apply(batch)).to(device)
         return model(x).float().cpu().numpy()
 
     reader = PatchReader(data, split, info.num_classes)

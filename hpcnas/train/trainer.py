@@ -49,6 +49,7 @@ def model_spec(
         "tower_depth": sp.tower_depth,
         "baseline_width": tr.baseline_width,
         "baseline_blocks": tr.baseline_blocks,
+        "data": info.data_spec(),  # bands, normalization, tile: what predict must feed the network
     }
     if genotype is not None:
         space = SearchSpace.from_config(cfg)

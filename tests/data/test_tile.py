@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from hpcnas.data.hdf5 import IGNORE_INDEX, read_info
-from hpcnas.data.tile import tile_array, tile_folder, tile_positions
+from hpcnas.data.raster import Scene
+from hpcnas.data.tile import tile_folder, tile_positions, tile_scene
 from hpcnas.errors import UserError
 from tests.conftest import DUBAI, ROOT, run_cli
 
@@ -29,7 +30,9 @@ def test_tiles_reassemble_the_image_exactly():
     mask = rng.integers(0, 3, (70, 95), dtype=np.uint8)
     out_img = np.zeros_like(image)
     out_mask = np.full_like(mask, 99)
-    for patch, mpatch, (y, x), (vh, vw) in tile_array(image, mask, 32, 10):
+    for patch, mpatch, (y, x), (vh, vw), _ in tile_scene(
+        Scene.from_array(image), Scene.from_array(mask, role="mask"), 32, 10
+    ):
         assert (mpatch[vh:, :] == IGNORE_INDEX).all() and (mpatch[:, vw:] == IGNORE_INDEX).all()
         assert (patch[vh:, :] == 0).all()
         out_img[y : y + vh, x : x + vw] = patch[:vh, :vw]

@@ -1,0 +1,1 @@
+"""Operational use of a trained network: sliding-window prediction on large scenes, export."""

@@ -1,0 +1,183 @@
+"""``hpcnas predict``: a trained network over a folder of scenes, georeferenced outputs per scene.
+
+Every scene is checked before the first is predicted (it opens, its bands
+and type are what the network was trained on), and nothing is overwritten:
+outputs already present are an error, or with ``resume`` mark the scenes to
+skip, so a killed batch job loses at most the scene it was on.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from hpcnas.data.raster import PILLOW_SUFFIXES, SCENE_SUFFIXES, Scene
+from hpcnas.errors import UserError
+from hpcnas.predict.engines import Engine, engine_for
+from hpcnas.predict.outputs import class_map, open_outputs, scene_outputs, softmax
+from hpcnas.predict.sliding import BLENDS, count_windows, sliding_strips
+
+log = logging.getLogger("hpcnas")
+
+
+@dataclass
+class PredictOptions:
+    """How to predict: window, overlap, batch, blend, and what to write besides the class map."""
+
+    tile: Optional[int] = None  # default: the tile the network was trained on
+    overlap: Optional[int] = None  # default: the training overlap
+    batch: int = 8
+    blend: str = "mean"
+    probabilities: bool = False
+    vector: bool = False
+    resume: bool = False
+    part: Optional[str] = None  # "K/N": every N-th scene from the K-th (a job array task)
+
+
+def list_scenes(source: str) -> List[Path]:
+    """One scene file, or the scene files of a folder (sorted, not recursive)."""
+    path = Path(source)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise UserError("no such file or folder", source=source)
+    scenes = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SCENE_SUFFIXES)
+    if not scenes:
+        raise UserError(f"no scenes ({', '.join(SCENE_SUFFIXES)}) in this folder", source=source)
+    return scenes
+
+
+def select_part(scenes: List[Path], part: Optional[str]) -> List[Path]:
+    """The scenes of part ``"K/N"`` (every N-th from the K-th, K counted from 0); all of them for ``None``."""
+    if not part:
+        return scenes
+    try:
+        k, n = (int(v) for v in part.split("/"))
+        assert 0 <= k < n
+    except (ValueError, AssertionError):
+        raise UserError(f"expected K/N with 0 <= K < N, got '{part}'", source="--part") from None
+    return scenes[k::n]
+
+
+def check_scene(path: Path, engine: Engine) -> Scene:
+    """Open a scene and check it against the network's card (bands, type); warns when it has no CRS."""
+    card = engine.card
+    scene = Scene(path, card.bands)
+    if scene.channels != card.in_channels or scene.dtype != card.dtype:
+        scene.close()
+        raise UserError(
+            f"scene has {scene.channels} band(s) of {scene.dtype}, the network was trained on {card.in_channels} "
+            f"of {card.dtype}" + (f" (bands {','.join(map(str, card.bands))})" if card.bands else ""),
+            source=str(path),
+        )
+    if not scene.georeferenced and path.suffix.lower() not in PILLOW_SUFFIXES:
+        print(f"hpcnas: warning: {path}: no CRS or transform: outputs are in pixel coordinates", file=sys.stderr)
+    return scene
+
+
+def predict_scene(scene: Scene, engine: Engine, paths: Dict[str, Path], options: PredictOptions, tile: int) -> float:
+    """Predict one scene into its output files; returns the seconds it took."""
+    card = engine.card
+    overlap = options.overlap if options.overlap is not None else min(card.overlap or tile // 4, tile - 1)
+    norm = card.norm
+    as_png = scene.path.suffix.lower() in PILLOW_SUFFIXES
+    writers = open_outputs(paths, scene, card.class_names, options.probabilities, options.vector, as_png)
+    total = count_windows(scene.height, scene.width, tile, overlap)
+    bar = _bar(total, scene.path.name)
+    start = time.perf_counter()
+    try:
+        strips = sliding_strips(
+            scene.height,
+            scene.width,
+            scene.read,
+            lambda batch: engine(norm.apply(batch)),
+            card.num_classes,
+            tile,
+            overlap,
+            blend=options.blend,
+            batch=options.batch,
+            on_window=bar.update if bar is not None else lambda: None,
+        )
+        for y, logits, valid in strips:
+            ids = class_map(logits, valid)
+            if "probabilities" in writers or "vector" in writers:
+                probs = softmax(logits)
+                if "probabilities" in writers:
+                    writers["probabilities"].write(y, probs)
+                if "vector" in writers:
+                    writers["vector"].write(y, ids, probs.max(axis=0))
+            writers["classes"].write(y, ids)
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    for writer in writers.values():  # the class map last: its presence marks the scene done
+        writer.commit()
+    return time.perf_counter() - start
+
+
+def _bar(total: int, name: str):
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=name, unit="window", leave=True, dynamic_ncols=True)
+
+
+def predict(
+    checkpoint: str, source: str, out: str, options: PredictOptions, engine: str = "auto", device: str = "auto"
+) -> Dict[str, int]:
+    """Predict every scene of ``source`` into ``out``; returns counts of scenes ``predicted`` and ``skipped``."""
+    if options.blend not in BLENDS:
+        raise UserError(f"unknown blend '{options.blend}' (known: {', '.join(BLENDS)})", source="--blend")
+    if options.batch < 1:
+        raise UserError(f"must be at least 1, got {options.batch}", source="--batch")
+    scenes = select_part(list_scenes(source), options.part)
+    net = engine_for(checkpoint, engine, device)
+    card = net.card
+    tile = options.tile or card.tile_size or net.fixed_tile
+    if tile is None:
+        raise UserError("this checkpoint does not record its training tile: give --tile", source=checkpoint)
+    if net.fixed_tile is not None and tile != net.fixed_tile:
+        raise UserError(f"the exported model takes {net.fixed_tile} px windows, not {tile}", source="--tile")
+    if options.overlap is not None and not 0 <= options.overlap < tile:
+        raise UserError(f"must be in [0, {tile}), got {options.overlap}", source="--overlap")
+    out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError("exists and is not a folder", source=out)
+    plan = []
+    for path in scenes:  # check every scene first: a bad one found after an hour of work wastes the hour
+        scene = check_scene(path, net)
+        paths = scene_outputs(out_dir, path, scene.georeferenced or path.suffix.lower() not in PILLOW_SUFFIXES)
+        scene.close()
+        present = [p for p in paths.values() if p.exists()]
+        if paths["classes"].exists() and options.resume:
+            continue
+        if present and not options.resume:  # with --resume: the leftovers of a scene cut short, redone
+            raise UserError(
+                f"{present[0]} already exists: add --resume to skip the scenes already predicted, "
+                "or choose another --out",
+                source=str(path),
+            )
+        plan.append((path, paths))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path, paths in plan:
+        with Scene(path, card.bands) as scene:
+            seconds = predict_scene(scene, net, paths, options, tile)
+        log.info(
+            "%s: %dx%d px in %.1f s (%.2f Mpx/s) -> %s",
+            path.name,
+            scene.width,
+            scene.height,
+            seconds,
+            scene.width * scene.height / 1e6 / max(seconds, 1e-9),
+            paths["classes"],
+        )
+    return {"predicted": len(plan), "skipped": len(scenes) - len(plan)}
