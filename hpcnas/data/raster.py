@@ -9,6 +9,7 @@ onto the map, and its nodata/alpha mask, so nodata pixels are ignored.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ PILLOW_SUFFIXES = (".jpg", ".jpeg", ".png")
 RASTER_SUFFIXES = (".tif", ".tiff", ".img", ".vrt", ".jp2")
 SCENE_SUFFIXES = PILLOW_SUFFIXES + RASTER_SUFFIXES
 DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32")
+# GDAL's own error lines would come before ours: a failure is reported once, as a UserError naming the file
+logging.getLogger("rasterio").setLevel(logging.CRITICAL)
 
 
 def parse_bands(text: Optional[str]) -> Optional[List[int]]:

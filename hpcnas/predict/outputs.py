@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -47,7 +48,9 @@ class RasterWriter:
             BIGTIFF="IF_SAFER",
             **options,
         )
-        self._dst = rasterio.open(self.tmp, "w", **profile)
+        with warnings.catch_warnings():  # a scene without CRS: predict has said so once already
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            self._dst = rasterio.open(self.tmp, "w", **profile)
 
     def write(self, y: int, array: np.ndarray) -> None:
         """Write (count, h, width) or (h, width) rows starting at row ``y``."""
@@ -129,7 +132,7 @@ class Polygons:
         classes, probs = np.concatenate(self._rows), np.concatenate(self._probs)
         self._rows, self._probs = [], []
         top, bottom = self._y, self._y + classes.shape[0]
-        transform = self.transform * self.transform.translation(0, top)
+        transform = self.transform @ self.transform.translation(0, top)
         for cls in range(1, len(self.class_names)):
             labels, count = ndimage.label(classes == cls)
             if not count:
