@@ -188,6 +188,9 @@ def cmd_submit(args: argparse.Namespace) -> Optional[int]:
         baseline=args.baseline,
         out=args.out,
         logs=args.logs,
+        checkpoint=args.checkpoint,
+        input=args.input,
+        predict_options={"vector": args.vector, "probabilities": args.probabilities},
     )
     if args.dry_run:
         print(sbatch_text(request))
@@ -399,13 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
         "submit",
         help="submit search / evolve / train as a SLURM job (submitit), requeued and resumed at the time limit",
     )
-    p.add_argument("--config", required=True, help="YAML configuration file (checked before submitting)")
+    p.add_argument("--config", help="YAML configuration file (checked before submitting; not for predict)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one key (repeatable)")
     p.add_argument(
         "--command",
         dest="command_name",
         default="search",
-        choices=["search", "evolve", "train"],
+        choices=["search", "evolve", "train", "predict"],
         help="what the job runs (default search)",
     )
     p.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
@@ -426,7 +429,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="SIGUSR2 this long before the time limit: checkpoint, requeue (default 120)",
     )
-    p.add_argument("--array", type=int, metavar="N", help="train N random cells as a job array (random baselines)")
+    p.add_argument(
+        "--array",
+        type=int,
+        metavar="N",
+        help="a job array: train N random cells (random baselines), or predict with N tasks sharing the scenes",
+    )
+    p.add_argument("--checkpoint", help="predict: the trained network (best.pt) or an exported file")
+    p.add_argument("--input", help="predict: a folder of scenes")
+    p.add_argument("--vector", action="store_true", help="predict: also write GeoJSON polygons")
+    p.add_argument("--probabilities", action="store_true", help="predict: also write per-class probabilities")
     p.add_argument("--genotype", help="train: the genotype JSON to retrain")
     p.add_argument("--baseline", help="train: a hand-designed baseline (resnet_unet)")
     p.add_argument("--out", help="run directory; %%j becomes the job id (default runs/COMMAND-%%j)")

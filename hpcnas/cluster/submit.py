@@ -25,7 +25,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from hpcnas.errors import Interrupted, UserError
 from hpcnas.signals import STOP, ignore_stop_signals
 
-COMMANDS = ("search", "evolve", "train")
+COMMANDS = ("search", "evolve", "train", "predict")
+ONE_GPU = ("train", "predict")  # one process on one GPU per task
 SIGNAL_DELAY_S = 120  # USR2 this long before the limit: time to finish a step and write a checkpoint
 MAX_REQUEUES = 20
 JOB_ID = "%j"  # in --out: replaced by the job id (array: <array id>_<index>) on the node
@@ -41,7 +42,7 @@ class Request:
     """What the user asked ``hpcnas submit`` for."""
 
     command: str
-    config: str
+    config: Optional[str] = None
     overrides: List[str] = field(default_factory=list)
     nodes: int = 1
     gpus_per_node: int = 4
@@ -57,6 +58,9 @@ class Request:
     baseline: Optional[str] = None
     out: Optional[str] = None
     logs: str = "runs/submitit"
+    checkpoint: Optional[str] = None  # predict: the trained or exported network
+    input: Optional[str] = None  # predict: a scene or a folder of scenes
+    predict_options: Dict[str, Any] = field(default_factory=dict)  # predict: PredictOptions fields (vector, ...)
 
 
 def time_minutes(text: str) -> int:
@@ -72,8 +76,8 @@ def time_minutes(text: str) -> int:
 
 
 def tasks_per_node(req: Request) -> int:
-    """One rank per GPU, except training, which is one process on one GPU."""
-    return 1 if req.command == "train" else max(1, req.gpus_per_node)
+    """One rank per GPU, except training and prediction: one process on one GPU."""
+    return 1 if req.command in ONE_GPU else max(1, req.gpus_per_node)
 
 
 def slurm_parameters(req: Request) -> Dict[str, Any]:
@@ -88,7 +92,7 @@ def slurm_parameters(req: Request) -> Dict[str, Any]:
         "additional_parameters": {"hint": "nomultithread"},
         "setup": ["export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}  # torch's threads: this task's CPUs"],
     }
-    gpus = 1 if req.command == "train" and req.gpus_per_node else req.gpus_per_node
+    gpus = 1 if req.command in ONE_GPU and req.gpus_per_node else req.gpus_per_node
     if gpus:
         params["gres"] = f"gpu:{gpus}"
     for key in ("partition", "account", "qos", "constraint"):
@@ -151,22 +155,52 @@ class PipelineJob(Checkpointable):
             )
 
 
+class PredictJob:
+    """One task of ``hpcnas predict`` over a folder: its share of the scenes (``part``), skipping finished ones.
+
+    Not checkpointable: a scene is written whole or not at all, so a task
+    killed at its time limit is continued by submitting it again (``resume``).
+    """
+
+    def __init__(self, checkpoint: str, source: str, out: str, part: Optional[str], options: Dict[str, Any]):
+        self.checkpoint, self.source, self.out, self.part, self.options = checkpoint, source, out, part, options
+
+    def __call__(self) -> Dict[str, Any]:
+        from hpcnas import pipeline
+        from hpcnas.predict.run import PredictOptions
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+        options = PredictOptions(part=self.part, resume=True, **self.options)
+        counts = pipeline.predict(self.checkpoint, self.source, self.out, options)
+        return {"run_dir": self.out, "finished": True, **counts}
+
+
 def _check(req: Request) -> None:
-    for name in ("partition", "account", "qos", "constraint", "time", "out", "genotype", "baseline", "config"):
+    for name in (
+        "partition", "account", "qos", "constraint", "time", "out", "genotype", "baseline", "config", "checkpoint",
+        "input",
+    ):  # fmt: skip
         value = getattr(req, name, None)
         if isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):
             # a newline would end the #SBATCH line and start one of the caller's choosing
             raise UserError(f"control character in {value!r}", source=f"--{name.replace('_', '-')}")
     if req.command not in COMMANDS:
         raise UserError(f"unknown command '{req.command}' (known: {', '.join(COMMANDS)})", source="--command")
-    from hpcnas.config import load_config
+    if req.command == "predict":
+        _check_predict(req)
+    else:
+        if not req.config:
+            raise UserError(f"--command {req.command} needs --config", source="--config")
+        from hpcnas.config import load_config
 
-    load_config(req.config, req.overrides)  # a missing or wrong config fails here, not on the cluster
+        load_config(req.config, req.overrides)  # a missing or wrong config fails here, not on the cluster
     if req.nodes < 1 or req.gpus_per_node < 0 or req.cpus_per_task < 1:
         raise UserError("--nodes and --cpus-per-task must be at least 1, --gpus-per-node at least 0")
-    if req.command == "train" and req.nodes != 1:
-        raise UserError("train runs as one process: use --nodes 1", source="--nodes")
-    if req.array is not None:
+    if req.command in ONE_GPU and req.nodes != 1:
+        raise UserError(f"{req.command} runs as one process per task: use --nodes 1", source="--nodes")
+    if req.command == "predict":
+        pass  # --array N: N tasks, each predicting every N-th scene (checked with the scenes)
+    elif req.array is not None:
         if req.command != "train" or req.genotype or req.baseline:
             raise UserError(
                 "--array N trains N random cells: use it with --command train and without --genotype/--baseline",
@@ -180,8 +214,36 @@ def _check(req: Request) -> None:
         raise UserError(f"the warning must come before the time limit ({req.time})", source="--signal-delay")
 
 
-def jobs_for(req: Request) -> List[PipelineJob]:
-    """The job objects of a request: one, or one per array task (random cell seeded by its index)."""
+def _check_predict(req: Request) -> None:
+    """A prediction request names an existing network, existing scenes and an output folder."""
+    if not (req.checkpoint and req.input and req.out):
+        raise UserError("--command predict needs --checkpoint, --input and --out")
+    if JOB_ID in req.out:
+        raise UserError("predict tasks share one output folder: give --out without %j", source="--out")
+    if not Path(req.checkpoint).is_file():
+        raise UserError("no such file", source=req.checkpoint)
+    from hpcnas.predict.run import list_scenes
+
+    scenes = list_scenes(req.input)
+    if req.array is not None and not 1 <= req.array <= len(scenes):
+        raise UserError(f"--array must be between 1 and the {len(scenes)} scene(s)", source="--array")
+    if req.overrides or req.genotype or req.baseline:
+        raise UserError("--command predict takes no --set, --genotype or --baseline")
+
+
+def jobs_for(req: Request) -> "List[Any]":
+    """The job objects of a request: one, or one per array task (random cell seeded by its index, or a
+    share of the scenes to predict)."""
+    if req.command == "predict":
+        assert req.checkpoint and req.input and req.out
+        tasks = req.array or 1
+        paths = (str(Path(p).resolve()) for p in (req.checkpoint, req.input, req.out))
+        checkpoint, source, out_dir = paths
+        return [
+            PredictJob(checkpoint, source, out_dir, f"{i}/{tasks}" if tasks > 1 else None, req.predict_options)
+            for i in range(tasks)
+        ]
+    assert req.config
     out = str(Path(req.out or f"runs/{req.command}-{JOB_ID}").resolve())
     config = str(Path(req.config).resolve())
     genotype = str(Path(req.genotype).resolve()) if req.genotype else None

@@ -123,6 +123,17 @@ def predict_scene(scene: Scene, engine: Engine, paths: Dict[str, Path], options:
     return time.perf_counter() - start
 
 
+GDAL_CACHE_MB = 256
+
+
+def _bounded_gdal_cache():
+    """GDAL's block cache defaults to 5 % of the node's memory (25 GB on a 512 GB node): bound it, so the
+    memory of a prediction depends on the scene's width and the window only."""
+    import rasterio
+
+    return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
+
+
 def _bar(total: int, name: str):
     if not sys.stderr.isatty():
         return None
@@ -169,7 +180,7 @@ def predict(
         plan.append((path, paths))
     out_dir.mkdir(parents=True, exist_ok=True)
     for path, paths in plan:
-        with Scene(path, card.bands) as scene:
+        with _bounded_gdal_cache(), Scene(path, card.bands) as scene:
             seconds = predict_scene(scene, net, paths, options, tile)
         log.info(
             "%s: %dx%d px in %.1f s (%.2f Mpx/s) -> %s",

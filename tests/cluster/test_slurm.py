@@ -16,6 +16,7 @@ import sys
 import time
 
 import pytest
+import rasterio
 import torch
 
 from hpcnas.rundir import read_jsonl
@@ -287,6 +288,42 @@ def test_submitted_job_is_requeued_at_its_time_limit_and_resumes(cluster, tmp_pa
     logs = "".join(p.read_text() for p in (tmp_path / "logs").rglob("*_log.err"))
     assert "Requeued job" in logs, logs[-3000:]
     assert_same_run(run, reference)
+
+
+@pytest.fixture(scope="module")
+def geo_run(tmp_path_factory):
+    """A network trained on small GeoTIFFs and three new scenes to predict."""
+    from tests.geodata import make_geo_run
+
+    return make_geo_run(tmp_path_factory.mktemp("geo"), scenes=3)
+
+
+def test_predict_array_script_and_submit_share_the_scenes(cluster, geo_run, tmp_path):
+    ckpt = str(geo_run / "run" / "checkpoints" / "best.pt")
+    out = tmp_path / "pred"
+    args = ["--checkpoint", ckpt, "--input", str(geo_run / "scenes"), "--out", str(out), "--device", "cpu"]
+    proc, _ = sbatch(
+        "predict.sh", *args, "--vector", sbatch_args=["--array=0-1", "--cpus-per-task=1"], output=tmp_path / "p-%a.out"
+    )
+    logs = [(tmp_path / f"p-{i}.out").read_text() for i in (0, 1)]
+    assert proc.returncode == 0, "".join(logs) + proc.stderr
+    assert "--part 0/2" in logs[0] and "--part 1/2" in logs[1]
+    assert "2 scene(s)" in logs[0] and "1 scene(s)" in logs[1]  # task 0: scenes 0 and 2, task 1: scene 1
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(f"{s}{suffix}" for s in ("new", "new1", "new2") for suffix in ("_classes.tif", ".geojson"))
+
+    submitted_out = tmp_path / "submitted"
+    done = run_cli(
+        "submit", "--command", "predict", "--checkpoint", ckpt, "--input", str(geo_run / "scenes"),
+        "--out", str(submitted_out), "--array", "3", "--gpus-per-node", "1", "--cpus-per-task", "1",
+        "--time", "00:10:00", "--logs", str(tmp_path / "logs"), "--wait", env=JOB_ENV,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("submitted job") == 3 and done.stdout.count(f"done: {submitted_out}") == 3
+    for name in ("new", "new1", "new2"):
+        with rasterio.open(out / f"{name}_classes.tif") as a, rasterio.open(submitted_out / f"{name}_classes.tif") as b:
+            assert a.crs == b.crs and a.transform == b.transform
+            assert (a.read() == b.read()).all()
 
 
 def test_bad_submissions_fail_at_once_with_one_line(cluster, tmp_path):

@@ -106,6 +106,30 @@ def test_bad_requests_are_one_line(args, message):
     assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
 
 
+def test_predict_requests_are_checked_before_submitting(tmp_path):
+    (tmp_path / "scenes").mkdir()
+    for name in ("a.png", "b.png"):
+        (tmp_path / "scenes" / name).write_bytes(b"")
+    ckpt = tmp_path / "best.pt"
+    ckpt.write_bytes(b"")
+    base = ["submit", "--command", "predict", "--dry-run"]
+    scenes = ["--input", str(tmp_path / "scenes")]
+    for args, message in [
+        ([*scenes, "--out", "o"], "--command predict needs --checkpoint, --input and --out"),
+        (["--checkpoint", str(tmp_path / "no.pt"), *scenes, "--out", "o"], "no.pt: no such file"),
+        (["--checkpoint", str(ckpt), *scenes, "--out", "o", "--array", "3"], "--array must be between 1 and the 2"),
+        (["--checkpoint", str(ckpt), *scenes, "--out", "o-%j"], "give --out without %j"),
+        (["--checkpoint", str(ckpt), "--input", str(tmp_path), "--out", "o"], "no scenes"),
+    ]:
+        done = run_cli(*base, *args)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and message in done.stderr, (args, done.stderr)
+    dry = run_cli(*base, "--checkpoint", str(ckpt), *scenes, "--out", "o", "--array", "2")
+    assert dry.returncode == 0, dry.stderr
+    assert "#SBATCH --array=0-1" in dry.stdout and "#SBATCH --gres=gpu:1" in dry.stdout
+    jobs = jobs_for(Request("predict", checkpoint=str(ckpt), input=str(tmp_path / "scenes"), out="o", array=2))
+    assert [job.part for job in jobs] == ["0/2", "1/2"] and len({job.out for job in jobs}) == 1
+
+
 def test_local_runs_the_job_here_and_waits(tmp_path):
     tiny = [
         "data.synth.n=16",
