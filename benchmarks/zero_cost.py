@@ -32,8 +32,7 @@ def _batch(data: str, count: int = 16):
         images.append(image)
         masks.append(mask)
     reader.close()
-    # contiguous: with a channels-last input, the backward of these cells aborted torch 2.13 on CPU (double free)
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+    x = torch.from_numpy(info.normalization.apply(np.stack(images)))  # C order (see Normalization.apply)
     y = torch.from_numpy(np.stack(masks)).long()
     return x, y
 

@@ -73,7 +73,9 @@ class Normalization:
     def apply(self, batch: np.ndarray) -> np.ndarray:
         """(N, H, W, C) raw values -> (N, C, H, W) float32 network input."""
         x = np.moveaxis(np.asarray(batch, dtype=np.float32), -1, 1)
-        return (x - self.offset[:, None, None]) / self.scale[:, None, None]
+        # C order: numpy would keep the channels-last strides, and torch 2.13's CPU backward of these cells
+        # aborts on a channels-last input
+        return np.ascontiguousarray((x - self.offset[:, None, None]) / self.scale[:, None, None])
 
 
 class BandStatistics:

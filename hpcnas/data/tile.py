@@ -150,7 +150,8 @@ def mask_ids(pixels: np.ndarray, palette: Optional[Palette], where: str) -> np.n
         raise UserError(f"mask has {pixels.shape[-1]} bands; give --palette to map colours to classes", source=where)
     ids = pixels[..., 0]
     if ids.size and (int(ids.max()) > IGNORE_INDEX or int(ids.min()) < 0):
-        raise UserError(f"class id {int(ids.max())} is not in 0-255", source=where)
+        bad = int(ids.max()) if int(ids.max()) > IGNORE_INDEX else int(ids.min())
+        raise UserError(f"class id {bad} is not in 0-255", source=where)
     return ids.astype(np.uint8)
 
 

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional
 
 from hpcnas.data.raster import PILLOW_SUFFIXES, SCENE_SUFFIXES, Scene
 from hpcnas.errors import UserError
-from hpcnas.predict.engines import Engine, engine_for
+from hpcnas.predict.engines import Engine, ModelCard, engine_for
 from hpcnas.predict.outputs import class_map, open_outputs, scene_outputs, softmax
 from hpcnas.predict.sliding import BLENDS, count_windows, sliding_strips
 
@@ -79,10 +79,20 @@ def check_scene(path: Path, engine: Engine) -> Scene:
     return scene
 
 
-def predict_scene(scene: Scene, engine: Engine, paths: Dict[str, Path], options: PredictOptions, tile: int) -> float:
+def window_overlap(card: ModelCard, tile: int, overlap: Optional[int]) -> int:
+    """The overlap asked for, else the training overlap (scaled to another tile), else a quarter of the tile."""
+    if overlap is not None:
+        return overlap
+    if card.overlap is None or not card.tile_size:
+        return tile // 4
+    return min(round(card.overlap * tile / card.tile_size), tile - 1)
+
+
+def predict_scene(
+    scene: Scene, engine: Engine, paths: Dict[str, Path], options: PredictOptions, tile: int, overlap: int
+) -> float:
     """Predict one scene into its output files; returns the seconds it took."""
     card = engine.card
-    overlap = options.overlap if options.overlap is not None else min(card.overlap or tile // 4, tile - 1)
     norm = card.norm
     as_png = scene.path.suffix.lower() in PILLOW_SUFFIXES
     writers = open_outputs(paths, scene, card.class_names, options.probabilities, options.vector, as_png)
@@ -123,7 +133,7 @@ def predict_scene(scene: Scene, engine: Engine, paths: Dict[str, Path], options:
     return time.perf_counter() - start
 
 
-GDAL_CACHE_MB = 256
+GDAL_CACHE_MB = 128  # two rows of 512 px input blocks of a 20,000 px wide 3-band scene, and the output rows
 
 
 def _bounded_gdal_cache():
@@ -158,8 +168,9 @@ def predict(
         raise UserError("this checkpoint does not record its training tile: give --tile", source=checkpoint)
     if net.fixed_tile is not None and tile != net.fixed_tile:
         raise UserError(f"the exported model takes {net.fixed_tile} px windows, not {tile}", source="--tile")
-    if options.overlap is not None and not 0 <= options.overlap < tile:
-        raise UserError(f"must be in [0, {tile}), got {options.overlap}", source="--overlap")
+    overlap = window_overlap(card, tile, options.overlap)
+    if not 0 <= overlap < tile:
+        raise UserError(f"must be in [0, {tile}), got {overlap}", source="--overlap")
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError("exists and is not a folder", source=out)
@@ -181,7 +192,7 @@ def predict(
     out_dir.mkdir(parents=True, exist_ok=True)
     for path, paths in plan:
         with _bounded_gdal_cache(), Scene(path, card.bands) as scene:
-            seconds = predict_scene(scene, net, paths, options, tile)
+            seconds = predict_scene(scene, net, paths, options, tile, overlap)
         log.info(
             "%s: %dx%d px in %.1f s (%.2f Mpx/s) -> %s",
             path.name,

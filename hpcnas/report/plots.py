@@ -75,12 +75,22 @@ def precision_recall(evaluations: Dict[str, dict], path: Path) -> Path:
     return _save(fig, path)
 
 
+def display_rgb(image: np.ndarray) -> np.ndarray:
+    """An (H, W, bands) image of any type as (H, W, 3) in [0, 1]: 8-bit RGB as is, other data (16-bit, more or
+    fewer bands) from its first three bands, stretched between the 2nd and 98th percentiles."""
+    if image.dtype == np.uint8 and image.shape[-1] == 3:
+        return image.astype(np.float32) / 255.0
+    rgb = image[..., :3] if image.shape[-1] >= 3 else np.repeat(image[..., :1], 3, axis=-1)
+    lo, hi = np.percentile(rgb, [2, 98])
+    return np.clip((rgb.astype(np.float32) - lo) / max(float(hi - lo), 1e-6), 0, 1)
+
+
 def prediction_examples(examples: Sequence[Dict[str, np.ndarray]], path: Path) -> Path:
     """Rows of image | truth | prediction (paper Figs. 9, 12); ignore pixels shown grey."""
     rows = len(examples)
     fig, axes = plt.subplots(rows, 3, figsize=(9, 3 * rows), squeeze=False)
     for row, ex in zip(axes, examples):
-        row[0].imshow(ex["image"])
+        row[0].imshow(display_rgb(ex["image"]))
         truth = np.where(ex["truth"] == 255, np.nan, ex["truth"].astype(float))
         row[1].imshow(
             truth,

@@ -192,7 +192,7 @@ def test_polygons_land_at_the_right_map_coordinates_and_objects_cut_by_chunks_ar
     paths = scene_outputs(tmp_path / "out", tmp_path / "s.tif", True)
     (tmp_path / "out").mkdir()
     with Scene(tmp_path / "s.tif") as scene:
-        predict_scene(scene, ThresholdNet(), paths, PredictOptions(vector=True, probabilities=True), 16)
+        predict_scene(scene, ThresholdNet(), paths, PredictOptions(vector=True, probabilities=True), 16, 4)
     features = json.loads(paths["vector"].read_text())
     assert features["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32640"
     boxes = sorted(
@@ -273,7 +273,7 @@ def test_png_input_gives_a_png_mask(tmp_path):
 
     paths = scene_outputs(tmp_path, tmp_path / "a.png", False)
     with Scene(tmp_path / "a.png") as scene:
-        predict_scene(scene, RgbThreshold(), paths, PredictOptions(vector=True), 16)
+        predict_scene(scene, RgbThreshold(), paths, PredictOptions(vector=True), 16, 4)
     assert paths["classes"].suffix == ".png"
     np.testing.assert_array_equal(np.asarray(Image.open(paths["classes"])), (image > 0).astype(np.uint8))
     (feature,) = json.loads(paths["vector"].read_text())["features"]
@@ -328,3 +328,17 @@ def test_exported_model_card_carries_the_bands_and_normalization(geo_run, tmp_pa
     with pytest.raises(UserError, match="not an ONNX model"):
         (tmp_path / "bad.onnx").write_bytes(b"not a model")
         engine_for(str(tmp_path / "bad.onnx"))
+
+
+def test_evaluate_and_report_read_16_bit_data(geo_run, tmp_path):
+    from hpcnas.report.plots import display_rgb
+
+    ckpt = str(geo_run / "run" / "checkpoints" / "best.pt")
+    evaluated = run_cli("evaluate", "--checkpoint", ckpt, "--split", "val", "--out", str(tmp_path / "ev"))
+    assert evaluated.returncode == 0, evaluated.stderr
+    result = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert result["images"] == 1 and 0 <= result["miou"] <= 1
+    with np.load(tmp_path / "ev" / "predictions.npz") as shown:
+        assert shown["image_0"].dtype == np.uint16 and shown["image_0"].shape[-1] == 3
+        picture = display_rgb(shown["image_0"])
+    assert picture.shape[-1] == 3 and 0 <= picture.min() and picture.max() <= 1 and picture.std() > 0

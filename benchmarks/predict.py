@@ -1,0 +1,190 @@
+"""Prediction on large scenes: throughput (megapixels per second) and peak memory against the scene's size.
+
+Every figure comes from the real ``hpcnas predict`` command run as a child
+process on generated 3-band 8-bit GeoTIFFs (tiled, georeferenced): its wall
+time gives the throughput, ``wait4``'s maximum resident set size its peak
+memory.  The network is a small genotype trained for one epoch on synthetic
+data here, unless ``--checkpoint`` names another.
+
+    python benchmarks/predict.py [--sizes 2048,5000,20000] [--tile 256] [--overlap 64] [--device cpu]
+                                 [--json benchmarks/results/predict-cpu.json]
+
+``--seams DATA.h5 --checkpoint CKPT`` instead compares the blends (mean,
+smooth) on the test images of a data set: mIoU over the whole images and
+over the pixels near a window border, where seams show.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from _emit import emit  # noqa: E402 - benchmarks/_emit.py, beside this script
+
+
+def write_scene(path: Path, size: int, block: int = 1024) -> None:
+    """A size x size 3-band uint8 GeoTIFF, written block row by block row (never whole in memory)."""
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    rng = np.random.default_rng(0)
+    profile = dict(driver="GTiff", height=size, width=size, count=3, dtype="uint8", crs="EPSG:32640",
+                   transform=from_origin(500000, 2800000, 0.3, 0.3), tiled=True, blockxsize=512, blockysize=512,
+                   compress="deflate", BIGTIFF="IF_SAFER")  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        yy, xx = np.mgrid[0:block, 0:size]
+        for y in range(0, size, block):
+            h = min(block, size - y)
+            base = (np.sin((yy[:h] + y) / 37.0) + np.cos(xx[:h] / 53.0)) * 60 + 128
+            noise = rng.integers(-20, 20, (3, h, size))
+            dst.write(np.clip(base[None] + noise, 0, 255).astype(np.uint8), window=Window(0, y, size, h))
+
+
+def train_small_network(workdir: Path) -> Path:
+    """A random DARTS-UNet genotype (C=8, depth 2) trained one epoch on synthetic 64 px patches."""
+    data = workdir / "synth.h5"
+    run = workdir / "run"
+    from hpcnas.data.synth import synthesize
+    from hpcnas.pipeline import train
+
+    synthesize(data, n=32, size=64, seed=0)
+    config = workdir / "c.yaml"
+    config.write_text(
+        f"seed: 0\ndevice: cpu\ndata: {{path: {data}}}\n"
+        "space: {topology: darts_unet, channels: 8, depth: 2, nodes: 2}\n"
+        "train: {epochs: 1, batch_size: 8, select_from_epoch: 1}\n"
+    )
+    train(str(config), [], genotype="random", out=str(run), device="cpu")
+    return run / "checkpoints" / "best.pt"
+
+
+def run_predict(checkpoint: Path, scene: Path, out: Path, args) -> Dict[str, Any]:
+    """``hpcnas predict`` on one scene in a child process: seconds and peak RSS (MB)."""
+    cmd = [sys.executable, "-m", "hpcnas.cli", "predict", "--checkpoint", str(checkpoint), "--input", str(scene),
+           "--out", str(out), "--tile", str(args.tile), "--overlap", str(args.overlap), "--batch", str(args.batch),
+           "--device", args.device]  # fmt: skip
+    cmd += ["--vector"] if args.vector else []
+    start = time.perf_counter()
+    pid = os.spawnv(os.P_NOWAIT, sys.executable, cmd)
+    _, status, usage = os.wait4(pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"hpcnas predict failed on {scene} (exit {os.waitstatus_to_exitcode(status)})")
+    return {"seconds": round(seconds, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+
+
+def scaling(args) -> Dict[str, Any]:
+    rows: List[Dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        work = Path(tmp)
+        checkpoint = Path(args.checkpoint) if args.checkpoint else train_small_network(work)
+        for size in args.sizes:
+            scene = work / f"scene_{size}.tif"
+            t0 = time.perf_counter()
+            write_scene(scene, size)
+            print(f"wrote {size} x {size} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+            measured = run_predict(checkpoint, scene, work / f"out_{size}", args)
+            megapixels = size * size / 1e6
+            rows.append({"size": size, "megapixels": round(megapixels, 1), **measured,
+                         "megapixels_per_s": round(megapixels / measured["seconds"], 3)})  # fmt: skip
+            print(rows[-1], file=sys.stderr, flush=True)
+            scene.unlink()
+    return {"device": args.device, "tile": args.tile, "overlap": args.overlap, "batch": args.batch,
+            "vector": args.vector, "checkpoint": args.checkpoint or "random DARTS-UNet cell, C=8, depth 2",
+            "threads": os.environ.get("OMP_NUM_THREADS", "torch default"), "rows": rows}  # fmt: skip
+
+
+def seams(args) -> Dict[str, Any]:
+    """Mean against smooth blending on the test images of ``args.seams``: mIoU overall and near window borders."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from hpcnas.data.hdf5 import PatchReader, read_info
+    from hpcnas.predict.sliding import window_starts
+    from hpcnas.train.evaluate import full_images
+    from hpcnas.train.metrics import confusion, summarize
+
+    info = read_info(args.seams)
+    split = "test" if info.split_sizes.get("test") else "val"
+    results: Dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        work = Path(tmp)
+        truths = {}
+        for k, item in enumerate(full_images(PatchReader(args.seams, split, info.num_classes), info, split)):
+            image = np.moveaxis(item["image"], -1, 0)
+            with rasterio.open(work / f"s{k}.tif", "w", driver="GTiff", height=image.shape[1], width=image.shape[2],
+                               count=image.shape[0], dtype=image.dtype, crs="EPSG:32640",
+                               transform=from_origin(0, 0, 1, 1)) as dst:  # fmt: skip
+                dst.write(image)
+            truths[f"s{k}"] = item["truth"]
+        (work / "scenes").mkdir()
+        for name in truths:
+            os.replace(work / f"{name}.tif", work / "scenes" / f"{name}.tif")
+        for blend in ("mean", "smooth"):
+            out = work / blend
+            cmd = [sys.executable, "-m", "hpcnas.cli", "predict", "--checkpoint", args.checkpoint, "--input",
+                   str(work / "scenes"), "--out", str(out), "--blend", blend, "--device", args.device]  # fmt: skip
+            if args.tile:
+                cmd += ["--tile", str(args.tile), "--overlap", str(args.overlap)]
+            if os.spawnv(os.P_WAIT, sys.executable, cmd) != 0:
+                raise SystemExit(f"hpcnas predict --blend {blend} failed")
+            whole = np.zeros((info.num_classes,) * 2, np.int64)
+            border = np.zeros_like(whole)
+            for name, truth in truths.items():
+                with rasterio.open(out / f"{name}_classes.tif") as src:
+                    pred = src.read(1)
+                near = np.zeros(truth.shape, bool)
+                tile, overlap = args.tile or info.tile_size, args.overlap if args.tile else info.overlap
+                for axis, length in enumerate(truth.shape):
+                    for start in window_starts(length, tile, overlap)[1:]:
+                        for edge in (start, start + tile - 1):
+                            lo, hi = max(0, edge - 8), min(length, edge + 8)
+                            if axis == 0:
+                                near[lo:hi] = True
+                            else:
+                                near[:, lo:hi] = True
+                whole += confusion(pred, truth, info.num_classes)
+                border += confusion(np.where(near, pred, 255), np.where(near, truth, 255), info.num_classes)
+            results[blend] = {
+                "miou": round(summarize(whole, info.class_names)["miou"], 4),
+                "miou_near_window_borders": round(summarize(border, info.class_names)["miou"], 4),
+            }
+    return {"data": args.seams, "split": split, "images": len(truths), "checkpoint": args.checkpoint, **results}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="2048,5000,20000", help="scene sizes in px (square)")
+    parser.add_argument("--tile", type=int, default=256)
+    parser.add_argument("--overlap", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--vector", action="store_true", help="also write polygons")
+    parser.add_argument("--checkpoint", help="a trained network (default: train a small one here)")
+    parser.add_argument("--seams", metavar="DATA.h5", help="compare the blends on this data set's test images")
+    parser.add_argument("--workdir", default=None, help="where the scenes are generated (default: the temp folder)")
+    parser.add_argument("--json", help="also write the JSON here")
+    args = parser.parse_args()
+    args.sizes = [int(v) for v in args.sizes.split(",")]
+    payload = seams(args) if args.seams else scaling(args)
+    if not args.seams:
+        print(f"{'size':>8} {'Mpx':>7} {'seconds':>9} {'Mpx/s':>7} {'peak RSS MB':>12}")
+        for r in payload["rows"]:
+            print(f"{r['size']:>8} {r['megapixels']:>7} {r['seconds']:>9} {r['megapixels_per_s']:>7} "
+                  f"{r['peak_rss_mb']:>12}")  # fmt: skip
+    emit(payload, args.json)
+
+
+if __name__ == "__main__":
+    main()
