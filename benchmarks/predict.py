@@ -9,9 +9,10 @@ data here, unless ``--checkpoint`` names another.
     python benchmarks/predict.py [--sizes 2048,5000,20000] [--tile 256] [--overlap 64] [--device cpu]
                                  [--json benchmarks/results/predict-cpu.json]
 
-``--seams DATA.h5 --checkpoint CKPT`` instead compares the blends (mean,
-smooth) on the test images of a data set: mIoU over the whole images and
-over the pixels near a window border, where seams show.
+``--seams DATA.h5 --checkpoint A,B --windows 64:16,256:64`` instead compares
+the blends (mean, smooth) on the test images of a data set, for every
+network and window: mIoU over the whole images and over the pixels within
+8 px of a window border, where seams show.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from _emit import emit  # noqa: E402 - benchmarks/_emit.py, beside this script
+
+from hpcnas.predict.sliding import window_starts  # noqa: E402
 
 
 def write_scene(path: Path, size: int, block: int = 1024) -> None:
@@ -105,78 +108,101 @@ def scaling(args) -> Dict[str, Any]:
             "threads": os.environ.get("OMP_NUM_THREADS", "torch default"), "rows": rows}  # fmt: skip
 
 
+def _near_window_borders(shape, tile: int, overlap: int, margin: int = 8) -> np.ndarray:
+    """Pixels within ``margin`` of a window's inner border (where seams show)."""
+    near = np.zeros(shape, bool)
+    for axis, length in enumerate(shape):
+        for start in window_starts(length, tile, overlap)[1:]:
+            for edge in (start, start + tile - 1):
+                lo, hi = max(0, edge - margin), min(length, edge + margin)
+                if axis == 0:
+                    near[lo:hi, :] = True
+                else:
+                    near[:, lo:hi] = True
+    return near
+
+
+def _blend_scores(args, checkpoint: str, scenes: Path, truths, info, tile, overlap, blend: str, out: Path):
+    from hpcnas.train.metrics import confusion, summarize
+
+    cmd = [sys.executable, "-m", "hpcnas.cli", "predict", "--checkpoint", checkpoint, "--input", str(scenes),
+           "--out", str(out), "--blend", blend, "--device", args.device]  # fmt: skip
+    cmd += ["--tile", str(tile), "--overlap", str(overlap)]
+    if os.spawnv(os.P_WAIT, sys.executable, cmd) != 0:
+        raise SystemExit(f"hpcnas predict --blend {blend} failed")
+    whole = np.zeros((info.num_classes,) * 2, np.int64)
+    border = np.zeros_like(whole)
+    for name, truth in truths.items():
+        import rasterio
+
+        with rasterio.open(out / f"{name}_classes.tif") as src:
+            pred = src.read(1)
+        near = _near_window_borders(truth.shape, tile, overlap)
+        whole += confusion(pred, truth, info.num_classes)
+        border += confusion(np.where(near, pred, 255), np.where(near, truth, 255), info.num_classes)
+    return {
+        "miou": round(summarize(whole, info.class_names)["miou"], 4),
+        "miou_near_window_borders": round(summarize(border, info.class_names)["miou"], 4),
+    }
+
+
 def seams(args) -> Dict[str, Any]:
-    """Mean against smooth blending on the test images of ``args.seams``: mIoU overall and near window borders."""
+    """Mean against smooth blending on the test images of ``args.seams``, for every checkpoint and window:
+    mIoU over the whole images and over the pixels near a window border."""
     import rasterio
     from rasterio.transform import from_origin
 
     from hpcnas.data.hdf5 import PatchReader, read_info
-    from hpcnas.predict.sliding import window_starts
     from hpcnas.train.evaluate import full_images
-    from hpcnas.train.metrics import confusion, summarize
 
     info = read_info(args.seams)
     split = "test" if info.split_sizes.get("test") else "val"
-    results: Dict[str, Any] = {}
+    windows = [tuple(int(v) for v in w.split(":")) for w in args.windows.split(",")] if args.windows else [
+        (info.tile_size, info.overlap)
+    ]  # fmt: skip
+    rows: List[Dict[str, Any]] = []
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
+        scenes = work / "scenes"
+        scenes.mkdir()
         truths = {}
         for k, item in enumerate(full_images(PatchReader(args.seams, split, info.num_classes), info, split)):
             image = np.moveaxis(item["image"], -1, 0)
-            with rasterio.open(work / f"s{k}.tif", "w", driver="GTiff", height=image.shape[1], width=image.shape[2],
-                               count=image.shape[0], dtype=image.dtype, crs="EPSG:32640",
-                               transform=from_origin(0, 0, 1, 1)) as dst:  # fmt: skip
+            with rasterio.open(scenes / f"s{k}.tif", "w", driver="GTiff", height=image.shape[1],
+                               width=image.shape[2], count=image.shape[0], dtype=image.dtype, crs="EPSG:32640",
+                               transform=from_origin(500000, 2800000, 1, 1)) as dst:  # fmt: skip
                 dst.write(image)
             truths[f"s{k}"] = item["truth"]
-        (work / "scenes").mkdir()
-        for name in truths:
-            os.replace(work / f"{name}.tif", work / "scenes" / f"{name}.tif")
-        for blend in ("mean", "smooth"):
-            out = work / blend
-            cmd = [sys.executable, "-m", "hpcnas.cli", "predict", "--checkpoint", args.checkpoint, "--input",
-                   str(work / "scenes"), "--out", str(out), "--blend", blend, "--device", args.device]  # fmt: skip
-            if args.tile:
-                cmd += ["--tile", str(args.tile), "--overlap", str(args.overlap)]
-            if os.spawnv(os.P_WAIT, sys.executable, cmd) != 0:
-                raise SystemExit(f"hpcnas predict --blend {blend} failed")
-            whole = np.zeros((info.num_classes,) * 2, np.int64)
-            border = np.zeros_like(whole)
-            for name, truth in truths.items():
-                with rasterio.open(out / f"{name}_classes.tif") as src:
-                    pred = src.read(1)
-                near = np.zeros(truth.shape, bool)
-                tile, overlap = args.tile or info.tile_size, args.overlap if args.tile else info.overlap
-                for axis, length in enumerate(truth.shape):
-                    for start in window_starts(length, tile, overlap)[1:]:
-                        for edge in (start, start + tile - 1):
-                            lo, hi = max(0, edge - 8), min(length, edge + 8)
-                            if axis == 0:
-                                near[lo:hi] = True
-                            else:
-                                near[:, lo:hi] = True
-                whole += confusion(pred, truth, info.num_classes)
-                border += confusion(np.where(near, pred, 255), np.where(near, truth, 255), info.num_classes)
-            results[blend] = {
-                "miou": round(summarize(whole, info.class_names)["miou"], 4),
-                "miou_near_window_borders": round(summarize(border, info.class_names)["miou"], 4),
-            }
-    return {"data": args.seams, "split": split, "images": len(truths), "checkpoint": args.checkpoint, **results}
+        for c, checkpoint in enumerate(args.checkpoint.split(",")):
+            for tile, overlap in windows:
+                row: Dict[str, Any] = {"checkpoint": checkpoint, "tile": tile, "overlap": overlap}
+                for blend in ("mean", "smooth"):
+                    out = work / f"{c}-{tile}-{overlap}-{blend}"
+                    row[blend] = _blend_scores(args, checkpoint, scenes, truths, info, tile, overlap, blend, out)
+                rows.append(row)
+                print(row, file=sys.stderr, flush=True)
+    wins = sum(r["smooth"]["miou_near_window_borders"] >= r["mean"]["miou_near_window_borders"] for r in rows)
+    return {"data": args.seams, "split": split, "images": len(truths), "rows": rows,
+            "smooth_not_worse_near_borders": f"{wins} of {len(rows)}"}  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="2048,5000,20000", help="scene sizes in px (square)")
-    parser.add_argument("--tile", type=int, default=256)
-    parser.add_argument("--overlap", type=int, default=64)
+    parser.add_argument("--tile", type=int, default=None, help="window (default 256; --seams: the training tile)")
+    parser.add_argument("--overlap", type=int, default=None, help="overlap (default 64; --seams: the training one)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--vector", action="store_true", help="also write polygons")
-    parser.add_argument("--checkpoint", help="a trained network (default: train a small one here)")
+    parser.add_argument("--checkpoint", help="a trained network (default: train a small one here); --seams: A,B,...")
+    parser.add_argument("--windows", help="--seams: TILE:OVERLAP,... (default: the training tile and overlap)")
     parser.add_argument("--seams", metavar="DATA.h5", help="compare the blends on this data set's test images")
     parser.add_argument("--workdir", default=None, help="where the scenes are generated (default: the temp folder)")
     parser.add_argument("--json", help="also write the JSON here")
     args = parser.parse_args()
     args.sizes = [int(v) for v in args.sizes.split(",")]
+    if not args.seams:
+        args.tile, args.overlap = args.tile or 256, 64 if args.overlap is None else args.overlap
     payload = seams(args) if args.seams else scaling(args)
     if not args.seams:
         print(f"{'size':>8} {'Mpx':>7} {'seconds':>9} {'Mpx/s':>7} {'peak RSS MB':>12}")

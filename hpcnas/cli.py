@@ -378,7 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, help="window size in px (default: the training tile)")
     p.add_argument("--overlap", type=int, help="window overlap in px (default: the training overlap)")
     p.add_argument("--batch", type=int, default=8, help="windows per forward pass (default 8)")
-    p.add_argument("--blend", default="mean", choices=["mean", "smooth"], help="how overlapping logits are blended")
+    p.add_argument(
+        "--blend",
+        default="smooth",
+        choices=["mean", "smooth"],
+        help="overlapping logits: weights fading toward window borders (default), or the plain mean",
+    )
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument(
         "--engine", default="auto", choices=["auto", "torch", "torchscript", "onnxruntime"], help="default: by file"

@@ -31,7 +31,7 @@ class PredictOptions:
     tile: Optional[int] = None  # default: the tile the network was trained on
     overlap: Optional[int] = None  # default: the training overlap
     batch: int = 8
-    blend: str = "mean"
+    blend: str = "smooth"  # measured against "mean" on the Dubai test images: never worse near window borders
     probabilities: bool = False
     vector: bool = False
     resume: bool = False
