@@ -6,7 +6,15 @@ reads the training time of each epoch from metrics.jsonl (the first epoch is
 warm-up and not counted). Every step consumes two batches per rank: one for
 the architecture step, one for the weight step.
 
-    python benchmarks/data_parallel.py [--ranks 1,2] [--device cpu|cuda] [--size 64] [--batch 4] [--json out.json]
+    python benchmarks/data_parallel.py [--ranks 1,2] [--device cpu|cuda] [--size 64] [--batch 4]
+        [--threads-per-rank 1] [--sync-batchnorm true|false] [--json out.json]
+
+Every rank gets the same torch threads (``--threads-per-rank``, 1 by default),
+so the 1-rank run does not take every core and the ratio measures parallelism.
+Each row also gives the blocking collectives per step and the share of the
+training time spent waiting in them (the search's own counters).  Open MPI and
+Horovod settings in the environment (``OMPI_MCA_mpi_yield_when_idle``,
+``HOROVOD_CYCLE_TIME``) are recorded with the results.
 """
 
 from __future__ import annotations
@@ -61,12 +69,18 @@ def run_one(ranks: int, args, workdir: Path) -> dict:
     if ranks > 1:
         cmd = [args.mpirun, "-np", str(ranks), "--oversubscribe"] + cmd
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    if args.threads_per_rank:  # the same on both sides, or the 1-rank run takes every core and the ratio says nothing
+        env["OMP_NUM_THREADS"] = str(args.threads_per_rank)
+        if ranks > 1:
+            cmd[cmd.index("--oversubscribe") + 1 : cmd.index("--oversubscribe") + 1] = ["-x", "OMP_NUM_THREADS"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"search on {ranks} rank(s) failed:\n{proc.stderr[-3000:]}")
     records = read_jsonl(out / "metrics.jsonl")[1:]  # epoch 0 is warm-up
     steps = sum(r["steps"] for r in records)
     seconds = sum(r["train_s"] for r in records)
+    collectives = [r.get("collectives_per_step", 0.0) for r in records]
+    waiting = sum(r.get("collective_s_per_step", 0.0) * r["steps"] for r in records)
     images = steps * args.batch * ranks * 2
     return {
         "ranks": ranks,
@@ -77,6 +91,10 @@ def run_one(ranks: int, args, workdir: Path) -> dict:
         "steps": steps,
         "train_s": seconds,
         "images_per_s": images / seconds,
+        "threads_per_rank": args.threads_per_rank or "torch default",
+        "collectives_per_step": max(collectives) if collectives else 0.0,
+        "collective_s_per_step": waiting / max(steps, 1),
+        "collective_share": waiting / seconds,
     }
 
 
@@ -92,6 +110,7 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--mpirun", default=shutil.which("mpirun") or "mpirun")
     p.add_argument("--sync-batchnorm", default="true", choices=["true", "false"])
+    p.add_argument("--threads-per-rank", type=int, default=1, help="torch threads of every rank, 1 and N alike")
     p.add_argument("--json")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,12 +118,14 @@ def main(argv=None) -> int:
     base = rows[0]["images_per_s"] / rows[0]["ranks"]
     for r in rows:
         r["scaling_efficiency"] = r["images_per_s"] / (base * r["ranks"])
-    print(f"{'ranks':>6}{'device':>8}{'batch/rank':>12}{'images/s':>10}{'efficiency':>12}")
+    print(f"{'ranks':>6}{'device':>8}{'batch/rank':>12}{'images/s':>10}{'efficiency':>12}{'coll/step':>11}{'wait':>7}")
     for r in rows:
         print(
-            f"{r['ranks']:>6}{r['device']:>8}{r['batch_per_rank']:>12}{r['images_per_s']:>10.2f}{r['scaling_efficiency']:>12.2f}"
+            f"{r['ranks']:>6}{r['device']:>8}{r['batch_per_rank']:>12}{r['images_per_s']:>10.2f}"
+            f"{r['scaling_efficiency']:>12.2f}{r['collectives_per_step']:>11.0f}{r['collective_share']:>7.0%}"
         )
-    emit({"benchmark": "data_parallel", "cpus": os.cpu_count(), "rows": rows}, args.json)
+    tuning = {k: os.environ[k] for k in ("HOROVOD_CYCLE_TIME", "OMPI_MCA_mpi_yield_when_idle") if k in os.environ}
+    emit({"benchmark": "data_parallel", "cpus": os.cpu_count(), "environment": tuning, "rows": rows}, args.json)
     return 0
 
 

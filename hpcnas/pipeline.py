@@ -161,11 +161,12 @@ def search(
     """``hpcnas search``: continuous search into a run directory; returns (genotype, run_dir)."""
     cfg = resolve_config(config_path, overrides, resume)
     from hpcnas.data.hdf5 import read_info
-    from hpcnas.distributed import setup
+    from hpcnas.distributed import setup, use_cpu_threads
     from hpcnas.runtime import select_device
     from hpcnas.search.continuous import SupernetSearch
 
     ctx = setup()
+    use_cpu_threads(ctx.local_size)
     dev = select_device(device or cfg.device)
     if dev.type == "cuda" and ctx.size > 1:
         import torch
@@ -257,9 +258,11 @@ def train(
         else:
             raise UserError("give --genotype G.json, --genotype random or --baseline resnet_unet")
     run_dir = open_run("train", cfg, out, resume, write_config=not resume)
+    from hpcnas.distributed import use_cpu_threads
     from hpcnas.runtime import select_device
     from hpcnas.train.trainer import Trainer, model_spec
 
+    use_cpu_threads()
     dev = select_device(device or cfg.device)
     data_path = resolve_data(cfg, run_dir)
     info = read_info(data_path)
@@ -313,9 +316,11 @@ def evaluate(
     device: Optional[str] = None,
 ):
     """``hpcnas evaluate``: full-image metrics; defaults to the run's own data and directory."""
+    from hpcnas.distributed import use_cpu_threads
     from hpcnas.runtime import select_device
     from hpcnas.train.evaluate import evaluate as run_evaluation
 
+    use_cpu_threads()
     ckpt = Path(checkpoint)
     run_dir = ckpt.parent.parent if RunDir(ckpt.parent.parent).checkpoints == ckpt.parent else ckpt.parent
     if data is None:

@@ -7,11 +7,41 @@ search loop calls only these methods, so it reads the same either way.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Dict, Iterable, List
 
 RANK_VARIABLES = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID")
 SIZE_VARIABLES = ("HOROVOD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS")
+
+
+def available_cpus() -> "tuple[int, str]":
+    """How many CPUs this process should use, and why: the fewest of the CPUs it may run on
+    (``sched_getaffinity``: cgroups, taskset, SLURM's binding), ``SLURM_CPUS_PER_TASK`` and
+    ``OMP_NUM_THREADS`` when set.  ``os.cpu_count()`` counts the whole node, which oversubscribes a
+    shared machine."""
+    try:
+        count, why = len(os.sched_getaffinity(0)), "CPUs this process may run on"
+    except (AttributeError, OSError):  # not on Linux
+        count, why = os.cpu_count() or 1, "CPUs of the machine"
+    for name in ("SLURM_CPUS_PER_TASK", "OMP_NUM_THREADS"):
+        value = os.environ.get(name, "")
+        if value.isdigit() and 0 < int(value) < count:
+            count, why = int(value), name
+    return max(1, count), why
+
+
+def use_cpu_threads(ranks_on_node: int = 1) -> int:
+    """Set torch's threads to this process's share of :func:`available_cpus`, split between the ranks of
+    its node; returns the count (logged at debug level with the reason)."""
+    import torch
+
+    cpus, why = available_cpus()
+    threads = max(1, cpus // max(1, ranks_on_node))
+    torch.set_num_threads(threads)
+    share = f" / {ranks_on_node} rank(s) on this node" if ranks_on_node > 1 else ""
+    logging.getLogger("hpcnas").debug("torch threads: %d (%d %s%s)", threads, cpus, why, share)
+    return threads
 
 
 def launched_size() -> int:
@@ -50,9 +80,13 @@ class SingleProcess:
     def average_gradients_(self, params: Iterable) -> None:
         """Average ``p.grad`` across ranks, in place."""
 
-    def sum(self, value):
-        """Sum a tensor or numpy array across ranks."""
+    def sum(self, value, name: str = "hpcnas.sum"):
+        """Sum a tensor or numpy array across ranks (``name``: the same on every rank, for each call site)."""
         return value
+
+    def collectives(self) -> "tuple[int, float]":
+        """Blocking collectives run so far, and the seconds spent waiting in them."""
+        return 0, 0.0
 
     def broadcast_state(self, model, optimizers: Dict[str, Any]) -> None:
         """Give every rank rank 0's parameters, buffers and optimizer states."""

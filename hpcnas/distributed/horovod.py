@@ -14,7 +14,8 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Iterable, List
+import time
+from typing import Any, Dict, Iterable, List, Tuple
 
 import torch
 from torch import nn
@@ -52,25 +53,40 @@ class HorovodContext(SingleProcess):
         hvd.init(comm=comm) if comm is not None else hvd.init()
         self.hvd = hvd
         self.rank, self.size = hvd.rank(), hvd.size()
+        self.collective_count, self.collective_seconds = 0, 0.0
         self.local_rank, self.local_size = hvd.local_rank(), hvd.local_size()
         if torch.cuda.is_available():
             torch.cuda.set_device(self.local_rank % torch.cuda.device_count())
-        else:  # share the node's cores between its ranks
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.local_size))
+
+    def _timed(self, collective, *args, **kwargs):
+        """Run one blocking collective, counted with its wall time (what the step waits for)."""
+        start = time.perf_counter()
+        try:
+            return collective(*args, **kwargs)
+        finally:
+            self.collective_count += 1
+            self.collective_seconds += time.perf_counter() - start
+
+    def collectives(self) -> Tuple[int, float]:
+        return self.collective_count, self.collective_seconds
+
+    def allreduce_sum(self, tensor: torch.Tensor, name: str) -> torch.Tensor:
+        """Sum ``tensor`` over the ranks under a fixed ``name`` (so Horovod's response cache hits)."""
+        return self._timed(self.hvd.allreduce, tensor, op=self.hvd.Sum, name=name)
 
     def average_gradients_(self, params: Iterable) -> None:
         grads = [p.grad for p in params if p.grad is not None]
         if grads:
-            reduced = self.hvd.grouped_allreduce(grads, op=self.hvd.Average, name="arch_grads")
+            reduced = self._timed(self.hvd.grouped_allreduce, grads, op=self.hvd.Average, name="hpcnas.arch_grads")
             for g, r in zip(grads, reduced):
                 g.copy_(r)
 
-    def sum(self, value):
+    def sum(self, value, name: str = "hpcnas.sum"):
         import numpy as np
 
         if isinstance(value, np.ndarray):
-            return self.hvd.allreduce(torch.from_numpy(value), op=self.hvd.Sum, name="sum_np").numpy()
-        return self.hvd.allreduce(value, op=self.hvd.Sum)
+            return self.allreduce_sum(torch.from_numpy(value), f"{name}.np").numpy()
+        return self.allreduce_sum(value, name)
 
     def broadcast_state(self, model, optimizers: Dict[str, Any]) -> None:
         self.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
@@ -88,7 +104,7 @@ class HorovodContext(SingleProcess):
         return self.hvd.DistributedOptimizer(optimizer, named_parameters=named_parameters)
 
     def step(self, optimizer, before_step=None) -> None:
-        optimizer.synchronize()  # averaged gradients first, so clipping sees the global gradient
+        self._timed(optimizer.synchronize)  # averaged gradients first, so clipping sees the global gradient
         if before_step is not None:
             before_step()
         with optimizer.skip_synchronize():
@@ -109,29 +125,51 @@ class HorovodContext(SingleProcess):
         self.hvd.allreduce(torch.zeros(1), name="barrier")
 
     def any(self, flag: bool) -> bool:
-        return bool(self.hvd.allreduce(torch.tensor([float(flag)]), op=self.hvd.Max, name="any_flag")[0] > 0)
+        reduced = self._timed(self.hvd.allreduce, torch.tensor([float(flag)]), op=self.hvd.Max, name="hpcnas.any")
+        return bool(reduced[0] > 0)
+
+
+class _SummedOverRanks(torch.autograd.Function):
+    """A differentiable allreduce-sum under a fixed name: Horovod's response cache then knows it from the
+    second step on, instead of negotiating a fresh name through the coordinator every time.  Every rank's
+    loss depends on the sum, so the gradient of each input is the sum of the ranks' gradients."""
+
+    @staticmethod
+    def forward(ctx, tensor, hvd_ctx, name):
+        ctx.hvd_ctx, ctx.name = hvd_ctx, name
+        return hvd_ctx.allreduce_sum(tensor, f"{name}.fwd")
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.hvd_ctx.allreduce_sum(grad.contiguous(), f"{ctx.name}.bwd"), None, None
 
 
 class SyncBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm whose batch statistics are summed across every rank (differentiable allreduce)."""
+    """BatchNorm whose batch statistics are summed across every rank (differentiable allreduce).
+
+    Exact (N ranks with batch b compute what one rank with batch N*b does) but one blocking collective
+    per layer in the forward pass and one in the backward pass, which no grouping can avoid: each
+    layer needs its statistics before the next layer runs.
+    """
 
     ctx: HorovodContext = None
+    collective_name = "hpcnas.bn"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super().forward(x)
         c = x.shape[1]
-        count = torch.tensor([x.numel() / c], dtype=x.dtype, device=x.device)
+        count = torch.full((1,), x.numel() / c, dtype=x.dtype, device=x.device)
         stats = torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count])
-        total = self.ctx.hvd.allreduce(stats, op=self.ctx.hvd.Sum, name=None)
+        total = _SummedOverRanks.apply(stats, self.ctx, self.collective_name)
         n = total[-1]
         mean = total[:c] / n
         var = total[c : 2 * c] / n - mean * mean
         if self.track_running_stats:
-            with torch.no_grad():
+            with torch.no_grad():  # all on the device: no float(n), no wait for the GPU per layer
                 m = self.momentum if self.momentum is not None else 0.1
                 self.running_mean.mul_(1 - m).add_(m * mean.detach())
-                self.running_var.mul_(1 - m).add_(m * var.detach() * n / max(float(n) - 1, 1.0))
+                self.running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1).clamp_min(1.0))
                 self.num_batches_tracked += 1
         y = (x - mean[None, :, None, None]) * torch.rsqrt(var[None, :, None, None] + self.eps)
         if self.affine:
@@ -141,14 +179,18 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
 
 def convert_sync_batch_norm(module: nn.Module, ctx: HorovodContext) -> nn.Module:
     """Replace every BatchNorm2d (weights and buffers kept) by :class:`SyncBatchNorm2d`."""
-    for name, child in list(module.named_children()):
-        if type(child) is nn.BatchNorm2d:
-            sync = SyncBatchNorm2d(
-                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
-            )
-            sync.load_state_dict(child.state_dict())
-            sync.ctx = ctx
-            setattr(module, name, sync.to(next(child.buffers()).device))
-        else:
-            convert_sync_batch_norm(child, ctx)
+    for index, (name, parent, child) in enumerate(list(_batch_norms(module))):
+        sync = SyncBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+        sync.load_state_dict(child.state_dict())
+        sync.ctx = ctx
+        sync.collective_name = f"hpcnas.bn{index}"  # the same on every rank: modules are built in one order
+        setattr(parent, name, sync.to(next(child.buffers()).device))
     return module
+
+
+def _batch_norms(module: nn.Module):
+    """``(attribute, parent, layer)`` of every plain BatchNorm2d below ``module``, in definition order."""
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.BatchNorm2d:
+                yield name, parent, child

@@ -13,7 +13,6 @@ Only mpi4py, the strategy and the slot live here: no torch.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import deque
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any, Deque, Dict, List, Optional
 
 from hpcnas.board import Board
 from hpcnas.config import Config
+from hpcnas.distributed import available_cpus
 from hpcnas.errors import UserError
 from hpcnas.execution.history import SearchLog, utilization
 from hpcnas.execution.slot import WorkerSlot
@@ -315,7 +315,7 @@ def serve(comm, slot: WorkerSlot) -> None:
 def worker_setup(cfg: Config, run_dir: Path, data: str, local_rank: int, local_size: int) -> WorkerSetup:
     """What every child of this rank needs to know."""
     ev = cfg.evolve
-    threads = ev.executor.threads_per_rank or max(1, (os.cpu_count() or 1) // max(local_size, 1))
+    threads = ev.executor.threads_per_rank or max(1, available_cpus()[0] // max(local_size, 1))
     e = ev.evaluator
     return WorkerSetup(
         str(RunDir(run_dir).config),

@@ -91,9 +91,11 @@ class TorchEngine(Engine):
     def __init__(self, path: str, device: str = "auto"):
         import torch
 
+        from hpcnas.distributed import use_cpu_threads
         from hpcnas.runtime import select_device
         from hpcnas.train.evaluate import load_model
 
+        use_cpu_threads()
         self.device = select_device(device)
         self.model, spec = load_model(path, self.device)
         self.card = ModelCard.from_spec(spec)
@@ -113,8 +115,10 @@ class TorchScriptEngine(Engine):
     def __init__(self, path: str, device: str = "auto"):
         import torch
 
+        from hpcnas.distributed import use_cpu_threads
         from hpcnas.runtime import select_device
 
+        use_cpu_threads()
         self.device = select_device(device)
         extra = {f"{CARD_KEY}.json": ""}
         try:

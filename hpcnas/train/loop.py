@@ -42,8 +42,10 @@ class WeightedCrossEntropy(nn.Module):
         total = nn.functional.cross_entropy(
             logits, target, weight=self.weight, ignore_index=IGNORE_INDEX, reduction="sum"
         )
-        labelled = target[target != IGNORE_INDEX]
-        weight_sum = self.ctx.sum(self.weight[labelled].sum().detach().reshape(1))[0]
+        # no boolean indexing: its size depends on the data, which makes the host wait for the GPU
+        labelled = target != IGNORE_INDEX
+        per_pixel = self.weight[target.clamp(max=len(self.weight) - 1)] * labelled
+        weight_sum = self.ctx.sum(per_pixel.sum().detach().reshape(1), name="hpcnas.loss_weights")[0]
         return total / (weight_sum.clamp_min(1e-12) / self.ctx.size)
 
 
@@ -304,8 +306,14 @@ class EpochLoop:
         reset_peak_memory(self.device)
         self.begin_epoch(epoch)
         record = {"epoch": epoch + 1, "lr": self.sched.get_last_lr()[0]}  # 1-based, as the log and the configs count
+        count0, seconds0 = self.ctx.collectives()
         record.update(self.train_epoch(epoch))
         record["train_s"] = round(time.time() - t0, 3)
+        if self.ctx.size > 1:  # what data parallelism costs the step: blocking collectives and the wait in them
+            count, seconds = self.ctx.collectives()
+            steps = max(record.get("steps", 1), 1)
+            record["collectives_per_step"] = round((count - count0) / steps, 1)
+            record["collective_s_per_step"] = round((seconds - seconds0) / steps, 4)
         self.sched.step()
         record.update(self.validate())
         self.check_replicas()
