@@ -7,15 +7,24 @@ ranks can be oversubscribed.  From each history:
 * utilization (DeepHyper's definition): busy workers integrated over time,
   divided by workers x wall time; over the whole run and over the steady
   state (first start to last dispatch, without the final drain);
-* dispatch overhead per task: start (in the child) minus submit (on rank 0).
+* dispatch overhead per task: start (in the child) minus submit (on rank 0);
+* round-trip idle per task: a worker's next start minus its last end (rank 0
+  taking the result, asking the strategy, recording both, sending the next).
+
+``--simulate`` runs no MPI: it measures rank 0's own cost per task on this
+disk (the real strategy and ``SearchLog``, and one fsync) and feeds it to a
+discrete-event model (``_simulate.py``) of 256, 1,404 and 4,096 ranks with 1-
+and 10-minute tasks, asynchronous and generational, fsync per record against
+group commit.
 
 Targets: asynchronous >= 98 % utilization, <= 5 ms overhead per task, also
 with the multi-objective strategy (``--strategies evolution,nsga2``: NSGA-II
 over mIoU and a parameter stand-in), whose sorting runs on rank 0 between
 dispatches.
 
-    python benchmarks/orchestrator.py [--ranks 4,8,16] [--median 2.0] [--tasks-per-rank 4]
+    python benchmarks/orchestrator.py [--ranks 4,8,16] [--median 2.0] [--tasks-per-rank 10]
         [--strategies evolution,nsga2] [--json out.json] [--plot out.png]
+    python benchmarks/orchestrator.py --simulate [--json out.json]
 """
 
 from __future__ import annotations
@@ -53,6 +62,15 @@ def busy_curve(history, t0: float, points: int = 400):
     return ts - t0, busy
 
 
+def round_trip_idle(history) -> list:
+    """Per task after a rank's first: its start minus the end of the rank's previous task (seconds): what a
+    worker waits for rank 0 to take its result and hand it the next task."""
+    by_rank = {}
+    for r in sorted(history, key=lambda r: r["start"]):
+        by_rank.setdefault(r["rank"], []).append(r)
+    return [b["start"] - a["end"] for runs in by_rank.values() for a, b in zip(runs, runs[1:])]
+
+
 def run_one(world: int, mode: str, strategy: str, args, workdir: Path) -> dict:
     """One orchestrated search; its figures."""
     out = workdir / f"{mode}-{strategy}-{world}"
@@ -77,6 +95,7 @@ def run_one(world: int, mode: str, strategy: str, args, workdir: Path) -> dict:
         first_per_rank.setdefault(r["rank"], r["id"])
     warm = np.array([(r["start"] - r["submit"]) * 1000 for r in history if r["id"] not in first_per_rank.values()])
     last_dispatch = max(d["submit"] for d in dispatch)
+    idle = np.array(round_trip_idle(history)) * 1000
     return {
         "ranks": world,
         "mode": mode,
@@ -87,9 +106,56 @@ def run_one(world: int, mode: str, strategy: str, args, workdir: Path) -> dict:
         "overhead_ms_mean": float(overhead.mean()),
         "overhead_ms_median": float(np.median(overhead)),
         "overhead_ms_warm_mean": float(warm.mean()) if len(warm) else None,
+        "round_trip_idle_ms_median": float(np.median(idle)) if len(idle) else None,
+        "round_trip_idle_ms_mean": float(idle.mean()) if len(idle) else None,
         "wall_s": max(r["end"] for r in history) - min(r["submit"] for r in history),
         "curve": busy_curve(history, min(r["submit"] for r in history)),
     }
+
+
+def simulated(args) -> int:
+    """The discrete-event model (benchmarks/_simulate.py) fed with rank 0's cost measured on this disk."""
+    from _simulate import measure_rank0_cost, simulate
+
+    measured = measure_rank0_cost()
+    cost, fsync = measured["cost_s"], measured["fsync_s"]
+    print(f"rank 0 per task without fsync {1000 * cost:.3f} ms; one fsync {1000 * fsync:.3f} ms", file=sys.stderr)
+    rows = []
+    fsyncs = [("measured", fsync)] + [(f"{ms:g} ms", ms / 1000) for ms in args.fsync_ms]
+    for workers in (256, 1404, 4096):
+        for minutes in (1, 10):
+            for label, fsync_s in fsyncs:
+                for commit in ("every record", "group"):
+                    r = simulate(
+                        workers, 60.0 * minutes, args.sigma, args.tasks_per_rank, cost, fsync_s,
+                        group_commit_s=0.05 if commit == "group" else 0.0,
+                    )  # fmt: skip
+                    rows.append({"ranks": workers, "task_minutes": minutes, "mode": "async", "fsync_ms": 1000 * fsync_s,
+                                 "fsync_of": label, "commit": commit, **r})  # fmt: skip
+            r = simulate(workers, 60.0 * minutes, args.sigma, args.tasks_per_rank, cost, fsync, 0.05, generational=True)
+            rows.append({"ranks": workers, "task_minutes": minutes, "mode": "generational", "fsync_ms": 1000 * fsync,
+                         "fsync_of": "measured", "commit": "group", **r})  # fmt: skip
+    print(f"{'ranks':>6}{'task':>6} {'mode':<13}{'fsync':>9} {'commit':<13}{'util %':>8}{'steady %':>10}"
+          f"{'wait ms':>11}{'rank 0 %':>10}")  # fmt: skip
+    for r in rows:
+        print(
+            f"{r['ranks']:>6}{r['task_minutes']:>5}m {r['mode']:<13}{r['fsync_ms']:>7.2f}ms {r['commit']:<13}"
+            f"{100 * r['utilization']:>8.1f}{100 * r['utilization_steady']:>10.2f}{r['wait_ms_mean']:>11.1f}"
+            f"{100 * r['rank0_busy']:>10.1f}"
+        )
+    emit(
+        {
+            "benchmark": "orchestrator-simulated",
+            "sigma": args.sigma,
+            "tasks_per_rank": args.tasks_per_rank,
+            "rank0_cost_ms": 1000 * cost,
+            "fsync_ms_measured": 1000 * fsync,
+            "commit_every_s": 0.05,
+            "rows": rows,
+        },
+        args.json,
+    )
+    return 0
 
 
 def main(argv=None) -> int:
@@ -99,11 +165,24 @@ def main(argv=None) -> int:
     p.add_argument("--strategies", default="evolution", help="comma-separated: evolution, nsga2, random")
     p.add_argument("--median", type=float, default=2.0, help="median task seconds")
     p.add_argument("--sigma", type=float, default=0.5, help="log-normal shape")
-    p.add_argument("--tasks-per-rank", type=int, default=4)
+    p.add_argument("--tasks-per-rank", type=int, default=10)
     p.add_argument("--mpirun", default=shutil.which("mpirun") or "mpirun")
+    p.add_argument(
+        "--simulate",
+        action="store_true",
+        help="no mpirun: measure rank 0's cost per task here, then model 256 / 1,404 / 4,096 ranks",
+    )
+    p.add_argument(
+        "--fsync-ms",
+        type=lambda text: [float(v) for v in text.split(",")],
+        default=[4.0, 20.0],
+        help="--simulate: fsync times to model besides the one measured here (parallel file systems are slower)",
+    )
     p.add_argument("--json", help="write the rows here too")
     p.add_argument("--plot", help="write the busy-workers plot here (PNG)")
     args = p.parse_args(argv)
+    if args.simulate:
+        return simulated(args)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for world in [int(x) for x in args.ranks.split(",")]:
@@ -137,14 +216,14 @@ def main(argv=None) -> int:
         fig.savefig(args.plot, dpi=110)
     print(
         f"{'mode':<14}{'strategy':<11}{'ranks':>6}{'tasks':>7}{'util %':>9}{'steady %':>10}"
-        f"{'ovh ms med':>12}{'ovh ms mean':>13}{'warm mean':>11}{'wall s':>8}"
+        f"{'ovh ms med':>12}{'ovh ms mean':>13}{'warm mean':>11}{'idle ms med':>13}{'wall s':>8}"
     )
     for r in rows:
         warm = f"{r['overhead_ms_warm_mean']:.2f}" if r["overhead_ms_warm_mean"] is not None else "-"
         print(
             f"{r['mode']:<14}{r['strategy']:<11}{r['ranks']:>6}{r['tasks']:>7}{100 * r['utilization']:>9.1f}"
             f"{100 * r['utilization_steady']:>10.1f}{r['overhead_ms_median']:>12.2f}{r['overhead_ms_mean']:>13.2f}"
-            f"{warm:>11}{r['wall_s']:>8.1f}"
+            f"{warm:>11}{r['round_trip_idle_ms_median'] or 0:>13.2f}{r['wall_s']:>8.1f}"
         )
     for r in rows:
         r.pop("curve")

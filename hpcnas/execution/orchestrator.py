@@ -37,6 +37,7 @@ log = logging.getLogger("hpcnas")
 
 TAG_TASK, TAG_RESULT, TAG_STOP = 1, 2, 3
 POLL_S = 0.0005
+COMMIT_S = 0.05  # group commit: the search log is fsynced at most this often (every record is flushed at once)
 
 
 def make_strategy(cfg: Config, world: int) -> Strategy:
@@ -266,6 +267,7 @@ class Dispatcher:
             results = self._collect()
             for rank, result in results:
                 self._handle(rank, result)
+            self.log.commit(every_s=COMMIT_S)
             if self.heart is not None:
                 self.heart.beat(ranks=self.world, finished=len(self.log.finished), in_flight=len(self.inflight))
             if not self.inflight and (not self._budget_left(started) or not (dispatched or results)):

@@ -192,3 +192,39 @@ def test_history_written_before_objectives_reads_into_objectives(raw):
     e = Evaluation.from_dict(raw)
     assert e.objectives == {"miou": 0.5, "params": 12.0, "flops": 99.0, "peak_memory": 7.5}
     assert Evaluation.from_dict(e.to_dict()) == e
+
+
+def test_group_commit_flushes_every_record_and_fsyncs_a_burst_once(tmp_path, monkeypatch):
+    import os
+
+    import hpcnas.rundir as rundir
+
+    synced, real_fsync = [], os.fsync
+    monkeypatch.setattr(rundir.os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    log = SearchLog(tmp_path)
+    for _ in range(5):
+        task = Task(log.new_id(), {"g": 1}, 4, origin=Origin.STRATEGY)
+        log.log_dispatch(task)
+        log.log_result(Evaluation.of(task, Result.from_dict(answer(task.to_dict())), 1))
+    assert synced == []  # nothing fsynced yet...
+    assert (
+        len(read_jsonl(tmp_path / "dispatch.jsonl")) == len(read_jsonl(tmp_path / "history.jsonl")) == 5
+    )  # ...flushed
+    log.commit(every_s=3600)
+    assert synced == []  # the last commit is too recent
+    log.commit()
+    assert len(synced) == 2  # one fsync per file for the whole burst
+    log.commit()
+    assert len(synced) == 2  # nothing pending: no fsync
+    log.close()
+
+
+def test_a_result_whose_dispatch_was_lost_keeps_its_id(tmp_path):
+    """A machine crash can keep a result's line and lose its dispatch's: no new task may reuse that id."""
+    log = SearchLog(tmp_path)
+    task = Task(log.new_id(), {"g": 1}, 4, origin=Origin.STRATEGY)
+    log.log_dispatch(task)
+    log.log_result(Evaluation.of(task, Result.from_dict(answer(task.to_dict())), 1))
+    log.close()
+    (tmp_path / "dispatch.jsonl").write_text("")
+    assert SearchLog(tmp_path).next_id == 1

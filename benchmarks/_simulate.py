@@ -1,0 +1,144 @@
+"""A discrete-event model of the discrete search at scales this machine cannot run (thousands of ranks).
+
+Workers run tasks of log-normal length; rank 0 is one server that handles each
+result and dispatches the next task, one at a time, taking ``cost_s`` each
+(measured: :func:`measure_rank0_cost`).  Records are fsynced either with every
+record (two per task: the dispatch and the result) or by group commit: at most
+once per ``commit_every_s``, two fsyncs for everything written since, as
+``SearchLog.commit`` does.  A worker waits from the end of its task until rank 0
+has handled its result and sent it the next one; that wait, summed, is what
+utilization loses.
+"""
+
+from __future__ import annotations
+
+import heapq
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+
+
+def measure_rank0_cost(tasks: int = 400, group_commit: bool = True) -> Dict[str, float]:
+    """Rank 0's own time per task on this disk: the strategy's ask and tell and both records, by the real
+    ``SearchLog`` (with its fsyncs unless ``group_commit``), and the time of one fsync."""
+    import os
+
+    from hpcnas.config import load_config
+    from hpcnas.execution.history import SearchLog
+    from hpcnas.execution.orchestrator import make_strategy
+    from hpcnas.records import Evaluation, Result, Status, Task
+
+    cfg = load_config(None, ["evolve.strategy.population=16", "evolve.strategy.sample_size=4"])
+    with tempfile.TemporaryDirectory(dir=".") as tmp:
+        log = SearchLog(Path(tmp))
+        strategy = make_strategy(cfg, 64)
+        log._dispatch.group_commit = log._history.group_commit = group_commit
+        start = time.perf_counter()
+        for k in range(tasks):
+            proposal = strategy.ask()
+            assert proposal is not None
+            task = Task(log.new_id(), proposal.genotype.to_dict(), 8, proposal.parent)
+            log.log_dispatch(task)
+            result = Result(task.id, Status.OK, fitness=float(k % 97) / 97, start=0.0, end=1.0)
+            evaluation = Evaluation.of(task, result, 1)
+            log.log_result(evaluation)
+            strategy.tell(evaluation)
+        per_task = (time.perf_counter() - start) / tasks
+        log.close()
+        probe = Path(tmp) / "probe"
+        with open(probe, "w") as fh:
+            t0 = time.perf_counter()
+            for _ in range(50):
+                fh.write("x\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            fsync = (time.perf_counter() - t0) / 50
+    return {"cost_s": per_task, "fsync_s": fsync}
+
+
+def simulate(
+    workers: int,
+    median_s: float,
+    sigma: float,
+    tasks_per_worker: int,
+    cost_s: float,
+    fsync_s: float,
+    group_commit_s: float = 0.0,
+    generational: bool = False,
+    seed: int = 0,
+) -> Dict[str, float]:
+    """Utilization (whole run and steady state: up to the last dispatch) and the mean wait per task.
+
+    ``cost_s`` is rank 0's work per task without fsync; with ``group_commit_s`` = 0 each task adds two
+    fsyncs, otherwise rank 0 commits (two fsyncs) at most once per ``group_commit_s``.
+    """
+    rng = np.random.default_rng(seed)
+    budget = workers * tasks_per_worker
+    durations = iter(rng.lognormal(np.log(median_s), sigma, budget).tolist())
+    per_task = cost_s + (0.0 if group_commit_s else 2 * fsync_s)
+    intervals: List[tuple] = []  # (start, end) of every task
+    waits: List[float] = []
+    rank0_busy = 0.0
+    clock, last_commit, pending = 0.0, 0.0, 0
+    dispatched = 0
+    last_dispatch = 0.0
+    ends: List[tuple] = []  # (end time, worker)
+
+    def serve(now: float, work: float) -> float:
+        """Rank 0 spends ``work`` seconds from ``now`` (then commits, when a group commit is due)."""
+        nonlocal last_commit, pending, rank0_busy
+        now += work
+        rank0_busy += work
+        if group_commit_s and pending and now - last_commit >= group_commit_s:
+            now += 2 * fsync_s
+            rank0_busy += 2 * fsync_s
+            last_commit, pending = now, 0
+        return now
+
+    def dispatch(worker: int, now: float) -> None:
+        nonlocal dispatched, last_dispatch
+        length = next(durations)
+        dispatched += 1
+        last_dispatch = now
+        intervals.append((now, now + length))
+        heapq.heappush(ends, (now + length, worker))
+
+    if generational:
+        while dispatched < budget:
+            batch = min(workers, budget - dispatched)
+            for w in range(batch):
+                pending += 1
+                clock = serve(clock, per_task / 2)  # sending a generation, one task at a time
+                dispatch(w, clock)
+            finished = sorted(heapq.heappop(ends) for _ in range(batch))
+            for end, _ in finished:  # rank 0 handles the results as they arrive
+                pending += 1
+                clock = serve(max(clock, end), per_task / 2)
+            waits.extend(clock - end for end, _ in finished)
+    else:
+        for w in range(workers):
+            pending += 1
+            clock = serve(clock, per_task / 2)
+            dispatch(w, clock)
+        while ends:
+            end, worker = heapq.heappop(ends)
+            pending += 2
+            clock = serve(max(clock, end), per_task)  # handle the result, send the next task
+            if dispatched < budget:
+                dispatch(worker, clock)
+                waits.append(clock - end)
+    span_end = max(end for _, end in intervals)
+    return {
+        "utilization": _busy(intervals, span_end) / (workers * span_end),
+        "utilization_steady": _busy(intervals, last_dispatch) / (workers * last_dispatch),
+        "wait_ms_mean": 1000 * float(np.mean(waits)) if waits else 0.0,
+        "rank0_busy": rank0_busy / span_end,
+    }
+
+
+def _busy(intervals: List[tuple], until: float) -> float:
+    """Worker-seconds busy between 0 and ``until``."""
+    return sum(max(0.0, min(end, until) - start) for start, end in intervals)
