@@ -144,10 +144,11 @@ class TrainConfig:
 class StrategySection:
     """Which strategy proposes the architectures of a discrete search, and how."""
 
-    name: str = "evolution"  # a registered strategy: evolution, nsga2 (multi-objective), random
+    name: str = "evolution"  # a registered strategy: evolution, nsga2 (multi-objective), random, random_exploit
     mode: Literal["async", "generational"] = "async"  # steady-state, or the paper's Algorithm 1
-    population: int = field(default=20, metadata=_range(1))
+    population: int = field(default=20, metadata=_range(1))  # random_exploit: the random warm-up
     sample_size: int = field(default=5, metadata=_range(1))  # tournament size
+    exploit: float = field(default=0.5, metadata=_range(0.0, 1.0))  # random_exploit: share mutating the best
 
 
 @dataclass

@@ -45,7 +45,7 @@ def make_strategy(cfg: Config, world: int) -> Strategy:
     ev = cfg.evolve
     objectives = parse_objectives(ev.objectives)
     strategy = strategy_class(ev.strategy.name).from_options(
-        SearchSpace.from_config(cfg), cfg.seed, objectives, ev.strategy.population, ev.strategy.sample_size
+        SearchSpace.from_config(cfg), cfg.seed, objectives, ev.strategy
     )
     return Generational(strategy, size=world) if ev.strategy.mode == "generational" else strategy
 

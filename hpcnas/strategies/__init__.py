@@ -8,7 +8,7 @@ killed search resumes).  A strategy is known to ``evolve.strategy.name`` by the
 name it registers with :func:`register`.
 """
 
-from hpcnas.strategies import evolution, nsga2, random  # noqa: F401 - importing registers them
+from hpcnas.strategies import evolution, nsga2, random, random_exploit  # noqa: F401 - importing registers them
 from hpcnas.strategies.base import STRATEGIES, Generational, Proposal, Strategy, register, strategy_class
 
 __all__ = ["STRATEGIES", "Generational", "Proposal", "Strategy", "register", "strategy_class"]

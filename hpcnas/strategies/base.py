@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Dict, List, Optional, Sequence, Type
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Type
 
 from hpcnas.errors import UserError, nearest
 from hpcnas.records import Evaluation
@@ -40,10 +40,9 @@ class Strategy:
         self.succeeded: List[Evaluation] = []  # every evaluation told that ended ok
 
     @classmethod
-    def from_options(
-        cls, space: SearchSpace, seed: int, objectives: Sequence[Objective], population: int, sample_size: int
-    ) -> "Strategy":
-        """Build from the configured options (a strategy ignores those it has no use for)."""
+    def from_options(cls, space: SearchSpace, seed: int, objectives: Sequence[Objective], options: Any) -> "Strategy":
+        """Build from ``evolve.strategy`` (``options``: population, sample_size, ...; each strategy takes the
+        fields it has a use for)."""
         return cls(space, seed, objectives)
 
     def ask(self) -> Optional[Proposal]:
@@ -75,12 +74,18 @@ class Strategy:
 
     def fresh(self, make: Callable[[], Genotype], tries: int = 50) -> Genotype:
         """A genotype from ``make()`` not proposed before (after ``tries``, whatever comes)."""
+        return self.draw(make, tries)[0]
+
+    def draw(self, make: Callable[[], Genotype], tries: int = 50) -> "tuple[Genotype, bool]":
+        """``(genotype, new)``: the first of up to ``tries`` calls of ``make()`` not proposed before, or the last
+        one with ``new`` false; either way it counts as proposed from now on."""
         for _ in range(tries):
             g = make()
             if g not in self.seen:
-                break
+                self.seen.add(g)
+                return g, True
         self.seen.add(g)
-        return g
+        return g, False
 
 
 STRATEGIES: Dict[str, Type[Strategy]] = {}

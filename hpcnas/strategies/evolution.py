@@ -45,8 +45,8 @@ class RegularizedEvolution(Strategy):
         self.results = 0
 
     @classmethod
-    def from_options(cls, space, seed, objectives, population, sample_size):
-        return cls(space, seed, objectives, population, sample_size)
+    def from_options(cls, space, seed, objectives, options):
+        return cls(space, seed, objectives, options.population, options.sample_size)
 
     def ask(self) -> Optional[Proposal]:
         if len(self.population) < self.population_size and self.results < self.population_size:

@@ -83,8 +83,8 @@ class NSGA2(Strategy):
         threading.Thread(target=importlib.import_module, args=(PYMOO_METRICS,), daemon=True).start()
 
     @classmethod
-    def from_options(cls, space, seed, objectives, population, sample_size):
-        return cls(space, seed, objectives, population, sample_size)
+    def from_options(cls, space, seed, objectives, options):
+        return cls(space, seed, objectives, options.population, options.sample_size)
 
     def _key(self, i: int) -> Tuple[int, float, int]:
         rank, distance = self.ranking[i]

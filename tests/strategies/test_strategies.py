@@ -48,6 +48,7 @@ def drive(strategy, results):
 def test_strategies_never_import_torch_or_numpy():
     code = (
         "import sys, hpcnas.strategies.evolution, hpcnas.strategies.random, hpcnas.strategies.nsga2, "
+        "hpcnas.strategies.random_exploit, "
         "hpcnas.execution.orchestrator, hpcnas.execution.slot; print('torch' in sys.modules, 'numpy' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
@@ -126,3 +127,55 @@ def test_best_is_the_primary_objective_among_feasible_results():
         rs.tell(evaluation(i, rs.ask().genotype, "ok" if fit else "crashed", fit, params=params))
     assert rs.best().id == 2  # 0 is better but breaks the bound; 3 failed
     assert [e.id for e in rs.front()] == [1, 2]
+
+
+def _leaves(value):
+    """The scalar leaves of a genotype's dict, in order (to count the genes two genotypes differ in)."""
+    if isinstance(value, dict):
+        return [leaf for key in sorted(value) for leaf in _leaves(value[key])]
+    if isinstance(value, (list, tuple)):
+        return [leaf for item in value for leaf in _leaves(item)]
+    return [value]
+
+
+def distance(a, b) -> int:
+    return sum(x != y for x, y in zip(_leaves(a.to_dict()), _leaves(b.to_dict())))
+
+
+@pytest.mark.parametrize("exploit", [0.0, 0.5, 1.0])
+def test_random_exploit_samples_around_the_best_after_its_warm_up(exploit):
+    from hpcnas.strategies.random_exploit import RandomExploit
+
+    space = SearchSpace.of("darts_unet", nodes=3, depth=2)
+    strategy = RandomExploit(space, seed=5, warmup=10, exploit=exploit)
+    proposals, told = [], []
+    for i in range(150):
+        proposal = strategy.ask()
+        proposals.append(proposal)
+        # the fitness of the first warm-up sample is best of all: it stays the incumbent
+        told.append(evaluation(i, proposal.genotype, "ok", 0.9 if i == 0 else 0.1, proposal.parent))
+        strategy.tell(told[-1])
+    incumbent = proposals[0].genotype
+    assert all(p.parent is None for p in proposals[:10])  # the warm-up is uniform
+    after = proposals[10:]
+    near = [p for p in after if p.parent == 0]
+    share = len(near) / len(after)
+    assert abs(share - exploit) < 0.12 if exploit < 1 else share > 0.6  # (1.0: until its 96 neighbours run out)
+    assert all(0 < distance(p.genotype, incumbent) <= 2 for p in near)  # neighbours, never the incumbent itself
+    far = [distance(p.genotype, incumbent) for p in after if p.parent is None]
+    if near and far:
+        assert sum(distance(p.genotype, incumbent) for p in near) / len(near) < sum(far) / len(far) / 2
+    assert len({p.genotype for p in proposals}) == len(proposals)  # never proposed twice
+    assert strategy_class("random_exploit") is RandomExploit
+
+
+def test_random_exploit_is_configured_from_evolve_strategy():
+    from hpcnas.config import load_config
+    from hpcnas.execution.orchestrator import make_strategy
+
+    cfg = load_config(None, ["evolve.strategy.name=random_exploit", "evolve.strategy.population=7",
+                             "evolve.strategy.exploit=0.25"])  # fmt: skip
+    strategy = make_strategy(cfg, 4)
+    assert (strategy.warmup, strategy.exploit) == (7, 0.25)
+    with pytest.raises(UserError, match="exploit"):
+        load_config(None, ["evolve.strategy.exploit=1.5"])
