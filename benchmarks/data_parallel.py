@@ -80,7 +80,7 @@ def run_one(ranks: int, args, workdir: Path) -> dict:
     steps = sum(r["steps"] for r in records)
     seconds = sum(r["train_s"] for r in records)
     collectives = [r.get("collectives_per_step", 0.0) for r in records]
-    waiting = sum(r.get("collective_s_per_step", 0.0) * r["steps"] for r in records)
+    waiting = sum(r.get("collective_wait_s", 0.0) for r in records)
     images = steps * args.batch * ranks * 2
     return {
         "ranks": ranks,

@@ -46,6 +46,10 @@ class DataConfig:
     path: Optional[str] = None  # HDF5 file; None: synthesize into the run directory
     synth: SynthConfig = field(default_factory=SynthConfig)
     augment: bool = True  # flips and rot90 on the training split
+    # DataLoader workers per rank for the training batches.  0 keeps a resumed run bit-exact (augmentations
+    # come from the checkpointed RNG); on a GPU, 2-4 take decoding off the step when metrics.jsonl's
+    # data_wait_s is a large part of train_s.  Validation uses 2 on a GPU whatever this says (it draws
+    # nothing at random).
     num_workers: int = field(default=0, metadata=_range(0))
 
 

@@ -104,7 +104,9 @@ class SupernetSearch(EpochLoop):
         self.a_loader = make_loader(
             a_set, se.batch_size, seed=cfg.seed + 7919, drop_last=len(a_set) >= se.batch_size * ctx.size, **shard
         )
-        self.val_loader = validation_loader(data_path, se.batch_size, rank=ctx.rank, world=ctx.size)
+        self.val_loader = validation_loader(
+            data_path, se.batch_size, rank=ctx.rank, world=ctx.size, num_workers=cfg.data.num_workers or None
+        )
         self.criterion = WeightedCrossEntropy(info.class_weights, device, ctx)
         arch_ids = {id(p) for p in self.model.arch_parameters()}
         self.w_params = self.model.weight_parameters()
@@ -223,7 +225,7 @@ class SupernetSearch(EpochLoop):
             self.a_opt.zero_grad(set_to_none=True)
             for p in self.w_params:  # the architecture step computes no weight gradient
                 p.requires_grad_(False)
-            a_loss = self.criterion(self.model(xa.to(self.device)), ya.to(self.device))
+            a_loss = self.criterion(self.model(xa.to(self.device, non_blocking=True)), ya.to(self.device))
             if self.cost is not None:
                 cost = self.cost()
                 (a_loss + se.cost.weight * cost).backward()
@@ -236,7 +238,7 @@ class SupernetSearch(EpochLoop):
             self.a_opt.step()
             sums["arch_loss"] = a_loss.item()
         self.w_opt.zero_grad()  # horovod's optimizer takes no set_to_none
-        w_loss = self.criterion(self.model(xw.to(self.device)), yw.to(self.device))
+        w_loss = self.criterion(self.model(xw.to(self.device, non_blocking=True)), yw.to(self.device))
         w_loss.backward()
         self.ctx.step(self.w_opt, before_step=lambda: nn.utils.clip_grad_norm_(self.w_params, se.grad_clip))
         sums["train_loss"] = w_loss.item()

@@ -245,8 +245,12 @@ class EpochLoop:
         if first:  # creating the loaders' iterators drew from the RNG: be where the interrupted run was
             restore_rng_state(self.resume_rng)
         steps = self.steps_per_epoch
+        self.data_wait_s = 0.0
         for step in progress(range(first, steps), steps - first, f"epoch {epoch}", enabled=self.ctx.is_root):
-            values = self.train_step(epoch, next(batches))
+            waited = time.perf_counter()
+            batch = next(batches)  # the time the step waits for data (decoding, augmentation, workers)
+            self.data_wait_s += time.perf_counter() - waited
+            values = self.train_step(epoch, batch)
             for key, value in values.items():
                 sums[key] = sums.get(key, 0.0) + value
             if self.heart is not None:
@@ -309,11 +313,12 @@ class EpochLoop:
         count0, seconds0 = self.ctx.collectives()
         record.update(self.train_epoch(epoch))
         record["train_s"] = round(time.time() - t0, 3)
+        record["data_wait_s"] = round(self.data_wait_s, 3)  # of train_s, waiting for batches
         if self.ctx.size > 1:  # what data parallelism costs the step: blocking collectives and the wait in them
             count, seconds = self.ctx.collectives()
             steps = max(record.get("steps", 1), 1)
             record["collectives_per_step"] = round((count - count0) / steps, 1)
-            record["collective_s_per_step"] = round((seconds - seconds0) / steps, 4)
+            record["collective_wait_s"] = round(seconds - seconds0, 3)  # of train_s
         self.sched.step()
         record.update(self.validate())
         self.check_replicas()

@@ -99,7 +99,7 @@ class Trainer(EpochLoop):
         self.loader = make_loader(
             train, tr.batch_size, seed=cfg.seed, num_workers=cfg.data.num_workers, drop_last=len(train) >= tr.batch_size
         )
-        self.val_loader = validation_loader(data_path, tr.batch_size)
+        self.val_loader = validation_loader(data_path, tr.batch_size, num_workers=cfg.data.num_workers or None)
         self.criterion = WeightedCrossEntropy(info.class_weights, device, self.ctx)
         self.opt, self.sched = cosine_sgd(
             self.model.parameters(), tr.lr, tr.momentum, tr.weight_decay, tr.epochs, tr.lr_min
@@ -129,7 +129,7 @@ class Trainer(EpochLoop):
         """One SGD step on the weighted cross-entropy."""
         x, y = batch
         self.opt.zero_grad(set_to_none=True)
-        loss = self.criterion(self.model(x.to(self.device)), y.to(self.device))
+        loss = self.criterion(self.model(x.to(self.device, non_blocking=True)), y.to(self.device))
         loss.backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.opt.step()

@@ -89,6 +89,7 @@ def test_train_genotype_then_evaluate(tmp_path):
     best, run_dir = train(SMOKE, TINY, genotype=str(geno_file), out=str(tmp_path / "run"))
     records = read_jsonl(run_dir / "metrics.jsonl")
     assert len(records) == 3 and records[-1]["lr"] < records[0]["lr"]
+    assert all(0.0 < r["data_wait_s"] < r["train_s"] for r in records)  # the steps' wait for batches, measured
     state = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=False)
     assert state["epoch"] >= 1  # selection counted from select_from_epoch
     assert state["val_miou"] == pytest.approx(max(r["val_miou"] for r in records[1:]))
