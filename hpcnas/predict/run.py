@@ -79,6 +79,22 @@ def check_scene(path: Path, engine: Engine) -> Scene:
     return scene
 
 
+def check_window(engine: Engine, tile: int) -> None:
+    """One forward pass of a blank window: a size the network cannot take is a one-line error, up front."""
+    import numpy as np
+
+    blank = np.zeros((1, engine.card.in_channels, tile, tile), np.float32)
+    try:
+        engine(blank)
+    except Exception as exc:  # noqa: BLE001 - torch and onnxruntime report a bad input size in their own types
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"the network cannot take {tile} px windows ({first}): use the training tile or a multiple of the "
+            "network's stride",
+            source="--tile",
+        ) from None
+
+
 def window_overlap(card: ModelCard, tile: int, overlap: Optional[int]) -> int:
     """The overlap asked for, else the training overlap (scaled to another tile), else a quarter of the tile."""
     if overlap is not None:
@@ -171,9 +187,14 @@ def predict(
     overlap = window_overlap(card, tile, options.overlap)
     if not 0 <= overlap < tile:
         raise UserError(f"must be in [0, {tile}), got {overlap}", source="--overlap")
+    check_window(net, tile)
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError("exists and is not a folder", source=out)
+    stems = [p.stem for p in scenes]
+    twins = sorted({stem for stem in stems if stems.count(stem) > 1})
+    if twins:
+        raise UserError(f"several scenes are called '{twins[0]}' (their outputs would collide)", source=source)
     plan = []
     for path in scenes:  # check every scene first: a bad one found after an hour of work wastes the hour
         scene = check_scene(path, net)

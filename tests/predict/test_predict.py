@@ -259,6 +259,28 @@ def test_predict_refuses_a_scene_with_other_bands_and_warns_without_crs(geo_run,
     assert "crs" not in json.loads((tmp_path / "p" / "plain.geojson").read_text())
 
 
+def test_a_window_the_network_cannot_take_and_twin_scene_names_are_refused(geo_run, tmp_path):
+    from hpcnas.predict.run import check_window
+
+    class Strided(ThresholdNet):
+        def __call__(self, batch):
+            if batch.shape[-1] % 8:
+                raise RuntimeError("Sizes of tensors must match except in dimension 1")
+            return super().__call__(batch)
+
+    check_window(Strided(), 32)
+    with pytest.raises(UserError, match="cannot take 30 px windows .Sizes of tensors must match"):
+        check_window(Strided(), 30)
+    ckpt = str(geo_run / "run" / "checkpoints" / "best.pt")
+    twins = tmp_path / "twins"
+    twins.mkdir()
+    image, _ = draw(np.random.default_rng(4), 40, 40)
+    write_tif(twins / "a.tif", image)
+    write_tif(twins / "a.tiff", image)
+    proc = run_cli("predict", "--checkpoint", ckpt, "--input", str(twins), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "several scenes are called 'a'" in proc.stderr
+
+
 def test_png_input_gives_a_png_mask(tmp_path):
     from PIL import Image
 
