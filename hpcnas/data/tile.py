@@ -256,6 +256,8 @@ def tile_folder(
         raise UserError(f"overlap must be in [0, size), got overlap={overlap} size={size}", source="--overlap")
     if not 0 < scale <= 16:
         raise UserError(f"must be in (0, 16], got {scale}", source="--scale")
+    if limit is not None and limit < 1:
+        raise UserError(f"must be at least 1, got {limit}", source="--limit")
     pal = Palette.load(palette) if palette else None
     names = pal.class_names if pal else list(class_names or ["background", "object"])
     pairs = pair_images_and_masks(images, masks)[:limit]

@@ -249,3 +249,7 @@ def test_tile_scale_and_stratify(tmp_path):
         "data", "tile", "--images", str(images), "--masks", str(masks), "--out", str(tmp_path / "x.h5"), "--scale", "0"
     )
     assert res.returncode == 2 and "--scale" in res.stderr and not (tmp_path / "x.h5").exists()
+    res = run_cli(
+        "data", "tile", "--images", str(images), "--masks", str(masks), "--out", str(tmp_path / "x.h5"), "--limit", "0"
+    )
+    assert res.returncode == 2 and "--limit: must be at least 1" in res.stderr and not (tmp_path / "x.h5").exists()
