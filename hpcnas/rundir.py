@@ -268,6 +268,12 @@ def _end_heartbeats(keep: AbstractSet[str], state: str, error: Optional[str] = N
         _BEATING.pop(key).end(state, error)
 
 
+def temporary_sibling(path: PathLike) -> Path:
+    """The hidden, per-process name a file is written under until it is complete and renamed onto ``path``."""
+    final = Path(path)
+    return final.with_name(f".{final.name}.tmp-{os.getpid()}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary sibling of ``path``; rename it onto ``path`` on success.
@@ -276,7 +282,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    tmp = temporary_sibling(final)
     try:
         yield tmp
         os.replace(tmp, final)

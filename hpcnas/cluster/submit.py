@@ -198,9 +198,8 @@ def _check(req: Request) -> None:
         raise UserError("--nodes and --cpus-per-task must be at least 1, --gpus-per-node at least 0")
     if req.command in ONE_GPU and req.nodes != 1:
         raise UserError(f"{req.command} runs as one process per task: use --nodes 1", source="--nodes")
-    if req.command == "predict":
-        pass  # --array N: N tasks, each predicting every N-th scene (checked with the scenes)
-    elif req.array is not None:
+    # predict: --array N is N tasks sharing the scenes, checked with them in _check_predict
+    if req.array is not None and req.command != "predict":
         if req.command != "train" or req.genotype or req.baseline:
             raise UserError(
                 "--array N trains N random cells: use it with --command train and without --genotype/--baseline",
@@ -237,8 +236,7 @@ def jobs_for(req: Request) -> "List[Any]":
     if req.command == "predict":
         assert req.checkpoint and req.input and req.out
         tasks = req.array or 1
-        paths = (str(Path(p).resolve()) for p in (req.checkpoint, req.input, req.out))
-        checkpoint, source, out_dir = paths
+        checkpoint, source, out_dir = (str(Path(p).resolve()) for p in (req.checkpoint, req.input, req.out))
         return [
             PredictJob(checkpoint, source, out_dir, f"{i}/{tasks}" if tasks > 1 else None, req.predict_options)
             for i in range(tasks)

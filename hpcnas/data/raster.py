@@ -150,7 +150,7 @@ class Scene:
         scene.path, scene.role, scene.scale, scene._dataset, scene._valid = Path(name), role, 1.0, None, None
         scene._array = array if array.ndim == 3 else array[..., None]
         scene.height, scene.width, scene.file_bands = scene._array.shape
-        scene.dtype, scene.crs, scene.transform, scene.nodata = str(array.dtype), None, None, None
+        scene.dtype, scene.crs, scene.transform = str(array.dtype), None, None
         scene.bands = list(range(1, scene.file_bands + 1))
         return scene
 
@@ -177,7 +177,6 @@ class Scene:
         self.dtype = str(array.dtype)
         self.crs: Any = None
         self.transform: Any = None
-        self.nodata: Optional[float] = None
 
     def _open_with_rasterio(self) -> None:
         import rasterio
@@ -201,7 +200,6 @@ class Scene:
         self.dtype = ds.dtypes[0]
         self.crs = ds.crs
         self.transform = None if ds.transform.is_identity else ds.transform
-        self.nodata = ds.nodata
 
     @property
     def georeferenced(self) -> bool:
@@ -239,10 +237,6 @@ class Scene:
                 pixels[:vh, :vw] = np.moveaxis(data, 0, -1)
                 valid[:vh, :vw] = (masks > 0).all(axis=0)
         return pixels, valid
-
-    def read_all(self) -> Tuple[np.ndarray, np.ndarray]:
-        """The whole scene (for small rasters: masks that are checked whole, tests)."""
-        return self.read(0, 0, self.height, self.width)
 
     def check_aligned(self, other: "Scene") -> None:
         """A :class:`UserError` unless ``other`` (a mask) covers the same pixels as this scene.

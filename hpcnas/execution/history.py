@@ -1,9 +1,10 @@
 """The discrete search's records: dispatch.jsonl (what was sent) and history.jsonl (what finished).
 
 Both files are appended one flushed line at a time (fsynced in groups, see
-:meth:`SearchLog.commit`) and carry a common sequence number, so replaying them in ``seq`` order rebuilds the strategy
-exactly (asks and tells in their original order), and the tasks dispatched
-but never finished are the ones in flight when the search was killed.
+:meth:`SearchLog.commit`) and carry a common sequence number, so replaying
+them in ``seq`` order rebuilds the strategy exactly (asks and tells in their
+original order), and the tasks dispatched but never finished are the ones in
+flight when the search was killed.
 """
 
 from __future__ import annotations

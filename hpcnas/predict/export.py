@@ -18,7 +18,7 @@ import numpy as np
 
 from hpcnas.errors import UserError
 from hpcnas.predict.engines import CARD_KEY, OnnxEngine, TorchEngine, TorchScriptEngine
-from hpcnas.predict.outputs import temporary
+from hpcnas.rundir import temporary_sibling
 
 FORMATS = ("torchscript", "onnx")
 TOLERANCE = 1e-4
@@ -46,7 +46,7 @@ def export_model(
     example = torch.randn(2, card.in_channels, size, size, generator=generator)
     check = torch.randn(3, card.in_channels, size, size, generator=generator).numpy()  # another batch size
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary(target)
+    tmp = temporary_sibling(target)
     try:
         if fmt == "torchscript":
             with torch.inference_mode(False), torch.no_grad():

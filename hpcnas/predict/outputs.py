@@ -17,13 +17,10 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from hpcnas.rundir import temporary_sibling
+
 NODATA_CLASS = 255
 VECTOR_CHUNK_ROWS = 1024  # rows vectorized at once; objects cut by a chunk border are merged at the end
-
-
-def temporary(path: Path) -> Path:
-    """The name a file is written under until it is complete."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
 class RasterWriter:
@@ -32,7 +29,7 @@ class RasterWriter:
     def __init__(self, path: Path, height: int, width: int, count: int, dtype: str, scene: Any, **options):
         import rasterio
 
-        self.path, self.tmp = path, temporary(path)
+        self.path, self.tmp = path, temporary_sibling(path)
         profile = dict(
             driver="GTiff",
             height=height,
@@ -74,7 +71,7 @@ class PngWriter:
     """A class-id PNG (inputs without georeferencing are small: held whole)."""
 
     def __init__(self, path: Path, height: int, width: int):
-        self.path, self.tmp = path, temporary(path)
+        self.path, self.tmp = path, temporary_sibling(path)
         self.array = np.zeros((height, width), np.uint8)
 
     def write(self, y: int, array: np.ndarray) -> None:
@@ -104,7 +101,7 @@ class Polygons:
     def __init__(self, path: Path, class_names: List[str], scene: Any):
         from rasterio import Affine
 
-        self.path, self.tmp = path, temporary(path)
+        self.path, self.tmp = path, temporary_sibling(path)
         self.class_names = class_names
         self.transform = scene.transform if scene.transform is not None else Affine.identity()
         self.crs = scene.crs if scene.transform is not None else None
