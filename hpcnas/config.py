@@ -178,6 +178,7 @@ class EvaluatorSection:
     latency_runs: int = field(default=10, metadata=_range(0))  # timed forward passes per latency measurement (0: none)
     sleep_median: float = field(default=1.0, metadata=_range(0.0))  # seconds, evaluator "sleep"
     sleep_sigma: float = field(default=0.5, metadata=_range(0.0))  # log-normal shape, evaluator "sleep"
+    zero_cost: bool = False  # also record grad-norm, SynFlow and NASWOT of each architecture at initialization
 
 
 @dataclass
@@ -186,6 +187,34 @@ class FaultsSection:
 
     retry_oom_half_batch: bool = True  # an OOM is retried once at half the batch size
     inject: List[str] = field(default_factory=list)  # "ID:oom|kill|hang|error": fault tolerance drills
+
+
+@dataclass
+class MemorySection:
+    """Memory-aware dispatch: estimate each architecture's peak training memory before it is sent to a rank."""
+
+    # None: no estimate; "auto": 90 % of the smallest device memory the ranks' children report (GPU, else the
+    # node's memory shared by its ranks); a number: GiB per evaluation
+    limit: Union[None, Literal["auto"], float] = field(default=None, metadata=_range(0.001))
+    policy: Literal["shrink_batch", "skip"] = "shrink_batch"  # train at the largest batch that fits, or record too_big
+
+
+@dataclass
+class PrescreenSection:
+    """Zero-cost pre-screen: per dispatch, score ``sample`` proposals at initialization and send the best ``keep``."""
+
+    score: Optional[Literal["naswot", "synflow", "grad_norm", "params"]] = None  # None: no pre-screen
+    sample: int = field(default=10, metadata=_range(1))
+    keep: int = field(default=1, metadata=_range(1))
+    batch: int = field(default=8, metadata=_range(2))  # training patches scored (NASWOT needs two or more)
+
+
+@dataclass
+class AshaSection:
+    """Asynchronous successive halving: stop an evaluation at a rung where it is not in the top 1/reduction_factor."""
+
+    min_resource: Optional[int] = field(default=None, metadata=_range(1))  # epochs of the first rung; None: off
+    reduction_factor: int = field(default=3, metadata=_range(2))  # rungs at r, r*eta, r*eta^2, ... epochs
 
 
 @dataclass
@@ -199,6 +228,9 @@ class EvolveConfig:
     executor: ExecutorSection = field(default_factory=ExecutorSection)
     evaluator: EvaluatorSection = field(default_factory=EvaluatorSection)
     faults: FaultsSection = field(default_factory=FaultsSection)
+    memory: MemorySection = field(default_factory=MemorySection)
+    prescreen: PrescreenSection = field(default_factory=PrescreenSection)
+    asha: AshaSection = field(default_factory=AshaSection)
 
 
 # the flat evolve keys of earlier versions -> where they live now (still read, with a deprecation line)

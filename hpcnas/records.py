@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 
 class Status(str, Enum):
@@ -22,6 +22,8 @@ class Status(str, Enum):
     OOM = "oom"  # the allocator refused (CUDA or host)
     CRASHED = "crashed"  # an exception, a signal or an exit in the worker
     TIMEOUT = "timeout"  # no result within evolve.executor.task_timeout
+    STOPPED = "stopped"  # stopped early at a rung by successive halving (evolve.asha)
+    TOO_BIG = "too_big"  # not trained: its estimated memory exceeds evolve.memory.limit (policy skip)
 
     def __str__(self) -> str:
         return self.value
@@ -57,6 +59,11 @@ class Task:
     rank: Optional[int] = None
     fault: Optional[str] = None  # an injected fault (drills and tests)
     seq: Optional[int] = None  # the search log's common sequence number
+    rungs: List[int] = field(default_factory=list)  # epochs after which to report and await a go-on (evolve.asha)
+    estimate_mb: Optional[float] = None  # estimated peak training memory at batch_size (evolve.memory)
+    shrunk_from: Optional[int] = None  # the configured batch, when the memory estimate made it smaller
+    scores: Dict[str, float] = field(default_factory=dict)  # zero-cost scores from the pre-screen (evolve.prescreen)
+    screened: Dict[str, float] = field(default_factory=dict)  # every candidate's score by genotype key, for replay
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain JSON-able data."""
@@ -78,6 +85,10 @@ class Task:
             self.parent,
             origin,
             retried=self.retried or origin is Origin.RETRY,
+            rungs=self.rungs,
+            estimate_mb=self.estimate_mb,
+            shrunk_from=self.shrunk_from,
+            scores=self.scores,
         )
 
 
@@ -92,6 +103,10 @@ class Result:
     start: Optional[float] = None
     end: Optional[float] = None
     error: Optional[str] = None
+    epochs: Optional[int] = None  # epochs trained (fewer than the proxy's when stopped at a rung)
+    rungs: Dict[str, float] = field(default_factory=dict)  # fitness reported at each rung, by epochs (as a string)
+    paused: float = 0.0  # seconds spent waiting for rung decisions (not training)
+    scores: Dict[str, float] = field(default_factory=dict)  # zero-cost scores measured by the child
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain JSON-able data."""
@@ -131,11 +146,31 @@ class Evaluation:
     end: Optional[float] = None
     error: Optional[str] = None
     seq: Optional[int] = None
+    epochs: Optional[int] = None  # epochs trained; None: the whole proxy schedule (or nothing, when too_big)
+    rungs: Dict[str, float] = field(default_factory=dict)  # fitness at each rung reached, by epochs (as a string)
+    paused: float = 0.0  # seconds between start and end spent waiting for rung decisions
+    estimate_mb: Optional[float] = None  # estimated peak training memory at batch_size
+    shrunk_from: Optional[int] = None  # the configured batch, when the memory estimate made it smaller
+    scores: Dict[str, float] = field(default_factory=dict)  # zero-cost scores (pre-screen, or the child's)
 
     @property
     def ok(self) -> bool:
         """Whether it trained to the end with a fitness."""
         return self.status is Status.OK and self.fitness is not None
+
+    def budget_used(self, proxy_epochs: int) -> float:
+        """How much of ``evolve.max_evaluations`` it used: a share by epochs when stopped at a rung, nothing when
+        never trained (too_big), one whole evaluation otherwise."""
+        if self.status is Status.TOO_BIG:
+            return 0.0
+        if self.status is Status.STOPPED and self.epochs is not None:
+            return min(1.0, self.epochs / max(proxy_epochs, 1))
+        return 1.0
+
+    @property
+    def memory_saved(self) -> bool:
+        """Whether the memory estimate kept it from an out-of-memory: skipped as too big, or run at a smaller batch."""
+        return self.status is Status.TOO_BIG or self.shrunk_from is not None
 
     @classmethod
     def of(cls, task: Task, result: Result, rank: int) -> "Evaluation":
@@ -157,6 +192,12 @@ class Evaluation:
             result.start,
             result.end,
             result.error,
+            epochs=result.epochs,
+            rungs=dict(result.rungs),
+            paused=result.paused,
+            estimate_mb=task.estimate_mb,
+            shrunk_from=task.shrunk_from,
+            scores={**task.scores, **result.scores},
         )
 
     def to_dict(self) -> Dict[str, Any]:
@@ -193,6 +234,8 @@ class WorkerSetup:
     latency_runs: int = 10  # timed forward passes for the latency objective (0: not measured)
     sleep_median: float = 1.0  # evaluator "sleep"
     sleep_sigma: float = 0.5
+    zero_cost: bool = False  # also score each architecture at initialization (grad-norm, SynFlow, NASWOT)
+    local_size: int = 1  # ranks on this node: they share its host memory
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain JSON-able data."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
-from hpcnas.records import Evaluation, Origin, Task
+from hpcnas.records import Evaluation, Origin, Status, Task
 from hpcnas.rundir import JsonlWriter, RunDir, read_jsonl
 from hpcnas.strategies.objectives import Objective, pareto_front, parse_objectives
 
@@ -50,6 +50,13 @@ class SearchLog:
             if task.id not in done:
                 last[task.id] = task
         return [last[k] for k in sorted(last)]
+
+    def screened(self) -> Dict[str, float]:
+        """Every zero-cost score the pre-screen logged, by genotype key (a resumed search does not score again)."""
+        out: Dict[str, float] = {}
+        for task in self.dispatched:
+            out.update(task.screened)
+        return out
 
     def new_id(self) -> int:
         """A fresh evaluation id."""
@@ -89,10 +96,13 @@ class SearchLog:
 
 
 def utilization(evaluations: Sequence[Evaluation], ranks: int, since: float, until: float) -> Optional[float]:
-    """Busy worker-seconds of the finished evaluations between ``since`` and ``until``, over ``ranks`` x that span."""
+    """Busy worker-seconds of the finished evaluations between ``since`` and ``until``, over ``ranks`` x that span
+    (time an evaluation waited for a rung decision is not busy)."""
     if ranks < 1 or until <= since:
         return None
-    busy = sum(max(0.0, min(e.end or until, until) - max(e.start or until, since)) for e in evaluations)
+    busy = sum(
+        max(0.0, min(e.end or until, until) - max(e.start or until, since) - e.paused) for e in evaluations
+    )
     return busy / (ranks * (until - since))
 
 
@@ -103,6 +113,22 @@ class FinishedSearch:
     run_dir: Path
     objectives: List[Objective]
     evaluations: List[Evaluation]
+    proxy_epochs: int = 5
+
+    def spending(self) -> str:
+        """One line on the GPU time it spared: out-of-memory runs the memory estimate avoided, and the proxy
+        epochs successive halving did not train."""
+        avoided = [e for e in self.evaluations if e.memory_saved]
+        too_big = sum(e.status is Status.TOO_BIG for e in avoided)
+        ooms = sum(e.status is Status.OOM for e in self.evaluations)
+        stopped = [e for e in self.evaluations if e.status is Status.STOPPED]
+        trained = [e for e in self.evaluations if e.status is not Status.TOO_BIG]
+        saved = sum(self.proxy_epochs - (e.epochs or 0) for e in stopped)
+        return (
+            f"OOMs avoided by the memory estimate: {len(avoided)} ({too_big} too big, "
+            f"{len(avoided) - too_big} at a smaller batch); out of memory: {ooms}; stopped at a rung: {len(stopped)}, "
+            f"{saved} of {len(trained) * self.proxy_epochs} proxy epochs saved"
+        )
 
     @property
     def front(self) -> List[Evaluation]:
@@ -119,5 +145,7 @@ def read_search(run_dir: Path) -> Optional[FinishedSearch]:
     if not raw:
         return None
     config = RunDir(run_dir).config
-    names = load_config(str(config)).evolve.objectives if config.exists() else ["miou"]
-    return FinishedSearch(run_dir, parse_objectives(names), [Evaluation.from_dict(r) for r in raw])
+    cfg = load_config(str(config)) if config.exists() else None
+    names = cfg.evolve.objectives if cfg else ["miou"]
+    proxy_epochs = cfg.evolve.evaluator.proxy_epochs if cfg else 5
+    return FinishedSearch(run_dir, parse_objectives(names), [Evaluation.from_dict(r) for r in raw], proxy_epochs)

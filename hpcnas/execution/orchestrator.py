@@ -7,7 +7,10 @@ arrive as records; an OOM, a crash or a timeout is a record, never the end of
 the search.  Everything is logged as it happens (dispatch.jsonl,
 history.jsonl) and a killed search resumes from those files.
 
-Only mpi4py, the strategy and the slot live here: no torch.
+Only mpi4py, the strategy and the slot live here: no torch, except what the
+optional memory estimate (``evolve.memory``) and zero-cost pre-screen
+(``evolve.prescreen``) import on rank 0 when they are configured.  With
+``evolve.asha`` a task reports at its rungs and rank 0 answers go on or stop.
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ import logging
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Deque, Dict, List, Optional
+from typing import Any, Callable, Deque, Dict, List, Optional
 
 from hpcnas.board import Board
 from hpcnas.config import Config
 from hpcnas.distributed import available_cpus
 from hpcnas.errors import UserError
 from hpcnas.execution.history import SearchLog, utilization
+from hpcnas.execution.memory import MemoryGate, memory_limit
 from hpcnas.execution.slot import WorkerSlot
 from hpcnas.execution.worker import evaluator_class
 from hpcnas.records import Evaluation, Origin, Result, Status, Task, WorkerSetup
@@ -31,23 +35,62 @@ from hpcnas.signals import STOP, ignore_stop_signals
 from hpcnas.space.genotype import Genotype
 from hpcnas.space.searchspace import SearchSpace
 from hpcnas.strategies import Generational, Strategy, strategy_class
+from hpcnas.strategies.asha import SuccessiveHalving, rung_epochs
 from hpcnas.strategies.objectives import hypervolume, pareto_front, parse_objectives, scale_bounds
+from hpcnas.strategies.prescreen import Prescreen
 
 log = logging.getLogger("hpcnas")
 
-TAG_TASK, TAG_RESULT, TAG_STOP = 1, 2, 3
+TAG_TASK, TAG_RESULT, TAG_STOP, TAG_DECISION = 1, 2, 3, 4
 POLL_S = 0.0005
 COMMIT_S = 0.05  # group commit: the search log is fsynced at most this often (every record is flushed at once)
 
 
-def make_strategy(cfg: Config, world: int) -> Strategy:
-    """The configured strategy, wrapped in the generational barrier if asked."""
+def make_strategy(
+    cfg: Config, world: int, data: Optional[str] = None, screened: Optional[Dict[str, float]] = None
+) -> Strategy:
+    """The configured strategy inside its wrappers: the zero-cost pre-screen (scoring on ``data``, with the
+    scores ``screened`` by an earlier run), the generational barrier, then successive halving."""
     ev = cfg.evolve
     objectives = parse_objectives(ev.objectives)
     strategy = strategy_class(ev.strategy.name).from_options(
         SearchSpace.from_config(cfg), cfg.seed, objectives, ev.strategy
     )
-    return Generational(strategy, size=world) if ev.strategy.mode == "generational" else strategy
+    screen = ev.prescreen
+    if screen.score is not None:
+        if screen.keep > screen.sample:
+            raise UserError(
+                f"keeps {screen.keep} of {screen.sample} sampled: keep must not exceed sample", key="evolve.prescreen"
+            )
+        strategy = Prescreen(strategy, lazy_scorer(cfg, data, screen.score), screen.score, screen.sample, screen.keep)
+        strategy.remember(screened or {})
+    if ev.strategy.mode == "generational":
+        strategy = Generational(strategy, size=world)
+    if ev.asha.min_resource is not None:
+        rungs = rung_epochs(ev.asha.min_resource, ev.asha.reduction_factor, ev.evaluator.proxy_epochs)
+        if not rungs:
+            raise UserError(
+                f"min_resource {ev.asha.min_resource} leaves no rung before the last of "
+                f"{ev.evaluator.proxy_epochs} proxy epochs",
+                key="evolve.asha.min_resource",
+            )
+        strategy = SuccessiveHalving(strategy, rungs, ev.asha.reduction_factor)
+    return strategy
+
+
+def lazy_scorer(cfg: Config, data: Optional[str], name: str) -> Callable[[Genotype], float]:
+    """The pre-screen's score of a genotype; torch is imported at the first call, not when configs are checked."""
+    scorer: List[Callable[[Genotype], float]] = []
+
+    def score(genotype: Genotype) -> float:
+        if not scorer:
+            from hpcnas.train.zero_cost import GenotypeScorer
+
+            assert data is not None, "scoring needs the data set"
+            scorer.append(GenotypeScorer(cfg, data, name, cfg.evolve.prescreen.batch))
+        return scorer[0](genotype)
+
+    return score
 
 
 def check_evolve_config(cfg: Config, world: int) -> None:
@@ -111,8 +154,14 @@ class Dispatcher:
         strategy: Strategy,
         status=None,
         any_source=None,
+        gate: Optional[MemoryGate] = None,
     ):
         self.comm, self.slot, self.cfg, self.run_dir = comm, slot, cfg, run_dir
+        self.gate = gate
+        self.rungs = strategy.rungs if isinstance(strategy, SuccessiveHalving) else []
+        self.proxy_epochs = cfg.evolve.evaluator.proxy_epochs
+        self.spent = sum(e.budget_used(self.proxy_epochs) for e in search_log.finished)
+        self.too_big_in_a_row = 0
         self.log, self.strategy = search_log, strategy
         self.world = comm.Get_size()
         self.faults = parse_faults(cfg.evolve.faults.inject)
@@ -135,10 +184,43 @@ class Dispatcher:
     def _next_task(self) -> Optional[Task]:
         if self.requeue:
             return self.requeue.popleft().again(Origin.REQUEUE)
-        proposal = self.strategy.ask()
-        if proposal is None:
-            return None
-        return Task(self.log.new_id(), proposal.genotype.to_dict(), self.cfg.train.batch_size, proposal.parent)
+        while True:
+            proposal = self.strategy.ask()
+            if proposal is None:
+                return None
+            task = Task(
+                self.log.new_id(),
+                proposal.genotype.to_dict(),
+                self.cfg.train.batch_size,
+                proposal.parent,
+                rungs=list(self.rungs),
+                scores=dict(proposal.scores),
+                screened=dict(proposal.screened),
+            )
+            if self.gate is None or self.gate.admit(task):
+                self.too_big_in_a_row = 0
+                return task
+            self._record_too_big(task)
+            if self.too_big_in_a_row >= max(100, self.cfg.evolve.max_evaluations):
+                log.error(
+                    "the last %d proposals were all too big for the memory limit: stopping", self.too_big_in_a_row
+                )
+                return None
+
+    def _record_too_big(self, task: Task) -> None:
+        """Log the ask and its too_big result at once: the strategy learns it, no rank trains it."""
+        self.too_big_in_a_row += 1
+        task.submit = time.time()
+        self.log.log_dispatch(task)
+        assert self.gate is not None  # only the gate refuses
+        error = (
+            f"estimated {task.estimate_mb:.0f} MB at batch {task.batch_size}, "
+            f"over the limit of {self.gate.limit / 2**20:.0f} MB"
+        )
+        result = Result(task.id, Status.TOO_BIG, error=error, start=task.submit, end=task.submit, epochs=0)
+        evaluation = Evaluation.of(task, result, rank=-1)
+        evaluation.rank = None
+        self._finished(evaluation)
 
     def _send(self, rank: int, task: Task) -> None:
         task.submit, task.rank, task.fault = time.time(), rank, self.faults.get(task.id)
@@ -160,7 +242,27 @@ class Dispatcher:
             results.append((source, self.comm.recv(source=source, tag=TAG_RESULT)))
         return results
 
+    def _decide(self, rank: int, raw: Dict[str, Any]) -> None:
+        """A rung report: ask the strategy whether the evaluation goes on, and tell its rank."""
+        task = self.inflight[rank]
+        go_on = self.strategy.report(task.id, int(raw["rung"]), float(raw["fitness"]))
+        log.info(
+            "evaluation %d on rank %d: fitness %.4f after %d epoch(s): %s",
+            task.id,
+            rank,
+            raw["fitness"],
+            raw["rung"],
+            "goes on" if go_on else "stopped",
+        )
+        if rank == 0:
+            self.slot.decide(go_on)
+        else:
+            self.comm.send({"continue": go_on}, dest=rank, tag=TAG_DECISION)
+
     def _handle(self, rank: int, raw: Dict[str, Any]) -> None:
+        if "rung" in raw:
+            self._decide(rank, raw)
+            return
         task = self.inflight.pop(rank)
         result = Result.from_dict(raw)
         if result.end is None:
@@ -181,9 +283,7 @@ class Dispatcher:
             self._send(rank, task.again(Origin.RETRY, batch_size=task.batch_size // 2))
             return
         evaluation = Evaluation.of(task, result, rank)
-        self.log.log_result(evaluation)
-        self.strategy.tell(evaluation)
-        self._chart(evaluation)
+        self._finished(evaluation)
         self.idle.append(rank)
         fit = f"{evaluation.fitness:.4f}" if evaluation.fitness is not None else "-"
         log.info(
@@ -194,6 +294,12 @@ class Dispatcher:
             fit,
             len(self.log.finished),
         )
+
+    def _finished(self, evaluation: Evaluation) -> None:
+        self.log.log_result(evaluation)
+        self.spent += evaluation.budget_used(self.proxy_epochs)
+        self.strategy.tell(evaluation)
+        self._chart(evaluation)
 
     def _chart(self, evaluation: Evaluation) -> None:
         """TensorBoard, per finished evaluation: its objectives, the best so far, counts by status,
@@ -228,7 +334,7 @@ class Dispatcher:
     def _budget_left(self, started: float) -> bool:
         if self.stop.signal or self._out_of_time(started):
             return False
-        return len(self.log.finished) + len(self.inflight) < self.cfg.evolve.max_evaluations
+        return self.spent + len(self.inflight) < self.cfg.evolve.max_evaluations
 
     def run(self) -> Optional[str]:
         """Dispatch until the budget is spent (or a signal), then stop every rank.
@@ -250,7 +356,7 @@ class Dispatcher:
         if not self.stop.requested:
             return None
         work_left = bool(self.inflight) or (
-            len(self.log.finished) < self.cfg.evolve.max_evaluations and not self._out_of_time(started)
+            self.spent < self.cfg.evolve.max_evaluations and not self._out_of_time(started)
         )
         return self.stop.signal if work_left else None
 
@@ -302,7 +408,10 @@ def serve(comm, slot: WorkerSlot) -> None:
                 message = comm.recv(source=0, tag=tag)
                 if tag == TAG_STOP:
                     return
-                slot.submit(message)
+                if tag == TAG_DECISION:
+                    slot.decide(message["continue"])
+                else:
+                    slot.submit(message)
             record = slot.poll()
             if record is not None:
                 comm.send(record, dest=0, tag=TAG_RESULT)
@@ -331,6 +440,8 @@ def worker_setup(cfg: Config, run_dir: Path, data: str, local_rank: int, local_s
         e.latency_runs,
         e.sleep_median,
         e.sleep_sigma,
+        e.zero_cost,
+        local_size,
     )
 
 
@@ -346,14 +457,18 @@ def run_orchestrator(comm, cfg: Config, run_dir: Path, data: str) -> Optional[st
     setup = worker_setup(cfg, run_dir, data, local.Get_rank(), local.Get_size())
     slot = WorkerSlot(setup.to_dict(), RunDir(run_dir).worker_log(rank), cfg.evolve.executor.task_timeout)
     slot.prestart()
+    # every rank's child reports its device's memory; with limit auto rank 0 needs them before any dispatch
+    reported = comm.gather(slot.device_memory() if cfg.evolve.memory.limit == "auto" else None, root=0)
     if rank != 0:
         serve(comm, slot)
         return None
     try:
         search_log = SearchLog(run_dir)
-        strategy = make_strategy(cfg, comm.Get_size())
+        strategy = make_strategy(cfg, comm.Get_size(), data, search_log.screened())
         replay(strategy, search_log)
-        dispatcher = Dispatcher(comm, slot, cfg, run_dir, search_log, strategy)
+        limit = memory_limit(cfg, reported)
+        gate = MemoryGate(cfg, data, limit) if limit is not None else None
+        dispatcher = Dispatcher(comm, slot, cfg, run_dir, search_log, strategy, gate=gate)
     except BaseException:  # the other ranks are serving already: release them before failing
         stop_serving(comm)
         slot.close()

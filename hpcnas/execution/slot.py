@@ -4,6 +4,9 @@ The child is started with ``subprocess`` (fork + exec: never a bare fork
 after MPI_Init), in its own session so a timeout kills its whole process
 group, and with the MPI launcher's variables removed so it never joins the
 MPI job.  It is reused across tasks and replaced after any failure.
+
+A task with rungs reports after each of them (:meth:`WorkerSlot.poll` returns
+that report, the task still running) and waits for :meth:`WorkerSlot.decide`.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class WorkerSlot:
         self.task: Optional[Dict[str, Any]] = None
         self.deadline = 0.0
         self.sent_at = 0.0
+        self.memory: "queue.Queue[Optional[int]]" = queue.Queue()  # each child's device memory, as it starts
 
     @property
     def busy(self) -> bool:
@@ -63,14 +67,31 @@ class WorkerSlot:
         )
         log.close()
         self.lines = queue.Queue()
-        threading.Thread(target=self._read, args=(self.proc, self.lines), daemon=True).start()
+        threading.Thread(target=self._read, args=(self.proc, self.lines, self.memory), daemon=True).start()
 
     @staticmethod
-    def _read(proc: subprocess.Popen, lines: "queue.Queue[Optional[str]]") -> None:
+    def _read(
+        proc: subprocess.Popen, lines: "queue.Queue[Optional[str]]", memory: "queue.Queue[Optional[int]]"
+    ) -> None:
         assert proc.stdout is not None  # started with stdout=PIPE
+        first = True
         for line in proc.stdout:
-            lines.put(line)
+            if first and line.startswith('{"device_memory"'):
+                memory.put(json.loads(line)["device_memory"])
+            else:
+                lines.put(line)
+            first = False
+        if first:
+            memory.put(None)  # died before saying
         lines.put(None)  # end of stream: the child exited
+
+    def device_memory(self, timeout: float = 300.0) -> Optional[int]:
+        """The bytes of memory the prestarted child's device has, as it reported at start-up (``None`` when it
+        died first or said nothing within ``timeout`` seconds)."""
+        try:
+            return self.memory.get(timeout=timeout)
+        except queue.Empty:
+            return None
 
     def submit(self, task: Dict[str, Any]) -> None:
         """Send a task to the child (starting one if needed)."""
@@ -92,7 +113,9 @@ class WorkerSlot:
             line = ""
         if line:
             record = json.loads(line)
-            if record["status"] != "ok":
+            if "rung" in record:  # the task goes on (or not) when decide() says
+                return record
+            if record["status"] not in ("ok", "stopped"):
                 self._reap(grace=5.0)
             return self._finish(record)
         if line is None or self._child().poll() is not None:
@@ -113,6 +136,15 @@ class WorkerSlot:
                 }
             )
         return None
+
+    def decide(self, go_on: bool) -> None:
+        """Answer the running task's rung report: train on, or stop and report."""
+        assert self.proc is not None and self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps({"continue": go_on}) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # the child died meanwhile: poll() reports it
 
     def _finish(self, record: Dict[str, Any]) -> Dict[str, Any]:
         task, self.task = self.task, None

@@ -7,8 +7,15 @@ to stderr, the rank's log).  torch is imported at the first task and kept, so
 a child serves many tasks; after a failure it exits and the slot starts a
 fresh one (a CUDA context after an OOM or an error is not to be trusted).
 
-Statuses: ``ok``; ``oom`` (CUDA or host allocator out of memory); ``crashed``
-(any other exception here; a signal or an exit is classified by the slot).
+Statuses: ``ok``; ``stopped`` (at a rung, told so by rank 0); ``oom`` (CUDA or
+host allocator out of memory); ``crashed`` (any other exception here; a signal or
+an exit is classified by the slot).
+
+Besides results, the child writes two kinds of lines: once at start-up its
+device's memory (``{"device_memory": bytes}``, for ``evolve.memory.limit: auto``),
+and after each rung of a task with rungs ``{"id", "rung", "fitness"}``, after
+which it waits for ``{"continue": true|false}`` on stdin, its model and
+optimizer kept in memory meanwhile.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Dict, Type
+from typing import Any, Callable, Dict, TextIO, Type
 
 from hpcnas.errors import UserError, nearest
 from hpcnas.records import Result, Status, Task, WorkerSetup
@@ -97,6 +104,27 @@ def measure_latency(model, in_channels: int, size: int, device, runs: int, warmu
     return times[len(times) // 2]
 
 
+def host_memory_bytes() -> int:
+    """This node's memory, or the control group's limit when smaller (SLURM confines jobs with cgroups)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = open(path).read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
+RungReport = Callable[[int, float], bool]  # (epochs done, fitness so far) -> whether to go on
+
+
+def never_stop(epochs: int, fitness: float) -> bool:
+    """The rung report of a task without rungs."""
+    return True
+
+
 class Evaluator:
     """How a worker child turns a task into a result; registered by name for ``evolve.evaluator.name``."""
 
@@ -105,8 +133,15 @@ class Evaluator:
     def __init__(self, setup: WorkerSetup):
         self.setup = setup
 
-    def evaluate(self, task: Task) -> Result:
-        """Evaluate one task; raise on failure (the caller classifies the exception)."""
+    def device_memory(self) -> int:
+        """Bytes one evaluation may use: the node's memory shared by its ranks (a GPU's own, in subclasses)."""
+        return host_memory_bytes() // max(self.setup.local_size, 1)
+
+    def evaluate(self, task: Task, report: RungReport = never_stop) -> Result:
+        """Evaluate one task; raise on failure (the caller classifies the exception).
+
+        After each of ``task.rungs`` epochs, call ``report(epochs, fitness)`` and stop when it answers false.
+        """
         raise NotImplementedError
 
 
@@ -122,7 +157,15 @@ class TrainEvaluator(Evaluator):
         if setup.threads:
             torch.set_num_threads(int(setup.threads))
 
-    def evaluate(self, task: Task) -> Result:
+    def device_memory(self) -> int:
+        import torch
+
+        device = _device(self.setup.local_rank)
+        if device.type == "cuda":
+            return int(torch.cuda.get_device_properties(device).total_memory)
+        return super().device_memory()
+
+    def evaluate(self, task: Task, report: RungReport = never_stop) -> Result:
         from hpcnas.config import load_config
         from hpcnas.data.hdf5 import read_info
         from hpcnas.runtime import peak_memory_mb, reset_peak_memory
@@ -141,7 +184,16 @@ class TrainEvaluator(Evaluator):
         spec = model_spec(cfg, info, Genotype.from_dict(task.genotype))
         eval_dir = RunDir(setup.run_dir).eval_dir(task.id)
         shutil.rmtree(eval_dir, ignore_errors=True)  # a re-queued task starts clean
-        trainer = Trainer(cfg, eval_dir, setup.data, info, device, spec)
+        scores = zero_cost(cfg, spec, setup.data, device) if setup.zero_cost else {}
+        rungs, reported = set(task.rungs), {}
+
+        def at_rung(epochs: int, fitness: float) -> bool:
+            if epochs not in rungs:
+                return True
+            reported[str(epochs)] = fitness
+            return report(epochs, fitness)
+
+        trainer = Trainer(cfg, eval_dir, setup.data, info, device, spec, epoch_done=at_rung)
         reset_peak_memory(device)
         best = trainer.run()
         if not setup.keep_checkpoints:
@@ -155,7 +207,24 @@ class TrainEvaluator(Evaluator):
             measured["latency"] = round(
                 measure_latency(trainer.model, info.channels, info.tile_size, device, setup.latency_runs), 3
             )
-        return Result(task.id, Status.OK, fitness=best if best >= 0 else None, measured=measured)
+        return Result(
+            task.id,
+            Status.STOPPED if trainer.stopped_early else Status.OK,
+            fitness=best if best >= 0 else None,
+            measured=measured,
+            epochs=trainer.epochs_done,
+            rungs=reported,
+            scores=scores,
+        )
+
+
+def zero_cost(cfg, spec: Dict[str, Any], data: str, device) -> Dict[str, float]:
+    """Every zero-cost score of the task's network at initialization, on ``evolve.prescreen.batch`` patches."""
+    from hpcnas.train.trainer import build_model
+    from hpcnas.train.zero_cost import training_batch, zero_cost_scores
+
+    x, y = training_batch(data, cfg.evolve.prescreen.batch)
+    return zero_cost_scores(lambda: build_model(spec), x.to(device), y.to(device), seed=cfg.seed)
 
 
 def kernel_cost(genotype: Dict[str, Any]) -> float:
@@ -171,13 +240,29 @@ class SleepEvaluator(Evaluator):
 
     name = "sleep"
 
-    def evaluate(self, task: Task) -> Result:
+    def evaluate(self, task: Task, report: RungReport = never_stop) -> Result:
+        """The duration is spread over ``proxy_epochs`` epochs; at a rung the fitness so far is the final one
+        plus noise that shrinks as the epochs go (a noisy but informative early estimate)."""
         rng = random.Random(task.id)
         duration = self.setup.sleep_median * math.exp(self.setup.sleep_sigma * rng.gauss(0, 1))
+        fitness = rng.random()
         if task.fault in ("kill", "hang", "error"):
             inject(task.fault, None)
-        time.sleep(duration)
-        return Result(task.id, Status.OK, fitness=rng.random(), measured={"params": kernel_cost(task.genotype)})
+        epochs, reported = self.setup.proxy_epochs, {}
+        for epoch in range(1, epochs + 1):
+            time.sleep(duration / epochs)
+            if epoch in task.rungs:
+                reported[str(epoch)] = fitness + rng.gauss(0, 0.1) * (1 - epoch / epochs)
+                if not report(epoch, reported[str(epoch)]):
+                    return Result(task.id, Status.STOPPED, fitness=max(reported.values()), epochs=epoch, rungs=reported)
+        return Result(
+            task.id,
+            Status.OK,
+            fitness=fitness,
+            measured={"params": kernel_cost(task.genotype)},
+            epochs=epochs,
+            rungs=reported,
+        )
 
 
 EVALUATORS: Dict[str, Type[Evaluator]] = {cls.name: cls for cls in (TrainEvaluator, SleepEvaluator)}
@@ -206,6 +291,29 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+class RungChannel:
+    """A task's rung reports to the rank, and the rank's answers; the time spent waiting is kept."""
+
+    def __init__(self, task_id: int, results: TextIO, answers: TextIO):
+        self.task_id, self.results, self.answers = task_id, results, answers
+        self.paused = 0.0
+
+    def __call__(self, epochs: int, fitness: float) -> bool:
+        t0 = time.time()
+        send(self.results, {"id": self.task_id, "rung": epochs, "fitness": fitness})
+        line = self.answers.readline()
+        self.paused += time.time() - t0
+        if not line:  # the rank closed our input: it is going away
+            raise SystemExit(0)
+        return bool(json.loads(line)["continue"])
+
+
+def send(stream: TextIO, record: Dict[str, Any]) -> None:
+    """One JSON line to the rank, at once."""
+    stream.write(json.dumps(record) + "\n")
+    stream.flush()
+
+
 def main() -> int:
     """Serve tasks from stdin until it closes."""
     setup = WorkerSetup.from_dict(json.loads(sys.argv[1]))
@@ -213,21 +321,26 @@ def main() -> int:
     os.dup2(2, 1)  # stray prints from libraries go to the log, not into the result stream
     _exit_with_parent()
     evaluator = evaluator_class(setup.evaluator)(setup)
-    for line in sys.stdin:
+    send(results, {"device_memory": evaluator.device_memory()})
+    while True:
+        line = sys.stdin.readline()
+        if not line:
+            return 0
         task = Task.from_dict(json.loads(line))
         start = time.time()
+        channel = RungChannel(task.id, results, sys.stdin)
         try:
-            result = evaluator.evaluate(task)
+            result = evaluator.evaluate(task, channel)
         except BaseException as exc:  # noqa: BLE001 - every failure becomes a result
+            if isinstance(exc, SystemExit):
+                raise
             error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
             result = Result(task.id, Status.OOM if is_oom(exc) else Status.CRASHED, error=error)
             traceback.print_exc()
-        result.start, result.end = start, time.time()
-        results.write(json.dumps(result.to_dict()) + "\n")
-        results.flush()
-        if result.status is not Status.OK:
+        result.start, result.end, result.paused = start, time.time(), round(channel.paused, 6)
+        send(results, result.to_dict())
+        if result.status not in (Status.OK, Status.STOPPED):
             return 3  # replaced by a fresh child
-    return 0
 
 
 if __name__ == "__main__":

@@ -136,7 +136,7 @@ def build_report(runs: Sequence[Path], out: Optional[Path] = None) -> Path:
             f"## Pareto front of {label}: " + ", ".join(map(str, search.objectives)),
             "",
             f"{len(search.front)} of {len(search.evaluations)} evaluations "
-            f"(`hpcnas pareto {search.run_dir} --export DIR` writes their genotypes).",
+            f"(`hpcnas pareto {search.run_dir} --export DIR` writes their genotypes). {search.spending()}.",
             "",
             "| evaluation | " + " | ".join(names) + " | genotype |",
             "| --- " * (len(names) + 2) + "|",

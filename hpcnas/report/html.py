@@ -134,7 +134,7 @@ def write_index(
             + ", ".join(f"{html.escape(k)}: {v}" for k, v in sorted(counts.items()))
             + f" of {len(evaluations)} evaluations; {len(front)} on the front of "
             + html.escape(", ".join(map(str, search.objectives)))
-            + ". Click a column to sort.</p>"
+            + f". {html.escape(search.spending())}. Click a column to sort.</p>"
             + _table(["id", "status", "front", *names, "rank", "batch", "seconds", "parent"], history)
         )
     if figures:

@@ -94,8 +94,16 @@ def run_status(run_dir: str, now: Optional[float] = None) -> Dict[str, Any]:
         for r in history:
             counts[r.get("status", "?")] = counts.get(r.get("status", "?"), 0) + 1
         ok = [r for r in history if r.get("status") == "ok" and r.get("fitness") is not None]
-        out.update(finished=len(history), budget=budget, by_status=counts, in_flight=len(dispatched - finished))
-        fraction = len(history) / budget if budget else None
+        proxy_epochs = _config_value(config.get("evolve") or {}, "evaluator", "proxy_epochs", 5)
+        used = sum(Evaluation.from_dict(r).budget_used(proxy_epochs) for r in history)  # halving and too_big: less
+        out.update(
+            finished=len(history),
+            budget=budget,
+            budget_used=round(used, 3),
+            by_status=counts,
+            in_flight=len(dispatched - finished),
+        )
+        fraction = used / budget if budget else None
         if ok:
             best = max(ok, key=lambda r: r["fitness"])
             out["best"] = {"evaluation": best["id"], "fitness": best["fitness"]}
@@ -150,7 +158,11 @@ def format_status(s: Dict[str, Any]) -> str:
             if s["state"] == "running"
             else (f", {s['in_flight']} to re-queue on --resume" if s["in_flight"] else "")
         )
-        lines.append(f"  progress    {s['finished']}{of} evaluations finished ({counts}){flight}")
+        if s["budget_used"] == s["finished"]:
+            lines.append(f"  progress    {s['finished']}{of} evaluations finished ({counts}){flight}")
+        else:  # stopped at rungs or too big: the budget counts epochs, not evaluations
+            used = f"{s['budget_used']:g}{of} of the budget used"
+            lines.append(f"  progress    {s['finished']} evaluations finished ({counts}), {used}{flight}")
         if s.get("utilization") is not None:
             lines.append(f"  utilization {100 * s['utilization']:.1f} % of {s['ranks']} rank(s) so far")
         if s.get("best"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Type
 
 from hpcnas.errors import UserError, nearest
@@ -21,6 +21,8 @@ class Proposal:
 
     genotype: Genotype
     parent: Optional[int] = None  # id of the evaluation it was mutated from
+    scores: Dict[str, float] = field(default_factory=dict)  # its zero-cost score, when pre-screened
+    screened: Dict[str, float] = field(default_factory=dict)  # every candidate's score of its screening, by key
 
 
 class Strategy:
@@ -57,6 +59,11 @@ class Strategy:
 
     def learn(self, evaluation: Evaluation) -> None:
         """What a strategy does with a result (nothing, by default)."""
+
+    def report(self, evaluation_id: int, epochs: int, fitness: float) -> bool:
+        """An evaluation's fitness after ``epochs`` of training (a rung); whether it goes on (always, by default:
+        :class:`~hpcnas.strategies.asha.SuccessiveHalving` stops some)."""
+        return True
 
     def feasible(self, evaluation: Evaluation) -> bool:
         """Whether an evaluation ended ok inside every objective's bound."""

@@ -13,7 +13,7 @@ search small, retrain large, as DARTS does.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch import nn
@@ -33,9 +33,12 @@ from hpcnas.train.loop import EpochLoop, WeightedCrossEntropy, cosine_sgd
 
 
 def model_spec(
-    cfg: Config, info: DatasetInfo, genotype: Optional[Genotype], source: str = "<genotype>"
+    cfg: Config, info: DatasetInfo, genotype: Optional[Genotype], source: str = "<genotype>", measure: bool = True
 ) -> Dict[str, Any]:
-    """Everything needed to rebuild the network: a genotype (checked against the space) or the baseline."""
+    """Everything needed to rebuild the network: a genotype (checked against the space) or the baseline.
+
+    ``measure=False`` leaves out the parameter and FLOP counts (a tenth of a second), for callers that only build.
+    """
     sp = cfg.space
     tr = cfg.train
     spec: Dict[str, Any] = {
@@ -65,7 +68,8 @@ def model_spec(
     if tr.target_params:  # search small, retrain at the size of the budget
         width_key = "channels" if genotype is not None else "baseline_width"
         spec[width_key] = width_for_parameters(lambda w: build_model({**spec, width_key: w}), tr.target_params)
-    spec.update(complexity(lambda: build_model(spec), info.channels, info.tile_size))
+    if measure:
+        spec.update(complexity(lambda: build_model(spec), info.channels, info.tile_size))
     return spec
 
 
@@ -85,10 +89,21 @@ class Trainer(EpochLoop):
     """Train one discrete network in one run directory."""
 
     def __init__(
-        self, cfg: Config, run_dir: Path, data_path: str, info: DatasetInfo, device: torch.device, spec: Dict[str, Any]
+        self,
+        cfg: Config,
+        run_dir: Path,
+        data_path: str,
+        info: DatasetInfo,
+        device: torch.device,
+        spec: Dict[str, Any],
+        epoch_done: Optional[Callable[[int, float], bool]] = None,
     ):
+        """``epoch_done(epochs, best mIoU so far)`` is asked after every epoch whether to go on (successive
+        halving's rungs); the run stops early when it answers false."""
         super().__init__(run_dir, device, info.class_names)
         self.cfg, self.spec = cfg, spec
+        self.epoch_done = epoch_done
+        self.epochs_done = 0
         self.monitor = cfg.monitor
         tr = cfg.train
         seed_everything(cfg.seed)
@@ -113,6 +128,13 @@ class Trainer(EpochLoop):
 
     def best_state(self) -> Dict[str, Any]:
         return {"spec": self.spec}
+
+    def stop_early(self, epoch: int, record: Dict[str, Any]) -> bool:
+        self.epochs_done = epoch + 1
+        if self.epoch_done is None:
+            return False
+        best = max(self.best_miou, record.get("val_miou", -1.0)) if self.may_be_best(epoch) else self.best_miou
+        return not self.epoch_done(epoch + 1, best)
 
     def extra_state(self) -> Dict[str, Any]:
         return {"spec": self.spec}

@@ -1,0 +1,122 @@
+"""Zero-cost scores of a network at initialization: one batch, no training.
+
+* ``grad_norm``: the summed L2 norms of the gradients of the loss (Abdelfattah et al. 2021);
+* ``synflow``: sum |theta * dR/dtheta| for R = the sum of the output of the network with |weights| on an
+  all-ones input, in float64 (Tanaka et al. 2020), data-free;
+* ``naswot``: log-determinant of the kernel of the ReLU activation patterns of a batch (Mellor et al. 2021):
+  networks that tell the inputs apart score higher;
+* ``params``: the parameter count.
+
+Every score is computed on a fresh network initialized from a fixed seed, on CPU or GPU, and higher is
+"better" as each paper ranks them (the parameter count too: larger networks train to higher mIoU).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+SCORES = ("grad_norm", "synflow", "naswot", "params")
+
+
+def training_batch(data: str, count: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The first ``count`` patches of the train split, normalized as training sees them, and their masks."""
+    from hpcnas.data.hdf5 import PatchReader, read_info
+
+    info = read_info(data)
+    reader = PatchReader(data, "train", info.num_classes)
+    try:
+        pairs = [reader.read(i) for i in range(min(count, info.split_sizes["train"]))]
+    finally:
+        reader.close()
+    images = np.stack([image for image, _ in pairs])
+    x = torch.from_numpy(info.normalization.apply(images))  # C order (see Normalization.apply)
+    y = torch.from_numpy(np.stack([mask for _, mask in pairs])).long()
+    return x, y
+
+
+def grad_norm(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Summed L2 norms of the weight gradients of the cross-entropy on one batch."""
+    model.train()
+    model.zero_grad()
+    nn.functional.cross_entropy(model(x), y, ignore_index=255).backward()
+    return float(sum(p.grad.norm() for p in model.parameters() if p.grad is not None))
+
+
+def synflow(model: nn.Module, x: torch.Tensor) -> float:
+    """SynFlow, data-free: the model is turned to float64 with |weights| (and left so)."""
+    model = model.double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.abs_()
+    model.zero_grad()
+    model(torch.ones_like(x[:1], dtype=torch.float64)).sum().backward()
+    return float(sum((p * p.grad).abs().sum() for p in model.parameters() if p.grad is not None))
+
+
+def naswot(model: nn.Module, x: torch.Tensor) -> float:
+    """log |det K| of the Hamming-similarity kernel of the batch's ReLU activation codes."""
+    codes = []
+
+    def hook(module, inputs, output):
+        codes.append((output.detach().flatten(1) > 0).double())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.ReLU)]
+    model.train()
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    c = torch.cat(codes, dim=1)
+    kernel = c @ c.T + (1 - c) @ (1 - c).T
+    return float(torch.linalg.slogdet(kernel).logabsdet)
+
+
+def zero_cost_scores(
+    build: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor, names: Sequence[str] = SCORES, seed: int = 0
+) -> Dict[str, float]:
+    """The named scores of the network ``build()`` makes, each on a fresh copy initialized from ``seed``."""
+    device = x.device
+    scores: Dict[str, float] = {}
+    for name in names:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            model = build().to(device)
+            if name == "grad_norm":
+                scores[name] = grad_norm(model, x, y)
+            elif name == "synflow":
+                scores[name] = synflow(model, x)
+            elif name == "naswot":
+                scores[name] = naswot(model, x)
+            elif name == "params":
+                scores[name] = float(sum(p.numel() for p in model.parameters()))
+            else:
+                raise ValueError(f"unknown zero-cost score {name!r} (known: {', '.join(SCORES)})")
+    return scores
+
+
+class GenotypeScorer:
+    """One zero-cost score of a genotype's network as ``cfg`` builds it, on the first training patches of
+    ``data`` (read at the first call), on rank 0's CPU with one thread."""
+
+    def __init__(self, cfg, data: str, name: str, batch: int):
+        self.cfg, self.data, self.name, self.batch_size = cfg, data, name, batch
+        self.info = None
+        self.batch: Tuple[torch.Tensor, torch.Tensor] = (torch.empty(0), torch.empty(0))
+
+    def __call__(self, genotype) -> float:
+        from hpcnas.data.hdf5 import read_info
+        from hpcnas.train.trainer import build_model, model_spec
+
+        if self.info is None:
+            torch.set_num_threads(1)  # rank 0's own worker needs the cores
+            self.info = read_info(self.data)
+            self.batch = training_batch(self.data, self.batch_size)
+        spec = model_spec(self.cfg, self.info, genotype, measure=False)
+        x, y = self.batch
+        return zero_cost_scores(lambda: build_model(spec), x, y, [self.name], seed=self.cfg.seed)[self.name]
