@@ -37,6 +37,23 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
 
 
+class MaxPool2x2(torch.autograd.Function):
+    """A 2x2, stride-2 max-pool that keeps only its argmax indices for backward, not its input: the windows
+    do not overlap, so the gradient is the output's gradient scattered back to those indices."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out, indices = nn.functional.max_pool2d(x, 2, 2, return_indices=True)
+        ctx.save_for_backward(indices)
+        ctx.input_size = x.shape[-2:]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (indices,) = ctx.saved_tensors
+        return nn.functional.max_unpool2d(grad, indices, 2, 2, output_size=ctx.input_size)
+
+
 class MixedOp(nn.Module):
     """Weighted sum of every candidate op on one edge."""
 
@@ -79,14 +96,14 @@ class MixedOp(nn.Module):
         width = self.channels // self.partial
         if self.sampling == "random" and self.training:
             perm = torch.randperm(self.channels, generator=self.generator).to(x.device)
-            idx = perm[:width]
-            mixed = sum(w * op(x.index_select(1, idx)) for w, op in zip(weights, self.ops))
-            if self.stride == 1:
-                return x.index_copy(1, idx, mixed)
-            # strided: pool only the bypassed channels (pooling all of x saved all of x for backward: 1.17x
-            # the bytes of the reference's slice), then put every channel back in its place
-            pooled = nn.functional.max_pool2d(x.index_select(1, perm[width:]), 2, 2)
-            return torch.cat([mixed, pooled], dim=1).index_select(1, torch.argsort(perm))
+            through = x.index_select(1, perm[:width])  # gathered once: every op reads (and may save) this copy
+            mixed = sum(w * op(through) for w, op in zip(weights, self.ops))
+            # the bypass and the mixed channels back in their places with gathers, which save only indices for
+            # backward (index_copy saved its source, and a plain max-pool its gathered input)
+            bypass = x.index_select(1, perm[width:])
+            if self.stride != 1:
+                bypass = MaxPool2x2.apply(bypass)
+            return torch.cat([mixed, bypass], dim=1).index_select(1, torch.argsort(perm))
         mixed = sum(w * op(x[:, :width]) for w, op in zip(weights, self.ops))
         out = torch.cat([mixed, self._bypass(x[:, width:])], dim=1)
         return channel_shuffle(out, self.partial) if self.sampling == "shuffle" else out
