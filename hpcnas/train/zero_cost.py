@@ -43,7 +43,8 @@ def grad_norm(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     model.train()
     model.zero_grad()
     nn.functional.cross_entropy(model(x), y, ignore_index=255).backward()
-    return float(sum(p.grad.norm() for p in model.parameters() if p.grad is not None))
+    with torch.no_grad():
+        return float(sum(p.grad.norm() for p in model.parameters() if p.grad is not None))
 
 
 def synflow(model: nn.Module, x: torch.Tensor) -> float:
@@ -54,7 +55,8 @@ def synflow(model: nn.Module, x: torch.Tensor) -> float:
             p.abs_()
     model.zero_grad()
     model(torch.ones_like(x[:1], dtype=torch.float64)).sum().backward()
-    return float(sum((p * p.grad).abs().sum() for p in model.parameters() if p.grad is not None))
+    with torch.no_grad():
+        return float(sum((p * p.grad).abs().sum() for p in model.parameters() if p.grad is not None))
 
 
 def naswot(model: nn.Module, x: torch.Tensor) -> float:
