@@ -104,7 +104,8 @@ class MixedOp(nn.Module):
             if self.stride != 1:
                 bypass = MaxPool2x2.apply(bypass)
             return torch.cat([mixed, bypass], dim=1).index_select(1, torch.argsort(perm))
-        mixed = sum(w * op(x[:, :width]) for w, op in zip(weights, self.ops))
+        through = x[:, :width]  # sliced once: each slice's backward writes a zero-padded full-size gradient
+        mixed = sum(w * op(through) for w, op in zip(weights, self.ops))
         out = torch.cat([mixed, self._bypass(x[:, width:])], dim=1)
         return channel_shuffle(out, self.partial) if self.sampling == "shuffle" else out
 
