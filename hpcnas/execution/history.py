@@ -100,9 +100,7 @@ def utilization(evaluations: Sequence[Evaluation], ranks: int, since: float, unt
     (time an evaluation waited for a rung decision is not busy)."""
     if ranks < 1 or until <= since:
         return None
-    busy = sum(
-        max(0.0, min(e.end or until, until) - max(e.start or until, since) - e.paused) for e in evaluations
-    )
+    busy = sum(max(0.0, min(e.end or until, until) - max(e.start or until, since) - e.paused) for e in evaluations)
     return busy / (ranks * (until - since))
 
 

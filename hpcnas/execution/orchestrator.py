@@ -161,6 +161,9 @@ class Dispatcher:
         self.rungs = strategy.rungs if isinstance(strategy, SuccessiveHalving) else []
         self.proxy_epochs = cfg.evolve.evaluator.proxy_epochs
         self.spent = sum(e.budget_used(self.proxy_epochs) for e in search_log.finished)
+        # the budget an evaluation in flight is sure to use: up to its next rung (all of it without rungs), so
+        # that ranks are not left idle for budget that stopping may yet give back
+        self.committed: Dict[int, float] = {}
         self.too_big_in_a_row = 0
         self.log, self.strategy = search_log, strategy
         self.world = comm.Get_size()
@@ -226,6 +229,7 @@ class Dispatcher:
         task.submit, task.rank, task.fault = time.time(), rank, self.faults.get(task.id)
         self.log.log_dispatch(task)
         self.inflight[rank] = task
+        self.committed[rank] = self._share(task.rungs[0] if task.rungs else None)
         if rank == 0:
             self.slot.submit(task.to_dict())
         else:
@@ -254,6 +258,9 @@ class Dispatcher:
             raw["rung"],
             "goes on" if go_on else "stopped",
         )
+        if go_on:
+            later = [r for r in task.rungs if r > int(raw["rung"])]
+            self.committed[rank] = self._share(later[0] if later else None)
         if rank == 0:
             self.slot.decide(go_on)
         else:
@@ -264,6 +271,7 @@ class Dispatcher:
             self._decide(rank, raw)
             return
         task = self.inflight.pop(rank)
+        self.committed.pop(rank, None)
         result = Result.from_dict(raw)
         if result.end is None:
             result.end = time.time()
@@ -334,7 +342,12 @@ class Dispatcher:
     def _budget_left(self, started: float) -> bool:
         if self.stop.signal or self._out_of_time(started):
             return False
-        return self.spent + len(self.inflight) < self.cfg.evolve.max_evaluations
+        first = self._share(self.rungs[0] if self.rungs else None)
+        return self.spent + sum(self.committed.values()) + first <= self.cfg.evolve.max_evaluations + 1e-9
+
+    def _share(self, epochs: Optional[int]) -> float:
+        """The part of one evaluation that ``epochs`` of training are (``None``: the whole proxy schedule)."""
+        return 1.0 if epochs is None else epochs / self.proxy_epochs
 
     def run(self) -> Optional[str]:
         """Dispatch until the budget is spent (or a signal), then stop every rank.
@@ -356,7 +369,8 @@ class Dispatcher:
         if not self.stop.requested:
             return None
         work_left = bool(self.inflight) or (
-            self.spent < self.cfg.evolve.max_evaluations and not self._out_of_time(started)
+            self.spent + self._share(self.rungs[0] if self.rungs else None) <= self.cfg.evolve.max_evaluations + 1e-9
+            and not self._out_of_time(started)
         )
         return self.stop.signal if work_left else None
 

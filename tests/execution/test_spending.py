@@ -30,7 +30,7 @@ def test_smoke_evolve_estimates_screens_and_halves_with_real_training(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     history = read_jsonl(out / "history.jsonl")
     dispatches = read_jsonl(out / "dispatch.jsonl")
-    assert 8 <= budget_used(history) < 9 and len({r["id"] for r in history}) == len(history)
+    assert 7.5 < budget_used(history) <= 8 + 3 * 0.5 and len({r["id"] for r in history}) == len(history)
     assert {r["status"] for r in history} <= {"ok", "stopped"}
     for r in history:
         assert set(r["rungs"]) == {"1"}  # the rung after epoch 1 of 2
@@ -106,7 +106,8 @@ def test_a_killed_halving_search_resumes_with_its_rung_results(tmp_path):
     history = read_jsonl(out / "history.jsonl")
     assert history[: len(before)] == before  # nothing finished is lost or redone
     assert "replay diverged" not in done.stderr
-    assert 14 * 4 <= sum(4 if r["status"] != "stopped" else r["epochs"] for r in history) < 15 * 4
+    epochs = sum(4 if r["status"] != "stopped" else r["epochs"] for r in history)
+    assert 14 * 4 - 1 < epochs <= 14 * 4 + 4 * 3  # in flight at the end: counted up to their next rung
     assert len({r["id"] for r in history}) == len(history)
     for r in history:  # every rung reached is recorded, up to where it stopped
         reached = [1, 2] if r["status"] == "ok" else [e for e in (1, 2) if e <= r["epochs"]]

@@ -137,10 +137,10 @@ def test_a_discrete_search_shows_evaluations_and_utilization(tmp_path):
     (s,) = status_json(out)
     # smoke-evolve.yaml halves at a rung: the budget counts epochs, a stopped evaluation half of one
     assert (s["command"], s["state"], s["budget"], s["in_flight"]) == ("evolve", "finished", 8, 0)
-    assert 8 <= s["budget_used"] < 9 and s["finished"] == sum(s["by_status"].values()) >= 8
+    assert 7.5 < s["budget_used"] <= 8 + 2 * 0.5 and s["finished"] == sum(s["by_status"].values()) >= 8
     assert set(s["by_status"]) <= {"ok", "stopped"} and s["ranks"] == 2 and 0.3 < s["utilization"] <= 1.0
     text = run_cli("status", str(out)).stdout
-    if s["finished"] > 8:
+    if s["budget_used"] != s["finished"]:
         assert (
             f"{s['finished']} evaluations finished (" in text and f"{s['budget_used']:g}/8 of the budget used" in text
         )
