@@ -82,6 +82,9 @@ def evaluate_confusion(model: nn.Module, loader, device: torch.device, num_class
     return conf
 
 
+STOP_CHECK_STEPS = 10  # on several ranks: steps between two agreements on a stop signal (SLURM warns minutes ahead)
+
+
 class EpochLoop:
     """Epochs of steps, each epoch followed by validation, one metrics line and a checkpoint.
 
@@ -95,7 +98,7 @@ class EpochLoop:
     A resumed loop restores every parameter, optimizer, scheduler and RNG, so
     it ends exactly like an uninterrupted one on CPU.  SIGUSR2 / SIGTERM stop
     it between two steps: every rank agrees on the step (one tiny allreduce
-    per step), rank 0 saves a mid-epoch checkpoint (step index, running sums,
+    every ``STOP_CHECK_STEPS`` steps on several ranks), rank 0 saves a mid-epoch checkpoint (step index, running sums,
     RNG) and :class:`~hpcnas.errors.Interrupted` is raised; the resumed epoch
     skips the batches already trained, so no finished step is lost or redone.
     """
@@ -259,7 +262,7 @@ class EpochLoop:
                 self.board.scalars(values, epoch * steps + step + 1, prefix="step")
             if step % 50 == 49:
                 self.check_replicas()
-            if step + 1 < steps and self.ctx.any(self.stop.requested):
+            if step + 1 < steps and self._stop_check(step) and self.ctx.any(self.stop.requested):
                 if self.ctx.is_root:
                     save_checkpoint(RunDir(self.run_dir).latest, self.state(epoch, step + 1, sums))
                 raise Interrupted(
@@ -268,6 +271,11 @@ class EpochLoop:
                     f"in epoch {epoch} after step {step + 1}/{steps}",
                 )
         return self.epoch_summary(epoch, sums, steps)
+
+    def _stop_check(self, step: int) -> bool:
+        """Whether the ranks agree on a stop after this step: every step alone; on several ranks every
+        ``STOP_CHECK_STEPS`` (one allreduce each time; every rank counts the same steps, so all agree)."""
+        return self.ctx.size == 1 or (step + 1) % STOP_CHECK_STEPS == 0
 
     def validate(self) -> dict:
         """``val_miou`` and per-class ``val_iou_*`` (nothing when there is no validation split)."""
