@@ -24,7 +24,12 @@ dispatches.
 
     python benchmarks/orchestrator.py [--ranks 4,8,16] [--median 2.0] [--tasks-per-rank 10]
         [--strategies evolution,nsga2] [--json out.json] [--plot out.png]
+    python benchmarks/orchestrator.py --asha 1:3 --epochs 9 --modes async [--json out.json]
     python benchmarks/orchestrator.py --simulate [--json out.json]
+
+``--asha MIN:ETA`` adds successive halving: each task's sleep is spread over
+``--epochs`` epochs, it reports at the rungs and waits for rank 0's answer
+(that wait counts as idle); the target stays >= 98 % while tasks are stopped.
 """
 
 from __future__ import annotations
@@ -50,7 +55,8 @@ def utilization(history, world: int, until: float = None) -> float:
     """Busy worker-seconds over world x span, the span from the first submit to ``until`` (default: last end)."""
     t0 = min(r["submit"] for r in history)
     t1 = until if until is not None else max(r["end"] for r in history)
-    busy = sum(max(0.0, min(r["end"], t1) - max(r["start"], t0)) for r in history)
+    # a task waiting for a rung decision is not busy
+    busy = sum(max(0.0, min(r["end"], t1) - max(r["start"], t0) - r.get("paused", 0.0)) for r in history)
     return busy / (world * (t1 - t0))
 
 
@@ -85,7 +91,18 @@ def run_one(world: int, mode: str, strategy: str, args, workdir: Path) -> dict:
         "evolve.strategy.population=8",
         "evolve.strategy.sample_size=3",
         "data.synth.n=4",
+        "evolve.memory.limit=null",
+        "evolve.prescreen.score=null",
     ]
+    if args.asha:  # the sleep is spread over the proxy epochs; rungs report and wait for rank 0's answer
+        min_resource, eta = args.asha.split(":")
+        sets += [
+            f"evolve.asha.min_resource={min_resource}",
+            f"evolve.asha.reduction_factor={eta}",
+            f"evolve.evaluator.proxy_epochs={args.epochs}",
+        ]
+    else:
+        sets.append("evolve.asha.min_resource=null")
     run_evolve(args.mpirun, world, "configs/smoke-evolve.yaml", out, sets)
     history = read_jsonl(out / "history.jsonl")
     dispatch = read_jsonl(out / "dispatch.jsonl")
@@ -96,11 +113,15 @@ def run_one(world: int, mode: str, strategy: str, args, workdir: Path) -> dict:
     warm = np.array([(r["start"] - r["submit"]) * 1000 for r in history if r["id"] not in first_per_rank.values()])
     last_dispatch = max(d["submit"] for d in dispatch)
     idle = np.array(round_trip_idle(history)) * 1000
+    rungs = sum(len(r.get("rungs", {})) for r in history)
     return {
         "ranks": world,
         "mode": mode,
         "strategy": strategy,
+        "asha": args.asha,
         "tasks": len(history),
+        "stopped": sum(r["status"] == "stopped" for r in history),
+        "decision_ms_mean": 1000 * sum(r.get("paused", 0.0) for r in history) / rungs if rungs else None,
         "utilization": utilization(history, world),
         "utilization_steady": utilization(history, world, until=last_dispatch),
         "overhead_ms_mean": float(overhead.mean()),
@@ -166,6 +187,8 @@ def main(argv=None) -> int:
     p.add_argument("--median", type=float, default=2.0, help="median task seconds")
     p.add_argument("--sigma", type=float, default=0.5, help="log-normal shape")
     p.add_argument("--tasks-per-rank", type=int, default=10)
+    p.add_argument("--asha", help="MIN:ETA: successive halving with rungs at MIN, MIN*ETA, ... of --epochs epochs")
+    p.add_argument("--epochs", type=int, default=9, help="with --asha: proxy epochs the sleep is spread over")
     p.add_argument("--mpirun", default=shutil.which("mpirun") or "mpirun")
     p.add_argument(
         "--simulate",
@@ -216,14 +239,16 @@ def main(argv=None) -> int:
         fig.savefig(args.plot, dpi=110)
     print(
         f"{'mode':<14}{'strategy':<11}{'ranks':>6}{'tasks':>7}{'util %':>9}{'steady %':>10}"
-        f"{'ovh ms med':>12}{'ovh ms mean':>13}{'warm mean':>11}{'idle ms med':>13}{'wall s':>8}"
+        f"{'ovh ms med':>12}{'ovh ms mean':>13}{'warm mean':>11}{'idle ms med':>13}{'wall s':>8}{'stopped':>9}"
+        f"{'decide ms':>10}"
     )
     for r in rows:
         warm = f"{r['overhead_ms_warm_mean']:.2f}" if r["overhead_ms_warm_mean"] is not None else "-"
         print(
             f"{r['mode']:<14}{r['strategy']:<11}{r['ranks']:>6}{r['tasks']:>7}{100 * r['utilization']:>9.1f}"
             f"{100 * r['utilization_steady']:>10.1f}{r['overhead_ms_median']:>12.2f}{r['overhead_ms_mean']:>13.2f}"
-            f"{warm:>11}{r['round_trip_idle_ms_median'] or 0:>13.2f}{r['wall_s']:>8.1f}"
+            f"{warm:>11}{r['round_trip_idle_ms_median'] or 0:>13.2f}{r['wall_s']:>8.1f}{r['stopped']:>9}"
+            f"{r['decision_ms_mean'] or 0:>10.2f}"
         )
     for r in rows:
         r.pop("curve")
