@@ -28,6 +28,7 @@ from hpcnas.space.cells import CellArch, make_cell, search_edges
 from hpcnas.space.mixed import channel_shuffle
 from hpcnas.space.ops import ReLUConvBN, build_op, is_parameter_free_pool
 from hpcnas.space.searchspace import SearchSpace
+from hpcnas.train.memory import saved_storages
 
 NODES = 4
 
@@ -140,29 +141,13 @@ def measure(reduction: bool, side: str, args) -> dict:
     cell.train()
     arch = Architecture(edges, len(space.ops))
     seconds = time_step(forward, [*cell.parameters(), *arch.leaves()], args.warmup, args.steps)
-    saved = _saved(forward, cell)
+    saved = sum(t.untyped_storage().nbytes() for t in saved_storages(forward, cell.parameters()).values())
     return {
         "cell": "reduction" if reduction else "normal",
         "side": side,
         "ms": 1000 * seconds,
         "saved_mb": saved / 2**20,
     }
-
-
-def _saved(forward, cell) -> int:
-    """Bytes of distinct storages autograd saves in one forward (parameters not counted)."""
-    params = {p.untyped_storage().data_ptr() for p in cell.parameters()}
-    seen = {}
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in params:
-            seen[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        forward()
-    return sum(seen.values())
 
 
 def main(argv=None) -> int:

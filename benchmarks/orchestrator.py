@@ -48,16 +48,17 @@ sys.path.insert(0, str(ROOT))
 from _emit import emit  # noqa: E402 - benchmarks/_emit.py, beside this script
 from _evolve import run_evolve  # noqa: E402
 
+from hpcnas.execution.history import utilization as search_utilization  # noqa: E402
+from hpcnas.records import Evaluation  # noqa: E402
 from hpcnas.rundir import read_jsonl  # noqa: E402
 
 
 def utilization(history, world: int, until: float = None) -> float:
-    """Busy worker-seconds over world x span, the span from the first submit to ``until`` (default: last end)."""
+    """The search's own utilization (a wait for a rung decision is idle) from the first submit to ``until``
+    (default: the last end)."""
     t0 = min(r["submit"] for r in history)
     t1 = until if until is not None else max(r["end"] for r in history)
-    # a task waiting for a rung decision is not busy
-    busy = sum(max(0.0, min(r["end"], t1) - max(r["start"], t0) - r.get("paused", 0.0)) for r in history)
-    return busy / (world * (t1 - t0))
+    return search_utilization([Evaluation.from_dict(r) for r in history], world, t0, t1)
 
 
 def busy_curve(history, t0: float, points: int = 400):

@@ -164,6 +164,7 @@ class Dispatcher:
         # the budget an evaluation in flight is sure to use: up to its next rung (all of it without rungs), so
         # that ranks are not left idle for budget that stopping may yet give back
         self.committed: Dict[int, float] = {}
+        self.first_share = self._share(self.rungs[0] if self.rungs else None)  # what a new evaluation commits
         self.too_big_in_a_row = 0
         self.log, self.strategy = search_log, strategy
         self.world = comm.Get_size()
@@ -342,8 +343,7 @@ class Dispatcher:
     def _budget_left(self, started: float) -> bool:
         if self.stop.signal or self._out_of_time(started):
             return False
-        first = self._share(self.rungs[0] if self.rungs else None)
-        return self.spent + sum(self.committed.values()) + first <= self.cfg.evolve.max_evaluations + 1e-9
+        return self.spent + sum(self.committed.values()) + self.first_share <= self.cfg.evolve.max_evaluations + 1e-9
 
     def _share(self, epochs: Optional[int]) -> float:
         """The part of one evaluation that ``epochs`` of training are (``None``: the whole proxy schedule)."""
@@ -369,8 +369,7 @@ class Dispatcher:
         if not self.stop.requested:
             return None
         work_left = bool(self.inflight) or (
-            self.spent + self._share(self.rungs[0] if self.rungs else None) <= self.cfg.evolve.max_evaluations + 1e-9
-            and not self._out_of_time(started)
+            self.spent + self.first_share <= self.cfg.evolve.max_evaluations + 1e-9 and not self._out_of_time(started)
         )
         return self.stop.signal if work_left else None
 

@@ -98,8 +98,9 @@ class EpochLoop:
     A resumed loop restores every parameter, optimizer, scheduler and RNG, so
     it ends exactly like an uninterrupted one on CPU.  SIGUSR2 / SIGTERM stop
     it between two steps: every rank agrees on the step (one tiny allreduce
-    every ``STOP_CHECK_STEPS`` steps on several ranks), rank 0 saves a mid-epoch checkpoint (step index, running sums,
-    RNG) and :class:`~hpcnas.errors.Interrupted` is raised; the resumed epoch
+    every ``STOP_CHECK_STEPS`` steps on several ranks), rank 0 saves a
+    mid-epoch checkpoint (step index, running sums, RNG) and
+    :class:`~hpcnas.errors.Interrupted` is raised; the resumed epoch
     skips the batches already trained, so no finished step is lost or redone.
     """
 

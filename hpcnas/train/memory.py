@@ -13,7 +13,7 @@ dispatcher compares the estimate against a limit below the device's memory.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict
+from typing import Any, Callable, Dict, Iterable
 
 import torch
 from torch import nn
@@ -47,9 +47,10 @@ class MemoryEstimate:
         return max(0, min(most, int((limit - fixed) // per_sample)))
 
 
-def _saved_storages(model: nn.Module, x: torch.Tensor) -> Dict[int, torch.Tensor]:
-    """One tensor per distinct storage autograd saves during a forward pass of ``x`` (parameters excluded)."""
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+def saved_storages(forward: Callable[[], Any], parameters: Iterable[torch.Tensor]) -> Dict[int, torch.Tensor]:
+    """One tensor per distinct storage autograd saves for backward while ``forward()`` runs (``parameters``
+    excluded: they are in memory anyway)."""
+    params = {p.untyped_storage().data_ptr() for p in parameters}
     saved: Dict[int, torch.Tensor] = {}
 
     def pack(t):
@@ -60,14 +61,14 @@ def _saved_storages(model: nn.Module, x: torch.Tensor) -> Dict[int, torch.Tensor
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(x)
+        forward()
     return saved
 
 
 def saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
     """Bytes of the distinct storages autograd saves for backward in a forward pass of ``x`` (the measurement
-    the estimate is calibrated against; parameters are not counted, they are in memory anyway)."""
-    return sum(t.untyped_storage().nbytes() for t in _saved_storages(model, x).values())
+    the estimate is calibrated against; parameters are not counted)."""
+    return sum(t.untyped_storage().nbytes() for t in saved_storages(lambda: model(x), model.parameters()).values())
 
 
 def estimate_training_memory(model: nn.Module, in_channels: int, tile: int, stride: int) -> MemoryEstimate:
@@ -78,7 +79,8 @@ def estimate_training_memory(model: nn.Module, in_channels: int, tile: int, stri
     was_training = model.training
     model.train()
     with torch.random.fork_rng(devices=[]):  # dropout, if any, must not move the caller's random stream
-        saved = _saved_storages(model, torch.zeros(TRACE_BATCH, in_channels, stride, stride))
+        x = torch.zeros(TRACE_BATCH, in_channels, stride, stride)
+        saved = saved_storages(lambda: model(x), model.parameters())
     model.train(was_training)
     pixels = (tile // stride) ** 2
     fixed, per_sample, largest = 0, 0.0, 0.0
