@@ -40,6 +40,12 @@ class Origin(str, Enum):
         return self.value
 
 
+def _fields(record: Any) -> Dict[str, Any]:
+    """A record's fields as a dict for serializing; nested values are shared, not copied (``dataclasses.asdict``
+    deep-copies every genotype, a cost on the path from one task's end to the next one's start)."""
+    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+
+
 def _known_fields(cls: type, raw: Dict[str, Any]) -> Dict[str, Any]:
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in raw.items() if k in names}
@@ -67,7 +73,7 @@ class Task:
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain JSON-able data."""
-        return dict(dataclasses.asdict(self), origin=self.origin.value)
+        return dict(_fields(self), origin=self.origin.value)
 
     @classmethod
     def from_dict(cls, raw: Dict[str, Any]) -> "Task":
@@ -110,7 +116,7 @@ class Result:
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain JSON-able data."""
-        return dict(dataclasses.asdict(self), status=self.status.value)
+        return dict(_fields(self), status=self.status.value)
 
     @classmethod
     def from_dict(cls, raw: Dict[str, Any]) -> "Result":
@@ -202,7 +208,7 @@ class Evaluation:
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain JSON-able data."""
-        return dict(dataclasses.asdict(self), status=self.status.value)
+        return dict(_fields(self), status=self.status.value)
 
     @classmethod
     def from_dict(cls, raw: Dict[str, Any]) -> "Evaluation":

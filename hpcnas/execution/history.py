@@ -1,7 +1,8 @@
 """The discrete search's records: dispatch.jsonl (what was sent) and history.jsonl (what finished).
 
-Both files are appended one flushed line at a time (fsynced in groups, see
-:meth:`SearchLog.commit`) and carry a common sequence number, so replaying
+Both files are appended one line per record, written in sequence order once
+rank 0 has dispatched (see :meth:`SearchLog.write`) and fsynced in groups
+(:meth:`SearchLog.commit`); they carry a common sequence number, so replaying
 them in ``seq`` order rebuilds the strategy exactly (asks and tells in their
 original order), and the tasks dispatched but never finished are the ones in
 flight when the search was killed.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from hpcnas.records import Evaluation, Origin, Status, Task
 from hpcnas.rundir import JsonlWriter, RunDir, read_jsonl
@@ -35,6 +36,7 @@ class SearchLog:
         self.next_id = max(ids, default=-1) + 1
         self._dispatch = JsonlWriter(files.dispatch, group_commit=True)
         self._history = JsonlWriter(files.history, group_commit=True)
+        self._unwritten: List[Tuple[JsonlWriter, Union[Task, Evaluation]]] = []  # logged, in sequence order
         self.last_commit = time.monotonic()
 
     def events(self) -> List[Union[Task, Evaluation]]:
@@ -67,22 +69,36 @@ class SearchLog:
         """A task sent to a rank (stamped with the next sequence number)."""
         task.seq, self.seq = self.seq, self.seq + 1
         self.dispatched.append(task)
-        self._dispatch.write(task.to_dict())
+        self._unwritten.append((self._dispatch, task))
 
     def log_result(self, evaluation: Evaluation) -> None:
         """A finished evaluation, any status (stamped with the next sequence number)."""
         evaluation.seq, self.seq = self.seq, self.seq + 1
         self.finished.append(evaluation)
-        self._history.write(evaluation.to_dict())
+        self._unwritten.append((self._history, evaluation))
+
+    def write(self) -> None:
+        """Hand the records logged since the last call to the operating system, one flushed line each, in
+        sequence order.
+
+        Rank 0 calls this after it has dispatched, so that serializing and writing are not between a
+        worker's result and its next task.  A killed rank 0 loses at most the records of that one pass
+        (results being handled and tasks just sent), and resume handles both: the task whose result is
+        lost is in flight and runs again, a lost dispatch is asked again.  Written in order, a tell is
+        never on disk without the asks before it.
+        """
+        for writer, record in self._unwritten:
+            writer.write(record.to_dict())
+        self._unwritten.clear()
 
     def commit(self, every_s: float = 0.0) -> None:
-        """Fsync both files (dispatches first), at most once per ``every_s`` seconds.
+        """Write what is logged, then fsync both files (dispatches first), at most once per ``every_s`` seconds.
 
         Group commit: at thousands of ranks results arrive faster than a disk fsyncs, so rank 0 makes a
-        burst of records durable at once.  Each record is already flushed when written, so a killed
-        process loses nothing; a crash of the machine loses at most the last ``every_s`` of records, and
-        a lost dispatch is simply asked again on resume.
+        burst of records durable at once.  A crash of the machine loses at most the last ``every_s`` of
+        records, and a lost dispatch is simply asked again on resume.
         """
+        self.write()
         now = time.monotonic()
         if now - self.last_commit >= every_s and (self._dispatch.pending or self._history.pending):
             self._dispatch.commit()
@@ -90,7 +106,8 @@ class SearchLog:
             self.last_commit = now
 
     def close(self) -> None:
-        """Commit and close both files."""
+        """Write, commit and close both files."""
+        self.write()
         self._dispatch.close()
         self._history.close()
 

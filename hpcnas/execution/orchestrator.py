@@ -19,7 +19,7 @@ import logging
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, List, Optional
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from hpcnas.board import Board
 from hpcnas.config import Config
@@ -42,7 +42,13 @@ from hpcnas.strategies.prescreen import Prescreen
 log = logging.getLogger("hpcnas")
 
 TAG_TASK, TAG_RESULT, TAG_STOP, TAG_DECISION = 1, 2, 3, 4
-POLL_S = 0.0005
+# How often a rank looks for MPI messages.  A rank expecting one soon (rank 0 between results, a worker
+# waiting for its next task or a rung decision) polls every POLL_S; a worker whose child trains only expects a
+# stop and polls every TRAINING_POLL_S (the child's result wakes it at once, see WorkerSlot.wait); a worker idle
+# for longer than IDLE_S (the end of a search, a generation's barrier) backs off to IDLE_POLL_S.
+POLL_S = 0.0001
+TRAINING_POLL_S = 0.02
+IDLE_S, IDLE_POLL_S = 0.05, 0.0005
 COMMIT_S = 0.05  # group commit: the search log is fsynced at most this often (every record is flushed at once)
 
 
@@ -166,6 +172,8 @@ class Dispatcher:
         self.committed: Dict[int, float] = {}
         self.first_share = self._share(self.rungs[0] if self.rungs else None)  # what a new evaluation commits
         self.too_big_in_a_row = 0
+        # log lines of the results in hand, written after the next dispatch (stderr is a pipe to mpirun)
+        self.said: List[Tuple[str, tuple]] = []
         self.log, self.strategy = search_log, strategy
         self.world = comm.Get_size()
         self.faults = parse_faults(cfg.evolve.faults.inject)
@@ -251,14 +259,6 @@ class Dispatcher:
         """A rung report: ask the strategy whether the evaluation goes on, and tell its rank."""
         task = self.inflight[rank]
         go_on = self.strategy.report(task.id, int(raw["rung"]), float(raw["fitness"]))
-        log.info(
-            "evaluation %d on rank %d: fitness %.4f after %d epoch(s): %s",
-            task.id,
-            rank,
-            raw["fitness"],
-            raw["rung"],
-            "goes on" if go_on else "stopped",
-        )
         if go_on:
             later = [r for r in task.rungs if r > int(raw["rung"])]
             self.committed[rank] = self._share(later[0] if later else None)
@@ -266,6 +266,12 @@ class Dispatcher:
             self.slot.decide(go_on)
         else:
             self.comm.send({"continue": go_on}, dest=rank, tag=TAG_DECISION)
+        self.said.append(
+            (
+                "evaluation %d on rank %d: fitness %.4f after %d epoch(s): %s",
+                (task.id, rank, raw["fitness"], raw["rung"], "goes on" if go_on else "stopped"),
+            )
+        )
 
     def _handle(self, rank: int, raw: Dict[str, Any]) -> None:
         if "rung" in raw:
@@ -295,14 +301,10 @@ class Dispatcher:
         self._finished(evaluation)
         self.idle.append(rank)
         fit = f"{evaluation.fitness:.4f}" if evaluation.fitness is not None else "-"
-        log.info(
-            "evaluation %d on rank %d: %s, fitness %s (%d done)",
-            evaluation.id,
-            rank,
-            evaluation.status,
-            fit,
-            len(self.log.finished),
-        )
+        self.said.append(
+            ("evaluation %d on rank %d: %s, fitness %s (%d done)", (evaluation.id, rank, evaluation.status, fit,
+             len(self.log.finished)))
+        )  # fmt: skip
 
     def _finished(self, evaluation: Evaluation) -> None:
         self.log.log_result(evaluation)
@@ -376,6 +378,9 @@ class Dispatcher:
     def _dispatch_loop(self, started: float) -> None:
         stop_deadline = None
         while True:
+            results = self._collect()
+            for rank, result in results:
+                self._handle(rank, result)
             dispatched = 0
             while self.idle and self._budget_left(started):
                 task = self._next_task()
@@ -383,10 +388,12 @@ class Dispatcher:
                     break
                 self._send(self.idle.pop(0), task)
                 dispatched += 1
-            results = self._collect()
-            for rank, result in results:
-                self._handle(rank, result)
+            # after the dispatch, so that a worker waiting for its next task does not wait for them: the
+            # records reach the disk, the log lines are written
             self.log.commit(every_s=COMMIT_S)
+            for message, args in self.said:
+                log.info(message, *args)
+            self.said.clear()
             if self.heart is not None:
                 self.heart.beat(ranks=self.world, finished=len(self.log.finished), in_flight=len(self.inflight))
             if not self.inflight and (not self._budget_left(started) or not (dispatched or results)):
@@ -405,7 +412,7 @@ class Dispatcher:
                 )
                 break
             if not results:
-                time.sleep(POLL_S)
+                self.slot.wait(POLL_S)
 
 
 def serve(comm, slot: WorkerSlot) -> None:
@@ -414,6 +421,7 @@ def serve(comm, slot: WorkerSlot) -> None:
 
     ignore_stop_signals()  # rank 0 coordinates the stop
     status = MPI.Status()
+    idle_since = time.monotonic()
     try:
         while True:
             if comm.Iprobe(source=0, tag=MPI.ANY_TAG, status=status):
@@ -428,12 +436,24 @@ def serve(comm, slot: WorkerSlot) -> None:
             record = slot.poll()
             if record is not None:
                 comm.send(record, dest=0, tag=TAG_RESULT)
-            else:
-                time.sleep(POLL_S)
+                idle_since = time.monotonic()
+                continue
+            if slot.busy:
+                idle_since = time.monotonic()
+            slot.wait(poll_interval(slot, time.monotonic() - idle_since))
     finally:
         if slot.busy:
             slot.kill()
         slot.close()
+
+
+def poll_interval(slot: WorkerSlot, idle_s: float) -> float:
+    """How long a worker rank waits before it looks for rank 0's messages again (see ``POLL_S``)."""
+    if slot.training:
+        return TRAINING_POLL_S
+    if slot.busy or idle_s < IDLE_S:
+        return POLL_S
+    return IDLE_POLL_S
 
 
 def worker_setup(cfg: Config, run_dir: Path, data: str, local_rank: int, local_size: int) -> WorkerSetup:

@@ -7,6 +7,9 @@ MPI job.  It is reused across tasks and replaced after any failure.
 
 A task with rungs reports after each of them (:meth:`WorkerSlot.poll` returns
 that report, the task still running) and waits for :meth:`WorkerSlot.decide`.
+
+:meth:`WorkerSlot.wait` blocks until the child writes a line (or a timeout), so
+a rank learns of a result at once instead of at its next poll.
 """
 
 from __future__ import annotations
@@ -41,11 +44,27 @@ class WorkerSlot:
         self.deadline = 0.0
         self.sent_at = 0.0
         self.memory: "queue.Queue[Optional[int]]" = queue.Queue()  # each child's device memory, as it starts
+        self.arrived = threading.Event()  # set by the reader at every line and at the child's exit
+        self.at_rung = False  # the running task reported a rung and waits for decide()
 
     @property
     def busy(self) -> bool:
         """Whether a task is running."""
         return self.task is not None
+
+    @property
+    def training(self) -> bool:
+        """Whether a task is running and not waiting for a rung decision."""
+        return self.task is not None and not self.at_rung
+
+    def wait(self, timeout: float) -> bool:
+        """Block until the child writes a line or exits, or ``timeout`` seconds pass (then call :meth:`poll`).
+
+        Returns whether the child wrote or exited (``False``: the timeout).
+        """
+        arrived = self.arrived.wait(timeout)
+        self.arrived.clear()  # a line that arrives after this sets it again; poll() takes the ones before
+        return arrived
 
     def prestart(self) -> None:
         """Start the child now, so the first task does not pay for its interpreter and imports."""
@@ -67,11 +86,17 @@ class WorkerSlot:
         )
         log.close()
         self.lines = queue.Queue()
-        threading.Thread(target=self._read, args=(self.proc, self.lines, self.memory), daemon=True).start()
+        reader = threading.Thread(
+            target=self._read, args=(self.proc, self.lines, self.memory, self.arrived), daemon=True
+        )
+        reader.start()
 
     @staticmethod
     def _read(
-        proc: subprocess.Popen, lines: "queue.Queue[Optional[str]]", memory: "queue.Queue[Optional[int]]"
+        proc: subprocess.Popen,
+        lines: "queue.Queue[Optional[str]]",
+        memory: "queue.Queue[Optional[int]]",
+        arrived: threading.Event,
     ) -> None:
         assert proc.stdout is not None  # started with stdout=PIPE
         first = True
@@ -80,10 +105,12 @@ class WorkerSlot:
                 memory.put(json.loads(line)["device_memory"])
             else:
                 lines.put(line)
+                arrived.set()
             first = False
         if first:
             memory.put(None)  # died before saying
         lines.put(None)  # end of stream: the child exited
+        arrived.set()
 
     def device_memory(self, timeout: float = 300.0) -> Optional[int]:
         """The bytes of memory the prestarted child's device has, as it reported at start-up (``None`` when it
@@ -114,6 +141,7 @@ class WorkerSlot:
         if line:
             record = json.loads(line)
             if "rung" in record:  # the task goes on (or not) when decide() says
+                self.at_rung = True
                 return record
             if record["status"] not in ("ok", "stopped"):
                 self._reap(grace=5.0)
@@ -140,6 +168,7 @@ class WorkerSlot:
     def decide(self, go_on: bool) -> None:
         """Answer the running task's rung report: train on, or stop and report."""
         assert self.proc is not None and self.proc.stdin is not None
+        self.at_rung = False
         try:
             self.proc.stdin.write(json.dumps({"continue": go_on}) + "\n")
             self.proc.stdin.flush()
@@ -147,7 +176,7 @@ class WorkerSlot:
             pass  # the child died meanwhile: poll() reports it
 
     def _finish(self, record: Dict[str, Any]) -> Dict[str, Any]:
-        task, self.task = self.task, None
+        task, self.task, self.at_rung = self.task, None, False
         assert task is not None  # only a running task finishes
         record.setdefault("start", self.sent_at)
         record["id"] = task["id"]

@@ -83,6 +83,9 @@ class FakeSlot:
         self.task = task
         self.submitted.append(task)
 
+    def wait(self, timeout):
+        pass  # the answer is ready at the next poll
+
     def poll(self):
         task, self.task = self.task, None
         return answer(task) if task is not None else None
@@ -194,7 +197,7 @@ def test_history_written_before_objectives_reads_into_objectives(raw):
     assert Evaluation.from_dict(e.to_dict()) == e
 
 
-def test_group_commit_flushes_every_record_and_fsyncs_a_burst_once(tmp_path, monkeypatch):
+def test_records_are_written_after_the_dispatch_and_fsynced_in_a_burst(tmp_path, monkeypatch):
     import os
 
     import hpcnas.rundir as rundir
@@ -206,17 +209,21 @@ def test_group_commit_flushes_every_record_and_fsyncs_a_burst_once(tmp_path, mon
         task = Task(log.new_id(), {"g": 1}, 4, origin=Origin.STRATEGY)
         log.log_dispatch(task)
         log.log_result(Evaluation.of(task, Result.from_dict(answer(task.to_dict())), 1))
+    assert read_jsonl(tmp_path / "dispatch.jsonl") == read_jsonl(tmp_path / "history.jsonl") == []  # logged only
+    log.write()
     assert synced == []  # nothing fsynced yet...
-    assert (
-        len(read_jsonl(tmp_path / "dispatch.jsonl")) == len(read_jsonl(tmp_path / "history.jsonl")) == 5
-    )  # ...flushed
+    dispatched, finished = read_jsonl(tmp_path / "dispatch.jsonl"), read_jsonl(tmp_path / "history.jsonl")
+    assert [r["seq"] for r in dispatched] == [0, 2, 4, 6, 8] and [r["seq"] for r in finished] == [1, 3, 5, 7, 9]
     log.commit(every_s=3600)
     assert synced == []  # the last commit is too recent
     log.commit()
     assert len(synced) == 2  # one fsync per file for the whole burst
     log.commit()
     assert len(synced) == 2  # nothing pending: no fsync
+    task = Task(log.new_id(), {"g": 1}, 4, origin=Origin.STRATEGY)
+    log.log_dispatch(task)
     log.close()
+    assert len(read_jsonl(tmp_path / "dispatch.jsonl")) == 6 and len(synced) == 3  # closing writes and fsyncs
 
 
 def test_a_result_whose_dispatch_was_lost_keeps_its_id(tmp_path):
