@@ -11,14 +11,19 @@ from typing import Sequence
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_evolve(mpirun: str, ranks: int, config: str, out: Path, overrides: Sequence[str]) -> None:
-    """Run a discrete search with ``ranks`` ranks (oversubscribed, allowed as root) into ``out``; raise if it fails."""
-    env = dict(
+def mpirun_environment() -> dict:
+    """This environment plus what Open MPI needs to run as root and oversubscribed on a small machine."""
+    return dict(
         os.environ,
         OMPI_ALLOW_RUN_AS_ROOT="1",
         OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
         OMPI_MCA_rmaps_base_oversubscribe="1",
     )
+
+
+def run_evolve(mpirun: str, ranks: int, config: str, out: Path, overrides: Sequence[str]) -> None:
+    """Run a discrete search with ``ranks`` ranks (oversubscribed, allowed as root) into ``out``; raise if it fails."""
+    env = mpirun_environment()
     cmd = [
         mpirun,
         "-np",

@@ -27,6 +27,15 @@ dispatches.
     python benchmarks/orchestrator.py --asha 1:3 --epochs 9 --modes async [--json out.json]
     python benchmarks/orchestrator.py --simulate [--json out.json]
 
+``--anchor deephyper`` runs the same tasks (the same seeded log-normal times, the
+same number of workers, asynchronously) through DeepHyper's ``MPICommEvaluator``
+(``_deephyper_anchor.py``; one more rank, since its master does not evaluate)
+and prints hpcnas's figures beside DeepHyper's as ratios.  It needs the
+``bench`` extra (``pip install -e '.[bench]'``), in this Python or the one
+given by ``--anchor-python``.
+
+    python benchmarks/orchestrator.py --anchor deephyper [--ranks 4,8,16] [--json out.json]
+
 ``--asha MIN:ETA`` adds successive halving: each task's sleep is spread over
 ``--epochs`` epochs, it reports at the rungs and waits for rank 0's answer
 (that wait counts as idle); the target stays >= 98 % while tasks are stopped.
@@ -35,7 +44,9 @@ dispatches.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -46,7 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from _emit import emit  # noqa: E402 - benchmarks/_emit.py, beside this script
-from _evolve import run_evolve  # noqa: E402
+from _evolve import mpirun_environment, run_evolve  # noqa: E402
 
 from hpcnas.execution.history import utilization as search_utilization  # noqa: E402
 from hpcnas.records import Evaluation  # noqa: E402
@@ -106,25 +117,34 @@ def run_one(world: int, mode: str, strategy: str, args, workdir: Path) -> dict:
         sets.append("evolve.asha.min_resource=null")
     run_evolve(args.mpirun, world, "configs/smoke-evolve.yaml", out, sets)
     history = read_jsonl(out / "history.jsonl")
-    dispatch = read_jsonl(out / "dispatch.jsonl")
+    last_dispatch = max(d["submit"] for d in read_jsonl(out / "dispatch.jsonl"))
+    rungs = sum(len(r.get("rungs", {})) for r in history)
+    return {
+        "system": "hpcnas",
+        "ranks": world,
+        "mode": mode,
+        "strategy": strategy,
+        "asha": args.asha,
+        "stopped": sum(r["status"] == "stopped" for r in history),
+        "decision_ms_mean": 1000 * sum(r.get("paused", 0.0) for r in history) / rungs if rungs else None,
+        **figures(history, world, last_dispatch),
+    }
+
+
+def figures(history, workers: int, last_dispatch: float) -> dict:
+    """Utilization (whole run, and steady state up to the last dispatch), dispatch overhead and round-trip idle
+    of one run's records (each with submit, start, end and rank)."""
     overhead = np.array([r["start"] - r["submit"] for r in history]) * 1000
     first_per_rank = {}
     for r in sorted(history, key=lambda r: r["submit"]):
         first_per_rank.setdefault(r["rank"], r["id"])
     warm = np.array([(r["start"] - r["submit"]) * 1000 for r in history if r["id"] not in first_per_rank.values()])
-    last_dispatch = max(d["submit"] for d in dispatch)
     idle = np.array(round_trip_idle(history)) * 1000
-    rungs = sum(len(r.get("rungs", {})) for r in history)
     return {
-        "ranks": world,
-        "mode": mode,
-        "strategy": strategy,
-        "asha": args.asha,
+        "workers": workers,
         "tasks": len(history),
-        "stopped": sum(r["status"] == "stopped" for r in history),
-        "decision_ms_mean": 1000 * sum(r.get("paused", 0.0) for r in history) / rungs if rungs else None,
-        "utilization": utilization(history, world),
-        "utilization_steady": utilization(history, world, until=last_dispatch),
+        "utilization": utilization(history, workers),
+        "utilization_steady": utilization(history, workers, until=last_dispatch),
         "overhead_ms_mean": float(overhead.mean()),
         "overhead_ms_median": float(np.median(overhead)),
         "overhead_ms_warm_mean": float(warm.mean()) if len(warm) else None,
@@ -133,6 +153,49 @@ def run_one(world: int, mode: str, strategy: str, args, workdir: Path) -> dict:
         "wall_s": max(r["end"] for r in history) - min(r["submit"] for r in history),
         "curve": busy_curve(history, min(r["submit"] for r in history)),
     }
+
+
+def run_deephyper(workers: int, args, workdir: Path) -> dict:
+    """The same tasks (the sleep evaluator's seeded times, ``workers`` x ``--tasks-per-rank`` of them) through
+    DeepHyper's MPICommEvaluator: ``workers`` + 1 ranks, as its master does not evaluate."""
+    out = workdir / f"deephyper-{workers}.json"
+    cmd = [args.mpirun, "-np", str(workers + 1), "--oversubscribe", args.anchor_python,
+           str(ROOT / "benchmarks" / "_deephyper_anchor.py"), str(workers * args.tasks_per_rank), str(args.median),
+           str(args.sigma), str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=mpirun_environment(), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the DeepHyper anchor failed:\n{proc.stderr[-2000:]}")
+    history = [dict(r, genotype={}, status="ok") for r in json.loads(out.read_text())]
+    row = figures(history, workers, max(r["submit"] for r in history))
+    return {"system": "deephyper", "ranks": workers + 1, "mode": "async", "strategy": "-", "asha": None,
+            "stopped": 0, "decision_ms_mean": None, **row}  # fmt: skip
+
+
+def check_anchor(python: str) -> None:
+    """Exit 2 with one line when DeepHyper cannot be imported by ``python``."""
+    probe = subprocess.run([python, "-c", "import deephyper.evaluator, mpi4py"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        print(
+            f"orchestrator.py: error: --anchor deephyper needs DeepHyper and mpi4py in {python} "
+            "(pip install -e '.[bench]', or pass --anchor-python)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
+def anchor_table(rows) -> None:
+    """hpcnas beside DeepHyper at each worker count, as ratios (hpcnas / DeepHyper)."""
+    print(f"{'workers':>8}  {'figure':<28}{'hpcnas':>10}{'DeepHyper':>11}{'ratio':>8}")
+    for workers in sorted({r["workers"] for r in rows}):
+        ours = next(r for r in rows if r["workers"] == workers and r["system"] == "hpcnas")
+        theirs = next(r for r in rows if r["workers"] == workers and r["system"] == "deephyper")
+        for key, label, scale in (
+            ("utilization_steady", "steady utilization %", 100),
+            ("overhead_ms_median", "dispatch overhead ms (med)", 1),
+            ("round_trip_idle_ms_median", "round-trip idle ms (med)", 1),
+        ):
+            a, b = scale * ours[key], scale * theirs[key]
+            print(f"{workers:>8}  {label:<28}{a:>10.2f}{b:>11.2f}{a / b:>8.2f}")
 
 
 def simulated(args) -> int:
@@ -202,11 +265,24 @@ def main(argv=None) -> int:
         default=[4.0, 20.0],
         help="--simulate: fsync times to model besides the one measured here (parallel file systems are slower)",
     )
+    p.add_argument(
+        "--anchor",
+        choices=["deephyper"],
+        help="also run the same tasks through DeepHyper's MPICommEvaluator (asynchronous mode only)",
+    )
+    p.add_argument(
+        "--anchor-python",
+        default=sys.executable,
+        help="--anchor: the Python that has DeepHyper (default: this one; pip install -e '.[bench]')",
+    )
     p.add_argument("--json", help="write the rows here too")
     p.add_argument("--plot", help="write the busy-workers plot here (PNG)")
     args = p.parse_args(argv)
     if args.simulate:
         return simulated(args)
+    if args.anchor:
+        check_anchor(args.anchor_python)
+        args.modes = "async"  # DeepHyper's evaluator is driven asynchronously; generational has no counterpart
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for world in [int(x) for x in args.ranks.split(",")]:
@@ -219,41 +295,61 @@ def main(argv=None) -> int:
                         f"(steady {100 * r['utilization_steady']:.1f}%), overhead {r['overhead_ms_median']:.2f} ms",
                         file=sys.stderr,
                     )
+            if args.anchor:
+                rows.append(run_deephyper(world, args, Path(tmp)))
+                r = rows[-1]
+                print(
+                    f"  deephyper {world:>3} workers: utilization {100 * r['utilization']:.1f}% "
+                    f"(steady {100 * r['utilization_steady']:.1f}%), overhead {r['overhead_ms_median']:.2f} ms",
+                    file=sys.stderr,
+                )
     if args.plot:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        worlds = sorted({r["ranks"] for r in rows})
+        worlds = sorted({r["workers"] for r in rows})
         fig, axes = plt.subplots(1, len(worlds), figsize=(5 * len(worlds), 3.6), squeeze=False)
         for ax, world in zip(axes[0], worlds):
             for r in rows:
-                if r["ranks"] == world:
+                if r["workers"] == world:
                     ts, busy = r["curve"]
-                    label = f"{r['mode']} {r['strategy']} ({100 * r['utilization']:.0f}%)"
+                    label = f"{r['system']} {r['mode']} {r['strategy']} ({100 * r['utilization']:.0f}%)"
                     ax.step(ts, busy, where="post", label=label)
-            ax.set(title=f"{world} ranks", xlabel="seconds", ylabel="busy workers", ylim=(0, world + 0.5))
+            ax.set(title=f"{world} workers", xlabel="seconds", ylabel="busy workers", ylim=(0, world + 0.5))
             ax.legend(fontsize=8)
             ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(args.plot, dpi=110)
     print(
-        f"{'mode':<14}{'strategy':<11}{'ranks':>6}{'tasks':>7}{'util %':>9}{'steady %':>10}"
+        f"{'system':<10}{'mode':<14}{'strategy':<11}{'ranks':>6}{'tasks':>7}{'util %':>9}{'steady %':>10}"
         f"{'ovh ms med':>12}{'ovh ms mean':>13}{'warm mean':>11}{'idle ms med':>13}{'wall s':>8}{'stopped':>9}"
         f"{'decide ms':>10}"
     )
     for r in rows:
         warm = f"{r['overhead_ms_warm_mean']:.2f}" if r["overhead_ms_warm_mean"] is not None else "-"
         print(
-            f"{r['mode']:<14}{r['strategy']:<11}{r['ranks']:>6}{r['tasks']:>7}{100 * r['utilization']:>9.1f}"
-            f"{100 * r['utilization_steady']:>10.1f}{r['overhead_ms_median']:>12.2f}{r['overhead_ms_mean']:>13.2f}"
-            f"{warm:>11}{r['round_trip_idle_ms_median'] or 0:>13.2f}{r['wall_s']:>8.1f}{r['stopped']:>9}"
+            f"{r['system']:<10}{r['mode']:<14}{r['strategy']:<11}{r['ranks']:>6}{r['tasks']:>7}"
+            f"{100 * r['utilization']:>9.1f}{100 * r['utilization_steady']:>10.1f}{r['overhead_ms_median']:>12.2f}"
+            f"{r['overhead_ms_mean']:>13.2f}{warm:>11}{r['round_trip_idle_ms_median'] or 0:>13.2f}"
+            f"{r['wall_s']:>8.1f}{r['stopped']:>9}"
             f"{r['decision_ms_mean'] or 0:>10.2f}"
         )
+    if args.anchor:
+        anchor_table(rows)
     for r in rows:
         r.pop("curve")
-    emit({"benchmark": "orchestrator", "median_s": args.median, "sigma": args.sigma, "rows": rows}, args.json)
+    emit(
+        {
+            "benchmark": "orchestrator",
+            "anchor": args.anchor,
+            "median_s": args.median,
+            "sigma": args.sigma,
+            "rows": rows,
+        },
+        args.json,
+    )
     return 0
 
 

@@ -235,6 +235,12 @@ def kernel_cost(genotype: Dict[str, Any]) -> float:
     )
 
 
+def sleep_seconds(rng: random.Random, median: float, sigma: float) -> float:
+    """A log-normal task time (the sleep evaluator's; the DeepHyper anchor of the orchestrator benchmark draws the
+    same ones from the same seeds)."""
+    return median * math.exp(sigma * rng.gauss(0, 1))
+
+
 class SleepEvaluator(Evaluator):
     """The benchmarking evaluator: sleep a log-normal time; a seeded random fitness, a cost from the genotype."""
 
@@ -244,7 +250,7 @@ class SleepEvaluator(Evaluator):
         """The duration is spread over ``proxy_epochs`` epochs; at a rung the fitness so far is the final one
         plus noise that shrinks as the epochs go (a noisy but informative early estimate)."""
         rng = random.Random(task.id)
-        duration = self.setup.sleep_median * math.exp(self.setup.sleep_sigma * rng.gauss(0, 1))
+        duration = sleep_seconds(rng, self.setup.sleep_median, self.setup.sleep_sigma)
         fitness = rng.random()
         if task.fault in ("kill", "hang", "error"):
             inject(task.fault, None)
