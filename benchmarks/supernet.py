@@ -52,7 +52,7 @@ def measure(topology: str, k: int, args, device: torch.device) -> dict:
     """One row of the table."""
     torch.manual_seed(0)
     space = SearchSpace.of(topology, nodes=args.nodes, depth=args.depth)
-    model = build_search_network(space, 3, 2, channels=args.channels, partial=k).to(device)
+    model = build_search_network(space, 3, 2, channels=args.channels, partial=k, device=device).to(device)
     size = max(args.size, space.stride())
     x = torch.randn(args.batch, 3, size, size, device=device)
     act = activation_bytes(model, x)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 from torch import nn
@@ -41,7 +41,7 @@ from hpcnas.train.loop import EpochLoop, WeightedCrossEntropy, cosine_sgd
 log = logging.getLogger("hpcnas")
 
 
-def build_supernet(cfg: Config, info: DatasetInfo) -> SearchNetwork:
+def build_supernet(cfg: Config, info: DatasetInfo, device: Optional[torch.device] = None) -> SearchNetwork:
     """The configured supernet for a data set (checks the tile size against the stride)."""
     sp, se = cfg.space, cfg.search
     space = SearchSpace.from_config(cfg)
@@ -63,6 +63,7 @@ def build_supernet(cfg: Config, info: DatasetInfo) -> SearchNetwork:
             arch_mode=arch_mode(se.arch_optimizer),
             seed=cfg.seed + 1,
             sampling=se.channel_sampling,
+            device=device,
         )
     except ValueError as exc:
         raise UserError(str(exc), key="search.partial_channels") from None
@@ -83,7 +84,7 @@ class SupernetSearch(EpochLoop):
         self.monitor = cfg.monitor
         se = cfg.search
         seed_everything(cfg.seed)
-        model = build_supernet(cfg, info)
+        model = build_supernet(cfg, info, device)
         self.model = (ctx.sync_batch_norm(model) if se.sync_batchnorm else model).to(device)
         train = SegmentationDataset(data_path, "train", augment=cfg.data.augment)
         if len(train) == 0:
@@ -147,7 +148,13 @@ class SupernetSearch(EpochLoop):
         }
 
     def load_extra_state(self, state: Dict[str, Any]) -> None:
-        self.model.channel_rng.set_state(state["channel_rng"])
+        try:
+            self.model.channel_rng.set_state(state["channel_rng"])
+        except RuntimeError:  # a CPU generator's state does not fit a CUDA one, nor the other way round
+            log.warning(
+                "the checkpoint was written on another kind of device: channel sampling starts again from its "
+                "seed, so this resumed search is not bit-identical to an uninterrupted one"
+            )
         kept = state.get("kept_genotype")
         self.kept_genotype = Genotype.from_dict(kept) if kept is not None else None
         self.stopped_early = state.get("stopped_early", False)

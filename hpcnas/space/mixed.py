@@ -10,8 +10,9 @@ channels go through is the ``sampling`` scheme:
   so the next edge sees other channels.  No randomness: training and
   evaluation see the same network.
 * ``"random"``: ``C / K`` channels drawn afresh each training call from the
-  network's seeded generator, written back in place; in evaluation the
-  first ``C / K`` channels, so that validation is deterministic.
+  network's seeded generator (on the network's device, so a GPU draws it
+  without a host copy), written back in place; in evaluation the first
+  ``C / K`` channels, so that validation is deterministic.
 
 Edge normalization (eq. 8) weighs whole edges and lives in the cell.
 ``aux_skip`` (DARTS-) adds ``aux_skip * x`` to a stride-1 edge's output: an
@@ -95,7 +96,8 @@ class MixedOp(nn.Module):
             return sum(w * op(x) for w, op in zip(weights, self.ops))
         width = self.channels // self.partial
         if self.sampling == "random" and self.training:
-            perm = torch.randperm(self.channels, generator=self.generator).to(x.device)
+            device = self.generator.device if self.generator is not None else x.device
+            perm = torch.randperm(self.channels, generator=self.generator, device=device).to(x.device)
             through = x.index_select(1, perm[:width])  # gathered once: every op reads (and may save) this copy
             mixed = sum(w * op(through) for w, op in zip(weights, self.ops))
             # the bypass and the mixed channels back in their places with gathers, which save only indices for

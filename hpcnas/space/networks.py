@@ -330,15 +330,20 @@ def build_search_network(
     arch_mode: str = "simplex",
     seed: int = 0,
     sampling: str = "shuffle",
+    device: Optional[torch.device] = None,
 ) -> SearchNetwork:
-    """The supernet of a space, with channel sampling seeded by ``seed``."""
+    """The supernet of a space, with channel sampling seeded by ``seed``.
+
+    The channel generator lives on ``device`` (the CPU by default; a module's ``.to()`` does not move it), so
+    that on a GPU each edge draws its permutation there, without a copy from the host and a wait for it.
+    """
     for level in range(space.depth + 1):
         if (channels * 2**level) % partial:
             raise ValueError(
                 f"channels {channels * 2**level} at level {level} are not divisible by partial_channels={partial}"
             )
     topo = space.topology
-    rng = torch.Generator().manual_seed(seed)
+    rng = torch.Generator(device=device if device is not None else "cpu").manual_seed(seed)
     factory = CellFactory(space.kind, topo.cell_names, space, partial, rng, sampling=sampling)
     counts = space.node_inputs()
     betas = [n for n in unetpp_nodes(space.depth) if n[1] > 0] if topo.nested else []

@@ -78,6 +78,22 @@ def test_search_writes_the_run_directory(tmp_path):
     assert load_config(str(run_dir / "config.yaml")).search.epochs == 3
 
 
+def test_a_channel_generator_state_from_another_device_warns_and_goes_on(tmp_path, caplog):
+    """A CUDA generator's state (16 bytes) in a checkpoint resumed on a CPU: a warning, not a crash."""
+    import logging
+
+    runner = _runner(tmp_path, ["search.channel_sampling=random"])
+    assert runner.model.channel_rng.device == torch.device("cpu")  # built where the search runs
+    state = runner.extra_state()
+    before = runner.model.channel_rng.get_state()
+    with caplog.at_level(logging.WARNING, logger="hpcnas"):
+        runner.load_extra_state(dict(state, channel_rng=torch.zeros(16, dtype=torch.uint8)))
+    assert "another kind of device" in caplog.text
+    assert torch.equal(runner.model.channel_rng.get_state(), before)
+    runner.load_extra_state(state)  # its own state: no warning
+    assert caplog.text.count("another kind of device") == 1
+
+
 def _final_theta(run_dir):
     state = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=False)
     return {k: v for k, v in state["model"].items() if k.startswith("arch.")}
