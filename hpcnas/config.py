@@ -46,11 +46,11 @@ class DataConfig:
     path: Optional[str] = None  # HDF5 file; None: synthesize into the run directory
     synth: SynthConfig = field(default_factory=SynthConfig)
     augment: bool = True  # flips and rot90 on the training split
-    # DataLoader workers per rank for the training batches.  0 keeps a resumed run bit-exact (augmentations
-    # come from the checkpointed RNG); on a GPU, 2-4 take decoding off the step when metrics.jsonl's
-    # data_wait_s is a large part of train_s.  Validation uses 2 on a GPU whatever this says (it draws
-    # nothing at random).
-    num_workers: int = field(default=0, metadata=_range(0))
+    # DataLoader workers per rank; null: 2 with a GPU (decoding and augmentation off the step), none on a CPU
+    # (where they would take the cores the step computes on).  The batches are the same with any number:
+    # each sample's augmentation has its own seed, so a resumed run stays bit-exact.  Raise it when
+    # metrics.jsonl's data_wait_s is a large part of train_s.
+    num_workers: Optional[int] = field(default=None, metadata=_range(0))
 
 
 @dataclass

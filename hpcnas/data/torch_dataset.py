@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Iterator, List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from hpcnas.data.hdf5 import PatchReader, read_info
-from hpcnas.data.sharding import shard_indices
+from hpcnas.data.sharding import shard_keys
 
 
 class SegmentationDataset(Dataset):
@@ -18,8 +18,10 @@ class SegmentationDataset(Dataset):
 
     The file is opened lazily in each process that reads (DataLoader workers
     included) and only the requested patch is read.  With ``augment`` every
-    sample gets a random flip and rot90 drawn from torch's RNG (so a resumed
-    run that restores the RNG state sees the same augmentations).
+    sample gets a random flip and rot90.  A key ``(k, seed)``, as
+    :class:`ShardedSampler` gives, draws them from that seed, so they do not
+    depend on which process reads the sample, or when; a plain position ``k``
+    draws them from torch's global RNG.
     """
 
     def __init__(self, path: str, split: str, augment: bool = False, indices: Optional[Sequence[int]] = None):
@@ -38,14 +40,16 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, k: int):
+    def __getitem__(self, key: Union[int, Tuple[int, int]]):
+        k, seed = key if isinstance(key, tuple) else (key, None)
         image, mask = self.reader.read(self.indices[k])
         image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().sub_(self._offset)
         image = image.div_(self._scale)
         mask = torch.from_numpy(mask.astype(np.int64))
         if self.augment:
-            flips = torch.randint(0, 2, (2,)).tolist()
-            turns = int(torch.randint(0, 4, (1,)))
+            rng = torch.Generator().manual_seed(seed) if seed is not None else None
+            flips = torch.randint(0, 2, (2,), generator=rng).tolist()
+            turns = int(torch.randint(0, 4, (1,), generator=rng))
             if flips[0]:
                 image, mask = image.flip(-1), mask.flip(-1)
             if flips[1]:
@@ -56,9 +60,9 @@ class SegmentationDataset(Dataset):
         return image, mask
 
 
-class ShardedSampler(Sampler[int]):
-    """This rank's share of an epoch-seeded permutation (see :mod:`hpcnas.data.sharding`),
-    optionally without its first ``skip`` indices (an epoch resumed in the middle)."""
+class ShardedSampler(Sampler[Tuple[int, int]]):
+    """This rank's share of an epoch-seeded permutation (see :mod:`hpcnas.data.sharding`), as ``(position,
+    augmentation seed)`` keys, optionally without its first ``skip`` ones (an epoch resumed in the middle)."""
 
     def __init__(self, count: int, rank: int = 0, world: int = 1, seed: int = 0, shuffle: bool = True):
         self.count, self.rank, self.world, self.seed, self.shuffle = count, rank, world, seed, shuffle
@@ -69,8 +73,8 @@ class ShardedSampler(Sampler[int]):
         """Select the permutation of ``epoch`` and start after its first ``skip`` indices (call before iterating)."""
         self.epoch, self.skip = epoch, skip
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(shard_indices(self.count, self.rank, self.world, self.epoch, self.seed, self.shuffle)[self.skip :])
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        return iter(shard_keys(self.count, self.rank, self.world, self.epoch, self.seed, self.shuffle)[self.skip :])
 
     def __len__(self) -> int:
         return max(0, (-(-self.count // self.world) if self.count else 0) - self.skip)
@@ -83,13 +87,14 @@ def make_loader(
     world: int = 1,
     seed: int = 0,
     shuffle: bool = True,
-    num_workers: Optional[int] = 0,
+    num_workers: Optional[int] = None,
     drop_last: bool = False,
 ) -> DataLoader:
     """A DataLoader over this rank's shard; call ``loader.sampler.set_epoch(e)`` each epoch.
 
     ``num_workers=None`` chooses: 2 worker processes when a GPU is there, none on CPU.  On a GPU the
     batches go to pinned memory, so ``.to(device, non_blocking=True)`` overlaps the copy with compute.
+    The batches are the same with any number of workers (each sample's augmentation has its own seed).
     """
     sampler = ShardedSampler(len(dataset), rank, world, seed, shuffle)
     workers = worker_count(num_workers)

@@ -106,7 +106,7 @@ class SupernetSearch(EpochLoop):
             a_set, se.batch_size, seed=cfg.seed + 7919, drop_last=len(a_set) >= se.batch_size * ctx.size, **shard
         )
         self.val_loader = validation_loader(
-            data_path, se.batch_size, rank=ctx.rank, world=ctx.size, num_workers=cfg.data.num_workers or None
+            data_path, se.batch_size, rank=ctx.rank, world=ctx.size, num_workers=cfg.data.num_workers
         )
         self.criterion = WeightedCrossEntropy(info.class_weights, device, ctx)
         arch_ids = {id(p) for p in self.model.arch_parameters()}

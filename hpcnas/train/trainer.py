@@ -114,7 +114,7 @@ class Trainer(EpochLoop):
         self.loader = make_loader(
             train, tr.batch_size, seed=cfg.seed, num_workers=cfg.data.num_workers, drop_last=len(train) >= tr.batch_size
         )
-        self.val_loader = validation_loader(data_path, tr.batch_size, num_workers=cfg.data.num_workers or None)
+        self.val_loader = validation_loader(data_path, tr.batch_size, num_workers=cfg.data.num_workers)
         self.criterion = WeightedCrossEntropy(info.class_weights, device, self.ctx)
         self.opt, self.sched = cosine_sgd(
             self.model.parameters(), tr.lr, tr.momentum, tr.weight_decay, tr.epochs, tr.lr_min

@@ -82,6 +82,36 @@ def test_torch_dataset_shapes_and_augmentation(synth_h5):
     assert sum(len(m) for m in seen) == (len(plain) + 1) // 2
 
 
+def test_augmented_batches_are_the_same_with_any_workers_ranks_or_resume(synth_h5):
+    """Each sample's flips and turns come from its own seed: DataLoader workers, a second rank or a resumed
+    epoch see exactly what one process sees."""
+    import torch
+
+    from hpcnas.data.torch_dataset import SegmentationDataset, make_loader
+
+    ds = SegmentationDataset(str(synth_h5), "train", augment=True)
+
+    def batches(batch, rank=0, world=1, workers=0, skip=0, epoch=1):
+        loader = make_loader(ds, batch, rank=rank, world=world, seed=3, num_workers=workers)
+        loader.sampler.set_epoch(epoch, skip)
+        return [(x, y) for x, y in loader]
+
+    one = batches(4)
+    for (x, y), (xw, yw) in zip(one, batches(4, workers=2)):
+        assert torch.equal(x, xw) and torch.equal(y, yw)
+    torch.manual_seed(123)  # the global RNG plays no part
+    for (x, y), (xr, yr) in zip(one[1:], batches(4, skip=4)):
+        assert torch.equal(x, xr) and torch.equal(y, yr)
+    two = [batches(2, rank=r, world=2) for r in range(2)]  # 2 ranks x batch 2 == 1 rank x batch 4
+    for step, (x, _) in enumerate(one):
+        if len(x) == 4:
+            halves = torch.stack([two[0][step][0], two[1][step][0]], 1).flatten(0, 1)
+            assert torch.equal(x, halves)
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(one, batches(4, epoch=2)))  # a new epoch, new draws
+    plain = SegmentationDataset(str(synth_h5), "train", augment=False)
+    assert any(not torch.equal(ds[(k, 7)][0], plain[k][0]) for k in range(len(ds)))  # it does augment
+
+
 def test_truncated_file_is_a_user_error(synth_h5, tmp_path):
     bad = tmp_path / "truncated.h5"
     bad.write_bytes(synth_h5.read_bytes()[:4096])

@@ -99,12 +99,15 @@ def _final_theta(run_dir):
     return {k: v for k, v in state["model"].items() if k.startswith("arch.")}
 
 
-def test_resume_in_process_is_exact(tmp_path, monkeypatch):
-    """Interrupt a search inside epoch 2 (after epoch 1's checkpoint); the resumed run equals an uninterrupted one."""
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_in_process_is_exact(tmp_path, monkeypatch, workers):
+    """Interrupt a search inside epoch 2 (after epoch 1's checkpoint); the resumed run equals an uninterrupted one,
+    also with DataLoader workers (each sample's augmentation has its own seed)."""
     from hpcnas.search.continuous import SupernetSearch
 
-    full, full_dir = search(SMOKE, TINY, out=str(tmp_path / "full"))
-    run_interrupted_in_epoch(monkeypatch, SupernetSearch, 2, lambda: search(SMOKE, TINY, out=str(tmp_path / "cut")))
+    args = TINY + [f"data.num_workers={workers}"]
+    full, full_dir = search(SMOKE, args, out=str(tmp_path / "full"))
+    run_interrupted_in_epoch(monkeypatch, SupernetSearch, 2, lambda: search(SMOKE, args, out=str(tmp_path / "cut")))
     resumed, cut_dir = search(None, [], resume=str(tmp_path / "cut"))
     assert resumed == full
     for k, v in _final_theta(full_dir).items():
