@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -16,3 +17,12 @@ def emit(payload: Dict[str, Any], path: Optional[str]) -> None:
     print(text)
     if path:
         Path(path).write_text(text + "\n")
+
+
+# MPI and Horovod settings that change data-parallel figures on a small machine: recorded with the results
+TUNING_VARIABLES = ("HOROVOD_CYCLE_TIME", "OMPI_MCA_mpi_yield_when_idle", "HOROVOD_CACHE_CAPACITY", "OMP_NUM_THREADS")
+
+
+def tuning() -> Dict[str, str]:
+    """The settings of ``TUNING_VARIABLES`` this process runs with."""
+    return {k: os.environ[k] for k in TUNING_VARIABLES if k in os.environ}

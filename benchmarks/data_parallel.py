@@ -7,7 +7,12 @@ warm-up and not counted). Every step consumes two batches per rank: one for
 the architecture step, one for the weight step.
 
     python benchmarks/data_parallel.py [--ranks 1,2] [--device cpu|cuda] [--size 64] [--batch 4]
-        [--threads-per-rank 1] [--sync-batchnorm true|false] [--json out.json]
+        [--threads-per-rank 1] [--sync-batchnorm true|false] [--slurm] [--json out.json]
+
+``--slurm`` runs the multi-rank searches as SLURM jobs with one rank per
+node (the 1-rank search stays a local process), so on the dev cluster the
+ranks are on two emulated nodes and talk TCP, as on a cluster without a
+shared-memory path between them.
 
 Every rank gets the same torch threads (``--threads-per-rank``, 1 by default),
 so the 1-rank run does not take every core and the ratio measures parallelism.
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -30,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _emit import emit  # noqa: E402 - benchmarks/_emit.py, beside this script
+from _emit import emit, tuning  # noqa: E402 - benchmarks/_emit.py, beside this script
 
 from hpcnas.rundir import read_jsonl  # noqa: E402
 
@@ -66,16 +72,21 @@ def run_one(ranks: int, args, workdir: Path) -> dict:
     ]
     for s in sets:
         cmd += ["--set", s]
-    if ranks > 1:
-        cmd = [args.mpirun, "-np", str(ranks), "--oversubscribe"] + cmd
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     if args.threads_per_rank:  # the same on both sides, or the 1-rank run takes every core and the ratio says nothing
         env["OMP_NUM_THREADS"] = str(args.threads_per_rank)
-        if ranks > 1:
-            cmd[cmd.index("--oversubscribe") + 1 : cmd.index("--oversubscribe") + 1] = ["-x", "OMP_NUM_THREADS"]
+    if ranks > 1 and args.slurm:  # one rank per node; sbatch passes this environment on (--export=ALL)
+        env["OMPI_MCA_btl"] = "self,tcp"  # the dev cluster's nodes share one host: make MPI use the network
+        cpus = args.threads_per_rank or 1
+        cmd = ["sbatch", "--wait", "--quiet", f"--nodes={ranks}", "--ntasks-per-node=1", f"--cpus-per-task={cpus}",
+               f"--output={out}.log", f"--wrap=srun {shlex.join(cmd)}"]  # fmt: skip
+    elif ranks > 1:
+        cmd = [args.mpirun, "-np", str(ranks), "--oversubscribe", "-x", "OMP_NUM_THREADS"] + cmd
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"search on {ranks} rank(s) failed:\n{proc.stderr[-3000:]}")
+        log = Path(f"{out}.log")
+        detail = proc.stderr[-3000:] + (log.read_text()[-3000:] if log.exists() else "")
+        raise RuntimeError(f"search on {ranks} rank(s) failed:\n{detail}")
     records = read_jsonl(out / "metrics.jsonl")[1:]  # epoch 0 is warm-up
     steps = sum(r["steps"] for r in records)
     seconds = sum(r["train_s"] for r in records)
@@ -84,6 +95,7 @@ def run_one(ranks: int, args, workdir: Path) -> dict:
     images = steps * args.batch * ranks * 2
     return {
         "ranks": ranks,
+        "nodes": ranks if ranks > 1 and args.slurm else 1,
         "device": args.device,
         "sync_batchnorm": args.sync_batchnorm == "true",
         "batch_per_rank": args.batch,
@@ -111,6 +123,12 @@ def main(argv=None) -> int:
     p.add_argument("--mpirun", default=shutil.which("mpirun") or "mpirun")
     p.add_argument("--sync-batchnorm", default="true", choices=["true", "false"])
     p.add_argument("--threads-per-rank", type=int, default=1, help="torch threads of every rank, 1 and N alike")
+    p.add_argument(
+        "--slurm",
+        action="store_true",
+        help="run the multi-rank searches as a SLURM job, one rank per node, MPI over TCP (the dev cluster's "
+        "emulated nodes: slurm/dev-cluster/run.sh python benchmarks/data_parallel.py --slurm)",
+    )
     p.add_argument("--json")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,14 +136,15 @@ def main(argv=None) -> int:
     base = rows[0]["images_per_s"] / rows[0]["ranks"]
     for r in rows:
         r["scaling_efficiency"] = r["images_per_s"] / (base * r["ranks"])
-    print(f"{'ranks':>6}{'device':>8}{'batch/rank':>12}{'images/s':>10}{'efficiency':>12}{'coll/step':>11}{'wait':>7}")
+    print(
+        f"{'ranks':>6}{'nodes':>6}{'device':>8}{'batch/rank':>12}{'images/s':>10}{'efficiency':>12}{'coll/step':>11}{'wait':>7}"
+    )
     for r in rows:
         print(
-            f"{r['ranks']:>6}{r['device']:>8}{r['batch_per_rank']:>12}{r['images_per_s']:>10.2f}"
+            f"{r['ranks']:>6}{r['nodes']:>6}{r['device']:>8}{r['batch_per_rank']:>12}{r['images_per_s']:>10.2f}"
             f"{r['scaling_efficiency']:>12.2f}{r['collectives_per_step']:>11.0f}{r['collective_share']:>7.0%}"
         )
-    tuning = {k: os.environ[k] for k in ("HOROVOD_CYCLE_TIME", "OMPI_MCA_mpi_yield_when_idle") if k in os.environ}
-    emit({"benchmark": "data_parallel", "cpus": os.cpu_count(), "environment": tuning, "rows": rows}, args.json)
+    emit({"benchmark": "data_parallel", "cpus": os.cpu_count(), "environment": tuning(), "rows": rows}, args.json)
     return 0
 
 

@@ -8,7 +8,8 @@
 * BatchNorm statistics are summed over all ranks (:class:`SyncBatchNorm2d`),
   so N ranks with per-rank batch b compute what one rank with batch N*b does.
 * Horovod's stall check is on by default, so a dead rank ends the job with an
-  error within a bounded time instead of a silent hang.
+  error within a bounded time instead of a silent hang; its response cache
+  holds every tensor a supernet's step names.
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ from torch import nn
 from hpcnas.distributed import SingleProcess
 from hpcnas.errors import UserError
 
-STALL_DEFAULTS = {"HOROVOD_STALL_CHECK_TIME_SECONDS": "30", "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "120"}
+# Horovod's settings unless the environment sets them: its stall check on; a response cache larger than the
+# default 1,024 tensors, which a supernet's weight gradients alone exceed (1,075 for the benchmark DARTS-UNet,
+# 1,604 for DARTS-UNet++), so that every step's allreduces miss the cache and go through the coordinator
+HOROVOD_DEFAULTS = {
+    "HOROVOD_STALL_CHECK_TIME_SECONDS": "30",
+    "HOROVOD_STALL_SHUTDOWN_TIME_SECONDS": "120",
+    "HOROVOD_CACHE_CAPACITY": "8192",
+}
 
 
 class DriftError(RuntimeError):
@@ -34,7 +42,7 @@ class HorovodContext(SingleProcess):
     """Horovod over MPI (or Gloo under ``horovodrun --gloo``)."""
 
     def __init__(self) -> None:
-        for key, value in STALL_DEFAULTS.items():
+        for key, value in HOROVOD_DEFAULTS.items():
             os.environ.setdefault(key, value)
         try:
             import horovod.torch as hvd
