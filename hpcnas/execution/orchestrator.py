@@ -49,7 +49,7 @@ TAG_TASK, TAG_RESULT, TAG_STOP, TAG_DECISION = 1, 2, 3, 4
 POLL_S = 0.0001
 TRAINING_POLL_S = 0.02
 IDLE_S, IDLE_POLL_S = 0.05, 0.0005
-COMMIT_S = 0.05  # group commit: the search log is fsynced at most this often (every record is flushed at once)
+COMMIT_S = 0.05  # group commit: the search log is fsynced at most this often (its lines are flushed every pass)
 
 
 def make_strategy(
