@@ -613,7 +613,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     code = run(args.func, args)
     # the command is over: a SLURM warning arriving now (the process still has to shut torch and
     # MPI down) has nothing left to save, and must not turn a finished run into death by SIGUSR2
-    ignore_stop_signals()
+    ignore_stop_signals(until_exit=True)
     return code
 
 

@@ -109,10 +109,15 @@ def _ignore(signum, frame) -> None:
     """A no-op handler (not SIG_IGN: that would be inherited by child processes across exec)."""
 
 
-def ignore_stop_signals() -> None:
+def ignore_stop_signals(until_exit: bool = False) -> None:
     """Let SIGTERM and SIGUSR2 pass over this process (a rank whose stop another rank coordinates,
-    or a process whose command is over)."""
+    or, with ``until_exit``, a process whose command is over).
+
+    ``until_exit`` uses ``SIG_IGN``: at interpreter shutdown Python puts the default action back for
+    every signal with a Python handler, and a SLURM warning landing after that (while torch and MPI
+    shut down) would kill a finished run.  Children started afterwards would inherit it: only for the end.
+    """
     for sig in STOP_SIGNALS:
-        signal.signal(sig, _ignore)
+        signal.signal(sig, signal.SIG_IGN if until_exit else _ignore)
     STOP._armed = False
     STOP._previous.clear()

@@ -117,7 +117,13 @@ def utilization(evaluations: Sequence[Evaluation], ranks: int, since: float, unt
     (time an evaluation waited for a rung decision is not busy)."""
     if ranks < 1 or until <= since:
         return None
-    busy = sum(max(0.0, min(e.end or until, until) - max(e.start or until, since) - e.paused) for e in evaluations)
+
+    def busy_in_span(e: Evaluation) -> float:
+        start = until if e.start is None else e.start  # never started: nothing; still running: up to `until`
+        end = until if e.end is None else min(e.end, until)
+        return max(0.0, end - max(start, since) - e.paused)
+
+    busy = sum(busy_in_span(e) for e in evaluations)
     return busy / (ranks * (until - since))
 
 

@@ -14,7 +14,7 @@ import pytest
 from hpcnas.config import load_config
 from hpcnas.execution.history import SearchLog
 from hpcnas.execution.orchestrator import TAG_RESULT, TAG_STOP, TAG_TASK, Dispatcher, make_strategy, replay
-from hpcnas.records import Evaluation, Origin, Result, Task
+from hpcnas.records import Evaluation, Origin, Result, Status, Task
 from hpcnas.rundir import read_jsonl
 
 
@@ -235,3 +235,14 @@ def test_a_result_whose_dispatch_was_lost_keeps_its_id(tmp_path):
     log.close()
     (tmp_path / "dispatch.jsonl").write_text("")
     assert SearchLog(tmp_path).next_id == 1
+
+
+def test_utilization_counts_busy_rank_seconds_less_the_rung_waits():
+    from hpcnas.execution.history import utilization
+
+    def ran(start, end, paused=0.0):
+        return Evaluation(0, {}, Status.OK, start=start, end=end, paused=paused)
+
+    # two ranks over [0, 2]: one busy 0-2, the other 1-3 (cut at 2) with 0.25 s waiting for a rung decision
+    assert utilization([ran(0.0, 2.0), ran(1.0, 3.0, paused=0.25)], 2, 0.0, 2.0) == (2.0 + 0.75) / 4.0
+    assert utilization([], 2, 0.0, 2.0) == 0.0 and utilization([ran(0.0, 1.0)], 2, 1.0, 1.0) is None
