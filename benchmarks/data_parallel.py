@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from _emit import emit, tuning  # noqa: E402 - benchmarks/_emit.py, beside this script
+from _evolve import mpirun_environment  # noqa: E402
 
 from hpcnas.rundir import read_jsonl  # noqa: E402
 
@@ -72,7 +73,7 @@ def run_one(ranks: int, args, workdir: Path) -> dict:
     ]
     for s in sets:
         cmd += ["--set", s]
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    env = mpirun_environment()
     if args.threads_per_rank:  # the same on both sides, or the 1-rank run takes every core and the ratio says nothing
         env["OMP_NUM_THREADS"] = str(args.threads_per_rank)
     if ranks > 1 and args.slurm:  # one rank per node; sbatch passes this environment on (--export=ALL)
@@ -137,7 +138,8 @@ def main(argv=None) -> int:
     for r in rows:
         r["scaling_efficiency"] = r["images_per_s"] / (base * r["ranks"])
     print(
-        f"{'ranks':>6}{'nodes':>6}{'device':>8}{'batch/rank':>12}{'images/s':>10}{'efficiency':>12}{'coll/step':>11}{'wait':>7}"
+        f"{'ranks':>6}{'nodes':>6}{'device':>8}{'batch/rank':>12}{'images/s':>10}{'efficiency':>12}"
+        f"{'coll/step':>11}{'wait':>7}"
     )
     for r in rows:
         print(
