@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from hpcnas import __version__
-from hpcnas.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_RESUMABLE, Interrupted, UserError
+from hpcnas.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_RESUMABLE, Interrupted, SearchFailed, UserError
 from hpcnas.rundir import SUMMARY, RunDir
 from hpcnas.signals import STOP, ignore_stop_signals
 
@@ -551,6 +551,9 @@ def run(func: Callable[[argparse.Namespace], Optional[int]], args: argparse.Name
         if launched_rank() == 0:  # every rank sees the same bad input: one line, from rank 0
             print(f"hpcnas: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except SearchFailed as exc:
+        print(f"hpcnas: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         print("hpcnas: interrupted", file=sys.stderr)
         return 130

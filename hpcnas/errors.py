@@ -3,6 +3,8 @@
 Any layer raises :class:`UserError` for a wrong config key, a broken data
 file, an invalid genotype or a missing device; the command line turns it into
 one line ``hpcnas: error: ...`` on stderr and exit code 2.
+A run that worked but could not produce a result raises :class:`SearchFailed`:
+exit code 1 and one ``hpcnas: error:`` line, its run directory kept.
 Everything else is a bug or an environment failure: exit code 1, with the
 traceback in the run's log file.  A run stopped by a signal after saving its
 state raises :class:`Interrupted`: exit code 75 (``EX_TEMPFAIL``, "try again"),
@@ -42,6 +44,10 @@ class UserError(Exception):
         if self.source is None:
             self.source = source
         return self
+
+
+class SearchFailed(Exception):
+    """A search that ran and ended without a result; what it recorded stays in its run directory."""
 
 
 class Interrupted(Exception):

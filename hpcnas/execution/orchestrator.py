@@ -24,7 +24,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 from hpcnas.board import Board
 from hpcnas.config import Config
 from hpcnas.distributed import available_cpus
-from hpcnas.errors import UserError
+from hpcnas.errors import SearchFailed, UserError
 from hpcnas.execution.history import SearchLog, utilization
 from hpcnas.execution.memory import MemoryGate, memory_limit
 from hpcnas.execution.slot import WorkerSlot
@@ -213,11 +213,20 @@ class Dispatcher:
                 self.too_big_in_a_row = 0
                 return task
             self._record_too_big(task)
-            if self.too_big_in_a_row >= max(100, self.cfg.evolve.max_evaluations):
+            if self.too_big_in_a_row >= self.too_big_limit:
                 log.error(
                     "the last %d proposals were all too big for the memory limit: stopping", self.too_big_in_a_row
                 )
                 return None
+
+    @property
+    def too_big_limit(self) -> int:
+        """Proposals too big in a row after which the search gives up: the space hardly fits the limit."""
+        return max(100, self.cfg.evolve.max_evaluations)
+
+    def gave_up(self) -> bool:
+        """Whether the search stopped because nothing it proposed fitted the memory limit."""
+        return self.too_big_in_a_row >= self.too_big_limit
 
     def _record_too_big(self, task: Task) -> None:
         """Log the ask and its too_big result at once: the strategy learns it, no rank trains it."""
@@ -519,6 +528,14 @@ def run_orchestrator(comm, cfg: Config, run_dir: Path, data: str) -> Optional[st
     )
     interrupted = dispatcher.run()
     best = strategy.best()
+    if best is None and dispatcher.gave_up():  # the ranks are released: the others wait for the verdict only
+        assert gate is not None  # only the gate refuses
+        smallest = 1 if cfg.evolve.memory.policy == "shrink_batch" else cfg.train.batch_size
+        raise SearchFailed(
+            f"the last {dispatcher.too_big_in_a_row} proposals were all estimated over evolve.memory.limit "
+            f"({gate.limit / 2**20:.0f} MB) at batch {smallest} and nothing was trained: raise the limit or make "
+            f"the space smaller (the estimates are in {RunDir(run_dir).history})"
+        )
     if best is not None:
         Genotype.from_dict(best.genotype).save(RunDir(run_dir).genotype)
         log.info("best: evaluation %d, fitness %.4f -> %s", best.id, best.fitness, RunDir(run_dir).genotype)

@@ -69,11 +69,18 @@ def test_a_memory_limit_shrinks_the_batch_or_skips_without_training(tmp_path):
     skip = run(
         evolve_cmd(2, tmp_path / "skip", *sleepy, f"evolve.memory.limit={limit_mb / 1024}", "evolve.memory.policy=skip")
     )
-    assert skip.returncode == 0, skip.stderr[-3000:]
+    assert skip.returncode == 1, skip.stderr[-3000:]  # none fits: it gives up, and says why
     history = read_jsonl(tmp_path / "skip" / "history.jsonl")
-    assert len(history) == 100 and {r["status"] for r in history} == {"too_big"}  # none fits: it gives up
+    assert len(history) == 100 and {r["status"] for r in history} == {"too_big"}  # the records are kept
     assert all(r["rank"] is None and r["estimate_mb"] > limit_mb and "over the limit" in r["error"] for r in history)
-    assert "were all too big for the memory limit" in skip.stderr
+    errors = [line for line in skip.stderr.splitlines() if line.startswith("hpcnas: ")]
+    assert errors == [
+        "hpcnas: error: the last 100 proposals were all estimated over evolve.memory.limit (3 MB) at batch 4 and "
+        "nothing was trained: raise the limit or make the space smaller "
+        f"(the estimates are in {(tmp_path / 'skip' / 'history.jsonl').resolve()})"
+    ]
+    assert "Traceback" not in skip.stderr
+    assert not (tmp_path / "skip" / "genotype.json").exists()
     evals = tmp_path / "skip" / "evals"
     assert not evals.exists() or not any(evals.iterdir())  # no rank trained anything
 
