@@ -10,6 +10,7 @@ flight when the search was killed.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from hpcnas.records import Evaluation, Origin, Status, Task
 from hpcnas.rundir import JsonlWriter, RunDir, read_jsonl
-from hpcnas.strategies.objectives import Objective, pareto_front, parse_objectives
+from hpcnas.strategies.objectives import Objective, extend_front, pareto_front, parse_objectives
 
 
 class SearchLog:
@@ -118,13 +119,57 @@ def utilization(evaluations: Sequence[Evaluation], ranks: int, since: float, unt
     if ranks < 1 or until <= since:
         return None
 
-    def busy_in_span(e: Evaluation) -> float:
-        start = until if e.start is None else e.start  # never started: nothing; still running: up to `until`
-        end = until if e.end is None else min(e.end, until)
-        return max(0.0, end - max(start, since) - e.paused)
-
-    busy = sum(busy_in_span(e) for e in evaluations)
+    busy = sum(busy_seconds(e, since, until) for e in evaluations)
     return busy / (ranks * (until - since))
+
+
+def busy_seconds(e: Evaluation, since: float, until: float) -> float:
+    """The seconds ``e`` kept its rank busy between ``since`` and ``until`` (less the time paused at rungs)."""
+    start = until if e.start is None else e.start  # never started: nothing; still running: up to `until`
+    end = until if e.end is None else min(e.end, until)
+    return max(0.0, end - max(start, since) - e.paused)
+
+
+class RunningTally:
+    """What the dispatcher charts after each finished evaluation (counts by status, the best fitness, the ranks'
+    utilization, the front), brought up to date per evaluation instead of recomputed over the whole history:
+    at thousands of evaluations that would cost rank 0 more than dispatching does."""
+
+    def __init__(self, objectives: Sequence[Objective], ranks: int, since: float):
+        self.objectives, self.ranks, self.since = list(objectives), ranks, since
+        self.by_status: Dict[str, int] = {}
+        self.best_fitness: Optional[float] = None
+        self.busy = 0.0  # worker-seconds since `since`, of the evaluations finished so far
+        self.front: List[Evaluation] = []
+        self.lows: List[float] = [math.inf] * len(self.objectives)
+        self.highs: List[float] = [-math.inf] * len(self.objectives)
+
+    def add(self, e: Evaluation, now: float) -> None:
+        """Count one finished evaluation (``now``: when it was recorded, the end of a rank's busy time)."""
+        self.by_status[str(e.status)] = self.by_status.get(str(e.status), 0) + 1
+        self.busy += busy_seconds(e, self.since, now)
+        if not e.ok:
+            return
+        if e.fitness is not None:
+            self.best_fitness = e.fitness if self.best_fitness is None else max(self.best_fitness, e.fitness)
+        for i, o in enumerate(self.objectives):
+            value = o.minimized(e)
+            if math.isfinite(value):
+                self.lows[i], self.highs[i] = min(self.lows[i], value), max(self.highs[i], value)
+        if len(self.objectives) > 1:
+            self.front = extend_front(self.objectives, self.front, e)
+
+    def bounds(self) -> Tuple[List[float], List[float]]:
+        """Per objective the lowest and highest minimized value so far (0 without any): :func:`scale_bounds`."""
+        lows = [lo if math.isfinite(lo) else 0.0 for lo in self.lows]
+        highs = [hi if math.isfinite(hi) else 0.0 for hi in self.highs]
+        return lows, highs
+
+    def utilization(self, now: float) -> Optional[float]:
+        """Busy worker-seconds over ``ranks`` x the time since ``since``: :func:`utilization` of what was added."""
+        if self.ranks < 1 or now <= self.since:
+            return None
+        return self.busy / (self.ranks * (now - self.since))
 
 
 @dataclass

@@ -25,7 +25,7 @@ from hpcnas.board import Board
 from hpcnas.config import Config
 from hpcnas.distributed import available_cpus
 from hpcnas.errors import SearchFailed, UserError
-from hpcnas.execution.history import SearchLog, utilization
+from hpcnas.execution.history import RunningTally, SearchLog
 from hpcnas.execution.memory import MemoryGate, memory_limit
 from hpcnas.execution.slot import WorkerSlot
 from hpcnas.execution.worker import evaluator_class
@@ -36,7 +36,7 @@ from hpcnas.space.genotype import Genotype
 from hpcnas.space.searchspace import SearchSpace
 from hpcnas.strategies import Generational, Strategy, strategy_class
 from hpcnas.strategies.asha import SuccessiveHalving, rung_epochs
-from hpcnas.strategies.objectives import hypervolume, pareto_front, parse_objectives, scale_bounds
+from hpcnas.strategies.objectives import hypervolume, parse_objectives
 from hpcnas.strategies.prescreen import Prescreen
 
 log = logging.getLogger("hpcnas")
@@ -185,6 +185,11 @@ class Dispatcher:
         # TensorBoard in the background: the dispatcher only queues what to chart
         self.board = Board(RunDir(run_dir).tb, background=True) if self.heart and cfg.monitor.tensorboard else None
         self.started = time.time()
+        self.tally: Optional[RunningTally] = None  # what the board charts, kept up to date
+        if self.board is not None:
+            self.tally = RunningTally(strategy.objectives, self.world, self.started)
+            for earlier in search_log.finished:  # a resumed search's records
+                self.tally.add(earlier, self.started)
         if status is None:
             from mpi4py import MPI  # imported here, not at module level: importing it initializes MPI
 
@@ -324,26 +329,25 @@ class Dispatcher:
     def _chart(self, evaluation: Evaluation) -> None:
         """TensorBoard, per finished evaluation: its objectives, the best so far, counts by status,
         the ranks' utilization so far and, for several objectives, the front's size and hypervolume."""
-        if self.board is None:
+        if self.tally is None or self.board is None:
             return
-        finished, objectives = list(self.log.finished), list(self.strategy.objectives)
-        world, since, now = self.world, self.started, time.time()
+        tally, now = self.tally, time.time()
+        tally.add(evaluation, now)
+        out: Dict[str, Any] = {
+            "status": dict(tally.by_status),
+            "evaluation": dict(evaluation.objectives) if evaluation.ok else {},
+            "utilization": tally.utilization(now),
+        }
+        if tally.best_fitness is not None:
+            out["best_fitness"] = tally.best_fitness
+        objectives, front, (lows, highs) = tally.objectives, list(tally.front), tally.bounds()
 
-        def values() -> Dict[str, Any]:
-            out: Dict[str, Any] = {"status": {}, "evaluation": dict(evaluation.objectives) if evaluation.ok else {}}
-            for e in finished:
-                out["status"][str(e.status)] = out["status"].get(str(e.status), 0) + 1
-            ok = [e.fitness for e in finished if e.fitness is not None and e.ok]
-            if ok:
-                out["best_fitness"] = max(ok)
-            out["utilization"] = utilization(finished, world, since, now)
+        def values() -> Dict[str, Any]:  # the hypervolume, the one costly figure, in the board's thread
             if len(objectives) > 1:
-                front = pareto_front(objectives, finished)
-                lows, highs = scale_bounds(objectives, finished)
                 out["front"] = {"size": len(front), "hypervolume": hypervolume(objectives, front, lows, highs)}
             return out
 
-        self.board.scalars_later(values, len(finished), walltime=evaluation.end)
+        self.board.scalars_later(values, len(self.log.finished), walltime=evaluation.end)
 
     # -- loop ----------------------------------------------------------------
 

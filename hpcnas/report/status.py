@@ -88,7 +88,8 @@ def run_status(run_dir: str, now: Optional[float] = None) -> Dict[str, Any]:
 
     if command == "evolve":
         budget = int(_config_value(config, "evolve", "max_evaluations", 0)) or None
-        dispatched = {r["id"] for r in read_jsonl(run.dispatch)}
+        dispatch = read_jsonl(run.dispatch)
+        dispatched = {r["id"] for r in dispatch}
         finished = {r["id"] for r in history}
         counts: Dict[str, int] = {}
         for r in history:
@@ -108,7 +109,7 @@ def run_status(run_dir: str, now: Optional[float] = None) -> Dict[str, Any]:
             best = max(ok, key=lambda r: r["fitness"])
             out["best"] = {"evaluation": best["id"], "fitness": best["fitness"]}
         ranks = progress.get("ranks")
-        starts = [r["submit"] for r in read_jsonl(run.dispatch) if r.get("submit") is not None]
+        starts = [r["submit"] for r in dispatch if r.get("submit") is not None]
         until = now if live else float(beat.get("time", now)) if beat else now
         share = (
             utilization([Evaluation.from_dict(r) for r in history], ranks or 0, min(starts), until) if starts else None

@@ -116,6 +116,13 @@ def pareto_front(objectives: Sequence[Objective], evaluations: Sequence[Evaluati
     return [e for e in pool if not any(dominates(objectives, other, e) for other in pool)]
 
 
+def extend_front(objectives: Sequence[Objective], front: List[Evaluation], e: Evaluation) -> List[Evaluation]:
+    """The front of ``front`` plus ``e``: ``e`` joins unless dominated, and pushes out what it dominates."""
+    if not e.ok or violation(objectives, e) > 0 or any(dominates(objectives, f, e) for f in front):
+        return front
+    return [f for f in front if not dominates(objectives, e, f)] + [e]
+
+
 def scale_bounds(objectives: Sequence[Objective], evaluations: Sequence[Evaluation]) -> "tuple[list, list]":
     """Per objective, the lowest and highest minimized value over the successful evaluations (scales
     :func:`hypervolume`)."""
@@ -155,8 +162,7 @@ def hypervolume_over_time(
     front: List[Evaluation] = []
     times, volumes = [], []
     for e in sorted((e for e in evaluations if e.end is not None), key=lambda e: e.end or 0.0):
-        if e.ok and violation(objectives, e) == 0 and not any(dominates(objectives, f, e) for f in front):
-            front = [f for f in front if not dominates(objectives, e, f)] + [e]
+        front = extend_front(objectives, front, e)
         times.append(e.end)
         volumes.append(hypervolume(objectives, front, lows, highs))
     return times, volumes

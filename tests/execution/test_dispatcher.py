@@ -246,3 +246,44 @@ def test_utilization_counts_busy_rank_seconds_less_the_rung_waits():
     # two ranks over [0, 2]: one busy 0-2, the other 1-3 (cut at 2) with 0.25 s waiting for a rung decision
     assert utilization([ran(0.0, 2.0), ran(1.0, 3.0, paused=0.25)], 2, 0.0, 2.0) == (2.0 + 0.75) / 4.0
     assert utilization([], 2, 0.0, 2.0) == 0.0 and utilization([ran(0.0, 1.0)], 2, 1.0, 1.0) is None
+
+
+def test_the_running_tally_charts_what_a_recount_of_the_whole_history_gives():
+    import random
+
+    from hpcnas.execution.history import RunningTally, utilization
+    from hpcnas.strategies.objectives import hypervolume, parse_objectives, pareto_front, scale_bounds
+
+    objectives = parse_objectives(["miou", "params <= 60"])
+    rng = random.Random(3)
+    tally, finished = RunningTally(objectives, ranks=3, since=10.0), []
+    for i in range(60):
+        status = rng.choice([Status.OK] * 4 + [Status.OOM, Status.TOO_BIG])
+        miou = round(rng.random(), 2)  # rounded: equal points too
+        e = Evaluation(
+            i,
+            {},
+            status,
+            fitness=miou if status is Status.OK else None,
+            objectives={"miou": miou, "params": rng.randint(10, 80)} if status is Status.OK else {},
+            end=8.0 + i,  # results arrive one after another, some started before `since`
+            paused=rng.choice([0.0, 0.5]),
+        )
+        e.start = e.end - rng.uniform(1.0, 5.0)
+        now = e.end + 0.1
+        tally.add(e, now)
+        finished.append(e)
+        counts = {}
+        for f in finished:
+            counts[str(f.status)] = counts.get(str(f.status), 0) + 1
+        assert tally.by_status == counts
+        fitnesses = [f.fitness for f in finished if f.ok and f.fitness is not None]
+        assert tally.best_fitness == (max(fitnesses) if fitnesses else None)
+        assert tally.utilization(now) == pytest.approx(utilization(finished, 3, 10.0, now))
+        front = pareto_front(objectives, finished)
+        assert sorted(f.id for f in tally.front) == [f.id for f in front]
+        assert tally.bounds() == scale_bounds(objectives, finished)
+        assert hypervolume(objectives, tally.front, *tally.bounds()) == pytest.approx(
+            hypervolume(objectives, front, *scale_bounds(objectives, finished))
+        )
+    assert len(tally.front) > 1 and 0 < tally.utilization(now) < 1
