@@ -93,7 +93,7 @@ def lazy_scorer(cfg: Config, data: Optional[str], name: str) -> Callable[[Genoty
             from hpcnas.train.zero_cost import GenotypeScorer
 
             assert data is not None, "scoring needs the data set"
-            scorer.append(GenotypeScorer(cfg, data, name, cfg.evolve.prescreen.batch))
+            scorer.append(GenotypeScorer(cfg, data, [name], cfg.evolve.prescreen.batch, one_thread=True))
         return scorer[0](genotype)
 
     return score

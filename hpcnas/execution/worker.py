@@ -156,6 +156,7 @@ class TrainEvaluator(Evaluator):
 
         if setup.threads:
             torch.set_num_threads(int(setup.threads))
+        self.scorer = None  # zero-cost scores, made at the first task that records them
 
     def device_memory(self) -> int:
         import torch
@@ -171,6 +172,7 @@ class TrainEvaluator(Evaluator):
         from hpcnas.runtime import peak_memory_mb, reset_peak_memory
         from hpcnas.space.genotype import Genotype
         from hpcnas.train.trainer import Trainer, model_spec
+        from hpcnas.train.zero_cost import SCORES, GenotypeScorer
 
         setup = self.setup
         device = _device(setup.local_rank)
@@ -184,7 +186,11 @@ class TrainEvaluator(Evaluator):
         spec = model_spec(cfg, info, Genotype.from_dict(task.genotype))
         eval_dir = RunDir(setup.run_dir).eval_dir(task.id)
         shutil.rmtree(eval_dir, ignore_errors=True)  # a re-queued task starts clean
-        scores = zero_cost(cfg, spec, setup.data, device) if setup.zero_cost else {}
+        scores = {}
+        if setup.zero_cost:  # every score at initialization, on evolve.prescreen.batch patches read once
+            if self.scorer is None:
+                self.scorer = GenotypeScorer(cfg, setup.data, SCORES, cfg.evolve.prescreen.batch, device)
+            scores = self.scorer.scores(spec)
         rungs, reported = set(task.rungs), {}
 
         def at_rung(epochs: int, fitness: float) -> bool:
@@ -216,15 +222,6 @@ class TrainEvaluator(Evaluator):
             rungs=reported,
             scores=scores,
         )
-
-
-def zero_cost(cfg, spec: Dict[str, Any], data: str, device) -> Dict[str, float]:
-    """Every zero-cost score of the task's network at initialization, on ``evolve.prescreen.batch`` patches."""
-    from hpcnas.train.trainer import build_model
-    from hpcnas.train.zero_cost import training_batch, zero_cost_scores
-
-    x, y = training_batch(data, cfg.evolve.prescreen.batch)
-    return zero_cost_scores(lambda: build_model(spec), x.to(device), y.to(device), seed=cfg.seed)
 
 
 def kernel_cost(genotype: Dict[str, Any]) -> float:

@@ -13,7 +13,7 @@ Every score is computed on a fresh network initialized from a fixed seed, on CPU
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -103,22 +103,41 @@ def zero_cost_scores(
 
 
 class GenotypeScorer:
-    """One zero-cost score of a genotype's network as ``cfg`` builds it, on the first training patches of
-    ``data`` (read at the first call), on rank 0's CPU with one thread."""
+    """Zero-cost scores of networks as ``cfg`` builds them, on the first ``batch`` training patches of ``data``
+    (read at the first call). The pre-screen scores on rank 0's CPU with one thread (``one_thread``: rank 0's own
+    worker needs the cores); a worker child scores on its own device."""
 
-    def __init__(self, cfg, data: str, name: str, batch: int):
-        self.cfg, self.data, self.name, self.batch_size = cfg, data, name, batch
+    def __init__(
+        self,
+        cfg,
+        data: str,
+        names: Sequence[str],
+        batch: int,
+        device: Optional[torch.device] = None,
+        one_thread: bool = False,
+    ):
+        self.cfg, self.data, self.names, self.batch_size = cfg, data, list(names), batch
+        self.device, self.one_thread = device or torch.device("cpu"), one_thread
         self.info = None
         self.batch: Tuple[torch.Tensor, torch.Tensor] = (torch.empty(0), torch.empty(0))
 
     def __call__(self, genotype) -> float:
+        """The first score of ``genotype``'s network."""
         from hpcnas.data.hdf5 import read_info
-        from hpcnas.train.trainer import build_model, model_spec
+        from hpcnas.train.trainer import model_spec
 
         if self.info is None:
-            torch.set_num_threads(1)  # rank 0's own worker needs the cores
             self.info = read_info(self.data)
-            self.batch = training_batch(self.data, self.batch_size)
-        spec = model_spec(self.cfg, self.info, genotype, measure=False)
+        return self.scores(model_spec(self.cfg, self.info, genotype, measure=False))[self.names[0]]
+
+    def scores(self, spec: Dict[str, Any]) -> Dict[str, float]:
+        """Every score of the network ``spec`` describes (:func:`hpcnas.train.trainer.model_spec`)."""
+        from hpcnas.train.trainer import build_model
+
+        if not len(self.batch[0]):
+            if self.one_thread:
+                torch.set_num_threads(1)
+            x, y = training_batch(self.data, self.batch_size)
+            self.batch = (x.to(self.device), y.to(self.device))
         x, y = self.batch
-        return zero_cost_scores(lambda: build_model(spec), x, y, [self.name], seed=self.cfg.seed)[self.name]
+        return zero_cost_scores(lambda: build_model(spec), x, y, self.names, seed=self.cfg.seed)

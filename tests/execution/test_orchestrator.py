@@ -118,12 +118,21 @@ def test_search_finishes_its_budget_with_real_training(tmp_path):
     out = tmp_path / "ev"
     proc = run(
         evolve_cmd(
-            3, out, *PLAIN, "evolve.max_evaluations=6", "evolve.strategy.population=2", "evolve.strategy.sample_size=2"
+            3,
+            out,
+            *PLAIN,
+            "evolve.max_evaluations=6",
+            "evolve.strategy.population=2",
+            "evolve.strategy.sample_size=2",
+            "evolve.evaluator.zero_cost=true",
         )
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     history = read_jsonl(out / "history.jsonl")
     assert len(history) == 6 and len({r["id"] for r in history}) == 6
+    for r in history:  # each child scored its network at initialization
+        assert set(r["scores"]) == {"grad_norm", "synflow", "naswot", "params"}, r["scores"]
+        assert r["scores"]["params"] == r["objectives"]["params"]
     assert {r["rank"] for r in history} == {0, 1, 2}  # rank 0 trains too
     for r in history:
         o = r["objectives"]

@@ -15,7 +15,7 @@ def test_every_score_is_finite_repeatable_and_tells_architectures_apart(synth_h5
     space = SearchSpace.from_config(cfg)
     rng = random.Random(0)
     first, second = space.sample(rng), space.sample(rng)
-    scorer = GenotypeScorer(cfg, str(synth_h5), "naswot", batch=6)
+    scorer = GenotypeScorer(cfg, str(synth_h5), ["naswot"], batch=6)
     a, b = scorer(first), scorer(second)
     assert math.isfinite(a) and math.isfinite(b) and a != b
     assert scorer(first) == a  # a fixed seed: the same network, the same batch, the same score
@@ -28,5 +28,6 @@ def test_every_score_is_finite_repeatable_and_tells_architectures_apart(synth_h5
     assert x.shape[0] == 6 and y.shape == (6, x.shape[2], x.shape[3])
     scores = zero_cost_scores(lambda: build_model(spec), x, y)
     assert set(scores) == set(SCORES) and all(math.isfinite(v) for v in scores.values())
+    assert GenotypeScorer(cfg, str(synth_h5), SCORES, batch=6).scores(spec) == scores  # what a worker records
     assert scores["naswot"] == a and scores["params"] == sum(p.numel() for p in build_model(spec).parameters())
     assert scores["grad_norm"] > 0 and scores["synflow"] > 0
