@@ -2,7 +2,7 @@
 
 For each topology and K in {1, 2, 4, 8}: the mean forward+backward time of
 one training step, the activation memory (bytes of tensors saved for
-backward, counted on any device), and on CUDA the peak allocated memory.
+backward, parameters excluded, counted on any device), and on CUDA the peak allocated memory.
 PC-DARTS' premise: K = 4 needs well under half the activation memory of K = 1.
 
 TensorBoard's cost per step: the time the training loop spends in its
@@ -27,25 +27,7 @@ from hpcnas.board import Board
 from hpcnas.space.genotype import TOPOLOGIES
 from hpcnas.space.networks import build_search_network
 from hpcnas.space.searchspace import SearchSpace
-
-
-def activation_bytes(model, x) -> int:
-    """Bytes of distinct storages autograd saves for backward during one forward."""
-    seen = {}
-
-    def pack(t):
-        if isinstance(t, torch.Tensor):
-            try:
-                storage = t.untyped_storage()
-                seen[(storage.data_ptr(), t.device)] = storage.nbytes()
-            except RuntimeError:
-                pass
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = model(x).float().mean()
-    loss.backward()
-    return sum(seen.values())
+from hpcnas.train.memory import saved_bytes
 
 
 def measure(topology: str, k: int, args, device: torch.device) -> dict:
@@ -55,7 +37,7 @@ def measure(topology: str, k: int, args, device: torch.device) -> dict:
     model = build_search_network(space, 3, 2, channels=args.channels, partial=k, device=device).to(device)
     size = max(args.size, space.stride())
     x = torch.randn(args.batch, 3, size, size, device=device)
-    act = activation_bytes(model, x)
+    act = saved_bytes(model, x)  # what the memory estimate is calibrated against: parameters excluded
     model.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize()
