@@ -14,10 +14,10 @@ fitness it reported at every rung), so a resumed search stops exactly as before.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from hpcnas.records import Evaluation
-from hpcnas.strategies.base import Proposal, Strategy
+from hpcnas.strategies.base import Strategy, Wrapper
 
 
 def rung_epochs(min_resource: int, reduction_factor: int, epochs: int) -> List[int]:
@@ -38,16 +38,13 @@ def quantile(values: List[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-class SuccessiveHalving(Strategy):
+class SuccessiveHalving(Wrapper):
     """Wraps a strategy: it proposes, this decides at each rung whether an evaluation goes on."""
 
     def __init__(self, inner: Strategy, rungs: List[int], reduction_factor: int):
-        super().__init__(inner.space, 0, inner.objectives)
-        self.inner, self.rungs, self.reduction_factor = inner, list(rungs), reduction_factor
+        super().__init__(inner)
+        self.rungs, self.reduction_factor = list(rungs), reduction_factor
         self.table: Dict[int, Dict[int, float]] = {r: {} for r in self.rungs}  # rung -> evaluation id -> fitness
-
-    def ask(self) -> Optional[Proposal]:
-        return self.inner.ask()
 
     def tell(self, evaluation: Evaluation) -> None:
         for epochs, fitness in evaluation.rungs.items():
@@ -60,9 +57,3 @@ class SuccessiveHalving(Strategy):
         others = [f for i, f in recorded.items() if i != evaluation_id]
         recorded[evaluation_id] = fitness
         return not others or fitness >= quantile(others, 1 - 1 / self.reduction_factor)
-
-    def best(self) -> Optional[Evaluation]:
-        return self.inner.best()
-
-    def front(self) -> List[Evaluation]:
-        return self.inner.front()

@@ -95,6 +95,53 @@ class Strategy:
         return g, False
 
 
+class Wrapper(Strategy):
+    """A strategy around another one (generations, successive halving, a pre-screen): by default it passes
+    every call through, so a wrapper says only what it changes."""
+
+    def __init__(self, inner: Strategy):
+        super().__init__(inner.space, 0, inner.objectives)
+        self.inner = inner
+
+    def ask(self) -> Optional[Proposal]:
+        return self.inner.ask()
+
+    def tell(self, evaluation: Evaluation) -> None:
+        self.inner.tell(evaluation)
+
+    def report(self, evaluation_id: int, epochs: int, fitness: float) -> bool:
+        return self.inner.report(evaluation_id, epochs, fitness)
+
+    def best(self) -> Optional[Evaluation]:
+        return self.inner.best()
+
+    def front(self) -> List[Evaluation]:
+        return self.inner.front()
+
+
+class Tournament(Strategy):
+    """A population of ``population`` evaluations whose parents win tournaments of ``sample_size``."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        seed: int = 0,
+        objectives: Sequence[Objective] = DEFAULT_OBJECTIVES,
+        population: int = 20,
+        sample_size: int = 5,
+    ):
+        super().__init__(space, seed, objectives)
+        if not 1 <= sample_size <= population:
+            raise UserError(
+                f"must be in [1, population={population}], got {sample_size}", key="evolve.strategy.sample_size"
+            )
+        self.population_size, self.sample_size = population, sample_size
+
+    @classmethod
+    def from_options(cls, space: SearchSpace, seed: int, objectives: Sequence[Objective], options: Any) -> "Strategy":
+        return cls(space, seed, objectives, options.population, options.sample_size)
+
+
 STRATEGIES: Dict[str, Type[Strategy]] = {}
 
 
@@ -114,7 +161,7 @@ def strategy_class(name: str) -> Type[Strategy]:
     return STRATEGIES[name]
 
 
-class Generational(Strategy):
+class Generational(Wrapper):
     """The paper's Algorithm 1: dispatch a whole generation, wait for all of it, then evolve.
 
     Wraps any strategy: ``ask`` answers ``None`` once ``size`` proposals of
@@ -122,8 +169,8 @@ class Generational(Strategy):
     """
 
     def __init__(self, inner: Strategy, size: int):
-        super().__init__(inner.space, 0, inner.objectives)
-        self.inner, self.size = inner, size
+        super().__init__(inner)
+        self.size = size
         self.out = 0
         self.told = 0
 
@@ -139,9 +186,3 @@ class Generational(Strategy):
     def tell(self, evaluation: Evaluation) -> None:
         self.told += 1
         self.inner.tell(evaluation)
-
-    def best(self) -> Optional[Evaluation]:
-        return self.inner.best()
-
-    def front(self) -> List[Evaluation]:
-        return self.inner.front()

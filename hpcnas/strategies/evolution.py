@@ -13,16 +13,15 @@ from __future__ import annotations
 from collections import deque
 from typing import Deque, Optional, Sequence
 
-from hpcnas.errors import UserError
 from hpcnas.records import Evaluation
 from hpcnas.space.genotype import Genotype
 from hpcnas.space.searchspace import SearchSpace
-from hpcnas.strategies.base import DEFAULT_OBJECTIVES, Proposal, Strategy, register
+from hpcnas.strategies.base import DEFAULT_OBJECTIVES, Proposal, Tournament, register
 from hpcnas.strategies.objectives import Objective
 
 
 @register
-class RegularizedEvolution(Strategy):
+class RegularizedEvolution(Tournament):
     """Steady-state: every ``ask`` is answered at once (no worker waits)."""
 
     name = "evolution"
@@ -35,18 +34,9 @@ class RegularizedEvolution(Strategy):
         population: int = 20,
         sample_size: int = 5,
     ):
-        super().__init__(space, seed, objectives)
-        if not 1 <= sample_size <= population:
-            raise UserError(
-                f"must be in [1, population={population}], got {sample_size}", key="evolve.strategy.sample_size"
-            )
-        self.population_size, self.sample_size = population, sample_size
+        super().__init__(space, seed, objectives, population, sample_size)
         self.population: Deque[Evaluation] = deque()
         self.results = 0
-
-    @classmethod
-    def from_options(cls, space, seed, objectives, options):
-        return cls(space, seed, objectives, options.population, options.sample_size)
 
     def ask(self) -> Optional[Proposal]:
         if len(self.population) < self.population_size and self.results < self.population_size:

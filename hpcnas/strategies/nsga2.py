@@ -16,11 +16,10 @@ import importlib
 import threading
 from typing import List, Optional, Sequence, Tuple
 
-from hpcnas.errors import UserError
 from hpcnas.records import Evaluation
 from hpcnas.space.genotype import Genotype
 from hpcnas.space.searchspace import SearchSpace
-from hpcnas.strategies.base import DEFAULT_OBJECTIVES, Proposal, Strategy, register
+from hpcnas.strategies.base import DEFAULT_OBJECTIVES, Proposal, Tournament, register
 from hpcnas.strategies.objectives import Objective, violation
 
 PYMOO_METRICS = "pymoo.operators.survival.rank_and_crowding.metrics"
@@ -56,7 +55,7 @@ def rank_and_crowding(objectives: Sequence[Objective], evaluations: Sequence[Eva
 
 
 @register
-class NSGA2(Strategy):
+class NSGA2(Tournament):
     """Steady-state NSGA-II over the configured objectives; every ``ask`` is answered at once."""
 
     name = "nsga2"
@@ -69,22 +68,13 @@ class NSGA2(Strategy):
         population: int = 20,
         sample_size: int = 2,
     ):
-        super().__init__(space, seed, objectives)
-        if not 1 <= sample_size <= population:
-            raise UserError(
-                f"must be in [1, population={population}], got {sample_size}", key="evolve.strategy.sample_size"
-            )
-        self.population_size, self.sample_size = population, sample_size
+        super().__init__(space, seed, objectives, population, sample_size)
         self.population: List[Evaluation] = []
         self.ranking: List[Tuple[int, float]] = []
         self.results = 0
         # pymoo's import takes ~0.3 s (scipy): done at the first result, it would stall the dispatch loop while
         # every rank waits; in the background it is over before the first tasks are
         threading.Thread(target=importlib.import_module, args=(PYMOO_METRICS,), daemon=True).start()
-
-    @classmethod
-    def from_options(cls, space, seed, objectives, options):
-        return cls(space, seed, objectives, options.population, options.sample_size)
 
     def _key(self, i: int) -> Tuple[int, float, int]:
         rank, distance = self.ranking[i]

@@ -15,9 +15,8 @@ from collections import deque
 from dataclasses import replace
 from typing import Callable, Deque, Dict, List, Optional
 
-from hpcnas.records import Evaluation
 from hpcnas.space.genotype import Genotype
-from hpcnas.strategies.base import Proposal, Strategy
+from hpcnas.strategies.base import Proposal, Strategy, Wrapper
 
 
 def genotype_key(genotype: Genotype) -> str:
@@ -26,12 +25,12 @@ def genotype_key(genotype: Genotype) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-class Prescreen(Strategy):
+class Prescreen(Wrapper):
     """Ask the inner strategy ``sample`` times, propose the ``keep`` best by ``score(genotype)``."""
 
     def __init__(self, inner: Strategy, score: Callable[[Genotype], float], name: str, sample: int, keep: int):
-        super().__init__(inner.space, 0, inner.objectives)
-        self.inner, self.score, self.score_name = inner, score, name
+        super().__init__(inner)
+        self.score, self.score_name = score, name
         self.sample, self.keep = sample, min(keep, sample)
         self.known: Dict[str, float] = {}  # genotype key -> score: scored already, or read back from the log
         self.queue: Deque[Proposal] = deque()
@@ -63,12 +62,3 @@ class Prescreen(Strategy):
         for rank, (s, _, p) in enumerate(scored[: self.keep]):  # the first carries the screening's log
             self.queue.append(replace(p, scores={self.score_name: s}, screened=screened if rank == 0 else {}))
         return self.queue.popleft()
-
-    def tell(self, evaluation: Evaluation) -> None:
-        self.inner.tell(evaluation)
-
-    def best(self) -> Optional[Evaluation]:
-        return self.inner.best()
-
-    def front(self) -> List[Evaluation]:
-        return self.inner.front()
