@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+MPIRUN = shutil.which("mpirun")
+# Open MPI as root, more ranks than cores, Python's output unbuffered (tests read it while a run goes on)
+MPI_ENV = {
+    "OMPI_ALLOW_RUN_AS_ROOT": "1",
+    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+    "OMPI_MCA_rmaps_base_oversubscribe": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+needs_mpi = pytest.mark.skipif(MPIRUN is None, reason="no mpirun (envs/setup.sh installs Open MPI)")
 DUBAI = ROOT.parent / "shared" / "data" / "dubai_aerial" / "Semantic segmentation dataset"
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,16 +12,8 @@ import pytest
 import torch
 
 from hpcnas.rundir import read_jsonl
-from tests.conftest import ROOT
+from tests.conftest import MPI_ENV, MPIRUN, ROOT
 from tests.conftest import set_args as sets
-
-MPIRUN = shutil.which("mpirun")
-MPI_ENV = {
-    "OMPI_ALLOW_RUN_AS_ROOT": "1",
-    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-    "OMPI_MCA_rmaps_base_oversubscribe": "1",
-    "PYTHONUNBUFFERED": "1",
-}
 
 
 def _have_horovod() -> bool:

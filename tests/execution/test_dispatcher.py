@@ -252,7 +252,7 @@ def test_the_running_tally_charts_what_a_recount_of_the_whole_history_gives():
     import random
 
     from hpcnas.execution.history import RunningTally, utilization
-    from hpcnas.strategies.objectives import hypervolume, parse_objectives, pareto_front, scale_bounds
+    from hpcnas.strategies.objectives import hypervolume, pareto_front, parse_objectives, scale_bounds
 
     objectives = parse_objectives(["miou", "params <= 60"])
     rng = random.Random(3)

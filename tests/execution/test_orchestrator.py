@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,17 +13,9 @@ import pytest
 
 from hpcnas.records import Evaluation
 from hpcnas.rundir import read_jsonl
-from tests.conftest import ROOT, set_args
+from tests.conftest import MPI_ENV, MPIRUN, ROOT, needs_mpi, set_args
 
 SMOKE_EVOLVE = str(ROOT / "configs" / "smoke-evolve.yaml")
-MPIRUN = shutil.which("mpirun")
-MPI_ENV = {
-    "OMPI_ALLOW_RUN_AS_ROOT": "1",
-    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-    "OMPI_MCA_rmaps_base_oversubscribe": "1",
-    "PYTHONUNBUFFERED": "1",
-}
-needs_mpi = pytest.mark.skipif(MPIRUN is None, reason="no mpirun (envs/setup.sh installs Open MPI)")
 
 
 def sets(*items):

@@ -19,8 +19,8 @@ from hpcnas.rundir import read_jsonl
 from hpcnas.space.genotype import Genotype
 from hpcnas.space.searchspace import SearchSpace
 from hpcnas.strategies.objectives import pareto_front
-from tests.conftest import ROOT, run_cli
-from tests.execution.test_orchestrator import MPI_ENV, MPIRUN, SLEEPY, _wait_for_lines, needs_mpi, run, sets
+from tests.conftest import MPI_ENV, MPIRUN, ROOT, needs_mpi, run_cli
+from tests.execution.test_orchestrator import SLEEPY, _wait_for_lines, run, sets
 
 SMOKE_PARETO = str(ROOT / "configs" / "smoke-pareto.yaml")
 

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from hpcnas.rundir import write_json
-from tests.conftest import ROOT, run_cli, set_args
+from tests.conftest import MPI_ENV, MPIRUN, ROOT, needs_mpi, run_cli, set_args
 
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 
@@ -113,13 +113,13 @@ def test_watch_redraws_until_interrupted(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.exists("/usr/bin/mpirun"), reason="no mpirun")
+@needs_mpi
 def test_a_discrete_search_shows_evaluations_and_utilization(tmp_path):
     out = tmp_path / "ev"
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    env = dict(os.environ, **MPI_ENV)
     sets = ["evolve.evaluator.name=sleep", "evolve.evaluator.sleep_median=0.2", "evolve.max_evaluations=8"]
     cmd = [
-        "mpirun",
+        MPIRUN,
         "-np",
         "2",
         "--oversubscribe",
