@@ -60,6 +60,7 @@ def run_one(ranks: int, args, workdir: Path) -> dict:
         "space.nodes=4",
         "search.partial_channels=4",
         f"search.sync_batchnorm={args.sync_batchnorm}",
+        *getattr(args, "set", []),
     ]
     cmd = [
         sys.executable,
@@ -111,8 +112,9 @@ def run_one(ranks: int, args, workdir: Path) -> dict:
     }
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser(description: str = __doc__) -> argparse.ArgumentParser:
+    """The options of one search run (also read by ``formats.py``)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ranks", default="1,2")
     p.add_argument("--device", default="cpu")
     p.add_argument("--size", type=int, default=64)
@@ -131,7 +133,11 @@ def main(argv=None) -> int:
         "emulated nodes: slurm/dev-cluster/run.sh python benchmarks/data_parallel.py --slurm)",
     )
     p.add_argument("--json")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         rows = [run_one(int(n), args, Path(tmp)) for n in args.ranks.split(",")]
     base = rows[0]["images_per_s"] / rows[0]["ranks"]

@@ -116,6 +116,8 @@ class SearchConfig:
     grad_clip: float = field(default=5.0, metadata=_range(0.0))
     data_split: Literal["full", "half"] = "full"  # GAEA style (full set for w and theta) or DARTS 50/50
     sync_batchnorm: bool = True  # data parallel: BatchNorm statistics over all ranks (exact N x b == 1 x N*b), slower
+    precision: Literal["fp32", "bf16"] = "fp32"  # the weight step's forward under bf16 autocast (theta's stays fp32)
+    channels_last: bool = False  # NHWC memory layout for the supernet and its inputs
     max_steps_per_epoch: Optional[int] = field(default=None, metadata=_range(1))
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     cost: CostConfig = field(default_factory=CostConfig)
@@ -142,6 +144,8 @@ class TrainConfig:
     max_steps_per_epoch: Optional[int] = field(default=None, metadata=_range(1))
     baseline_width: int = field(default=32, metadata=_range(1))  # ResNet-UNet: channels of the first stage
     baseline_blocks: int = field(default=2, metadata=_range(1))  # ResNet-UNet: residual blocks per stage
+    precision: Literal["fp32", "bf16"] = "fp32"  # the training step's forward under bf16 autocast
+    channels_last: bool = False  # NHWC memory layout for the network and its inputs
 
 
 @dataclass

@@ -44,6 +44,33 @@ def select_device(name: str = "auto") -> torch.device:
     return device
 
 
+class ComputeFormat:
+    """How a training step computes: ``precision`` ``bf16`` runs the forward under bfloat16 autocast (the
+    loss, the optimizer and the weights stay float32; no loss scaling needed), ``channels_last`` lays the
+    network's and the inputs' 4-d tensors out NHWC, which tensor cores and oneDNN prefer."""
+
+    def __init__(self, device: torch.device, precision: str = "fp32", channels_last: bool = False, key: str = ""):
+        if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise UserError(f"bf16 is not supported by {torch.cuda.get_device_name(device)}", key=f"{key}precision")
+        self.device, self.precision, self.channels_last = device, precision, channels_last
+        self.memory_format = torch.channels_last if channels_last else torch.preserve_format
+
+    def model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` in this format's memory layout."""
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch of images on the device, in this format's memory layout."""
+        return x.to(self.device, non_blocking=True, memory_format=self.memory_format)
+
+    def autocast(self) -> torch.autocast:
+        """The context of a forward pass in this format's precision."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+    def describe(self) -> str:
+        return f"{self.precision}{', channels last' if self.channels_last else ''}"
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch (all devices)."""
     random.seed(seed)

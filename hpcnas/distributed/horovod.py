@@ -166,6 +166,7 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super().forward(x)
+        x = x.float()  # under bf16 autocast too: sums of squares and counts need float32
         c = x.shape[1]
         count = torch.full((1,), x.numel() / c, dtype=x.dtype, device=x.device)
         stats = torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count])

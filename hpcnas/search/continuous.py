@@ -29,7 +29,7 @@ from hpcnas.data.hdf5 import DatasetInfo
 from hpcnas.data.torch_dataset import SegmentationDataset, make_loader, split_indices, validation_loader
 from hpcnas.errors import UserError
 from hpcnas.rundir import RunDir, write_json
-from hpcnas.runtime import seed_everything
+from hpcnas.runtime import ComputeFormat, seed_everything
 from hpcnas.search.cost import ExpectedCost
 from hpcnas.search.decode import darts_plus_stops, decode_configured
 from hpcnas.search.gaea import arch_mode, make_arch_optimizer
@@ -85,7 +85,8 @@ class SupernetSearch(EpochLoop):
         se = cfg.search
         seed_everything(cfg.seed)
         model = build_supernet(cfg, info, device)
-        self.model = (ctx.sync_batch_norm(model) if se.sync_batchnorm else model).to(device)
+        self.format = ComputeFormat(device, se.precision, se.channels_last, key="search.")
+        self.model = self.format.model((ctx.sync_batch_norm(model) if se.sync_batchnorm else model).to(device))
         train = SegmentationDataset(data_path, "train", augment=cfg.data.augment)
         if len(train) == 0:
             raise UserError("the train split is empty", source=data_path)
@@ -232,7 +233,7 @@ class SupernetSearch(EpochLoop):
             self.a_opt.zero_grad(set_to_none=True)
             for p in self.w_params:  # the architecture step computes no weight gradient
                 p.requires_grad_(False)
-            a_loss = self.criterion(self.model(xa.to(self.device, non_blocking=True)), ya.to(self.device))
+            a_loss = self.criterion(self.model(self.format.inputs(xa)), ya.to(self.device))  # fp32: theta is sensitive
             if self.cost is not None:
                 cost = self.cost()
                 (a_loss + se.cost.weight * cost).backward()
@@ -245,7 +246,9 @@ class SupernetSearch(EpochLoop):
             self.a_opt.step()
             sums["arch_loss"] = a_loss.item()
         self.w_opt.zero_grad()  # horovod's optimizer takes no set_to_none
-        w_loss = self.criterion(self.model(xw.to(self.device, non_blocking=True)), yw.to(self.device))
+        with self.format.autocast():
+            logits = self.model(self.format.inputs(xw))
+        w_loss = self.criterion(logits.float(), yw.to(self.device))
         w_loss.backward()
         self.ctx.step(self.w_opt, before_step=lambda: nn.utils.clip_grad_norm_(self.w_params, se.grad_clip))
         sums["train_loss"] = w_loss.item()

@@ -23,7 +23,7 @@ from hpcnas.data.hdf5 import DatasetInfo
 from hpcnas.data.torch_dataset import SegmentationDataset, make_loader, validation_loader
 from hpcnas.errors import UserError
 from hpcnas.rundir import RunDir
-from hpcnas.runtime import seed_everything
+from hpcnas.runtime import ComputeFormat, seed_everything
 from hpcnas.space.genotype import Genotype
 from hpcnas.space.networks import build_discrete_network
 from hpcnas.space.searchspace import SearchSpace
@@ -107,7 +107,8 @@ class Trainer(EpochLoop):
         self.monitor = cfg.monitor
         tr = cfg.train
         seed_everything(cfg.seed)
-        self.model = build_model(spec).to(device)
+        self.format = ComputeFormat(device, tr.precision, tr.channels_last, key="train.")
+        self.model = self.format.model(build_model(spec).to(device))
         train = SegmentationDataset(data_path, "train", augment=cfg.data.augment)
         if len(train) == 0:
             raise UserError("the train split is empty", source=data_path)
@@ -151,7 +152,9 @@ class Trainer(EpochLoop):
         """One SGD step on the weighted cross-entropy."""
         x, y = batch
         self.opt.zero_grad(set_to_none=True)
-        loss = self.criterion(self.model(x.to(self.device, non_blocking=True)), y.to(self.device))
+        with self.format.autocast():
+            logits = self.model(self.format.inputs(x))
+        loss = self.criterion(logits.float(), y.to(self.device))
         loss.backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.opt.step()
