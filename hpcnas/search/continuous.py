@@ -233,7 +233,8 @@ class SupernetSearch(EpochLoop):
             self.a_opt.zero_grad(set_to_none=True)
             for p in self.w_params:  # the architecture step computes no weight gradient
                 p.requires_grad_(False)
-            a_loss = self.criterion(self.model(self.format.inputs(xa)), ya.to(self.device))  # fp32: theta is sensitive
+            logits = self.model(self.format.inputs(xa))  # never under autocast: theta's step is fp32
+            a_loss = self.criterion(logits, ya.to(self.device, non_blocking=True))
             if self.cost is not None:
                 cost = self.cost()
                 (a_loss + se.cost.weight * cost).backward()
@@ -248,7 +249,7 @@ class SupernetSearch(EpochLoop):
         self.w_opt.zero_grad()  # horovod's optimizer takes no set_to_none
         with self.format.autocast():
             logits = self.model(self.format.inputs(xw))
-        w_loss = self.criterion(logits.float(), yw.to(self.device))
+        w_loss = self.criterion(logits.float(), yw.to(self.device, non_blocking=True))
         w_loss.backward()
         self.ctx.step(self.w_opt, before_step=lambda: nn.utils.clip_grad_norm_(self.w_params, se.grad_clip))
         sums["train_loss"] = w_loss.item()

@@ -154,7 +154,7 @@ class Trainer(EpochLoop):
         self.opt.zero_grad(set_to_none=True)
         with self.format.autocast():
             logits = self.model(self.format.inputs(x))
-        loss = self.criterion(logits.float(), y.to(self.device))
+        loss = self.criterion(logits.float(), y.to(self.device, non_blocking=True))
         loss.backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.opt.step()
