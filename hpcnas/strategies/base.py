@@ -120,7 +120,10 @@ class Wrapper(Strategy):
 
 
 class Tournament(Strategy):
-    """A population of ``population`` evaluations whose parents win tournaments of ``sample_size``."""
+    """A population of ``population`` evaluations whose parents win tournaments of ``sample_size`` (by default
+    the strategy's ``default_sample_size``)."""
+
+    default_sample_size: ClassVar[int] = 5
 
     def __init__(
         self,
@@ -128,9 +131,10 @@ class Tournament(Strategy):
         seed: int = 0,
         objectives: Sequence[Objective] = DEFAULT_OBJECTIVES,
         population: int = 20,
-        sample_size: int = 5,
+        sample_size: Optional[int] = None,
     ):
         super().__init__(space, seed, objectives)
+        sample_size = self.default_sample_size if sample_size is None else sample_size
         if not 1 <= sample_size <= population:
             raise UserError(
                 f"must be in [1, population={population}], got {sample_size}", key="evolve.strategy.sample_size"

@@ -11,13 +11,11 @@ parents.  Fitness is the primary (first) objective.
 from __future__ import annotations
 
 from collections import deque
-from typing import Deque, Optional, Sequence
+from typing import Deque, Optional
 
 from hpcnas.records import Evaluation
 from hpcnas.space.genotype import Genotype
-from hpcnas.space.searchspace import SearchSpace
-from hpcnas.strategies.base import DEFAULT_OBJECTIVES, Proposal, Tournament, register
-from hpcnas.strategies.objectives import Objective
+from hpcnas.strategies.base import Proposal, Tournament, register
 
 
 @register
@@ -26,15 +24,10 @@ class RegularizedEvolution(Tournament):
 
     name = "evolution"
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        seed: int = 0,
-        objectives: Sequence[Objective] = DEFAULT_OBJECTIVES,
-        population: int = 20,
-        sample_size: int = 5,
-    ):
-        super().__init__(space, seed, objectives, population, sample_size)
+    default_sample_size = 5
+
+    def __init__(self, *args, **kwargs):  # Tournament's arguments
+        super().__init__(*args, **kwargs)
         self.population: Deque[Evaluation] = deque()
         self.results = 0
 

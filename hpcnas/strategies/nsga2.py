@@ -18,8 +18,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from hpcnas.records import Evaluation
 from hpcnas.space.genotype import Genotype
-from hpcnas.space.searchspace import SearchSpace
-from hpcnas.strategies.base import DEFAULT_OBJECTIVES, Proposal, Tournament, register
+from hpcnas.strategies.base import Proposal, Tournament, register
 from hpcnas.strategies.objectives import Objective, violation
 
 PYMOO_METRICS = "pymoo.operators.survival.rank_and_crowding.metrics"
@@ -60,15 +59,10 @@ class NSGA2(Tournament):
 
     name = "nsga2"
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        seed: int = 0,
-        objectives: Sequence[Objective] = DEFAULT_OBJECTIVES,
-        population: int = 20,
-        sample_size: int = 2,
-    ):
-        super().__init__(space, seed, objectives, population, sample_size)
+    default_sample_size = 2
+
+    def __init__(self, *args, **kwargs):  # Tournament's arguments
+        super().__init__(*args, **kwargs)
         self.population: List[Evaluation] = []
         self.ranking: List[Tuple[int, float]] = []
         self.results = 0
