@@ -10,8 +10,13 @@ then is evaluated on the test split's full images:
 * ``B-matched``  the ResNet-UNet sized to A's median parameter count;
 * ``C``          random cells of the same space;
 * ``D:<name>``   variants under study (collapse remedies, channel sampling, softmax
-                 DARTS): a search with other settings, or A's (or another variant's)
-                 search decoded by another rule, each retrained like A.
+                 DARTS, local BatchNorm on several ranks): a search with other settings,
+                 or A's (or another variant's) search decoded by another rule, each
+                 retrained like A.  A variant with ``ranks`` searches under mpirun with
+                 A's batch split over its ranks.
+
+``--arms`` runs a subset of the arms above (e.g. ``--arms A`` with variants,
+to compare variants with A only).
 
     python benchmarks/quality.py --data DATA --preset quick --seeds 3 --out runs/quality [--jobs 2]
     python benchmarks/quality.py --data DATA --preset paper --launcher slurm --out runs/quality-paper
@@ -34,6 +39,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -44,6 +50,8 @@ from typing import Callable, Dict, List, Optional
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from _evolve import mpirun_environment  # noqa: E402 - benchmarks/_evolve.py, beside this script
 
 # Each preset: how the data is tiled, the base config and what overrides it, and the budget.
 PRESETS: Dict[str, dict] = {
@@ -144,7 +152,30 @@ VARIANTS: Dict[str, dict] = {
         "skips": 2,
         "about": "random partial channels, DARTS+ stop at 2 skips",
     },
+    # Data-parallel searches: "ranks" ranks under mpirun, each with 1/ranks of A's batch, so the global batch and
+    # the steps are A's. With synchronized BatchNorm such a search computes what A computes; with local BatchNorm
+    # every rank normalizes over its own share of the batch.
+    "sync-bn-2ranks": {
+        "kind": "search",
+        "ranks": 2,
+        "set": ["search.sync_batchnorm=true"],
+        "about": "2 ranks, half the batch each, BatchNorm statistics over both ranks (A, computed on 2 ranks)",
+    },
+    "local-bn-2ranks": {
+        "kind": "search",
+        "ranks": 2,
+        "set": ["search.sync_batchnorm=false"],
+        "about": "2 ranks, half the batch each, BatchNorm statistics of each rank's own half",
+    },
+    "local-bn-4ranks": {
+        "kind": "search",
+        "ranks": 4,
+        "set": ["search.sync_batchnorm=false"],
+        "about": "4 ranks, a quarter of the batch each, BatchNorm statistics of each rank's own quarter",
+    },
 }
+
+BASE_ARMS = ("A", "A-large", "B-default", "B-matched", "C")
 
 
 @dataclass
@@ -158,6 +189,7 @@ class Run:
     after: List[str] = field(default_factory=list)
     seed: int = 0
     prepare: Optional[Callable[[], None]] = None  # writes what the run reads (a re-decoded genotype)
+    ranks: int = 1  # > 1: a data-parallel search under mpirun
 
     def out(self, root: Path) -> Path:
         return root / self.name
@@ -182,32 +214,38 @@ class Plan:
         self.arch_lr = preset["arch_lr"]
         self.runs: Dict[str, Run] = {}
         seeds = range(args.seeds)
+        arms = set(args.arms)
         for s in seeds:
-            self._search_arm("A", s, [])
-            self._train(
-                f"A-large/seed-{s}",
-                "A-large",
-                s,
-                genotype=f"A/seed-{s}/search/genotype.json",
-                extra=lambda: [f"train.target_params={self.default_baseline_params()}"],
-            )
-            self._train(f"B-default/seed-{s}", "B-default", s, baseline=True)
-            self._train(
-                f"B-matched/seed-{s}",
-                "B-matched",
-                s,
-                baseline=True,
-                extra=lambda: [f"train.target_params={self.median_params('A')}"],
-                after=[f"A/seed-{t}/train" for t in seeds],
-            )
-        for k in range(args.random_cells):
-            self._train(f"C/cell-{k}", "C", k, random_cell=True)
+            if "A" in arms:
+                self._search_arm("A", s, [])
+            if "A-large" in arms:
+                self._train(
+                    f"A-large/seed-{s}",
+                    "A-large",
+                    s,
+                    genotype=f"A/seed-{s}/search/genotype.json",
+                    extra=lambda: [f"train.target_params={self.default_baseline_params()}"],
+                )
+            if "B-default" in arms:
+                self._train(f"B-default/seed-{s}", "B-default", s, baseline=True)
+            if "B-matched" in arms:
+                self._train(
+                    f"B-matched/seed-{s}",
+                    "B-matched",
+                    s,
+                    baseline=True,
+                    extra=lambda: [f"train.target_params={self.median_params('A')}"],
+                    after=[f"A/seed-{t}/train" for t in seeds],
+                )
+        if "C" in arms:
+            for k in range(args.random_cells):
+                self._train(f"C/cell-{k}", "C", k, random_cell=True)
         for name in args.variants:
             spec = VARIANTS[name]
             arm = f"D:{name}"
             for s in seeds:
                 if spec["kind"] == "search":
-                    self._search_arm(arm, s, spec["set"])
+                    self._search_arm(arm, s, spec["set"], spec.get("ranks", 1))
                 else:
                     self._derived(arm, s, spec)
 
@@ -224,9 +262,19 @@ class Plan:
             out += ["--set", item]
         return out
 
-    def _search_arm(self, arm: str, seed: int, extra: List[str]) -> None:
+    def _search_arm(self, arm: str, seed: int, extra: List[str], ranks: int = 1) -> None:
         base = f"{arm.replace(':', '-')}/seed-{seed}"
-        self.runs[f"{base}/search"] = Run(f"{base}/search", arm, "search", lambda: self._cli(seed, extra), seed=seed)
+        search_sets = list(extra)
+        if ranks > 1:  # the same global batch as A's, split over the ranks
+            from hpcnas.config import load_config
+
+            batch = load_config(self.config, self._overrides(seed, extra)).search.batch_size
+            if batch % ranks:
+                raise SystemExit(f"quality: error: {arm}: search.batch_size={batch} does not split over {ranks} ranks")
+            search_sets.append(f"search.batch_size={batch // ranks}")
+        self.runs[f"{base}/search"] = Run(
+            f"{base}/search", arm, "search", lambda: self._cli(seed, search_sets), seed=seed, ranks=ranks
+        )
         self._train(
             f"{base}/train",
             arm,
@@ -343,7 +391,10 @@ def derive_genotype(search_dir: Path, spec: dict, config: str, overrides: List[s
 
 
 def hpcnas_command(run: Run, root: Path) -> List[str]:
-    return [
+    launch = (
+        [shutil.which("mpirun") or "mpirun", "-np", str(run.ranks), "-x", "OMP_NUM_THREADS"] if run.ranks > 1 else []
+    )
+    return launch + [
         str(Path(sys.executable).parent / "hpcnas"),
         run.command,
         *run.args(),
@@ -358,6 +409,9 @@ def run_local(plan: Plan, jobs: int, log) -> Dict[str, float]:
     root = plan.root
     threads = max(1, (os.cpu_count() or 1) // jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    # A data-parallel search takes a job slot per rank (all of them at most) and may be oversubscribed, so
+    # its ranks yield the core while they wait instead of spinning (this changes its speed, not its result).
+    mpi_env = {"OMPI_MCA_mpi_yield_when_idle": "1", **mpirun_environment(), **env}
     pending = [r for r in plan.runs.values() if not r.done(root)]
     failed: set = set()
     running: Dict[str, tuple] = {}
@@ -375,8 +429,9 @@ def run_local(plan: Plan, jobs: int, log) -> Dict[str, float]:
                 failed.add(name)
                 log(f"FAILED {name} (exit {proc.returncode}): see {run.out(root)}/log.txt and {root}/logs/")
         for run in list(pending):
-            if len(running) >= jobs:
-                break
+            busy = sum(min(r.ranks, jobs) for _, _, r in running.values())
+            if busy + min(run.ranks, jobs) > jobs:
+                continue
             if any(d in failed for d in run.after):
                 pending.remove(run)
                 failed.add(run.name)
@@ -395,7 +450,9 @@ def run_local(plan: Plan, jobs: int, log) -> Dict[str, float]:
             out = open(logs / (run.name.replace("/", "_") + ".txt"), "a")
             out.write("$ " + shlex.join(cmd) + "\n")
             out.flush()
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+            proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, env=mpi_env if run.ranks > 1 else env, cwd=REPO
+            )
             running[run.name] = (proc, time.time(), run)
             log(f"start  {run.name}")
         time.sleep(0.5)
@@ -424,6 +481,7 @@ def run_slurm(plan: Plan, log) -> bool:
             "--parsable",
             f"--job-name=q-{run.arm.replace(':', '-')}",
             f"--output={root}/logs/%x-%j.out",
+            *(["--nodes=1", f"--ntasks-per-node={run.ranks}"] if run.ranks > 1 else []),
             *plan.args.sbatch_arg,
             str(scripts[run.command]),
             *run.args(),
@@ -666,6 +724,11 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3, help="seeds of A, A-large, B and each variant (default 3)")
     parser.add_argument("--random-cells", type=int, default=5, help="random cells in arm C (default 5)")
     parser.add_argument(
+        "--arms",
+        default=",".join(BASE_ARMS),
+        help=f"comma-separated arms besides the variants (default all: {','.join(BASE_ARMS)}; 'none' for none)",
+    )
+    parser.add_argument(
         "--variants",
         default="none",
         help=f"comma-separated arm D variants, 'all' or 'none' (known: {', '.join(VARIANTS)})",
@@ -694,6 +757,14 @@ def main() -> int:
         unknown = [v for v in args.variants if v not in VARIANTS]
         if unknown:
             parser.error(f"unknown variant(s) {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
+    args.arms = [] if args.arms == "none" else [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = [a for a in args.arms if a not in BASE_ARMS]
+    if unknown:
+        parser.error(f"unknown arm(s) {', '.join(unknown)} (known: {', '.join(BASE_ARMS)})")
+    needs_a = [a for a in ("A-large", "B-matched") if a in args.arms]
+    needs_a += [f"D:{v}" for v in args.variants if VARIANTS[v].get("base") == "A"]
+    if needs_a and "A" not in args.arms:
+        parser.error(f"{', '.join(needs_a)} need(s) arm A")
     for name in args.variants:  # a derived variant needs the arm it derives from
         base = VARIANTS[name].get("base", "A")
         if base.startswith("D:") and base[2:] not in args.variants:
