@@ -124,7 +124,7 @@ def build_parser(description: str = __doc__) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--mpirun", default=shutil.which("mpirun") or "mpirun")
-    p.add_argument("--sync-batchnorm", default="true", choices=["true", "false"])
+    p.add_argument("--sync-batchnorm", default="false", choices=["true", "false"])
     p.add_argument("--threads-per-rank", type=int, default=1, help="torch threads of every rank, 1 and N alike")
     p.add_argument(
         "--slurm",

@@ -69,7 +69,7 @@ def assert_close_theta(a, b, tol=1e-4):
 def test_two_ranks_equal_one_rank_with_double_batch(tmp_path):
     one = run(search_cmd(1, tmp_path / "one", ["search.batch_size=4"]))
     assert one.returncode == 0, one.stderr[-3000:]
-    two = run(search_cmd(2, tmp_path / "two", ["search.batch_size=2"]))
+    two = run(search_cmd(2, tmp_path / "two", ["search.batch_size=2", "search.sync_batchnorm=true"]))
     assert two.returncode == 0, two.stderr[-3000:]
     assert (tmp_path / "one" / "genotype.json").read_text() == (tmp_path / "two" / "genotype.json").read_text()
     assert_close_theta(theta(tmp_path / "one"), theta(tmp_path / "two"))
@@ -79,6 +79,13 @@ def test_two_ranks_equal_one_rank_with_double_batch(tmp_path):
     for a, b in zip(one_m, two_m):
         assert abs(a["val_miou"] - b["val_miou"]) < 1e-3
     assert not list((tmp_path / "two").glob("checkpoints/*rank*"))  # rank 0 alone writes
+    assert all(r["collectives_per_step"] > 100 for r in two_m)  # synchronized BatchNorm: one per layer and pass
+
+    local = run(search_cmd(2, tmp_path / "local", ["search.batch_size=2"]))  # the default: BatchNorm per rank
+    assert local.returncode == 0, local.stderr[-3000:]
+    local_m = read_jsonl(tmp_path / "local" / "metrics.jsonl")
+    assert all(r["collectives_per_step"] <= 5 for r in local_m)  # the loss weights, the gradients, a stop check
+    assert local_m[0]["train_loss"] != pytest.approx(two_m[0]["train_loss"], rel=1e-6)  # other statistics
 
 
 def test_theta_identical_on_every_rank_and_drift_caught(tmp_path):
@@ -101,7 +108,7 @@ def test_theta_identical_on_every_rank_and_drift_caught(tmp_path):
 def test_resume_two_rank_checkpoint_on_one_rank(tmp_path):
     out = tmp_path / "cut"
     proc = subprocess.Popen(
-        search_cmd(2, out, ["search.batch_size=2", "search.epochs=4"]),
+        search_cmd(2, out, ["search.batch_size=2", "search.epochs=4", "search.sync_batchnorm=true"]),
         cwd=ROOT,
         env=dict(os.environ, **MPI_ENV),
         stdout=subprocess.DEVNULL,
