@@ -6,7 +6,9 @@ the training time of every epoch but the first (warm-up) from metrics.jsonl.
 Reports the median images per second of each format and its speed-up over
 fp32.  The formats are ``search.precision`` (bf16: the weight step's forward
 under bfloat16 autocast, the architecture step in fp32) and
-``search.channels_last``.
+``search.channels_last`` (GPUs only: on a CPU oneDNN's NHWC backward of a
+strided 1x1 convolution with few channels corrupts memory, which this
+benchmark found).
 
     python benchmarks/formats.py [--device cpu|cuda] [--size 64] [--batch 4] [--channels 8] [--repeats 3]
         [--threads-per-rank 1] [--json out.json]
@@ -32,10 +34,16 @@ FORMATS = {
 
 def main(argv=None) -> int:
     p = build_parser(__doc__)
-    p.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated, of {', '.join(FORMATS)}")
+    p.add_argument(
+        "--formats",
+        default=None,
+        help=f"comma-separated, of {', '.join(FORMATS)} (default: all on cuda; fp32,bf16 on cpu, where hpcnas "
+        "refuses channels_last)",
+    )
     p.add_argument("--repeats", type=int, default=3, help="runs of each format, alternating (median taken)")
     args = p.parse_args(argv)
-    names = [f.strip() for f in args.formats.split(",") if f.strip()]
+    chosen = args.formats or (",".join(FORMATS) if args.device.startswith("cuda") else "fp32,bf16")
+    names = [f.strip() for f in chosen.split(",") if f.strip()]
     unknown = [f for f in names if f not in FORMATS]
     if unknown:
         p.error(f"unknown format(s) {', '.join(unknown)} (known: {', '.join(FORMATS)})")

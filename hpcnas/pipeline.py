@@ -162,7 +162,7 @@ def search(
     cfg = resolve_config(config_path, overrides, resume)
     from hpcnas.data.hdf5 import read_info
     from hpcnas.distributed import setup, use_cpu_threads
-    from hpcnas.runtime import select_device
+    from hpcnas.runtime import ComputeFormat, select_device
     from hpcnas.search.continuous import SupernetSearch
 
     ctx = setup()
@@ -172,6 +172,7 @@ def search(
         import torch
 
         dev = torch.device("cuda", torch.cuda.current_device())  # pinned to the local rank
+    ComputeFormat(dev, cfg.search.precision, cfg.search.channels_last, key="search.")  # refused before any write
     if cfg.data.path:
         read_info(cfg.data.path)  # a broken data file is reported before the run directory exists
     placed = None

@@ -52,6 +52,13 @@ class ComputeFormat:
     def __init__(self, device: torch.device, precision: str = "fp32", channels_last: bool = False, key: str = ""):
         if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise UserError(f"bf16 is not supported by {torch.cuda.get_device_name(device)}", key=f"{key}precision")
+        if channels_last and device.type != "cuda":
+            # benchmarks/formats.py found it: a search crashed with heap corruption (oneDNN issue 6035)
+            raise UserError(
+                "is for GPUs: on a CPU, oneDNN's NHWC backward of a strided 1x1 convolution with under 16 input "
+                "channels (every DARTS reduction) writes out of bounds",
+                key=f"{key}channels_last",
+            )
         self.device, self.precision, self.channels_last = device, precision, channels_last
         self.memory_format = torch.channels_last if channels_last else torch.preserve_format
 

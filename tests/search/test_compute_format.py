@@ -11,8 +11,20 @@ from hpcnas.config import load_config
 from hpcnas.pipeline import train
 from hpcnas.rundir import read_jsonl
 from hpcnas.space.searchspace import SearchSpace
-from tests.conftest import run_cli
-from tests.search.test_continuous import SMOKE, TINY, _runner
+from tests.conftest import run_cli, set_args
+from tests.search.test_continuous import SMOKE, TINY
+
+
+def _runner(tmp_path, extra=()):
+    """The search loop of the tiny smoke config, on the device the config names."""
+    from hpcnas.data.hdf5 import read_info
+    from hpcnas.pipeline import resolve_data
+    from hpcnas.runtime import select_device
+    from hpcnas.search.continuous import SupernetSearch
+
+    cfg = load_config(SMOKE, TINY + list(extra))
+    data = resolve_data(cfg, tmp_path)
+    return SupernetSearch(cfg, tmp_path, data, read_info(data), select_device(cfg.device))
 
 
 def _one_step(runner, epoch=1):
@@ -43,20 +55,32 @@ def test_bf16_runs_the_weight_step_in_bf16_and_keeps_theta_and_the_weights_in_fp
     assert sums["train_loss"] != reference["train_loss"]
 
 
-def test_channels_last_lays_the_network_out_nhwc_and_computes_the_same(tmp_path):
-    plain = _runner(tmp_path / "plain")
-    nhwc = _runner(tmp_path / "nhwc", ["search.channels_last=true"])
+def test_channels_last_is_refused_on_a_cpu_where_onednn_corrupts_memory(tmp_path):
+    proc = run_cli(
+        "search", "--config", SMOKE, "--out", str(tmp_path / "s"), *set_args(TINY + ["search.channels_last=true"])
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert (
+        proc.stderr.startswith("hpcnas: error: key 'search.channels_last': is for GPUs")
+        and "Traceback" not in proc.stderr
+    )
+    assert not (tmp_path / "s").exists()  # nothing left behind
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="channels_last runs on GPUs only")
+def test_channels_last_lays_the_network_out_nhwc_and_computes_the_same_on_a_gpu(tmp_path):
+    cuda = ["device=cuda"]
+    plain = _runner(tmp_path / "plain", cuda)
+    nhwc = _runner(tmp_path / "nhwc", cuda + ["search.channels_last=true"])
     convs = [m for m in nhwc.model.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1]
     assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
     reference, _ = _one_step(plain)
     sums, _ = _one_step(nhwc)
-    assert sums == pytest.approx(reference, rel=1e-4)
-    for a, b in zip(plain.model.parameters(), nhwc.model.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert sums == pytest.approx(reference, rel=1e-3)
 
 
-def test_a_retrain_in_bf16_channels_last_trains_and_evaluates(tmp_path):
-    sets = TINY + ["train.epochs=1", "train.precision=bf16", "train.channels_last=true"]
+def test_a_retrain_in_bf16_trains_and_evaluates(tmp_path):
+    sets = TINY + ["train.epochs=1", "train.precision=bf16"]
     genotype = tmp_path / "g.json"
     SearchSpace.from_config(load_config(SMOKE, sets)).sample(random.Random(0)).save(genotype)
     _, run_dir = train(SMOKE, sets, genotype=str(genotype), out=str(tmp_path / "t"), evaluate_split="test")
