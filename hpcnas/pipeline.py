@@ -201,9 +201,10 @@ def search(
             log.info("resuming %s at %s", run_dir, runner.resume_point())
     if ctx.is_root:
         log.info(
-            "search %s on %s x %d rank(s): %s, %d epochs -> %s",
+            "search %s on %s (%s) x %d rank(s): %s, %d epochs -> %s",
             cfg.space.topology,
             dev,
+            runner.format.describe(),
             ctx.size,
             cfg.search.arch_optimizer,
             cfg.search.epochs,

@@ -75,6 +75,7 @@ class ComputeFormat:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     def describe(self) -> str:
+        """``fp32`` or ``bf16``, and whether channels last (for the log)."""
         return f"{self.precision}{', channels last' if self.channels_last else ''}"
 
 
