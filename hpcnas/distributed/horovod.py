@@ -5,8 +5,10 @@
 * Weights: ``hvd.DistributedOptimizer``; architecture parameters: their
   gradients averaged by allreduce before the GAEA / Adam step, so every rank
   holds identical theta; a cheap checksum turns any drift into an error.
-* BatchNorm statistics are summed over all ranks (:class:`SyncBatchNorm2d`),
+* With ``search.sync_batchnorm`` (off by default: each rank keeps its own),
+  BatchNorm statistics are summed over all ranks (:class:`SyncBatchNorm2d`),
   so N ranks with per-rank batch b compute what one rank with batch N*b does.
+* On CPUs, idle Open MPI yields the core instead of spinning.
 * Horovod's stall check is on by default, so a dead rank ends the job with an
   error within a bounded time instead of a silent hang; its response cache
   holds every tensor a supernet's step names.

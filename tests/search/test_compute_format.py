@@ -12,19 +12,7 @@ from hpcnas.pipeline import train
 from hpcnas.rundir import read_jsonl
 from hpcnas.space.searchspace import SearchSpace
 from tests.conftest import run_cli, set_args
-from tests.search.test_continuous import SMOKE, TINY
-
-
-def _runner(tmp_path, extra=()):
-    """The search loop of the tiny smoke config, on the device the config names."""
-    from hpcnas.data.hdf5 import read_info
-    from hpcnas.pipeline import resolve_data
-    from hpcnas.runtime import select_device
-    from hpcnas.search.continuous import SupernetSearch
-
-    cfg = load_config(SMOKE, TINY + list(extra))
-    data = resolve_data(cfg, tmp_path)
-    return SupernetSearch(cfg, tmp_path, data, read_info(data), select_device(cfg.device))
+from tests.search.test_continuous import SMOKE, TINY, _runner
 
 
 def _one_step(runner, epoch=1):

@@ -37,13 +37,15 @@ SMOKE = str(ROOT / "configs" / "smoke.yaml")
 
 
 def _runner(tmp_path, extra=()):
+    """The search loop of the tiny smoke config, on the device the config names (TINY: the CPU)."""
     from hpcnas.data.hdf5 import read_info
     from hpcnas.pipeline import resolve_data
+    from hpcnas.runtime import select_device
     from hpcnas.search.continuous import SupernetSearch
 
     cfg = load_config(SMOKE, TINY + list(extra))
     data = resolve_data(cfg, tmp_path)
-    return SupernetSearch(cfg, tmp_path, data, read_info(data), torch.device("cpu"))
+    return SupernetSearch(cfg, tmp_path, data, read_info(data), select_device(cfg.device))
 
 
 @pytest.mark.parametrize("optimizer", ["gaea", "adam"])
