@@ -2,7 +2,7 @@
 
 Every figure comes from the real ``hpcnas predict`` command run as a child
 process on generated 3-band 8-bit GeoTIFFs (tiled, georeferenced): its wall
-time gives the throughput, ``wait4``'s maximum resident set size its peak
+time gives the throughput, its own ``VmHWM`` its peak
 memory.  The network is a small genotype trained for one epoch on synthetic
 data here, unless ``--checkpoint`` names another.
 
@@ -18,12 +18,14 @@ network and window: mIoU over the whole images and over the pixels within
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -31,11 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from _emit import emit  # noqa: E402 - benchmarks/_emit.py, beside this script
+from _peak import PEAK_FILE, hpcnas_reporting_peak  # noqa: E402
 
 from hpcnas.predict.sliding import window_starts  # noqa: E402
 
 
-def write_scene(path: Path, size: int, block: int = 1024) -> None:
+def write_scene(path: Path, size: int, block: int = 1024, compress: Optional[str] = "deflate") -> None:
     """A size x size 3-band uint8 GeoTIFF, written block row by block row (never whole in memory)."""
     import rasterio
     from rasterio.transform import from_origin
@@ -44,7 +47,7 @@ def write_scene(path: Path, size: int, block: int = 1024) -> None:
     rng = np.random.default_rng(0)
     profile = dict(driver="GTiff", height=size, width=size, count=3, dtype="uint8", crs="EPSG:32640",
                    transform=from_origin(500000, 2800000, 0.3, 0.3), tiled=True, blockxsize=512, blockysize=512,
-                   compress="deflate", BIGTIFF="IF_SAFER")  # fmt: skip
+                   BIGTIFF="IF_SAFER", **({"compress": compress} if compress else {}))  # fmt: skip
     with rasterio.open(path, "w", **profile) as dst:
         yy, xx = np.mgrid[0:block, 0:size]
         for y in range(0, size, block):
@@ -73,18 +76,18 @@ def train_small_network(workdir: Path) -> Path:
 
 
 def run_predict(checkpoint: Path, scene: Path, out: Path, args) -> Dict[str, Any]:
-    """``hpcnas predict`` on one scene in a child process: seconds and peak RSS (MB)."""
-    cmd = [sys.executable, "-m", "hpcnas.cli", "predict", "--checkpoint", str(checkpoint), "--input", str(scene),
+    """``hpcnas predict`` on one scene in a child process: seconds and its own peak RSS (MB)."""
+    cmd = [*hpcnas_reporting_peak(), "predict", "--checkpoint", str(checkpoint), "--input", str(scene),
            "--out", str(out), "--tile", str(args.tile), "--overlap", str(args.overlap), "--batch", str(args.batch),
            "--device", args.device]  # fmt: skip
     cmd += ["--vector"] if args.vector else []
+    peak_file = out.with_name(out.name + ".peak.json")
     start = time.perf_counter()
-    pid = os.spawnv(os.P_NOWAIT, sys.executable, cmd)
-    _, status, usage = os.wait4(pid, 0)
+    proc = subprocess.run(cmd, env={**os.environ, PEAK_FILE: str(peak_file)})
     seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"hpcnas predict failed on {scene} (exit {os.waitstatus_to_exitcode(status)})")
-    return {"seconds": round(seconds, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+    if proc.returncode != 0:
+        raise SystemExit(f"hpcnas predict failed on {scene} (exit {proc.returncode})")
+    return {"seconds": round(seconds, 2), "peak_rss_mb": round(json.loads(peak_file.read_text())["peak_rss_mb"], 1)}
 
 
 def scaling(args) -> Dict[str, Any]:

@@ -55,6 +55,7 @@ def test_channels_last_is_refused_on_a_cpu_where_onednn_corrupts_memory(tmp_path
     assert not (tmp_path / "s").exists()  # nothing left behind
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="channels_last runs on GPUs only")
 def test_channels_last_lays_the_network_out_nhwc_and_computes_the_same_on_a_gpu(tmp_path):
     cuda = ["device=cuda"]
