@@ -15,6 +15,7 @@ import io
 import logging
 import math
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -175,15 +176,47 @@ class PredictJob:
         return {"run_dir": self.out, "finished": True, **counts}
 
 
-def _check(req: Request) -> None:
-    for name in (
-        "partition", "account", "qos", "constraint", "time", "out", "genotype", "baseline", "config", "checkpoint",
-        "input",
-    ):  # fmt: skip
-        value = getattr(req, name, None)
-        if isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):
+# Values that reach the generated job script. SLURM names are words of SLURM's own alphabet; paths are quoted by
+# submitit (shlex.quote), but sbatch reads #SBATCH lines with its own tokenizer, which a quote, a backslash or a
+# newline inside a quoted word can end: those are refused, as are $ and ` (no value has a reason to hold them).
+SLURM_NAMES = {
+    "partition": re.compile(r"[A-Za-z0-9_.,+-]+"),  # a partition list is comma-separated
+    "account": re.compile(r"[A-Za-z0-9_.,+-]+"),
+    "qos": re.compile(r"[A-Za-z0-9_.,+-]+"),
+    "constraint": re.compile(r"[A-Za-z0-9_.,&|!:*\[\]()+-]+"),  # features joined by & | , [ ] ( ) *
+}
+PATHS = ("out", "logs", "config", "genotype", "checkpoint", "input")
+UNSAFE_IN_SCRIPTS = set("$`'\"\\")
+# the logs folder stands in #SBATCH --output/--error lines: % starts an output pattern (%j, %t) there, and # is
+# where a comment could begin in sbatch's reading of the line
+LOG_PATTERN_CHARS = set("%#")
+
+
+def _flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
+def _check_script_values(req: Request) -> None:
+    """Every value that can reach the job script (or the job's own command line) is safe to put there."""
+    values = [(name, getattr(req, name)) for name in (*SLURM_NAMES, *PATHS, "time", "baseline")]
+    values += [("set", value) for value in req.overrides]
+    for name, value in values:
+        if not isinstance(value, str):
+            continue
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
             # a newline would end the #SBATCH line and start one of the caller's choosing
-            raise UserError(f"control character in {value!r}", source=f"--{name.replace('_', '-')}")
+            raise UserError(f"control character in {value!r}", source=_flag(name))
+        if name in SLURM_NAMES and not SLURM_NAMES[name].fullmatch(value):
+            bad = sorted({c for c in value if not SLURM_NAMES[name].fullmatch(c)})
+            raise UserError(f"{''.join(bad)!r} in {value!r}: not a SLURM {name} name", source=_flag(name))
+        unsafe = UNSAFE_IN_SCRIPTS | (LOG_PATTERN_CHARS if name == "logs" else set())
+        if name in PATHS and unsafe & set(value):
+            bad = "".join(sorted(unsafe & set(value)))
+            raise UserError(f"{bad!r} in {value!r}: not allowed in a path that reaches the job script", _flag(name))
+
+
+def _check(req: Request) -> None:
+    _check_script_values(req)
     if req.command not in COMMANDS:
         raise UserError(f"unknown command '{req.command}' (known: {', '.join(COMMANDS)})", source="--command")
     if req.command == "predict":
@@ -260,9 +293,8 @@ def sbatch_text(req: Request) -> str:
     if req.array is not None:
         params["map_count"] = req.array
     folder = Path(req.logs).resolve() / JOB_ID
-    return _make_sbatch_string(
-        command=f"{sys.executable} -u -m submitit.core._submit {folder}", folder=folder, **params
-    )
+    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    return _make_sbatch_string(command=command, folder=folder, **params)  # the command as SlurmExecutor quotes it
 
 
 def submit(req: Request, local: bool = False) -> List[Tuple[Any, str]]:

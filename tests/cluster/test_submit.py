@@ -157,3 +157,64 @@ def test_local_runs_the_job_here_and_waits(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "(local): hpcnas search -> " + str(run) in done.stdout and f"done: {run}" in done.stdout
     assert (run / "genotype.json").exists() and (run / "checkpoints" / "latest.pt").exists()
+
+
+INJECTIONS = {
+    "newline": "x\ntouch INJECTED #",
+    "command substitution": "$(touch INJECTED)",
+    "backtick": "`touch INJECTED`",
+    "sbatch directive": "#SBATCH --uid=0",
+}
+SCRIPT_FIELDS = ("partition", "account", "qos", "constraint", "time", "logs", "out", "config", "genotype", "set")
+
+
+def _request_with(field: str, value: str, tmp_path) -> Request:
+    fields = {"config": SMOKE, "logs": str(tmp_path / "logs"), "out": str(tmp_path / "run")}
+    if field == "set":
+        return Request("train", genotype="g.json", overrides=[f"data.path={value}"], **fields)
+    if field == "config":  # a real file under that name: refused for its name, not because it is missing
+        (tmp_path / "c").mkdir(exist_ok=True)
+        path = tmp_path / "c" / value.replace("\n", "_").replace("/", "_")
+        path.write_text((ROOT / "configs" / "smoke.yaml").read_text())
+        fields["config"] = str(path)
+        return Request("search", **fields)
+    if field in ("logs", "out"):
+        fields[field] = str(tmp_path / value)
+        return Request("search", **fields)
+    if field == "genotype":
+        return Request("train", genotype=str(tmp_path / value), **fields)
+    return Request("search", **{**fields, field: value})
+
+
+@pytest.mark.parametrize("payload", list(INJECTIONS))
+@pytest.mark.parametrize("field", SCRIPT_FIELDS)
+def test_no_value_can_add_a_line_or_a_command_to_the_job_script(field, payload, tmp_path):
+    clean = sbatch_text(Request("search", SMOKE, logs=str(tmp_path / "logs"), out=str(tmp_path / "run")))
+    value = INJECTIONS[payload]
+    try:
+        script = sbatch_text(_request_with(field, value, tmp_path))
+    except UserError as exc:  # refused: the error names the option and the value
+        assert f"--{field}" in str(exc) or field in ("config", "genotype", "out", "logs"), str(exc)
+        return
+    # accepted (a pickled value such as --set, which the script never holds): the script is the clean one's
+    # apart from the job's own parameters, and the value is nowhere in it
+    assert "INJECTED" not in script and "--uid" not in script
+    directives = lambda text: [line.split("=")[0] for line in text.splitlines() if line.startswith("#SBATCH")]  # noqa: E731
+    assert directives(script) == directives(clean)
+    assert len(script.splitlines()) == len(clean.splitlines())
+
+
+def test_the_issue_s_injection_through_logs_is_refused_with_one_line_and_runs_nothing(tmp_path):
+    proc = run_cli(
+        "submit", "--config", SMOKE, "--command", "search", "--logs", "x\ntouch INJECTED #", "--dry-run", cwd=tmp_path
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == "hpcnas: error: --logs: control character in 'x\\ntouch INJECTED #'\n"
+    assert list(tmp_path.iterdir()) == []  # no INJECTED, no logs folder
+
+
+def test_a_path_with_spaces_is_one_quoted_word_in_the_job_script(tmp_path):
+    script = sbatch_text(Request("search", SMOKE, logs=str(tmp_path / "my logs")))
+    command = script.strip().splitlines()[-1]
+    assert command.endswith(f"-u -m submitit.core._submit '{tmp_path}/my logs/%j'")
+    assert f"#SBATCH --output='{tmp_path}/my logs/%j/%j_0_log.out'" in script
