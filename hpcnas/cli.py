@@ -68,6 +68,13 @@ def cmd_data_tile(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + " patches")
 
 
+def cmd_checkpoint_upgrade(args: argparse.Namespace) -> None:
+    from hpcnas.checkpoint import upgrade_checkpoint
+
+    for path in args.files:
+        print(f"{path}: {upgrade_checkpoint(path)}")
+
+
 def cmd_data_info(args: argparse.Namespace) -> None:
     from hpcnas.data.hdf5 import check_class_ids, read_info
 
@@ -481,6 +488,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--export", metavar="DIR", help="a new folder: DIR/eval-ID/genotype.json per front member, and DIR/front.json"
     )
     p.set_defaults(func=cmd_pareto)
+
+    checkpoint = sub.add_parser("checkpoint", help="convert checkpoints").add_subparsers(
+        dest="checkpoint_command", metavar="ACTION", required=True
+    )
+    p = checkpoint.add_parser(
+        "upgrade",
+        help="rewrite checkpoints of earlier hpcnas versions in the format that loads without running code "
+        "(this reads each file with Python's full unpickler: only for files you trust)",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(func=cmd_checkpoint_upgrade)
 
     data = sub.add_parser("data", help="build or inspect HDF5 data sets").add_subparsers(
         dest="data_command", metavar="ACTION", required=True

@@ -62,3 +62,16 @@ def nearest(name: str, candidates: Iterable[str]) -> str:
     """A ``" (did you mean 'x'?)"`` hint for a misspelt name, or ``""``."""
     match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
     return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def warn(message: str) -> None:
+    """One ``hpcnas: warning: MESSAGE`` line on stderr, also kept in the run's log.txt when one is open."""
+    import logging
+    import sys
+
+    print(f"hpcnas: warning: {message}", file=sys.stderr, flush=True)
+    logger = logging.getLogger("hpcnas")
+    record = logger.makeRecord(logger.name, logging.WARNING, __file__, 0, "warning: %s", (message,), None)
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)

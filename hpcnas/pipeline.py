@@ -14,7 +14,15 @@ from typing import Any, Optional, Sequence
 
 from hpcnas.config import Config, dump_config, load_config
 from hpcnas.errors import Interrupted, UserError
-from hpcnas.rundir import SUMMARY, RunDir, holds_run_dirs, lock_run_dir, make_run_dir, start_heartbeat
+from hpcnas.rundir import (
+    SUMMARY,
+    RunDir,
+    guard_run_dir,
+    holds_run_dirs,
+    lock_run_dir,
+    make_run_dir,
+    start_heartbeat,
+)
 from hpcnas.signals import stoppable
 
 log = logging.getLogger("hpcnas")
@@ -55,6 +63,8 @@ def open_run(command: str, cfg: Config, out: Optional[str], resume: Optional[str
             f"already holds a run: continue it with --resume {out}, or choose another --out", source=str(out)
         )
     run_dir = Path(resume) if resume else make_run_dir(out, command)
+    if resume:
+        guard_run_dir(run_dir)  # a resume refused further on leaves the run directory as it was
     lock_run_dir(run_dir)
     if not resume and RunDir(run_dir).config.exists():  # another start got here first
         raise UserError(
@@ -199,6 +209,8 @@ def search(
         runner.restore(latest)  # every rank reads the same file: identical state, nothing to broadcast
         if ctx.is_root:
             log.info("resuming %s at %s", run_dir, runner.resume_point())
+    elif resume and ctx.is_root:
+        log.info("no checkpoint yet: starting %s from epoch 1", run_dir)
     if ctx.is_root:
         log.info(
             "search %s on %s (%s) x %d rank(s): %s, %d epochs -> %s",
@@ -289,6 +301,8 @@ def train(
     if latest is not None:
         trainer.restore(latest)
         log.info("resuming %s at %s", run_dir, trainer.resume_point())
+    elif resume:
+        log.info("no checkpoint yet: starting %s from epoch 1", run_dir)
     what = spec["kind"] if spec["kind"] != "genotype" else spec["genotype"]["topology"]
     width = spec["channels"] if spec["kind"] == "genotype" else spec["baseline_width"]
     log.info(

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import AbstractSet, Any, Dict, Iterator, List, Optional, Union
@@ -103,7 +104,36 @@ def make_run_dir(out: Optional[PathLike], command: str, base: PathLike = "runs")
     return path
 
 
+def make_folders(folder: Path, source: str) -> List[Path]:
+    """Create ``folder`` and its missing parents; returns those it created, innermost first. A file in the way
+    is a UserError."""
+    from hpcnas.errors import UserError
+
+    missing = [p for p in [folder, *folder.parents] if not p.exists()]
+    for parent in [folder, *folder.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{parent} is a file, not a folder", source=source)
+            break
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def remove_if_empty(created: List[Path]) -> None:
+    """Remove the folders :func:`make_folders` created, innermost first, as long as they are empty."""
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
 LOCK_FILE = ".lock"
+# what a command may touch in an existing run directory before it has checked its input (lock, heartbeat, config,
+# data fingerprint); the log is kept by its length, since it only grows
+_GUARDED = (LOCK_FILE, "heartbeat.json", "config.yaml", "data.json")
+_GUARDED_LOG = "log.txt"
+_SNAPSHOTS: List[tuple] = []  # (run directory, {name: bytes or None}, log length), taken by guard_run_dir
 _HELD: Dict[str, int] = {}  # resolved run directory -> the open file descriptor that holds its lock
 _CREATED: List[Path] = []  # folders this process's make_run_dir created itself, outermost first
 _RUN_DIRS: set = set()  # those of them that are run directories (the others are parents on the way)
@@ -147,6 +177,35 @@ def lock_run_dir(path: PathLike) -> None:
     _HELD[key] = fd
 
 
+def guard_run_dir(path: PathLike) -> None:
+    """Remember the files of an existing run directory that opening it rewrites (lock, heartbeat, config, log), so
+    that a command that then rejects its input (:func:`holds_run_dirs`) puts them back byte for byte: a refused
+    ``--resume`` of a finished run must not leave it looking failed."""
+    folder = Path(path)
+    saved = {name: (folder / name).read_bytes() if (folder / name).is_file() else None for name in _GUARDED}
+    log = folder / _GUARDED_LOG
+    _SNAPSHOTS.append((folder, saved, log.stat().st_size if log.is_file() else None))
+
+
+def _restore_guarded(since: int) -> None:
+    """Put back what :func:`guard_run_dir` remembered after the first ``since`` snapshots (newest first)."""
+    while len(_SNAPSHOTS) > since:
+        folder, saved, log_size = _SNAPSHOTS.pop()
+        if not folder.is_dir():
+            continue
+        for name, content in saved.items():
+            target = folder / name
+            if content is None:
+                target.unlink(missing_ok=True)
+            elif not target.is_file() or target.read_bytes() != content:
+                atomic_write_bytes(target, content)
+        log = folder / _GUARDED_LOG
+        if log_size is None:
+            log.unlink(missing_ok=True)
+        elif log.is_file() and log.stat().st_size > log_size:
+            os.truncate(log, log_size)
+
+
 def release_run_dirs(keep: "AbstractSet[str]" = frozenset()) -> None:
     """Release every run directory lock this process holds, but those in ``keep``."""
     for key in [k for k in _HELD if k not in keep]:
@@ -165,7 +224,7 @@ def holds_run_dirs(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        before, created, beating = set(_HELD), len(_CREATED), set(_BEATING)
+        before, created, beating, guarded = set(_HELD), len(_CREATED), set(_BEATING), len(_SNAPSHOTS)
         try:
             result = fn(*args, **kwargs)
         except Interrupted as exc:
@@ -173,6 +232,7 @@ def holds_run_dirs(fn):
             raise
         except UserError as exc:
             _end_heartbeats(beating, "failed", f"error: {exc}")
+            _restore_guarded(guarded)  # an existing run directory is left as it was found
             release_run_dirs(keep=before)
             for folder in reversed(_CREATED[created:]):
                 if folder in _RUN_DIRS:  # a run directory this process made: everything in it is this run's
@@ -190,6 +250,7 @@ def holds_run_dirs(fn):
         finally:
             release_run_dirs(keep=before)
             del _CREATED[created:]
+            del _SNAPSHOTS[guarded:]
         _end_heartbeats(beating, "finished")
         return result
 
@@ -269,35 +330,56 @@ def _end_heartbeats(keep: AbstractSet[str], state: str, error: Optional[str] = N
 
 
 def temporary_sibling(path: PathLike) -> Path:
-    """The hidden, per-process name a file is written under until it is complete and renamed onto ``path``."""
+    """A new, empty, private file beside ``path`` (``.NAME.tmp-XXXXXXXX``), created exclusively under a random
+    name: in a shared folder nobody can plant a file or a link under the name a writer is about to open."""
     final = Path(path)
-    return final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
+    os.close(fd)
+    return Path(name)
 
 
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path``; rename it onto ``path`` on success.
-
-    On any exception the temporary file is removed and ``path`` is untouched.
-    """
+    """Yield a new temporary sibling of ``path`` (see :func:`temporary_sibling`); rename it onto ``path`` on
+    success.  On any exception the temporary file is removed and ``path`` is untouched."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(final)
     try:
         yield tmp
-        os.replace(tmp, final)
+        publish(tmp, final)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
-def atomic_write_text(path: PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename."""
+def publish(tmp: PathLike, final: PathLike) -> None:
+    """Rename a finished temporary file onto ``final``, with the permissions an ordinary new file would have (or
+    those of the file it replaces): :func:`temporary_sibling` made it private (0600)."""
+    target = Path(final)
+    mode = target.stat().st_mode & 0o7777 if target.exists() else 0o666 & ~_umask()
+    os.chmod(tmp, mode)
+    os.replace(tmp, target)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and a rename."""
     with atomic_path(path) as tmp:
-        with open(tmp, "w") as fh:
-            fh.write(text)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and a rename."""
+    atomic_write_bytes(path, text.encode())
 
 
 def write_json(path: PathLike, obj: Any) -> None:
@@ -350,24 +432,20 @@ class JsonlWriter:
 
 def read_jsonl(path: PathLike) -> List[Dict[str, Any]]:
     """Every complete record of a JSON-lines file; a torn last line is skipped."""
-    records: List[Dict[str, Any]] = []
     p = Path(path)
-    if not p.exists():
-        return records
-    with open(p) as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                # only the last line can be torn by a kill; anything else is kept as is
-                continue
+    return read_jsonl_text(p.read_text()) if p.exists() else []
+
+
+def read_jsonl_text(text: str) -> List[Dict[str, Any]]:
+    """The records of JSON-lines text; a line that is not JSON (a kill cut it off) is skipped."""
+    records: List[Dict[str, Any]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            # only the last line can be torn by a kill; anything else is kept as is
+            continue
     return records
-
-
-def truncate_jsonl(path: PathLike, keep: int) -> None:
-    """Keep only the first ``keep`` complete records (used when resuming)."""
-    records = read_jsonl(path)[:keep]
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))

@@ -88,7 +88,7 @@ def run_signalled_at_step(monkeypatch, loop_cls, epoch: int, step: int, run) -> 
 
     monkeypatch.setattr(loop_cls, "train_step", signalled)
     try:
-        with pytest.raises(Interrupted, match=f"SIGUSR2 in epoch {epoch} after step {step + 1}/"):
+        with pytest.raises(Interrupted, match=f"SIGUSR2 in epoch {epoch + 1} after step {step + 1}/"):  # from 1
             run()
     finally:
         monkeypatch.setattr(loop_cls, "train_step", original)

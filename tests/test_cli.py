@@ -250,7 +250,10 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_good_checkpoint(tmp_path):
         assert lines[-1].startswith(f"hpcnas: error: no space left on device writing {out}"), proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr and sum(line.startswith("hpcnas:") for line in lines) == 1
         kept = sorted((out / "checkpoints").iterdir())
-        assert [p.name for p in kept] == ["latest.pt"]  # no half-written temporary file left
-        assert torch.load(kept[0], weights_only=False)["epoch"] == 0
+        # best.pt is written before latest.pt, the commit point, whose write filled the disk: no half-written
+        # temporary file is left, best.pt is whole, and no metrics line claims an epoch that no checkpoint holds
+        assert [p.name for p in kept] == ["best.pt"]
+        assert torch.load(kept[0], weights_only=True)["epoch"] == 0
+        assert (out / "metrics.jsonl").read_text() == ""
     finally:
         subprocess.run(["umount", str(tiny)], check=False)

@@ -9,7 +9,6 @@ the tolerance.
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -18,7 +17,8 @@ import numpy as np
 
 from hpcnas.errors import UserError
 from hpcnas.predict.engines import CARD_KEY, OnnxEngine, TorchEngine, TorchScriptEngine
-from hpcnas.rundir import temporary_sibling
+from hpcnas.predict.run import check_tile
+from hpcnas.rundir import make_folders, publish, remove_if_empty, temporary_sibling
 
 FORMATS = ("torchscript", "onnx")
 TOLERANCE = 1e-4
@@ -36,6 +36,7 @@ def export_model(
     target = Path(out)
     if target.exists():
         raise UserError("already exists: choose another --out (nothing is overwritten)", source=out)
+    check_tile(tile)
     source = TorchEngine(checkpoint, "cpu")
     card = source.card
     size = tile or card.tile_size
@@ -45,8 +46,9 @@ def export_model(
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(2, card.in_channels, size, size, generator=generator)
     check = torch.randn(3, card.in_channels, size, size, generator=generator).numpy()  # another batch size
-    target.parent.mkdir(parents=True, exist_ok=True)
+    created = make_folders(target.parent, out)
     tmp = temporary_sibling(target)
+    ok = False
     try:
         if fmt == "torchscript":
             with torch.inference_mode(False), torch.no_grad():
@@ -59,9 +61,11 @@ def export_model(
         diff = float(np.abs(exported(check) - source(check)).max())
         ok = bool(diff <= tolerance)
         if ok:
-            os.replace(tmp, target)
+            publish(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+        if not ok:
+            remove_if_empty(created)
     return {"format": fmt, "out": str(target), "tile": size, "max_abs_diff": diff, "tolerance": tolerance, "ok": ok}
 
 

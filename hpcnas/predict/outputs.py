@@ -10,14 +10,13 @@ leaves no half-written output behind.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from hpcnas.rundir import temporary_sibling
+from hpcnas.rundir import publish, temporary_sibling
 
 NODATA_CLASS = 255
 VECTOR_CHUNK_ROWS = 1024  # rows vectorized at once; objects cut by a chunk border are merged at the end
@@ -59,7 +58,7 @@ class RasterWriter:
     def commit(self) -> None:
         """Close and move into place."""
         self._dst.close()
-        os.replace(self.tmp, self.path)
+        publish(self.tmp, self.path)
 
     def abort(self) -> None:
         """Close and remove the partial file."""
@@ -83,7 +82,7 @@ class PngWriter:
         from PIL import Image
 
         Image.fromarray(self.array).save(self.tmp, format="PNG")
-        os.replace(self.tmp, self.path)
+        publish(self.tmp, self.path)
 
     def abort(self) -> None:
         """Forget the scene."""
@@ -189,7 +188,7 @@ class Polygons:
             name = f"urn:ogc:def:crs:EPSG::{epsg}" if epsg else self.crs.to_wkt()
             collection["crs"] = {"type": "name", "properties": {"name": name}}
         self.tmp.write_text(json.dumps(collection))
-        os.replace(self.tmp, self.path)
+        publish(self.tmp, self.path)
 
     def abort(self) -> None:
         """Forget the scene."""

@@ -20,6 +20,7 @@ from hpcnas.errors import UserError
 from hpcnas.predict.engines import Engine, ModelCard, engine_for
 from hpcnas.predict.outputs import class_map, open_outputs, scene_outputs, softmax
 from hpcnas.predict.sliding import BLENDS, count_windows, sliding_strips
+from hpcnas.rundir import make_folders, remove_if_empty
 
 log = logging.getLogger("hpcnas")
 
@@ -176,6 +177,7 @@ def predict(
         raise UserError(f"unknown blend '{options.blend}' (known: {', '.join(BLENDS)})", source="--blend")
     if options.batch < 1:
         raise UserError(f"must be at least 1, got {options.batch}", source="--batch")
+    check_tile(options.tile)
     scenes = select_part(list_scenes(source), options.part)
     net = engine_for(checkpoint, engine, device)
     card = net.card
@@ -210,17 +212,34 @@ def predict(
                 source=str(path),
             )
         plan.append((path, paths))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for path, paths in plan:
-        with _bounded_gdal_cache(), Scene(path, card.bands) as scene:
-            seconds = predict_scene(scene, net, paths, options, tile, overlap)
-        log.info(
-            "%s: %dx%d px in %.1f s (%.2f Mpx/s) -> %s",
-            path.name,
-            scene.width,
-            scene.height,
-            seconds,
-            scene.width * scene.height / 1e6 / max(seconds, 1e-9),
-            paths["classes"],
-        )
+    created = make_folders(out_dir, out)
+    try:
+        for path, paths in plan:
+            predict_one(path, paths, net, options, tile, overlap)
+    except BaseException:
+        remove_if_empty(created)  # a failed first scene leaves no empty output folder behind
+        raise
     return {"predicted": len(plan), "skipped": len(scenes) - len(plan)}
+
+
+def predict_one(
+    path: Path, paths: Dict[str, Path], net: Engine, options: PredictOptions, tile: int, overlap: int
+) -> None:
+    """Predict one scene (its outputs appear complete or not at all) and log its speed."""
+    with _bounded_gdal_cache(), Scene(path, net.card.bands) as scene:
+        seconds = predict_scene(scene, net, paths, options, tile, overlap)
+    log.info(
+        "%s: %dx%d px in %.1f s (%.2f Mpx/s) -> %s",
+        path.name,
+        scene.width,
+        scene.height,
+        seconds,
+        scene.width * scene.height / 1e6 / max(seconds, 1e-9),
+        paths["classes"],
+    )
+
+
+def check_tile(tile: Optional[int]) -> None:
+    """A window size given on the command line must be a positive number of pixels (0 is not 'the default')."""
+    if tile is not None and tile < 1:
+        raise UserError(f"must be a positive number of pixels, got {tile}", source="--tile")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -15,8 +16,8 @@ from hpcnas.board import Board
 from hpcnas.checkpoint import load_checkpoint, save_checkpoint
 from hpcnas.data.hdf5 import IGNORE_INDEX
 from hpcnas.distributed import SingleProcess
-from hpcnas.errors import Interrupted, UserError
-from hpcnas.rundir import Heartbeat, JsonlWriter, RunDir, heartbeat, truncate_jsonl
+from hpcnas.errors import Interrupted, UserError, warn
+from hpcnas.rundir import Heartbeat, JsonlWriter, RunDir, atomic_write_text, heartbeat, read_jsonl_text
 from hpcnas.runtime import peak_memory_mb, progress, reset_peak_memory, restore_rng_state, rng_state
 from hpcnas.signals import STOP
 from hpcnas.train.metrics import confusion, summarize
@@ -120,6 +121,7 @@ class EpochLoop:
         self.start_epoch = 0
         self.best_miou = -1.0
         self.resume_step, self.resume_sums, self.resume_rng = 0, {}, None  # set by a mid-epoch checkpoint
+        self.resume_record: Optional[dict] = None  # the metrics line of the epoch a restored checkpoint ended
         self.stop = STOP
         self.stopped_early = False  # set by stop_early(); checkpointed by subclasses that stop early
 
@@ -194,12 +196,16 @@ class EpochLoop:
 
     # -- state ---------------------------------------------------------------
 
-    def state(self, epoch: int, step: int = 0, sums: Optional[Dict[str, float]] = None) -> dict:
-        """Everything an exact resume needs: after ``epoch`` finished, or after ``step`` steps of it."""
+    def state(
+        self, epoch: int, step: int = 0, sums: Optional[Dict[str, float]] = None, record: Optional[dict] = None
+    ) -> dict:
+        """Everything an exact resume needs: after ``epoch`` finished (with its metrics line, ``record``), or
+        after ``step`` steps of it."""
         return {
             "epoch": epoch,
             "step": step,
             "sums": dict(sums or {}),
+            "record": record,
             "model": self.model.state_dict(),
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "sched": self.sched.state_dict(),
@@ -223,6 +229,7 @@ class EpochLoop:
         restore_rng_state(state["rng"])
         self.load_extra_state(state["extra"])
         self.best_miou = state["best_miou"]
+        self.resume_record = state.get("record")
         if state.get("step"):  # stopped inside the epoch
             self.start_epoch, self.resume_step, self.resume_sums, self.resume_rng = (
                 state["epoch"],
@@ -234,8 +241,8 @@ class EpochLoop:
             self.start_epoch = state["epoch"] + 1
 
     def resume_point(self) -> str:
-        """Where a restored loop continues, for the log."""
-        return f"epoch {self.start_epoch}" + (f", step {self.resume_step}" if self.resume_step else "")
+        """Where a restored loop continues, for the log (epochs counted from 1, as everywhere)."""
+        return f"epoch {self.start_epoch + 1}" + (f", after step {self.resume_step}" if self.resume_step else "")
 
     # -- loop ----------------------------------------------------------------
 
@@ -269,7 +276,7 @@ class EpochLoop:
                 raise Interrupted(
                     self.run_dir,
                     self.stop.signal or "another rank's signal",
-                    f"in epoch {epoch} after step {step + 1}/{steps}",
+                    f"in epoch {epoch + 1} after step {step + 1}/{steps}",
                 )
         return self.epoch_summary(epoch, sums, steps)
 
@@ -291,7 +298,7 @@ class EpochLoop:
         root = self.ctx.is_root  # only rank 0 writes metrics, checkpoints and logs
         metrics_path = RunDir(self.run_dir).metrics
         if root:
-            truncate_jsonl(metrics_path, self.start_epoch)
+            self.reconcile_metrics(metrics_path)
         metrics = JsonlWriter(metrics_path) if root else None
         self.heart = heartbeat(self.run_dir)  # rank 0 of a command's own run (not a discrete search's evaluation)
         if self.heart is not None and self.monitor is not None and self.monitor.tensorboard:
@@ -306,13 +313,41 @@ class EpochLoop:
                         break
                     if epoch + 1 < self.epochs and self.ctx.any(self.stop.requested):
                         raise Interrupted(
-                            self.run_dir, self.stop.signal or "another rank's signal", f"after epoch {epoch}"
+                            self.run_dir, self.stop.signal or "another rank's signal", f"after epoch {epoch + 1}"
                         )
         finally:
             if metrics is not None:
                 metrics.close()
             if self.board is not None:
                 self.board.close()
+
+    def reconcile_metrics(self, path: Path) -> None:
+        """Make metrics.jsonl hold exactly the epochs the checkpoint holds, saying so when a kill left it otherwise.
+
+        The checkpoint is the commit point of an epoch: it is written first, with the epoch's metrics line inside,
+        and the line is appended after. A kill between the two leaves the line missing or cut off: it is
+        restored from the checkpoint. Lines past the checkpoint (an older hpcnas wrote the line first) are
+        dropped: those epochs run again.
+        """
+        text = path.read_text() if path.exists() else ""
+        complete, _, cut = text.rpartition("\n") if "\n" in text else ("", "", text)
+        records = read_jsonl_text(complete)
+        keep = self.start_epoch
+        if cut.strip():
+            last = len(records) + 1
+            fate = "restored from the checkpoint" if self.resume_record and last == keep else f"epoch {last} runs again"
+            warn(f"{path}: the line of epoch {last} was cut off by a kill: {fate}")
+        if len(records) > keep:
+            warn(f"{path}: epochs {keep + 1}-{len(records)} are logged past the checkpoint: dropped, they run again")
+        elif len(records) == keep - 1 and self.resume_record is not None:
+            if not cut.strip():
+                warn(f"{path}: the line of epoch {keep} was missing (a kill after its checkpoint): restored from it")
+            records.append(self.resume_record)
+        elif len(records) < keep:
+            warn(f"{path}: epochs {len(records) + 1}-{keep} are not logged, and the checkpoint holds no copy")
+        reconciled = "".join(json.dumps(r) + "\n" for r in records[:keep])
+        if reconciled != text:
+            atomic_write_text(path, reconciled)
 
     def _run_epoch(self, epoch: int, metrics: Optional[JsonlWriter]) -> None:
         t0 = time.time()
@@ -348,15 +383,17 @@ class EpochLoop:
             self.best_miou = record["val_miou"]
         if metrics is None:
             return
-        metrics.write(record)
-        if self.board is not None:
-            self.write_board(epoch, record)
-        save_checkpoint(RunDir(self.run_dir).latest, self.state(epoch))
+        # the commit order that makes a kill at any instant resumable: best.pt (redone identically if the epoch
+        # runs again), then latest.pt, the commit point, which carries the metrics line, then the line itself
         if improved:
             save_checkpoint(
                 RunDir(self.run_dir).best,
                 {"epoch": epoch, "model": self.model.state_dict(), "val_miou": self.best_miou, **self.best_state()},
             )
+        save_checkpoint(RunDir(self.run_dir).latest, self.state(epoch, record=record))
+        metrics.write(record)
+        if self.board is not None:
+            self.write_board(epoch, record)
         val = f"{record['val_miou']:.4f}" if "val_miou" in record else "n/a"
         log.info(
             "epoch %d/%d  loss %.4f  val mIoU %s%s  %.1fs",

@@ -69,7 +69,7 @@ def sbatch(script, *args, sbatch_args=(), output=None, timeout=600):
 
 
 def final_model(run_dir):
-    return torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=False)["model"]
+    return torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)["model"]
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,7 @@ def run(cmd, timeout=600):
 
 
 def theta(run_dir):
-    state = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=False)["model"]
+    state = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)["model"]
     return {k: v for k, v in state.items() if k.startswith("arch.")}
 
 
@@ -181,7 +181,7 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 75, err[-3000:]
     assert "hpcnas: stopped by another rank's signal" in err and err.count("hpcnas: stopped by") == 1
-    state = torch.load(out / "checkpoints" / "latest.pt", weights_only=False)
+    state = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)
     assert state["epoch"] >= 0 and not (out / "genotype.json").exists()
     resumed = run(search_cmd(2, out, resume=True))
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -97,7 +97,7 @@ def test_a_channel_generator_state_from_another_device_warns_and_goes_on(tmp_pat
 
 
 def _final_theta(run_dir):
-    state = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=False)
+    state = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)
     return {k: v for k, v in state["model"].items() if k.startswith("arch.")}
 
 
@@ -126,7 +126,7 @@ def test_signal_mid_epoch_checkpoints_and_resumes_exactly(tmp_path, monkeypatch)
     full, full_dir = search(SMOKE, config, out=str(tmp_path / "full"))
     cut_dir = tmp_path / "cut"
     run_signalled_at_step(monkeypatch, SupernetSearch, 1, 0, lambda: search(SMOKE, config, out=str(cut_dir)))
-    state = torch.load(cut_dir / "checkpoints" / "latest.pt", weights_only=False)
+    state = torch.load(cut_dir / "checkpoints" / "latest.pt", weights_only=True)
     assert (state["epoch"], state["step"]) == (1, 1) and set(state["sums"]) == {"train_loss", "arch_loss"}
     assert [r["epoch"] for r in read_jsonl(cut_dir / "metrics.jsonl")] == [1]
     resumed, _ = search(None, [], resume=str(cut_dir))
@@ -189,7 +189,7 @@ def test_killed_search_resumes_exactly(tmp_path):
     deadline = time.time() + 300
     ckpt = victim / "checkpoints" / "latest.pt"
     while time.time() < deadline and proc.poll() is None:
-        if ckpt.exists() and torch.load(ckpt, weights_only=False)["epoch"] >= 1:
+        if ckpt.exists() and torch.load(ckpt, weights_only=True)["epoch"] >= 1:
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the search ended before it could be killed"

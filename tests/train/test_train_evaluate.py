@@ -90,7 +90,7 @@ def test_train_genotype_then_evaluate(tmp_path):
     records = read_jsonl(run_dir / "metrics.jsonl")
     assert len(records) == 3 and records[-1]["lr"] < records[0]["lr"]
     assert all(0.0 < r["data_wait_s"] < r["train_s"] for r in records)  # the steps' wait for batches, measured
-    state = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=False)
+    state = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
     assert state["epoch"] >= 1  # selection counted from select_from_epoch
     assert state["val_miou"] == pytest.approx(max(r["val_miou"] for r in records[1:]))
     result, target = evaluate(str(run_dir / "checkpoints" / "best.pt"), split="test")
@@ -109,8 +109,8 @@ def test_baselines_train(tmp_path, how):
 
 def _assert_cut_run_matches_full(tmp_path):
     """The resumed ``cut`` run ended with the weights and losses of the uninterrupted ``full`` one."""
-    full = torch.load(tmp_path / "full/checkpoints/latest.pt", weights_only=False)["model"]
-    cut = torch.load(tmp_path / "cut/checkpoints/latest.pt", weights_only=False)["model"]
+    full = torch.load(tmp_path / "full/checkpoints/latest.pt", weights_only=True)["model"]
+    cut = torch.load(tmp_path / "cut/checkpoints/latest.pt", weights_only=True)["model"]
     for k in full:
         assert torch.equal(full[k], cut[k]), k
     assert [r["train_loss"] for r in read_jsonl(tmp_path / "full/metrics.jsonl")] == [
@@ -134,7 +134,7 @@ def test_train_signalled_mid_epoch_resumes_exactly(tmp_path, monkeypatch):
     args = dict(genotype="random", seed=1)
     train(SMOKE, TINY, out=str(tmp_path / "full"), **args)
     run_signalled_at_step(monkeypatch, Trainer, 1, 0, lambda: train(SMOKE, TINY, out=str(tmp_path / "cut"), **args))
-    assert torch.load(tmp_path / "cut/checkpoints/latest.pt", weights_only=False)["step"] == 1
+    assert torch.load(tmp_path / "cut/checkpoints/latest.pt", weights_only=True)["step"] == 1
     train(None, [], resume=str(tmp_path / "cut"))
     _assert_cut_run_matches_full(tmp_path)
 
