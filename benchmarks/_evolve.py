@@ -8,13 +8,16 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from hpcnas.distributed import MPI_LAUNCH_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def mpirun_environment() -> dict:
-    """This environment plus what Open MPI needs to run as root and oversubscribed on a small machine."""
+    """This environment plus what Open MPI needs to start without probing X displays, and to run as root and
+    oversubscribed on a small machine."""
     return dict(
-        os.environ,
+        {**MPI_LAUNCH_ENV, **os.environ},
         OMPI_ALLOW_RUN_AS_ROOT="1",
         OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
         OMPI_MCA_rmaps_base_oversubscribe="1",

@@ -628,6 +628,9 @@ RESUMABLE = {"search", "train", "evolve"}  # the commands that save their state 
 def main(argv: Optional[List[str]] = None) -> int:
     """``hpcnas`` console script."""
     STOP.arm()  # first: a SLURM warning while the command is still starting is kept, not fatal
+    from hpcnas.distributed import mpi_launch_defaults
+
+    mpi_launch_defaults()  # before any MPI_Init, and inherited by anything this process launches
     args = build_parser().parse_args(argv)
     if args.command not in RESUMABLE:
         STOP.disarm()  # the others stop on SIGTERM the ordinary way

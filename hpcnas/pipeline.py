@@ -271,7 +271,9 @@ def train(
             space.check(geno, genotype)
         else:
             raise UserError("give --genotype G.json, --genotype random or --baseline resnet_unet")
-    run_dir = open_run("train", cfg, out, resume, write_config=not resume)
+    # config.yaml, which marks a run as started, is written once the model is: a job killed in between starts
+    # afresh under --resume-existing instead of meeting a run without model.json
+    run_dir = open_run("train", cfg, out, resume, write_config=False)
     from hpcnas.distributed import use_cpu_threads
     from hpcnas.runtime import select_device
     from hpcnas.train.trainer import Trainer, model_spec
@@ -296,6 +298,7 @@ def train(
         write_json(RunDir(run_dir).model, spec)
         if geno is not None:
             geno.save(RunDir(run_dir).genotype)
+        dump_config(cfg, RunDir(run_dir).config)
     trainer = Trainer(cfg, run_dir, data_path, info, dev, spec)
     latest = checkpoint_to_resume(run_dir) if resume else None
     if latest is not None:

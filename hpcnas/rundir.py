@@ -353,6 +353,16 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def remove_stale_temporaries(run_dir: PathLike) -> List[Path]:
+    """Remove the temporary files a killed writer left in a run directory and its checkpoints (a SIGKILL gives it
+    no chance to); call only while holding the run's lock, when no other writer can be midway. Returns them."""
+    folder = Path(run_dir)
+    stale = [p for d in (folder, RunDir(folder).checkpoints) if d.is_dir() for p in d.glob(".*.tmp-*") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def publish(tmp: PathLike, final: PathLike) -> None:
     """Rename a finished temporary file onto ``final``, with the permissions an ordinary new file would have (or
     those of the file it replaces): :func:`temporary_sibling` made it private (0600)."""

@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from hpcnas.distributed import MPI_LAUNCH_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
 MPIRUN = shutil.which("mpirun")
 # Open MPI as root, more ranks than cores, Python's output unbuffered (tests read it while a run goes on)
 MPI_ENV = {
+    **MPI_LAUNCH_ENV,  # what hpcnas tells users to launch MPI with: no X display probe
     "OMPI_ALLOW_RUN_AS_ROOT": "1",
     "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
     "OMPI_MCA_rmaps_base_oversubscribe": "1",

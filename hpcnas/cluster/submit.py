@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from hpcnas.distributed import MPI_LAUNCH_ENV
 from hpcnas.errors import Interrupted, UserError
 from hpcnas.signals import STOP, ignore_stop_signals
 
@@ -91,7 +92,13 @@ def slurm_parameters(req: Request) -> Dict[str, Any]:
         "time": time_minutes(req.time),
         "signal_delay_s": req.signal_delay_s,
         "additional_parameters": {"hint": "nomultithread"},
-        "setup": ["export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}  # torch's threads: this task's CPUs"],
+        "setup": [
+            "export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}  # torch's threads: this task's CPUs",
+            *(
+                f"export {k}=${{{k}:-{v}}}  # no X display probe in MPI's start (a TensorBoard on :6006 hangs it)"
+                for k, v in MPI_LAUNCH_ENV.items()
+            ),
+        ],
     }
     gpus = 1 if req.command in ONE_GPU and req.gpus_per_node else req.gpus_per_node
     if gpus:

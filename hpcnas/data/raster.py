@@ -95,8 +95,10 @@ class BandStatistics:
 
     def normalization(self, dtype: str) -> Normalization:
         """8-bit: the fixed ``/255``; otherwise mean / standard deviation (1 where a band is constant)."""
-        if dtype == "uint8" or self.count == 0:
+        if dtype == "uint8":
             return Normalization.fixed_8bit(len(self.total))
+        if self.count == 0:
+            raise UserError("the train split has no valid pixel (every pixel is nodata or NaN): nothing to normalize by")
         mean = self.total / self.count
         std = np.sqrt(np.maximum(self.squares / self.count - mean**2, 0.0))
         return Normalization(mean.astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32))
@@ -236,6 +238,11 @@ class Scene:
                     ) from None
                 pixels[:vh, :vw] = np.moveaxis(data, 0, -1)
                 valid[:vh, :vw] = (masks > 0).all(axis=0)
+        if pixels.dtype.kind == "f":  # NaN is nodata (float rasters mark gaps so): ignored, and stored as 0
+            missing = np.isnan(pixels)
+            if missing.any():
+                valid &= ~missing.any(axis=-1)
+                pixels[missing] = 0
         return pixels, valid
 
     def check_aligned(self, other: "Scene") -> None:

@@ -17,7 +17,15 @@ from hpcnas.checkpoint import load_checkpoint, save_checkpoint
 from hpcnas.data.hdf5 import IGNORE_INDEX
 from hpcnas.distributed import SingleProcess
 from hpcnas.errors import Interrupted, UserError, warn
-from hpcnas.rundir import Heartbeat, JsonlWriter, RunDir, atomic_write_text, heartbeat, read_jsonl_text
+from hpcnas.rundir import (
+    Heartbeat,
+    JsonlWriter,
+    RunDir,
+    atomic_write_text,
+    heartbeat,
+    read_jsonl_text,
+    remove_stale_temporaries,
+)
 from hpcnas.runtime import peak_memory_mb, progress, reset_peak_memory, restore_rng_state, rng_state
 from hpcnas.signals import STOP
 from hpcnas.train.metrics import confusion, summarize
@@ -299,6 +307,7 @@ class EpochLoop:
         metrics_path = RunDir(self.run_dir).metrics
         if root:
             self.reconcile_metrics(metrics_path)
+            remove_stale_temporaries(self.run_dir)  # a kill midway through a checkpoint's write left one
         metrics = JsonlWriter(metrics_path) if root else None
         self.heart = heartbeat(self.run_dir)  # rank 0 of a command's own run (not a discrete search's evaluation)
         if self.heart is not None and self.monitor is not None and self.monitor.tensorboard:

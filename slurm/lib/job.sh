@@ -66,6 +66,8 @@ hpcnas_job() {
     set -- "$@" --out "$out"
   fi
   export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-${OMP_NUM_THREADS:-1}}  # torch's threads: this task's CPUs, not the node's
+  # Open MPI's hwloc probes X displays at start; a TensorBoard on port 6006 (display :6) never answers and hangs it
+  export HWLOC_COMPONENTS=${HWLOC_COMPONENTS:--gl}
   local restarts=${SLURM_RESTART_COUNT:-0}
   echo "[hpcnas job] $(date -Is) job ${SLURM_JOB_ID} start $((restarts + 1)) on ${SLURM_JOB_NODELIST} (${SLURM_NTASKS:-1} task(s)): hpcnas $command $* -> $out"
   # shellcheck disable=SC2086

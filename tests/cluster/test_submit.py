@@ -213,6 +213,12 @@ def test_the_issue_s_injection_through_logs_is_refused_with_one_line_and_runs_no
     assert list(tmp_path.iterdir()) == []  # no INJECTED, no logs folder
 
 
+def test_the_job_script_starts_mpi_without_the_x_display_probe():
+    script = sbatch_text(Request("evolve", SMOKE))
+    assert "export HWLOC_COMPONENTS=${HWLOC_COMPONENTS:--gl}" in script
+    assert "export HWLOC_COMPONENTS=${HWLOC_COMPONENTS:--gl}" in (ROOT / "slurm" / "lib" / "job.sh").read_text()
+
+
 def test_a_path_with_spaces_is_one_quoted_word_in_the_job_script(tmp_path):
     script = sbatch_text(Request("search", SMOKE, logs=str(tmp_path / "my logs")))
     command = script.strip().splitlines()[-1]

@@ -253,3 +253,31 @@ def test_tile_scale_and_stratify(tmp_path):
         "data", "tile", "--images", str(images), "--masks", str(masks), "--out", str(tmp_path / "x.h5"), "--limit", "0"
     )
     assert res.returncode == 2 and "--limit: must be at least 1" in res.stderr and not (tmp_path / "x.h5").exists()
+
+
+def test_nan_pixels_of_a_float_raster_are_nodata_and_an_all_nan_train_split_is_refused(tmp_path):
+    from tests.geodata import write_tif
+
+    rng = np.random.default_rng(5)
+    (tmp_path / "im").mkdir()
+    (tmp_path / "ma").mkdir()
+    image = rng.normal(100.0, 10.0, (3, 40, 40)).astype(np.float32)
+    image[:, :10, :] = np.nan  # a gap across the top rows, in every band
+    image[1, 20, 20] = np.nan  # one band missing at one pixel
+    write_tif(tmp_path / "im" / "a.tif", image)
+    write_tif(tmp_path / "ma" / "a.tif", (rng.random((1, 40, 40)) > 0.8).astype(np.uint8))
+    args = ["data", "tile", "--images", str(tmp_path / "im"), "--masks", str(tmp_path / "ma"), "--size", "32",
+            "--overlap", "8", "--val-fraction", "0"]  # fmt: skip
+    proc = run_cli(*args, "--out", str(tmp_path / "o.h5"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    info = read_info(tmp_path / "o.h5")
+    offset = info.data_spec()["normalization"]["offset"]
+    assert np.all(np.isfinite(offset)) and np.allclose(offset, 100.0, atol=2.0)  # from the valid pixels only
+    with h5py.File(tmp_path / "o.h5") as f:
+        images, masks = f["train"]["images"][:], f["train"]["masks"][:]
+    assert not np.isnan(images).any()
+    assert (masks[images.sum(axis=-1) == 0] == IGNORE_INDEX).all()  # NaN pixels are stored as 0, ignored
+    write_tif(tmp_path / "im" / "a.tif", np.full((3, 40, 40), np.nan, np.float32))
+    proc = run_cli(*args, "--out", str(tmp_path / "nan.h5"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "no valid pixel" in proc.stderr, proc.stderr
+    assert not (tmp_path / "nan.h5").exists()

@@ -251,3 +251,26 @@ def test_sigusr2_stops_cleanly_with_grace(tmp_path):
     assert finished.returncode == 0, finished.stderr[-3000:]
     used = budget_used(read_jsonl(out / "history.jsonl"))
     assert 99.5 < used <= 100 + 3 * 0.5  # halving stops some: the budget counts epochs
+
+
+@needs_mpi
+@pytest.mark.slow
+def test_mpirun_starts_beside_a_listener_on_tensorboards_port(tmp_path):
+    """A socket that listens on 127.0.0.1:6006 and never answers, as TensorBoard does to an X client: with the
+    launch environment hpcnas documents (MPI_ENV holds it), mpirun and a 2-rank evolve start and finish."""
+    import errno
+    import socket
+
+    listener = socket.socket()
+    try:
+        listener.bind(("127.0.0.1", 6006))
+        listener.listen(16)
+    except OSError as exc:  # something listens there already: it plays the part
+        assert exc.errno == errno.EADDRINUSE, exc
+    try:
+        assert run([MPIRUN, "-np", "1", "true"], timeout=60).returncode == 0
+        done = run(evolve_cmd(2, tmp_path / "e", *SLEEPY, "evolve.max_evaluations=4"), timeout=180)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert len(read_jsonl(tmp_path / "e" / "history.jsonl")) == 4
+    finally:
+        listener.close()

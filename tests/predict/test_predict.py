@@ -364,3 +364,29 @@ def test_evaluate_and_report_read_16_bit_data(geo_run, tmp_path):
         assert shown["image_0"].dtype == np.uint16 and shown["image_0"].shape[-1] == 3
         picture = display_rgb(shown["image_0"])
     assert picture.shape[-1] == 3 and 0 <= picture.min() and picture.max() <= 1 and picture.std() > 0
+
+
+def test_bad_window_sizes_an_export_under_a_file_and_a_corrupt_scene_leave_nothing(geo_run, tmp_path):
+    ckpt = str(geo_run / "run" / "checkpoints" / "best.pt")
+    rng = np.random.default_rng(4)
+    image, _ = draw(rng, 64, 64)
+    write_tif(tmp_path / "scene.tif", image)
+    (tmp_path / "afile").write_text("a file, not a folder\n")
+    cases = [
+        (["predict", "--input", str(tmp_path / "scene.tif"), "--out", str(tmp_path / "o"), "--tile", "0"], "--tile"),
+        (["predict", "--input", str(tmp_path / "scene.tif"), "--out", str(tmp_path / "o"), "--tile", "-5"], "--tile"),
+        (["export", "--format", "onnx", "--out", str(tmp_path / "m.onnx"), "--tile", "0"], "--tile"),
+        (["export", "--format", "onnx", "--out", str(tmp_path / "afile" / "m.onnx")], "is a file, not a folder"),
+    ]
+    for argv, fragment in cases:
+        proc = run_cli(argv[0], "--checkpoint", ckpt, *argv[1:])
+        assert proc.returncode == 2, (argv, proc.stderr[-2000:])
+        lines = [line for line in proc.stderr.splitlines() if line.startswith("hpcnas")]
+        assert len(lines) == 1 and lines[0].startswith("hpcnas: error:") and fragment in lines[0], proc.stderr
+        assert "Traceback" not in proc.stderr
+    data = (tmp_path / "scene.tif").read_bytes()  # the header reads, the pixels are gone
+    (tmp_path / "cut.tif").write_bytes(data[: len(data) // 3])
+    proc = run_cli("predict", "--checkpoint", ckpt, "--input", str(tmp_path / "cut.tif"), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and proc.stderr.count("hpcnas: error:") == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "cut.tif", "scene.tif"]  # no output folder
