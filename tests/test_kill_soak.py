@@ -58,7 +58,7 @@ def start(argv: list, out: Path, ranks: int = 1) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "hpcnas.cli", *argv, "--out", str(out), "--resume-existing"]
     if ranks > 1:
         cmd = [MPIRUN, "-np", str(ranks), "--oversubscribe", *cmd]
-    env = dict(os.environ, **MPI_ENV, HWLOC_COMPONENTS="-gl")
+    env = dict(os.environ, **MPI_ENV)
     return subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
     )

@@ -98,7 +98,9 @@ class BandStatistics:
         if dtype == "uint8":
             return Normalization.fixed_8bit(len(self.total))
         if self.count == 0:
-            raise UserError("the train split has no valid pixel (every pixel is nodata or NaN): nothing to normalize by")
+            raise UserError(
+                "the train split has no valid pixel (every pixel is nodata or NaN): nothing to normalize by"
+            )
         mean = self.total / self.count
         std = np.sqrt(np.maximum(self.squares / self.count - mean**2, 0.0))
         return Normalization(mean.astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32))
