@@ -96,8 +96,11 @@ class FactorizedReduce(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(x)
-        shifted = nn.functional.pad(x[:, :, 1:, 1:], (0, 1, 0, 1))
-        return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
+        # the shifted input is a view: padding it (a copy, saved for backward) would cost a second input per edge
+        even, odd = self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])
+        if odd.shape[-2:] != even.shape[-2:]:  # an odd side: the zero row/column a padded input would add
+            odd = nn.functional.pad(odd, (0, even.shape[-1] - odd.shape[-1], 0, even.shape[-2] - odd.shape[-2]))
+        return self.bn(torch.cat([even, odd], dim=1))
 
 
 def _skip(c: int, stride: int, affine: bool) -> nn.Module:

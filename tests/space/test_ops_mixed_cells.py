@@ -82,3 +82,21 @@ def test_edge_normalization_weighs_each_input_edge():
     torch.testing.assert_close(out, 0.3 * cell.pre0(s0) + 0.7 * cell.pre1(s1))
     out_plain = cell([s0, s1], CellArch(ops, None))
     torch.testing.assert_close(out_plain, cell.pre0(s0) + cell.pre1(s1))
+
+
+@pytest.mark.parametrize("size", [(32, 32), (33, 31), (7, 8)])
+def test_factorized_reduce_equals_the_padded_shift_and_saves_no_copy_of_its_input(size):
+    from hpcnas.space.ops import FactorizedReduce
+    from hpcnas.train.memory import saved_bytes
+
+    torch.manual_seed(0)
+    reduce = FactorizedReduce(8, 16).train()
+    x = torch.randn(2, 8, *size)
+    relu = reduce.relu(x)
+    shifted = torch.nn.functional.pad(relu[:, :, 1:, 1:], (0, 1, 0, 1))  # DARTS' form, robust to odd sides
+    padded = reduce.bn(torch.cat([reduce.conv_1(relu), reduce.conv_2(shifted)], dim=1))
+    assert torch.allclose(reduce(x), padded, atol=1e-6)
+    # saved for backward: the ReLU's output once (both convolutions read it, one through a view), the conv outputs
+    # for BatchNorm, and BatchNorm's statistics; a padded copy would add a second input-sized tensor
+    input_bytes = x.numel() * x.element_size()
+    assert saved_bytes(reduce, x) < 1.7 * input_bytes
