@@ -1,8 +1,8 @@
 """A discrete-event model of the discrete search at scales this machine cannot run (thousands of ranks).
 
 Workers run tasks of log-normal length; rank 0 is one server that handles each
-result and dispatches the next task, one at a time, taking ``cost_s`` each
-(measured: :func:`measure_rank0_cost`).  Records are fsynced either with every
+result and dispatches the next task, one at a time, taking a cost drawn from
+the passes of its loop measured here (:func:`measure_rank0_cost`).  Records are fsynced either with every
 record (two per task: the dispatch and the result) or by group commit: at most
 once per ``commit_every_s``, two fsyncs for everything written since, as
 ``SearchLog.commit`` does.  A worker waits from the end of its task until rank 0
@@ -16,39 +16,75 @@ import heapq
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Sequence, Union
 
 import numpy as np
 
 
-def measure_rank0_cost(tasks: int = 400, group_commit: bool = True) -> Dict[str, float]:
-    """Rank 0's own time per task on this disk: the strategy's ask and tell and both records, by the real
-    ``SearchLog`` (with its fsyncs unless ``group_commit``), and the time of one fsync."""
+def measure_rank0_cost(tasks: int = 400, group_commit: bool = True) -> Dict[str, object]:
+    """Rank 0's own time per task on this disk, pass by pass: what one pass of the dispatch loop does for one
+    finished task in the steady state (the result message decoded, its evaluation, the strategy's tell, the
+    running tally and its TensorBoard chart (``Board`` in the background, as the dispatcher has it), the next
+    ask and task, both records handed to the operating system by the real ``SearchLog.write``, a log line,
+    the heartbeat), without fsync, which the model adds by its own rule; and the time of one fsync.
+
+    Returns the mean (``cost_s``), every pass's time (``costs_s``: the model draws from them, so a slow pass
+    weighs as it does here), the bytes written during the timed passes (all of them: nothing waits for
+    ``close``) and ``fsync_s``.
+    """
+    import logging
     import os
 
+    from hpcnas.board import Board
     from hpcnas.config import load_config
-    from hpcnas.execution.history import SearchLog
+    from hpcnas.execution.history import RunningTally, SearchLog
     from hpcnas.execution.orchestrator import make_strategy
     from hpcnas.records import Evaluation, Result, Status, Task
+    from hpcnas.rundir import Heartbeat
 
     cfg = load_config(None, ["evolve.strategy.population=16", "evolve.strategy.sample_size=4"])
     with tempfile.TemporaryDirectory(dir=".") as tmp:
-        log = SearchLog(Path(tmp))
+        folder = Path(tmp)
+        log = SearchLog(folder)
         strategy = make_strategy(cfg, 64)
         log._dispatch.group_commit = log._history.group_commit = group_commit
-        start = time.perf_counter()
+        heart = Heartbeat(folder, "evolve")
+        board = Board(folder / "tb", background=True)
+        tally = RunningTally(strategy.objectives, 64, time.time())
+        lines = logging.getLogger("hpcnas.simulated-rank0")
+        lines.propagate = False
+        handler = logging.FileHandler(folder / "log.txt")
+        lines.addHandler(handler)
+        lines.setLevel(logging.INFO)
+        costs = []
+        pending: List[Task] = []
         for k in range(tasks):
+            start = time.perf_counter()
+            if pending:  # the result of the task sent one pass ago
+                task = pending.pop()
+                raw = Result(task.id, Status.OK, fitness=float(k % 97) / 97, start=0.0, end=1.0).to_dict()
+                result = Result.from_dict(raw)  # as it arrives from a worker
+                evaluation = Evaluation.of(task, result, 1)
+                log.log_result(evaluation)
+                strategy.tell(evaluation)
+                tally.add(evaluation, time.time())
+                chart = {"status": dict(tally.by_status), "best_fitness": tally.best_fitness}
+                board.scalars_later(lambda chart=chart: chart, k, walltime=time.time())
+                lines.info("evaluation %d: %s, fitness %.4f", task.id, result.status.value, result.fitness)
             proposal = strategy.ask()
             assert proposal is not None
             task = Task(log.new_id(), proposal.genotype.to_dict(), 8, proposal.parent)
             log.log_dispatch(task)
-            result = Result(task.id, Status.OK, fitness=float(k % 97) / 97, start=0.0, end=1.0)
-            evaluation = Evaluation.of(task, result, 1)
-            log.log_result(evaluation)
-            strategy.tell(evaluation)
-        per_task = (time.perf_counter() - start) / tasks
+            pending.append(task)
+            log.write()
+            heart.beat(ranks=64, finished=k, in_flight=1)
+            costs.append(time.perf_counter() - start)
+        written = sum(p.stat().st_size for p in (folder / "dispatch.jsonl", folder / "history.jsonl"))
         log.close()
-        probe = Path(tmp) / "probe"
+        board.close()
+        lines.removeHandler(handler)
+        handler.close()
+        probe = folder / "probe"
         with open(probe, "w") as fh:
             t0 = time.perf_counter()
             for _ in range(50):
@@ -56,7 +92,8 @@ def measure_rank0_cost(tasks: int = 400, group_commit: bool = True) -> Dict[str,
                 fh.flush()
                 os.fsync(fh.fileno())
             fsync = (time.perf_counter() - t0) / 50
-    return {"cost_s": per_task, "fsync_s": fsync}
+    costs = costs[10:]  # the first passes warm the strategy's caches up
+    return {"cost_s": float(np.mean(costs)), "costs_s": costs, "bytes_written": written, "fsync_s": fsync}
 
 
 def simulate(
@@ -64,7 +101,7 @@ def simulate(
     median_s: float,
     sigma: float,
     tasks_per_worker: int,
-    cost_s: float,
+    cost_s: Union[float, Sequence[float]],
     fsync_s: float,
     group_commit_s: float = 0.0,
     generational: bool = False,
@@ -72,13 +109,16 @@ def simulate(
 ) -> Dict[str, float]:
     """Utilization (whole run and steady state: up to the last dispatch) and the mean wait per task.
 
-    ``cost_s`` is rank 0's work per task without fsync; with ``group_commit_s`` = 0 each task adds two
-    fsyncs, otherwise rank 0 commits (two fsyncs) at most once per ``group_commit_s``.
+    ``cost_s`` is rank 0's work per task without fsync: one figure, or measured passes that each task draws
+    its cost from; with ``group_commit_s`` = 0 each task adds two fsyncs, otherwise rank 0 commits (two
+    fsyncs) at most once per ``group_commit_s``.
     """
     rng = np.random.default_rng(seed)
     budget = workers * tasks_per_worker
     durations = iter(rng.lognormal(np.log(median_s), sigma, budget).tolist())
-    per_task = cost_s + (0.0 if group_commit_s else 2 * fsync_s)
+    samples = np.atleast_1d(np.asarray(cost_s, dtype=float))
+    fsyncs = 0.0 if group_commit_s else 2 * fsync_s
+    costs = iter((rng.choice(samples, 2 * budget + workers) + fsyncs).tolist())
     intervals: List[tuple] = []  # (start, end) of every task
     waits: List[float] = []
     rank0_busy = 0.0
@@ -111,22 +151,22 @@ def simulate(
             batch = min(workers, budget - dispatched)
             for w in range(batch):
                 pending += 1
-                clock = serve(clock, per_task / 2)  # sending a generation, one task at a time
+                clock = serve(clock, next(costs) / 2)  # sending a generation, one task at a time
                 dispatch(w, clock)
             finished = sorted(heapq.heappop(ends) for _ in range(batch))
             for end, _ in finished:  # rank 0 handles the results as they arrive
                 pending += 1
-                clock = serve(max(clock, end), per_task / 2)
+                clock = serve(max(clock, end), next(costs) / 2)
             waits.extend(clock - end for end, _ in finished)
     else:
         for w in range(workers):
             pending += 1
-            clock = serve(clock, per_task / 2)
+            clock = serve(clock, next(costs) / 2)
             dispatch(w, clock)
         while ends:
             end, worker = heapq.heappop(ends)
             pending += 2
-            clock = serve(max(clock, end), per_task)  # handle the result, send the next task
+            clock = serve(max(clock, end), next(costs))  # handle the result, send the next task
             if dispatched < budget:
                 dispatch(worker, clock)
                 waits.append(clock - end)
