@@ -21,6 +21,7 @@ from hpcnas.rundir import (
     holds_run_dirs,
     lock_run_dir,
     make_run_dir,
+    snapshot_run_dir,
     start_heartbeat,
 )
 from hpcnas.signals import stoppable
@@ -63,9 +64,10 @@ def open_run(command: str, cfg: Config, out: Optional[str], resume: Optional[str
             f"already holds a run: continue it with --resume {out}, or choose another --out", source=str(out)
         )
     run_dir = Path(resume) if resume else make_run_dir(out, command)
-    if resume:
-        guard_run_dir(run_dir)  # a resume refused further on leaves the run directory as it was
+    before = snapshot_run_dir(run_dir) if resume else None
     lock_run_dir(run_dir)
+    if before is not None:
+        guard_run_dir(before)  # now the writer: a resume refused further on leaves the run directory as it was
     if not resume and RunDir(run_dir).config.exists():  # another start got here first
         raise UserError(
             f"already holds a run: continue it with --resume {out}, or choose another --out", source=str(out)

@@ -177,14 +177,21 @@ def lock_run_dir(path: PathLike) -> None:
     _HELD[key] = fd
 
 
-def guard_run_dir(path: PathLike) -> None:
-    """Remember the files of an existing run directory that opening it rewrites (lock, heartbeat, config, log), so
-    that a command that then rejects its input (:func:`holds_run_dirs`) puts them back byte for byte: a refused
-    ``--resume`` of a finished run must not leave it looking failed."""
+def snapshot_run_dir(path: PathLike) -> tuple:
+    """What opening an existing run directory may rewrite (lock, heartbeat, config, data fingerprint) and the
+    log's length, taken before the lock: :func:`guard_run_dir` keeps it once the lock is held."""
     folder = Path(path)
     saved = {name: (folder / name).read_bytes() if (folder / name).is_file() else None for name in _GUARDED}
     log = folder / _GUARDED_LOG
-    _SNAPSHOTS.append((folder, saved, log.stat().st_size if log.is_file() else None))
+    return folder, saved, log.stat().st_size if log.is_file() else None
+
+
+def guard_run_dir(snapshot: tuple) -> None:
+    """Keep a :func:`snapshot_run_dir` taken before this process locked the run, so that a command that then
+    rejects its input (:func:`holds_run_dirs`) puts those files back byte for byte: a refused ``--resume`` of a
+    finished run must not leave it looking failed. Called only once the lock is held: a start refused because
+    another process writes the run must not touch that run's files."""
+    _SNAPSHOTS.append(snapshot)
 
 
 def _restore_guarded(since: int) -> None:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.conftest import ROOT, run_cli, set_args
 
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
@@ -81,3 +83,28 @@ def test_two_starts_at_once_leave_one_run(tmp_path):
             if p.poll() is None:
                 p.send_signal(signal.SIGKILL)
                 p.wait()
+
+
+def test_a_refused_resume_of_a_live_run_leaves_that_run_s_files_to_it(tmp_path, monkeypatch):
+    """While the refused command meets the lock, the live writer appends to log.txt and beats: the refusal puts
+    nothing back over it (it restores only files it touched as the writer, and here it never was one)."""
+    from hpcnas import pipeline
+    from hpcnas.errors import UserError
+
+    out = tmp_path / "run"
+    done = run_cli(
+        "search", "--config", SMOKE, *set_args(LONG[:-3] + ["search.epochs=1", "device=cpu"]), "--out", str(out)
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    def held_by_a_live_writer(path):
+        with open(out / "log.txt", "a") as log:  # what the live run writes at this very moment
+            log.write("a line of the live run\n")
+        (out / "heartbeat.json").write_text('{"state": "running"}\n')
+        raise UserError("in use by pid 1 on elsewhere: one writer per run directory", source=str(path))
+
+    monkeypatch.setattr(pipeline, "lock_run_dir", held_by_a_live_writer)
+    with pytest.raises(UserError, match="one writer per run directory"):
+        pipeline.search(None, [], resume=str(out))
+    assert (out / "log.txt").read_text().endswith("a line of the live run\n")
+    assert (out / "heartbeat.json").read_text() == '{"state": "running"}\n'
