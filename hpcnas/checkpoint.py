@@ -23,6 +23,10 @@ from hpcnas.rundir import atomic_path
 UPGRADE = "hpcnas checkpoint upgrade"
 
 
+class OldFormatCheckpoint(UserError):
+    """A checkpoint that only the full unpickler reads (earlier hpcnas versions wrote numpy arrays)."""
+
+
 def plain(obj: Any) -> Any:
     """``obj`` with every numpy value turned into a tensor or a Python number (what the safe loader reads)."""
     if isinstance(obj, dict):
@@ -57,7 +61,7 @@ def load_checkpoint(path: Path, map_location: Optional[torch.device] = None) -> 
     except pickle.UnpicklingError as exc:
         if "weights only" not in str(exc).lower():
             raise _unreadable(exc, path) from None
-        raise UserError(
+        raise OldFormatCheckpoint(
             "holds Python objects besides tensors and plain data, which loading would have to run: not loaded "
             f"(earlier hpcnas versions wrote numpy arrays; if you trust this file, convert it once: {UPGRADE} {path})",
             source=str(path),
@@ -87,9 +91,8 @@ def upgrade_checkpoint(path: str) -> str:
     try:
         load_checkpoint(p)
         return "already in the safe format: nothing to do"
-    except UserError as exc:
-        if UPGRADE not in str(exc):
-            raise
+    except OldFormatCheckpoint:
+        pass  # what this command is for
     try:
         state = torch.load(p, map_location="cpu", weights_only=False)  # the user vouched for this file
     except Exception as exc:  # noqa: BLE001 - whatever an arbitrary pickle raises

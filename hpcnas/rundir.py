@@ -204,6 +204,10 @@ def _restore_guarded(since: int) -> None:
             target = folder / name
             if content is None:
                 target.unlink(missing_ok=True)
+            elif name == LOCK_FILE and target.is_file():  # in place: the lock is held on this very inode
+                with open(target, "r+b") as fh:
+                    fh.write(content)
+                    fh.truncate()
             elif not target.is_file() or target.read_bytes() != content:
                 atomic_write_bytes(target, content)
         log = folder / _GUARDED_LOG
