@@ -7,8 +7,8 @@ then is evaluated on the test split's full images:
 * ``A``          search, decode, retrain (the default method), one run per seed;
 * ``A-large``    A's genotypes retrained at the default ResNet-UNet's parameter count;
 * ``B-default``  the ResNet-UNet at its default size, one run per seed;
-* ``B-matched``  the ResNet-UNet sized to A's median parameter count;
-* ``C``          random cells of the same space;
+* ``B-matched``  the ResNet-UNet sized to the parameter count of A's network of the same seed;
+* ``C``          random cells of the same space (cell k drawn with seed k, trained with seed k mod --seeds);
 * ``D:<name>``   variants under study (collapse remedies, channel sampling, softmax
                  DARTS, local BatchNorm on several ranks): a search with other settings,
                  or A's (or another variant's) search decoded by another rule, each
@@ -18,13 +18,21 @@ then is evaluated on the test split's full images:
 ``--arms`` runs a subset of the arms above (e.g. ``--arms A`` with variants,
 to compare variants with A only).
 
+The design is paired: seed s fixes the data order, the augmentation and the
+initialization of every arm's seed-s run, so two arms differ only in their
+architecture.  Each comparison is reported as a difference with a 95 %
+bootstrap interval (:func:`paired_differences`), and called beyond noise
+only when that interval excludes 0.
+
     python benchmarks/quality.py --data DATA --preset quick --seeds 3 --out runs/quality [--jobs 2]
     python benchmarks/quality.py --data DATA --preset paper --launcher slurm --out runs/quality-paper
 
-``DATA`` is an HDF5 data set or a folder of images + masks (``--palette``),
+``DATA`` is an HDF5 data set or a folder of images (masks beside them or in
+``--masks``; colours mapped by ``--palette``, or ids named by ``--classes``),
 which the preset tiles.  Every run is an ordinary ``hpcnas`` command in its
 own run directory under ``--out``; a finished run is never redone, so the
-same command continues an interrupted benchmark.  ``--launcher slurm``
+same command continues an interrupted benchmark (one launch at a time holds
+``OUT/benchmark.lock``; a second is refused).  ``--launcher slurm``
 submits each run that is ready as its own job (slurm/search_darts_unet.sh,
 slurm/train.sh) and returns; run the same command again once they finish,
 until it writes the table.  Writes ``quality.json``, ``quality.md`` and
@@ -36,6 +44,7 @@ the retrained test mIoU.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import shlex
@@ -47,6 +56,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -190,6 +202,7 @@ class Run:
     seed: int = 0
     prepare: Optional[Callable[[], None]] = None  # writes what the run reads (a re-decoded genotype)
     ranks: int = 1  # > 1: a data-parallel search under mpirun
+    cell: Optional[int] = None  # arm C: the seed its random cell is drawn with (``seed`` is its training seed)
 
     def out(self, root: Path) -> Path:
         return root / self.name
@@ -228,18 +241,18 @@ class Plan:
                 )
             if "B-default" in arms:
                 self._train(f"B-default/seed-{s}", "B-default", s, baseline=True)
-            if "B-matched" in arms:
+            if "B-matched" in arms:  # paired: sized to the seed's own searched network
                 self._train(
                     f"B-matched/seed-{s}",
                     "B-matched",
                     s,
                     baseline=True,
-                    extra=lambda: [f"train.target_params={self.median_params('A')}"],
-                    after=[f"A/seed-{t}/train" for t in seeds],
+                    extra=lambda s=s: [f"train.target_params={self.trained_params(f'A/seed-{s}/train')}"],
+                    after=[f"A/seed-{s}/train"],
                 )
         if "C" in arms:
-            for k in range(args.random_cells):
-                self._train(f"C/cell-{k}", "C", k, random_cell=True)
+            for k in range(args.random_cells):  # cell k is drawn by seed k and trained like seed k mod seeds
+                self._train(f"C/cell-{k}", "C", k % args.seeds, random_cell=True, cell=k)
         for name in args.variants:
             spec = VARIANTS[name]
             arm = f"D:{name}"
@@ -296,6 +309,7 @@ class Plan:
         after: Optional[List[str]] = None,
         search_sets: List[str] = (),
         prepare=None,
+        cell: Optional[int] = None,
     ) -> None:
         after = list(after or [])
         if genotype and not after:
@@ -305,13 +319,13 @@ class Plan:
             which = (
                 ["--baseline", "resnet_unet"]
                 if baseline
-                else ["--genotype", "random", "--seed", str(seed)]
+                else ["--genotype", "random", "--seed", str(cell)]
                 if random_cell
                 else ["--genotype", str(self.root / genotype)]
             )
             return which + self._cli(seed, list(search_sets) + (extra() if extra else [])) + ["--evaluate", "test"]
 
-        self.runs[name] = Run(name, arm, "train", args, after, seed, prepare)
+        self.runs[name] = Run(name, arm, "train", args, after, seed, prepare, cell=cell)
 
     def _derived(self, arm: str, seed: int, spec: dict) -> None:
         base_arm = spec["base"]
@@ -351,14 +365,9 @@ class Plan:
             )
         )
 
-    def median_params(self, arm: str) -> int:
-        """The median parameter count of an arm's trained networks."""
-        counts = [
-            json.loads((r.out(self.root) / "model.json").read_text())["params"]
-            for r in self.runs.values()
-            if r.arm == arm and r.command == "train" and r.done(self.root)
-        ]
-        return int(statistics.median(counts))
+    def trained_params(self, name: str) -> int:
+        """The parameter count of a finished run's network."""
+        return int(json.loads((self.root / name / "model.json").read_text())["params"])
 
 
 def derive_genotype(search_dir: Path, spec: dict, config: str, overrides: List[str], target: Path) -> None:
@@ -501,6 +510,24 @@ def run_slurm(plan: Plan, log) -> bool:
     return not left
 
 
+def hold_benchmark_lock(root: Path):
+    """An exclusive lock on ``root/benchmark.lock``, held until this process exits; None when another holds it.
+
+    Two launches on one folder would start the same unfinished runs twice and overwrite each other's walls.
+    """
+    handle = open(root / "benchmark.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
 def load_walls(root: Path) -> Dict[str, float]:
     path = root / "walls.json"
     return json.loads(path.read_text()) if path.exists() else {}
@@ -532,7 +559,8 @@ def run_row(plan: Plan, run: Run, walls: Dict[str, float]) -> Optional[dict]:
     row = {
         "arm": run.arm,
         "run": run.name,
-        "seed": run.seed,
+        "seed": run.seed,  # the training seed: data order, augmentation, initialization
+        "cell": run.cell,
         "test_miou": ev["miou"],
         "foreground_iou": sum(fg) / len(fg) if fg else None,
         "object_f1_0.5": 2 * p * r / (p + r) if p + r else 0.0,
@@ -541,6 +569,9 @@ def run_row(plan: Plan, run: Run, walls: Dict[str, float]) -> Optional[dict]:
         "wall_s": wall,
         "epoch1_val_miou": next((m.get("val_miou") for m in read_jsonl(out / "metrics.jsonl")), None),
     }
+    target = ((yaml.safe_load((out / "config.yaml").read_text()) or {}).get("train") or {}).get("target_params")
+    if target:
+        row["target_params"] = target
     if model.get("genotype"):
         g = Genotype.from_dict(model["genotype"])
         row["parameter_free"] = g.parameter_free_fraction()
@@ -575,7 +606,7 @@ def aggregate(rows: List[dict]) -> List[dict]:
     return out
 
 
-def markdown(summary: List[dict], command: str, preset: str, goal: dict) -> str:
+def markdown(summary: List[dict], command: str, preset: str, paired: List[dict], rows: List[dict]) -> str:
     lines = [
         f"# Search quality ({preset} preset)",
         "",
@@ -603,29 +634,96 @@ def markdown(summary: List[dict], command: str, preset: str, goal: dict) -> str:
             + (f"{e['parameter_free']:.2f}" if "parameter_free" in e else "-")
             + " |"
         )
-    if goal:
-        lines += ["", "Goal (mean test mIoU; the random cells by their median):", ""]
+    if paired:
         lines += [
-            f"- {k}: {v['a']:.4f} against {v['other']:.4f} ({v['margin']:+.4f}, {'met' if v['met'] else 'not met'})"
-            for k, v in goal.items()
+            "",
+            "Paired differences of test mIoU, with 95 % bootstrap intervals (seed s trains every arm on the same "
+            "data order, augmentation and initialization):",
+            "",
+            *paired_lines(paired),
         ]
+    sized = [r for r in rows if r["arm"] == "B-matched" and r.get("target_params")]
+    if sized:
+        worst = max(abs(r["params"] / r["target_params"] - 1) for r in sized)
+        lines += ["", f"B-matched: parameters within {100 * worst:.1f} % of each seed's A network."]
     return "\n".join(lines) + "\n"
 
 
-def goals(summary: List[dict]) -> dict:
-    by = {e["arm"]: e for e in summary}
-    checks = {}
-    pairs = [("A", "B-matched", "test_miou"), ("A", "C", "test_miou_median"), ("A-large", "B-default", "test_miou")]
-    for mine, other, key in pairs:
-        if mine in by and other in by:
-            a, o = by[mine]["test_miou"], by[other][key]
-            checks[f"{mine} vs {other} ({'median' if 'median' in key else 'mean'})"] = {
-                "a": a,
-                "other": o,
-                "margin": a - o,
-                "met": a >= o,
-            }
-    return checks
+def paired_differences(rows: List[dict], boot: int = 10_000, min_seeds: int = 3) -> List[dict]:
+    """Each comparison as a difference of mean test mIoU with a 95 % percentile bootstrap interval.
+
+    Runs of two arms with the same seed saw the same data order, augmentation and initialization, so a
+    difference is taken seed by seed and the seeds are resampled (A - B-matched, A-large - B-default and
+    each variant - A).  Against the random cells (A - median C) the seeds are resampled with the cells
+    trained under them, which keeps that pairing and also samples which cells were drawn.  A verdict says
+    "beyond noise" only when the interval excludes 0 and at least ``min_seeds`` seeds were paired.
+    """
+    by_seed: Dict[str, Dict[int, float]] = {}
+    for row in rows:
+        if row["arm"] != "C":
+            by_seed.setdefault(row["arm"], {})[row["seed"]] = row["test_miou"]
+    cells = [(row["seed"], row["test_miou"]) for row in rows if row["arm"] == "C"]
+    rng = np.random.default_rng(0)
+    out = []
+    if "A" in by_seed and cells:
+        out.append(versus_random_cells(by_seed["A"], cells, rng, boot, min_seeds))
+    comparisons = [("A", "B-matched"), ("A-large", "B-default")]
+    comparisons += [(arm, "A") for arm in by_seed if arm.startswith("D:")]
+    for mine, other in comparisons:
+        common = sorted(set(by_seed.get(mine, {})) & set(by_seed.get(other, {})))
+        if not common:
+            continue
+        d = np.array([by_seed[mine][s] - by_seed[other][s] for s in common])
+        draws = d[rng.integers(0, len(d), (boot, len(d)))].mean(axis=1)
+        out.append(difference_entry(f"{mine} - {other}", float(d.mean()), draws, len(common), 0, min_seeds))
+    return out
+
+
+def versus_random_cells(a: Dict[int, float], cells: List[tuple], rng, boot: int, min_seeds: int) -> dict:
+    """mean(A) - median(C), resampling A's seeds together with the cells trained under each."""
+    seeds = sorted(a)
+    under = {s: [v for t, v in cells if t == s] for s in seeds}
+    paired = all(t in a for t, _ in cells)
+    draws = np.empty(boot)
+    for b in range(boot):
+        chosen = rng.choice(seeds, len(seeds))
+        if paired:
+            pool = [v for s in chosen for v in rng.choice(under[s], len(under[s])) if under[s]] or [v for _, v in cells]
+        else:  # cells trained under seeds A lacks: resample them on their own
+            pool = list(rng.choice([v for _, v in cells], len(cells)))
+        draws[b] = np.mean([a[s] for s in chosen]) - np.median(pool)
+    estimate = statistics.fmean(a.values()) - statistics.median(v for _, v in cells)
+    return difference_entry("A - median C", estimate, draws, len(seeds), len(cells), min_seeds)
+
+
+def difference_entry(name: str, estimate: float, draws, seeds: int, cells: int, min_seeds: int) -> dict:
+    low, high = (float(v) for v in np.percentile(draws, [2.5, 97.5]))
+    if seeds < min_seeds:
+        verdict = f"too few seeds to tell (fewer than {min_seeds})"
+    elif low > 0:
+        verdict = "beyond noise (above 0)"
+    elif high < 0:
+        verdict = "beyond noise (below 0)"
+    else:
+        verdict = "within noise"
+    return {
+        "comparison": name,
+        "difference": estimate,
+        "ci95": [low, high],
+        "seeds": seeds,
+        "cells": cells,
+        "verdict": verdict,
+    }
+
+
+def paired_lines(paired: List[dict]) -> List[str]:
+    """The paired differences as markdown list items."""
+    lines = []
+    for p in paired:
+        n = f"{p['seeds']} seeds" + (f", {p['cells']} cells" if p["cells"] else "")
+        low, high = p["ci95"]
+        lines.append(f"- {p['comparison']}: {p['difference']:+.4f} [{low:+.4f}, {high:+.4f}] ({n}): {p['verdict']}")
+    return lines
 
 
 def figure(rows: List[dict], summary: List[dict], path: Path) -> None:
@@ -698,11 +796,12 @@ def prepare_data(args: argparse.Namespace, log) -> str:
         target.parent.mkdir(parents=True, exist_ok=True)
         counts = tile_folder(
             data,
-            data,
+            Path(args.masks) if args.masks else data,
             target,
             t["size"],
             t["overlap"],
             palette=args.palette,
+            class_names=args.classes,
             scale=t["scale"],
             val_fraction=t["val_fraction"],
             test_fraction=t["test_fraction"],
@@ -717,12 +816,19 @@ def main() -> int:
     parser.add_argument("--data", required=True, help="HDF5 data set, or a folder of images and masks to tile")
     parser.add_argument(
         "--palette",
-        default=str(REPO / "configs" / "palettes" / "dubai_building.yaml"),
-        help="mask palette when --data is a folder (default: the Dubai building palette)",
+        default=None,
+        help="mask palette when --data is a folder of colour masks (default without --classes: the Dubai "
+        "building palette)",
+    )
+    parser.add_argument("--masks", default=None, help="folder of the masks when --data is a folder (default: --data)")
+    parser.add_argument(
+        "--classes",
+        default=None,
+        help="comma-separated class names when the masks hold class ids (0 = the first), e.g. background,vehicle",
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds of A, A-large, B and each variant (default 3)")
-    parser.add_argument("--random-cells", type=int, default=5, help="random cells in arm C (default 5)")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds of A, A-large, B and each variant (default 5)")
+    parser.add_argument("--random-cells", type=int, default=8, help="random cells in arm C (default 8)")
     parser.add_argument(
         "--arms",
         default=",".join(BASE_ARMS),
@@ -748,6 +854,16 @@ def main() -> int:
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "results"), help="where the tables are copied")
     parser.add_argument("--tag", default=None, help="name of the copies: quality-TAG.* (default: the preset)")
     args = parser.parse_args()
+    if args.classes and args.palette:
+        parser.error("give --palette (colour masks) or --classes (masks of class ids), not both")
+    if args.classes:
+        args.classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+        if len(args.classes) < 2:
+            parser.error("--classes needs at least two names (the background and a class)")
+    elif not args.palette:
+        args.palette = str(REPO / "configs" / "palettes" / "dubai_building.yaml")
+    if args.seeds < 1 or args.random_cells < 0:
+        parser.error("--seeds must be >= 1 and --random-cells >= 0")
     if args.variants == "all":
         args.variants = list(VARIANTS)
     elif args.variants == "none":
@@ -772,6 +888,9 @@ def main() -> int:
     args.variants = list(dict.fromkeys(args.variants))
     root = Path(args.out)
     root.mkdir(parents=True, exist_ok=True)
+    lock = hold_benchmark_lock(root)
+    if lock is None:
+        parser.error(f"another launch of this benchmark is running on {root} (it holds {root}/benchmark.lock)")
     started = time.time()
 
     def log(message: str) -> None:
@@ -792,7 +911,7 @@ def main() -> int:
         walls = run_local(plan, args.jobs or PRESETS[args.preset]["jobs"], log)
     rows = [row for run in plan.runs.values() if run.command == "train" for row in [run_row(plan, run, walls)] if row]
     summary = aggregate(rows)
-    goal = goals(summary)
+    paired = paired_differences(rows)
     payload = {
         "command": command,
         "preset": args.preset,
@@ -802,13 +921,13 @@ def main() -> int:
         "runs_wall_s": round(sum(run_seconds(root, name, walls) for name in plan.runs), 1),  # one run after another
         "this_invocation_s": round(time.time() - started, 1),
         "summary": summary,
-        "goal": goal,
+        "paired": paired,
         "rows": rows,
     }
     if args.fidelity:
         payload["fidelity"] = fidelity(plan, rows)
     (root / "quality.json").write_text(json.dumps(payload, indent=2) + "\n")
-    text = markdown(summary, command, args.preset, goal)
+    text = markdown(summary, command, args.preset, paired, rows)
     if args.variants:
         text += "\nVariants:\n\n" + "".join(f"- D:{v}: {VARIANTS[v]['about']}\n" for v in args.variants)
     if "fidelity" in payload:

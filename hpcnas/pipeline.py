@@ -311,7 +311,7 @@ def train(
     what = spec["kind"] if spec["kind"] != "genotype" else spec["genotype"]["topology"]
     width = spec["channels"] if spec["kind"] == "genotype" else spec["baseline_width"]
     log.info(
-        "train %s (width %d: %s parameters, %.3g GFLOPs per %d px tile) on %s: %d epochs -> %s",
+        "train %s (width %g: %s parameters, %.3g GFLOPs per %d px tile) on %s: %d epochs -> %s",
         what,
         width,
         f"{spec['params']:,}",

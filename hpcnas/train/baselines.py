@@ -30,11 +30,16 @@ def _conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class ResNetUNet(nn.Module):
-    """U-Net whose encoder stages are ResNet blocks; ``depth`` stages halve the resolution."""
+    """U-Net whose encoder stages are ResNet blocks; ``depth`` stages halve the resolution.
 
-    def __init__(self, in_channels: int, num_classes: int, width: int = 32, depth: int = 3, blocks: int = 2):
+    ``width`` may be fractional: stage ``k`` then has ``round(width * 2**k)`` channels, which lets a
+    parameter budget be met closely at small sizes, where one channel more is a large step.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, width: float = 32, depth: int = 3, blocks: int = 2):
         super().__init__()
-        widths = [width * 2**level for level in range(depth + 1)]
+        widths = [max(1, round(width * 2**level)) for level in range(depth + 1)]
+        width = widths[0]
         self.stem = nn.Sequential(_conv_bn_relu(in_channels, width), BasicBlock(width, width))
         self.down = nn.ModuleList(
             nn.Sequential(

@@ -8,7 +8,7 @@ count of one forward pass of one tile (a multiply-add is 2 FLOPs).
 
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Any, Callable, Dict, Union
 
 import torch
 from torch import nn
@@ -37,12 +37,19 @@ def complexity(build: Callable[[], nn.Module], in_channels: int, tile: int) -> D
     return {"params": params, "flops": count_flops(build, in_channels, tile)}
 
 
-def width_for_parameters(build: Callable[[int], nn.Module], target: int, low: int = 1, high: int = 1024) -> int:
+def width_for_parameters(
+    build: Callable[[Any], nn.Module], target: int, low: int = 1, high: int = 1024, fractions: int = 1
+) -> Union[int, float]:
     """The width ``w`` in ``[low, high]`` whose network ``build(w)`` has the parameter count nearest ``target``.
 
     Parameters grow with the width, so a bisection finds the two widths around
-    the target; the nearer of the two wins (the smaller on a tie).
+    the target; the nearer of the two wins (the smaller on a tie).  With
+    ``fractions`` > 1 the widths are multiples of ``1 / fractions`` (for a
+    network that takes a fractional width); a whole width is still an ``int``.
     """
+    if fractions > 1:
+        best = width_for_parameters(lambda q: build(q / fractions), target, low * fractions, high * fractions)
+        return best // fractions if best % fractions == 0 else best / fractions
 
     def params(width: int) -> int:
         with torch.device("meta"):

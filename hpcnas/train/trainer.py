@@ -67,7 +67,11 @@ def model_spec(
         )
     if tr.target_params:  # search small, retrain at the size of the budget
         width_key = "channels" if genotype is not None else "baseline_width"
-        spec[width_key] = width_for_parameters(lambda w: build_model({**spec, width_key: w}), tr.target_params)
+        spec[width_key] = width_for_parameters(
+            lambda w: build_model({**spec, width_key: w}),
+            tr.target_params,
+            fractions=1 if genotype is not None else 8,  # the ResNet-UNet takes a fractional width
+        )
     if measure:
         spec.update(complexity(lambda: build_model(spec), info.channels, info.tile_size))
     return spec

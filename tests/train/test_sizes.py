@@ -42,6 +42,17 @@ def test_width_for_parameters_finds_the_nearest_width():
     assert width_for_parameters(build, 1) == 1
 
 
+@pytest.mark.parametrize("target", [47_370, 53_278, 56_206])
+def test_a_small_baseline_meets_its_budget_within_ten_percent(target):
+    """At a few channels one channel more is a 20-40 % step; a fractional width closes the gap."""
+    build = lambda w: ResNetUNet(3, 2, w, 3, 2)  # noqa: E731
+    whole = count_parameters(build(width_for_parameters(build, target)))
+    width = width_for_parameters(build, target, fractions=8)
+    assert abs(count_parameters(build(width)) / target - 1) <= 0.10
+    assert abs(count_parameters(build(width)) - target) <= abs(whole - target)
+    assert ResNetUNet(3, 2, 4.0).stem[0][0].out_channels == ResNetUNet(3, 2, 4).stem[0][0].out_channels == 4
+
+
 def test_training_records_its_size_and_retrains_wider(tmp_path):
     genotype, search_dir = search(SMOKE, TINY, out=str(tmp_path / "s"))
     g = str(search_dir / "genotype.json")
