@@ -103,7 +103,14 @@ def cmd_smoke(args: argparse.Namespace) -> None:
 def cmd_search(args: argparse.Namespace) -> None:
     from hpcnas.pipeline import search
 
-    search(config_path=args.config, overrides=args.set, out=args.out, resume=args.resume, device=args.device)
+    search(
+        config_path=args.config,
+        overrides=args.set,
+        out=args.out,
+        resume=args.resume,
+        device=args.device,
+        plan=args.plan,
+    )
 
 
 def cmd_evolve(args: argparse.Namespace) -> None:
@@ -127,6 +134,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         resume=args.resume,
         device=args.device,
         evaluate_split=args.evaluate,
+        plan=args.plan,
     )
 
 
@@ -335,6 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its latest checkpoint")
     _add_resume_existing(p)
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the config's)")
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the network's parameters, the estimated peak memory per step and the seconds per step "
+        "(3 timed steps), then exit without writing anything",
+    )
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser(
@@ -367,6 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SPLIT",
         choices=["val", "test"],
         help="then evaluate the best checkpoint on SPLIT (full images) into evaluation.json",
+    )
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the network's parameters, the estimated peak memory per step and the seconds per step "
+        "(3 timed steps), then exit without writing anything",
     )
     p.set_defaults(func=cmd_train)
 

@@ -121,6 +121,8 @@ class SearchConfig:
     precision: Literal["fp32", "bf16"] = "fp32"  # the weight step's forward under bf16 autocast (theta's stays fp32)
     channels_last: bool = False  # NHWC memory layout for the supernet and its inputs
     max_steps_per_epoch: Optional[int] = field(default=None, metadata=_range(1))
+    val_every: int = field(default=1, metadata=_range(1))  # validate every this many epochs (and the last one)
+    val_max_tiles: Optional[int] = field(default=None, metadata=_range(1))  # a fixed subset of the val split
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     cost: CostConfig = field(default_factory=CostConfig)
 
@@ -144,6 +146,10 @@ class TrainConfig:
         default=None, metadata=_range(1)
     )  # scale the width to about this many parameters
     max_steps_per_epoch: Optional[int] = field(default=None, metadata=_range(1))
+    # validation's budget: every val_every epochs (and the last), on a fixed subset of val_max_tiles tiles; the
+    # selected checkpoint is validated on the whole split at the end
+    val_every: int = field(default=1, metadata=_range(1))
+    val_max_tiles: Optional[int] = field(default=None, metadata=_range(1))
     baseline_width: int = field(default=32, metadata=_range(1))  # ResNet-UNet: channels of the first stage
     baseline_blocks: int = field(default=2, metadata=_range(1))  # ResNet-UNet: residual blocks per stage
     precision: Literal["fp32", "bf16"] = "fp32"  # the training step's forward under bf16 autocast

@@ -161,6 +161,17 @@ def resolve_data(cfg: Config, run_dir: Path) -> str:
     return str(path)
 
 
+def check_architecture_budget(cfg) -> None:
+    """Refuse a search whose architecture would never take a step (it would decode a uniform theta)."""
+    se = cfg.search
+    if se.arch_start_epoch > se.epochs:
+        raise UserError(
+            f"search.arch_start_epoch={se.arch_start_epoch} comes after the last epoch (search.epochs={se.epochs}): "
+            f"the architecture would never be trained; set search.arch_start_epoch to at most {se.epochs}",
+            key="search.arch_start_epoch",
+        )
+
+
 @holds_run_dirs
 @stoppable
 def search(
@@ -169,8 +180,11 @@ def search(
     out: Optional[str] = None,
     resume: Optional[str] = None,
     device: Optional[str] = None,
+    plan: bool = False,
 ):
-    """``hpcnas search``: continuous search into a run directory; returns (genotype, run_dir)."""
+    """``hpcnas search``: continuous search into a run directory; returns (genotype, run_dir).
+
+    With ``plan`` nothing is written: the run's size, memory and step time are printed (``--plan``)."""
     cfg = resolve_config(config_path, overrides, resume)
     from hpcnas.data.hdf5 import read_info
     from hpcnas.distributed import setup, use_cpu_threads
@@ -185,8 +199,25 @@ def search(
 
         dev = torch.device("cuda", torch.cuda.current_device())  # pinned to the local rank
     ComputeFormat(dev, cfg.search.precision, cfg.search.channels_last, key="search.")  # refused before any write
+    check_architecture_budget(cfg)
     if cfg.data.path:
         read_info(cfg.data.path)  # a broken data file is reported before the run directory exists
+    if plan:
+        from hpcnas.space.searchspace import SearchSpace
+
+        if ctx.size > 1:
+            raise UserError("--plan runs as one process: start it without mpirun or srun")
+        print_plan(
+            cfg,
+            lambda run_dir, data_path, info: SupernetSearch(cfg, run_dir, data_path, info, dev, ctx),
+            lambda runner: f"search {cfg.space.topology} on {dev} ({runner.format.describe()})",
+            stride=SearchSpace.from_config(cfg).stride(),
+            batch=cfg.search.batch_size,
+            val_every=cfg.search.val_every,
+            timed_epoch=max(cfg.search.arch_start_epoch - 1, 0),
+            step_note="; an architecture step and a weight step",
+        )
+        return None, None
     placed = None
     if ctx.is_root:  # rank 0 alone creates the run directory and the synthetic data
         run_dir = open_run("search", cfg, out, resume, write_config=not resume)
@@ -214,8 +245,15 @@ def search(
     elif resume and ctx.is_root:
         log.info("no checkpoint yet: starting %s from epoch 1", run_dir)
     if ctx.is_root:
+        from hpcnas.space.searchspace import SearchSpace
+        from hpcnas.train.plan import memory_estimate
+
+        memory = memory_estimate(
+            runner.model, info.channels, info.tile_size, SearchSpace.from_config(cfg).stride(), cfg.search.batch_size
+        )
         log.info(
-            "search %s on %s (%s) x %d rank(s): %s, %d epochs -> %s",
+            "search %s on %s (%s) x %d rank(s): %s, %d epochs -> %s (supernet: %s parameters, about %s MB peak "
+            "per step)",
             cfg.space.topology,
             dev,
             runner.format.describe(),
@@ -223,8 +261,27 @@ def search(
             cfg.search.arch_optimizer,
             cfg.search.epochs,
             run_dir,
+            f"{sum(p.numel() for p in runner.model.parameters()):,}",
+            f"{memory / 2**20:,.0f}",
         )
     return runner.run(), run_dir
+
+
+def print_plan(cfg, build, describe, stride: int, batch: int, val_every: int, timed_epoch: int = 0, step_note=""):
+    """``--plan``: build the run's loop in a throw-away folder, size it, time a few steps, print the plan."""
+    import tempfile
+
+    from hpcnas.data.hdf5 import read_info
+    from hpcnas.train.plan import measure_plan
+
+    with tempfile.TemporaryDirectory(prefix="hpcnas-plan-") as tmp:
+        data_path = resolve_data(cfg, Path(tmp))
+        info = read_info(data_path)
+        loop = build(Path(tmp), data_path, info)
+        measured = measure_plan(
+            loop, describe(loop), info.channels, info.tile_size, stride, batch, val_every, timed_epoch, step_note
+        )
+    print("\n".join(measured.lines()))
 
 
 @holds_run_dirs
@@ -239,12 +296,14 @@ def train(
     resume: Optional[str] = None,
     device: Optional[str] = None,
     evaluate_split: Optional[str] = None,
+    plan: bool = False,
 ):
     """``hpcnas train``: retrain a genotype file, a random cell (``genotype="random"``) or a baseline.
 
     ``train.channels`` / ``train.target_params`` size the network.  With ``evaluate_split`` the best
     checkpoint is then evaluated on that split
-    (full images), into the run's ``evaluation.json``.
+    (full images), into the run's ``evaluation.json``.  With ``plan`` nothing is written: the network's
+    size, memory and step time are printed (``--plan``).
     """
     import random
 
@@ -273,6 +332,31 @@ def train(
             space.check(geno, genotype)
         else:
             raise UserError("give --genotype G.json, --genotype random or --baseline resnet_unet")
+    if plan:
+        if resume:
+            raise UserError("--plan describes a new run: give --config and the network, not --resume")
+        from hpcnas.distributed import use_cpu_threads
+        from hpcnas.runtime import select_device
+        from hpcnas.train.trainer import Trainer, model_spec
+
+        use_cpu_threads()
+        dev = select_device(device or cfg.device)
+
+        def build_trainer(run_dir, data_path, info):
+            return Trainer(cfg, run_dir, data_path, info, dev, model_spec(cfg, info, geno, source=genotype or "-"))
+
+        print_plan(
+            cfg,
+            build_trainer,
+            lambda trainer: (
+                f"train {trainer.spec['kind'] if geno is None else geno.topology} on {dev} "
+                f"({trainer.format.describe()})"
+            ),
+            stride=space.stride() if geno is not None else 2**cfg.space.depth,
+            batch=cfg.train.batch_size,
+            val_every=cfg.train.val_every,
+        )
+        return None, None
     # config.yaml, which marks a run as started, is written once the model is: a job killed in between starts
     # afresh under --resume-existing instead of meeting a run without model.json
     run_dir = open_run("train", cfg, out, resume, write_config=False)
@@ -310,13 +394,19 @@ def train(
         log.info("no checkpoint yet: starting %s from epoch 1", run_dir)
     what = spec["kind"] if spec["kind"] != "genotype" else spec["genotype"]["topology"]
     width = spec["channels"] if spec["kind"] == "genotype" else spec["baseline_width"]
+    from hpcnas.train.plan import memory_estimate
+
+    stride = space.stride() if spec["kind"] == "genotype" else 2**cfg.space.depth
+    memory = memory_estimate(trainer.model, info.channels, info.tile_size, stride, cfg.train.batch_size)
     log.info(
-        "train %s (width %g: %s parameters, %.3g GFLOPs per %d px tile) on %s: %d epochs -> %s",
+        "train %s (width %g: %s parameters, %.3g GFLOPs per %d px tile, about %s MB peak per step) on %s: "
+        "%d epochs -> %s",
         what,
         width,
         f"{spec['params']:,}",
         spec["flops"] / 1e9,
         info.tile_size,
+        f"{memory / 2**20:,.0f}",
         dev,
         cfg.train.epochs,
         run_dir,

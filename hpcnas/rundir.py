@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import AbstractSet, Any, Dict, Iterator, List, Optional, Union
@@ -44,6 +45,9 @@ class RunDir:
     arch = property(lambda self: self._at("arch.json"), doc="continuous search: the final architecture weights")
     model = property(lambda self: self._at("model.json"), doc="train: how to rebuild the network")
     evaluation = property(lambda self: self._at("evaluation.json"), doc="full-image metrics of a trained network")
+    validation = property(
+        lambda self: self._at("validation.json"), doc="train with a capped validation: the selected checkpoint on all"
+    )
     predictions = property(lambda self: self._at("predictions.npz"), doc="a few predicted examples, for the report")
     history = property(lambda self: self._at("history.jsonl"), doc="discrete search: one finished evaluation per line")
     dispatch = property(lambda self: self._at("dispatch.jsonl"), doc="discrete search: one dispatched task per line")
@@ -268,54 +272,78 @@ def holds_run_dirs(fn):
     return wrapper
 
 
-HEARTBEAT_S = 5.0  # at most one heartbeat write per this many seconds
+HEARTBEAT_S = 5.0  # a live run rewrites its heartbeat this often
 
 
 class Heartbeat:
-    """Rank 0's sign of life in ``heartbeat.json``: rewritten atomically, at most every ``interval`` seconds.
+    """Rank 0's sign of life in ``heartbeat.json``, rewritten atomically every ``interval`` seconds by a timer.
 
     ``hpcnas status`` reads it from the run directory alone (a login node on the shared file system):
-    the command, its progress, when it last beat, and in the end how it ended.
+    the command, its progress, when it last beat, and in the end how it ended.  The timer, a daemon
+    thread, writes whatever progress was last recorded, so a step or a validation that takes an hour
+    still shows a live run; only a dead process (or a frozen host) stops it.
     """
 
     def __init__(self, run_dir: PathLike, command: str, interval: float = HEARTBEAT_S):
         import socket
 
         self.path, self.command, self.interval = RunDir(run_dir).heartbeat, command, interval
-        self.started, self.last = time.time(), 0.0
+        self.started = time.time()
         self.host = socket.gethostname()
         self.progress: Dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._ended = threading.Event()
+        self._timer: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        """Write the first beat and start the timer."""
+        self._write("running", None)
+        self._timer = threading.Thread(target=self._beat_until_ended, name="hpcnas-heartbeat", daemon=True)
+        self._timer.start()
+
+    def _beat_until_ended(self) -> None:
+        while not self._ended.wait(self.interval):
+            self._write("running", None)
 
     def beat(self, force: bool = False, **progress: Any) -> None:
-        """Record progress (e.g. ``epoch=3, epochs=10``); write it when the interval has passed."""
-        self.progress.update(progress)
-        now = time.time()
-        if force or now - self.last >= self.interval:
-            self.last = now
-            self._write("running", None, now)
+        """Record progress (e.g. ``epoch=3, epochs=10``); the timer writes it, or now with ``force``.
+
+        A key given as ``None`` is removed (a phase that ended)."""
+        with self._lock:
+            self.progress.update(progress)
+            for key in [k for k, v in progress.items() if v is None]:
+                del self.progress[key]
+        if force:
+            self._write("running", None)
 
     def end(self, state: str, error: Optional[str] = None) -> None:
         """The final state: ``finished``, ``stopped`` (resumable) or ``failed`` (with its error line)."""
-        self._write(state, error, time.time())
+        self._ended.set()
+        if self._timer is not None and self._timer is not threading.current_thread():
+            self._timer.join()
+        self._write(state, error)
 
-    def _write(self, state: str, error: Optional[str], now: float) -> None:
+    def _write(self, state: str, error: Optional[str]) -> None:
         if not self.path.parent.is_dir():  # a rejected start removed its folder: never recreate it
             return
-        record = {
-            "command": self.command,
-            "state": state,
-            "pid": os.getpid(),
-            "host": self.host,
-            "started": self.started,
-            "time": now,
-            "slurm_job": os.environ.get("SLURM_JOB_ID"),
-            "progress": self.progress,
-            "error": error,
-        }
-        try:
-            write_json(self.path, record)
-        except OSError:  # a sign of life must never be what kills the run (a full or flaky disk)
-            pass
+        with self._lock:
+            if state == "running" and self._ended.is_set():
+                return  # the final state is being written: a late timer beat must not overwrite it
+            record = {
+                "command": self.command,
+                "state": state,
+                "pid": os.getpid(),
+                "host": self.host,
+                "started": self.started,
+                "time": time.time(),
+                "slurm_job": os.environ.get("SLURM_JOB_ID"),
+                "progress": dict(self.progress),
+                "error": error,
+            }
+            try:
+                write_json(self.path, record)
+            except OSError:  # a sign of life must never be what kills the run (a full or flaky disk)
+                pass
 
 
 _BEATING: Dict[str, Heartbeat] = {}  # resolved run directory -> this process's heartbeat for it
@@ -325,7 +353,7 @@ def start_heartbeat(run_dir: PathLike, command: str) -> Heartbeat:
     """Begin beating for ``run_dir`` (rank 0 of a search, train or evolve)."""
     heart = Heartbeat(run_dir, command)
     _BEATING[str(Path(run_dir).resolve())] = heart
-    heart.beat(force=True)
+    heart.start()
     return heart
 
 

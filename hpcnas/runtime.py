@@ -9,8 +9,7 @@ from __future__ import annotations
 import logging
 import random
 import resource
-import sys
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict
 
 import numpy as np
 import torch
@@ -116,12 +115,3 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def progress(iterable: Iterable, total: Optional[int], desc: str, enabled: bool = True) -> Iterable:
-    """A tqdm bar on an interactive terminal, the bare iterable otherwise (logs stay clean)."""
-    if enabled and sys.stderr.isatty():
-        from tqdm import tqdm
-
-        return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
-    return iterable

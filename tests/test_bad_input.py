@@ -187,7 +187,7 @@ def test_resume_refuses_other_data_and_a_lost_checkpoint(tmp_path):
     """Two inputs only a started run can have: its data edited away, its latest checkpoint deleted.
     Both are refused in one line, and the run's history is left as it was."""
     out = tmp_path / "run"
-    tiny = ["--set", "search.epochs=1", "--set", "device=cpu"]
+    tiny = ["--set", "search.epochs=1", "--set", "search.arch_start_epoch=1", "--set", "device=cpu"]
     assert run_cli("search", "--config", SMOKE, "--out", str(out), *tiny).returncode == 0
     other = tmp_path / "other.h5"
     assert run_cli("data", "synth", "--out", str(other), "--n", "20", "--size", "32").returncode == 0

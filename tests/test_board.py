@@ -76,6 +76,6 @@ def test_a_search_writes_what_tensorboard_shows(tmp_path):
         str(off),
         "--device",
         "cpu",
-        *set_args(["search.epochs=1", "monitor.tensorboard=false"]),
+        *set_args(["search.epochs=1", "search.arch_start_epoch=1", "monitor.tensorboard=false"]),
     )
     assert proc.returncode == 0 and not (off / "tb").exists()

@@ -195,7 +195,7 @@ def test_a_warning_after_a_search_finished_does_not_kill_the_process(tmp_path):
         "import os, signal, sys\nfrom hpcnas.cli import main\n"
         f"code = main(['search', '--config', {str(ROOT / 'configs' / 'smoke.yaml')!r}, "
         f"'--out', {str(tmp_path / 'r')!r},"
-        " '--set', 'search.epochs=1', '--set', 'device=cpu'])\n"
+        " '--set', 'search.epochs=1', '--set', 'search.arch_start_epoch=1', '--set', 'device=cpu'])\n"
         "os.kill(os.getpid(), signal.SIGUSR2)\nos.kill(os.getpid(), signal.SIGTERM)\nsys.exit(code)"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)

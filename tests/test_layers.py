@@ -9,6 +9,7 @@ ROOT = Path(hpcnas.__file__).parent
 # lower number = lower layer; modules of one layer may import each other
 LAYERS = {
     "errors": 0,
+    "progress": 0,
     "rundir": 1,
     "signals": 1,
     "runtime": 1,

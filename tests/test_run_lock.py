@@ -57,7 +57,9 @@ def test_a_live_run_refuses_a_second_writer_and_a_killed_one_does_not(tmp_path):
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    ok = run_cli("search", "--resume", str(out), *set_args(["search.epochs=1"]), timeout=300)
+    ok = run_cli(
+        "search", "--resume", str(out), *set_args(["search.epochs=1", "search.arch_start_epoch=1"]), timeout=300
+    )
     assert ok.returncode == 0, ok.stderr  # the kernel dropped the dead process's lock
     assert (out / "genotype.json").exists()
 
@@ -93,7 +95,12 @@ def test_a_refused_resume_of_a_live_run_leaves_that_run_s_files_to_it(tmp_path, 
 
     out = tmp_path / "run"
     done = run_cli(
-        "search", "--config", SMOKE, *set_args(LONG[:-3] + ["search.epochs=1", "device=cpu"]), "--out", str(out)
+        "search",
+        "--config",
+        SMOKE,
+        *set_args(LONG[:-3] + ["search.epochs=1", "search.arch_start_epoch=1", "device=cpu"]),
+        "--out",
+        str(out),
     )
     assert done.returncode == 0, done.stderr[-2000:]
 

@@ -22,6 +22,7 @@ from hpcnas.config import read_yaml_mapping
 from hpcnas.data.hdf5 import IGNORE_INDEX, create_dataset
 from hpcnas.data.raster import SCENE_SUFFIXES, BandStatistics, Scene
 from hpcnas.errors import UserError
+from hpcnas.progress import progress
 from hpcnas.rundir import PathLike
 
 IGNORE_NAME = "ignore"
@@ -264,7 +265,7 @@ def tile_folder(
     mask_role = "colour mask" if pal else "mask"
     if stratify:
         shares = []
-        for _, mask_path in pairs:
+        for _, mask_path in progress(pairs, len(pairs), "tile: reading the masks to stratify the splits", unit="masks"):
             with Scene(mask_path, role=mask_role, scale=scale) as mask:
                 shares.append(foreground_tile_share(mask, pal, size, overlap))
         splits = assign_splits_stratified(shares, val_fraction, test_fraction, seed)
@@ -275,7 +276,7 @@ def tile_folder(
         kind = (first.dtype, first.channels)
     stats = BandStatistics(kind[1])
     with create_dataset(out, names, size, overlap, channels=kind[1], dtype=kind[0], bands=bands or ()) as writer:
-        for (img_path, mask_path), split in zip(pairs, splits):
+        for number, ((img_path, mask_path), split) in enumerate(zip(pairs, splits), start=1):
             with Scene(img_path, bands, scale=scale) as image, Scene(mask_path, role=mask_role, scale=scale) as mask:
                 if (image.dtype, image.channels) != kind:
                     raise UserError(
@@ -285,7 +286,16 @@ def tile_folder(
                     )
                 image.check_aligned(mask)
                 src = writer.add_source(str(img_path.relative_to(root)), (image.height, image.width), split)
-                for patch, mpatch, offset, extent, valid in tile_scene(image, mask, size, overlap, pal):
+                windows = len(tile_positions(image.height, size, overlap)) * len(
+                    tile_positions(image.width, size, overlap)
+                )
+                scene_tiles = progress(
+                    tile_scene(image, mask, size, overlap, pal),
+                    windows,
+                    f"tile {img_path.name} (scene {number}/{len(pairs)}, {split})",
+                    unit="tiles",
+                )
+                for patch, mpatch, offset, extent, valid in scene_tiles:
                     writer.add_patch(patch, mpatch, src, offset, extent)
                     if split == "train":
                         stats.add(patch[: extent[0], : extent[1]], valid[: extent[0], : extent[1]])

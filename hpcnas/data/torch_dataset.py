@@ -117,17 +117,33 @@ def worker_count(num_workers: Optional[int]) -> int:
     return 2 if torch.cuda.is_available() else 0
 
 
+def validation_subset(count: int, max_tiles: Optional[int]) -> List[int]:
+    """The tiles a capped validation reads: ``max_tiles`` of ``count``, drawn once by a fixed seed and sorted,
+    so every epoch, every seed and every arm of a comparison validate on the same tiles."""
+    if not max_tiles or max_tiles >= count:
+        return list(range(count))
+    return sorted(int(k) for k in np.random.default_rng(0).choice(count, max_tiles, replace=False))
+
+
 def validation_loader(
-    path: str, batch_size: int, split: str = "val", rank: int = 0, world: int = 1, num_workers: Optional[int] = None
+    path: str,
+    batch_size: int,
+    split: str = "val",
+    rank: int = 0,
+    world: int = 1,
+    num_workers: Optional[int] = None,
+    max_tiles: Optional[int] = None,
 ) -> Optional[DataLoader]:
     """An unshuffled, unaugmented loader over this rank's share of ``split`` (no padding: every
-    patch counted once across ranks), or ``None`` when the split is empty."""
+    patch counted once across ranks), or ``None`` when the split is empty.  ``max_tiles`` reads
+    only :func:`validation_subset`."""
     count = SegmentationDataset(path, split, augment=False).info.split_sizes.get(split, 0)
     if not count:
         return None
-    dataset = SegmentationDataset(path, split, augment=False, indices=range(rank, count, world))
+    tiles = validation_subset(count, max_tiles)
+    dataset = SegmentationDataset(path, split, augment=False, indices=tiles[rank::world])
     workers = worker_count(num_workers)
-    return DataLoader(
+    loader = DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=False,
@@ -135,6 +151,9 @@ def validation_loader(
         persistent_workers=workers > 0,
         pin_memory=torch.cuda.is_available(),
     )
+    # the batches every rank has (the last ranks may have one fewer): where ranks can agree on a stop
+    loader.common_batches = -(-(len(tiles) // world) // batch_size)  # type: ignore[attr-defined]
+    return loader
 
 
 def split_indices(count: int, part: int, parts: int = 2) -> List[int]:

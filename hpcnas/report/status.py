@@ -3,14 +3,22 @@
 Rank 0 of a search, train or evolve rewrites ``heartbeat.json`` every few
 seconds while it runs and writes its final state when it ends; the rest comes
 from the files the run writes anyway (config.yaml, metrics.jsonl,
-history.jsonl, dispatch.jsonl).  A heartbeat still saying "running" but older
-than :data:`STALE_S` belongs to a process that died without a word (killed,
-node lost): the run shows as stale.
+history.jsonl, dispatch.jsonl).
+
+A run's ``state`` is one of :data:`STATES`.  A heartbeat that still says
+"running" is checked: on the run's own host its pid must be alive (and be the
+same process, not a later one given the same number), else the run is
+``dead``; from another host only its age can tell, and one older than
+:data:`STALE_S` is ``stale`` (a timer rewrites it every few seconds while the
+process lives, whatever the process is doing).  The details go in separate
+fields (``state_detail``, ``pid``, ``host``, ``heartbeat_age_s``).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -24,6 +32,40 @@ from hpcnas.records import Evaluation
 from hpcnas.rundir import RunDir, read_jsonl
 
 STALE_S = 120.0  # a running heartbeat older than this: the process is gone
+STATES = ("running", "stale", "stopped", "finished", "failed", "dead", "unknown")
+
+
+def process_start_time(pid: int) -> Optional[float]:
+    """When process ``pid`` started (seconds since the epoch), or None when there is no such process.
+
+    Linux's /proc gives the start in clock ticks after boot; elsewhere only whether it exists is known
+    (then the current time stands in, which never looks like a reused pid)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # it exists, owned by someone else
+        pass
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(float(line.split()[1]) for line in open("/proc/stat") if line.startswith("btime "))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError, StopIteration):
+        return time.time()
+
+
+def running_state(beat: Dict[str, Any], age: float) -> "tuple[str, Optional[str]]":
+    """``running``, ``dead`` or ``stale`` for a heartbeat that says running, with the detail."""
+    pid, host = beat.get("pid"), beat.get("host")
+    if host and host == socket.gethostname() and isinstance(pid, int):
+        started = process_start_time(pid)
+        # the start clock is read in ticks, and a heartbeat's "started" is taken after the process began
+        if started is None or started > float(beat.get("started", 0)) + 2.0:
+            return "dead", f"pid {pid} on {host} is gone (last heartbeat {_ago(age)})"
+        return "running", None
+    if age > STALE_S:
+        return "stale", f"last heartbeat {_ago(age)}, from {host or 'another host'}"
+    return "running", None
 
 
 def _config_value(config: Dict[str, Any], section: str, key: str, default: Any) -> Any:
@@ -71,18 +113,18 @@ def run_status(run_dir: str, now: Optional[float] = None) -> Dict[str, Any]:
     command = beat.get("command") or ("evolve" if run.history.exists() else "search" if run.arch.exists() else "train")
     out: Dict[str, Any] = {"run": str(path), "command": command, "config": str(run.config)}
 
-    state, age = "unknown (no heartbeat: a run from before heartbeats, or not started by search/train/evolve)", None
+    state, age = "unknown", None
+    detail: Optional[str] = "no heartbeat: a run from before heartbeats, or not started by search/train/evolve"
     if beat:
         age = now - float(beat.get("time", now))
-        state = {"running": "running", "finished": "finished", "stopped": "stopped-resumable"}.get(
-            beat.get("state", ""), "failed"
-        )
-        if state == "running" and age > STALE_S:
-            state = f"stale (last heartbeat {_ago(age)})"
-        if beat.get("error") and state in ("failed", "stopped-resumable"):
+        state = beat.get("state", "") if beat.get("state") in ("running", "finished", "stopped") else "failed"
+        detail = "resumable with --resume" if state == "stopped" else None
+        if state == "running":
+            state, detail = running_state(beat, age)
+        if beat.get("error") and state in ("failed", "stopped"):
             out["error"] = beat["error"]
         out.update(pid=beat.get("pid"), host=beat.get("host"))
-    out.update(state=state, heartbeat_age_s=round(age, 1) if age is not None else None)
+    out.update(state=state, state_detail=detail, heartbeat_age_s=round(age, 1) if age is not None else None)
     live = state == "running"
     progress = beat.get("progress", {}) if beat else {}
 
@@ -123,9 +165,14 @@ def run_status(run_dir: str, now: Optional[float] = None) -> Dict[str, Any]:
         done = len(metrics)
         out.update(epochs_done=done, epochs=epochs)
         fraction = done / epochs if epochs else None
-        if live and progress.get("steps") and progress.get("epoch", 0) > done and epochs:
+        # inside an epoch: live, or stopped there (its steps are in the checkpoint); epochs count from 1
+        if (live or state == "stopped") and progress.get("steps") and progress.get("epoch", 0) > done and epochs:
             out.update(epoch=progress["epoch"], step=progress.get("step"), steps=progress["steps"])
             fraction = (done + progress.get("step", 0) / progress["steps"]) / epochs
+            if live and progress.get("phase") == "validating":
+                out.update(
+                    phase="validating", val_batch=progress.get("val_batch"), val_batches=progress.get("val_batches")
+                )
         vals = [r["val_miou"] for r in metrics if r.get("val_miou") is not None]
         if vals:
             out["best"] = {"val_miou": max(vals), "epoch": metrics[vals.index(max(vals))].get("epoch")}
@@ -148,6 +195,8 @@ def format_status(s: Dict[str, Any]) -> str:
     state = s["state"]
     if s.get("heartbeat_age_s") is not None and state == "running":
         state += f" (heartbeat {_ago(s['heartbeat_age_s'])}, pid {s.get('pid')} on {s.get('host')})"
+    elif s.get("state_detail"):
+        state += f" ({s['state_detail']})"
     lines.append(f"  state       {state}")
     if s.get("error"):
         lines.append(f"  last error  {s['error']}")
@@ -171,6 +220,8 @@ def format_status(s: Dict[str, Any]) -> str:
     else:
         of = f"/{s['epochs']}" if s.get("epochs") else ""
         inside = f", in epoch {s['epoch']} step {s['step']}/{s['steps']}" if s.get("steps") else ""
+        if s.get("phase") == "validating":
+            inside = f", validating epoch {s['epoch']} (batch {s['val_batch']}/{s['val_batches']})"
         lines.append(f"  progress    epoch {s['epochs_done']}{of} done{inside}")
         if s.get("best"):
             lines.append(f"  best        val mIoU {s['best']['val_miou']:.4f} (epoch {s['best']['epoch']})")

@@ -107,8 +107,14 @@ class SupernetSearch(EpochLoop):
             a_set, se.batch_size, seed=cfg.seed + 7919, drop_last=len(a_set) >= se.batch_size * ctx.size, **shard
         )
         self.val_loader = validation_loader(
-            data_path, se.batch_size, rank=ctx.rank, world=ctx.size, num_workers=cfg.data.num_workers
+            data_path,
+            se.batch_size,
+            rank=ctx.rank,
+            world=ctx.size,
+            num_workers=cfg.data.num_workers,
+            max_tiles=se.val_max_tiles,
         )
+        self.val_every = se.val_every
         self.criterion = WeightedCrossEntropy(info.class_weights, device, ctx)
         arch_ids = {id(p) for p in self.model.arch_parameters()}
         self.w_params = self.model.weight_parameters()

@@ -17,6 +17,7 @@ import torch
 
 from hpcnas.data.hdf5 import IGNORE_INDEX, PatchReader, read_info
 from hpcnas.errors import UserError
+from hpcnas.progress import progress
 from hpcnas.rundir import RunDir, write_json
 from hpcnas.train.metrics import ObjectCounter, confusion, summarize
 
@@ -136,7 +137,7 @@ def evaluate(
     conf = np.zeros((info.num_classes, info.num_classes), dtype=np.int64)
     objects = ObjectCounter()
     shown: List[Dict[str, np.ndarray]] = []
-    for item in full_images(reader, info, split, predict):
+    for item in progress(full_images(reader, info, split, predict), n_images, f"evaluate {split}", unit="images"):
         pred = item.pop("logits").argmax(0).astype(np.uint8)
         truth = item["truth"]
         conf += confusion(pred, truth, info.num_classes)

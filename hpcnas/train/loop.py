@@ -17,6 +17,7 @@ from hpcnas.checkpoint import load_checkpoint, save_checkpoint
 from hpcnas.data.hdf5 import IGNORE_INDEX
 from hpcnas.distributed import SingleProcess
 from hpcnas.errors import Interrupted, UserError, warn
+from hpcnas.progress import progress
 from hpcnas.rundir import (
     Heartbeat,
     JsonlWriter,
@@ -26,7 +27,7 @@ from hpcnas.rundir import (
     read_jsonl_text,
     remove_stale_temporaries,
 )
-from hpcnas.runtime import peak_memory_mb, progress, reset_peak_memory, restore_rng_state, rng_state
+from hpcnas.runtime import peak_memory_mb, reset_peak_memory, restore_rng_state, rng_state
 from hpcnas.signals import STOP
 from hpcnas.train.metrics import confusion, summarize
 
@@ -79,16 +80,32 @@ def cosine_sgd(
 
 
 @torch.no_grad()
-def evaluate_confusion(model: nn.Module, loader, device: torch.device, num_classes: int) -> np.ndarray:
-    """Summed confusion matrix of the model's argmax predictions over a loader."""
+def evaluate_confusion(
+    model: nn.Module,
+    loader,
+    device: torch.device,
+    num_classes: int,
+    after_batch: Optional[Callable[[int], None]] = None,
+) -> np.ndarray:
+    """Summed confusion matrix of the model's argmax predictions over a loader (any iterable of batches).
+
+    ``after_batch(index)`` is called after each batch (the heartbeat, the stop flag; it may raise)."""
     was_training = model.training
     model.eval()
     conf = np.zeros((num_classes, num_classes), dtype=np.int64)
-    for images, masks in loader:
-        pred = model(images.to(device)).argmax(1).cpu().numpy()
-        conf += confusion(pred, masks.numpy(), num_classes)
-    model.train(was_training)
+    try:
+        for k, (images, masks) in enumerate(loader):
+            pred = model(images.to(device)).argmax(1).cpu().numpy()
+            conf += confusion(pred, masks.numpy(), num_classes)
+            if after_batch is not None:
+                after_batch(k)
+    finally:
+        model.train(was_training)
     return conf
+
+
+class StopWhileValidating(Exception):
+    """Raised out of a validation when the ranks agreed to stop; the loop checkpoints and interrupts."""
 
 
 STOP_CHECK_STEPS = 10  # on several ranks: steps between two agreements on a stop signal (SLURM warns minutes ahead)
@@ -98,7 +115,8 @@ class EpochLoop:
     """Epochs of steps, each epoch followed by validation, one metrics line and a checkpoint.
 
     Subclasses set ``model``, ``optimizers`` (name -> optimizer), ``sched``,
-    ``val_loader``, ``epochs`` and ``steps_per_epoch``, and define
+    ``val_loader``, ``epochs`` and ``steps_per_epoch`` (and may set
+    ``val_every``: validate every this many epochs, and the last), and define
     :meth:`epoch_batches`, :meth:`train_step` and :meth:`epoch_summary`; they
     may add per-epoch fields (:meth:`epoch_extras`), restrict which epochs may
     become the best checkpoint (:meth:`may_be_best`) and carry more state
@@ -111,6 +129,9 @@ class EpochLoop:
     mid-epoch checkpoint (step index, running sums, RNG) and
     :class:`~hpcnas.errors.Interrupted` is raised; the resumed epoch
     skips the batches already trained, so no finished step is lost or redone.
+    Validation checks the flag after every batch (several ranks: every
+    ``STOP_CHECK_STEPS`` batches that all of them have); a stop there saves
+    the epoch as trained but not validated, and the resume validates it.
     """
 
     model: nn.Module
@@ -119,6 +140,7 @@ class EpochLoop:
     val_loader: object
     epochs: int
     steps_per_epoch: int
+    val_every: int = 1
 
     def __init__(self, run_dir, device: torch.device, class_names, ctx=None):
         self.run_dir, self.device, self.class_names = Path(run_dir), device, list(class_names)
@@ -131,6 +153,7 @@ class EpochLoop:
         self.resume_step, self.resume_sums, self.resume_rng = 0, {}, None  # set by a mid-epoch checkpoint
         self.resume_record: Optional[dict] = None  # the metrics line of the epoch a restored checkpoint ended
         self.stop = STOP
+        self.epoch_sums: Dict[str, float] = {}  # the summed step values of the epoch being finished
         self.stopped_early = False  # set by stop_early(); checkpointed by subclasses that stop early
 
     # -- hooks ---------------------------------------------------------------
@@ -265,7 +288,8 @@ class EpochLoop:
             restore_rng_state(self.resume_rng)
         steps = self.steps_per_epoch
         self.data_wait_s = 0.0
-        for step in progress(range(first, steps), steps - first, f"epoch {epoch}", enabled=self.ctx.is_root):
+        shown = progress(range(first, steps), steps - first, f"epoch {epoch + 1}", self.ctx.is_root, unit="steps")
+        for step in shown:
             waited = time.perf_counter()
             batch = next(batches)  # the time the step waits for data (decoding, augmentation, workers)
             self.data_wait_s += time.perf_counter() - waited
@@ -286,6 +310,7 @@ class EpochLoop:
                     self.stop.signal or "another rank's signal",
                     f"in epoch {epoch + 1} after step {step + 1}/{steps}",
                 )
+        self.epoch_sums = sums
         return self.epoch_summary(epoch, sums, steps)
 
     def _stop_check(self, step: int) -> bool:
@@ -293,12 +318,34 @@ class EpochLoop:
         ``STOP_CHECK_STEPS`` (one allreduce each time; every rank counts the same steps, so all agree)."""
         return self.ctx.size == 1 or (step + 1) % STOP_CHECK_STEPS == 0
 
-    def validate(self) -> dict:
-        """``val_miou`` and per-class ``val_iou_*`` (nothing when there is no validation split)."""
-        if self.val_loader is None:
+    def validation_due(self, epoch: int) -> bool:
+        """Whether ``epoch`` (0-based) is validated: every ``val_every`` epochs, and always the last."""
+        return (epoch + 1) % self.val_every == 0 or epoch + 1 == self.epochs
+
+    def validate(self, loader=None, desc: str = "validate") -> dict:
+        """``val_miou`` and per-class ``val_iou_*`` on ``loader`` (default the validation loader; nothing when
+        there is no validation split).  Reports progress, and raises :class:`StopWhileValidating` when the
+        ranks agree on a stop."""
+        loader = self.val_loader if loader is None else loader
+        if loader is None:
             return {}
-        # summed intersections and unions over every rank's shard, not averaged mIoUs
-        conf = self.ctx.sum(evaluate_confusion(self.model, self.val_loader, self.device, len(self.class_names)))
+        batches = len(loader)
+        common = getattr(loader, "common_batches", batches)  # the batches every rank has
+
+        def after_batch(k: int) -> None:
+            if self.heart is not None:
+                self.heart.beat(phase="validating", val_batch=k + 1, val_batches=batches)
+            check = self.ctx.size == 1 or ((k + 1) % STOP_CHECK_STEPS == 0 and k < common)
+            if check and self.ctx.any(self.stop.requested):
+                raise StopWhileValidating()
+
+        shown = progress(loader, batches, desc, enabled=self.ctx.is_root, unit="batches")
+        try:
+            # summed intersections and unions over every rank's shard, not averaged mIoUs
+            conf = self.ctx.sum(evaluate_confusion(self.model, shown, self.device, len(self.class_names), after_batch))
+        finally:
+            if self.heart is not None:
+                self.heart.beat(phase=None, val_batch=None, val_batches=None)
         return {f"val_{k}": v for k, v in summarize(conf, self.class_names).items()}
 
     def run_epochs(self) -> None:
@@ -372,8 +419,20 @@ class EpochLoop:
             steps = max(record.get("steps", 1), 1)
             record["collectives_per_step"] = round((count - count0) / steps, 1)
             record["collective_wait_s"] = round(seconds - seconds0, 3)  # of train_s
-        self.sched.step()
-        record.update(self.validate())
+        if self.validation_due(epoch):
+            before = rng_state()  # the validation loader's iterator draws from it: a resume starts here again
+            try:
+                record.update(self.validate(desc=f"validate epoch {epoch + 1}"))
+            except StopWhileValidating:
+                if self.ctx.is_root:  # the epoch as trained, not yet validated nor scheduled: the resume does both
+                    state = self.state(epoch, self.steps_per_epoch, self.epoch_sums)
+                    save_checkpoint(RunDir(self.run_dir).latest, {**state, "rng": before})
+                raise Interrupted(
+                    self.run_dir,
+                    self.stop.signal or "another rank's signal",
+                    f"in epoch {epoch + 1} while validating (its steps are saved)",
+                ) from None
+        self.sched.step()  # after validation, so a stop while validating saves the epoch's own schedule
         self.check_replicas()
         record.update(self.epoch_extras())
         record.update(
@@ -403,7 +462,7 @@ class EpochLoop:
         metrics.write(record)
         if self.board is not None:
             self.write_board(epoch, record)
-        val = f"{record['val_miou']:.4f}" if "val_miou" in record else "n/a"
+        val = f"{record['val_miou']:.4f}" if "val_miou" in record else "n/a" if self.val_loader is None else "-"
         log.info(
             "epoch %d/%d  loss %.4f  val mIoU %s%s  %.1fs",
             epoch + 1,

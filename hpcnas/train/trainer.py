@@ -21,15 +21,15 @@ from torch import nn
 from hpcnas.config import Config
 from hpcnas.data.hdf5 import DatasetInfo
 from hpcnas.data.torch_dataset import SegmentationDataset, make_loader, validation_loader
-from hpcnas.errors import UserError
-from hpcnas.rundir import RunDir
+from hpcnas.errors import Interrupted, UserError
+from hpcnas.rundir import RunDir, write_json
 from hpcnas.runtime import ComputeFormat, seed_everything
 from hpcnas.space.genotype import Genotype
 from hpcnas.space.networks import build_discrete_network
 from hpcnas.space.searchspace import SearchSpace
 from hpcnas.train.baselines import ResNetUNet
 from hpcnas.train.complexity import complexity, width_for_parameters
-from hpcnas.train.loop import EpochLoop, WeightedCrossEntropy, cosine_sgd
+from hpcnas.train.loop import EpochLoop, StopWhileValidating, WeightedCrossEntropy, cosine_sgd, log
 
 
 def model_spec(
@@ -105,7 +105,7 @@ class Trainer(EpochLoop):
         """``epoch_done(epochs, best mIoU so far)`` is asked after every epoch whether to go on (successive
         halving's rungs); the run stops early when it answers false."""
         super().__init__(run_dir, device, info.class_names)
-        self.cfg, self.spec = cfg, spec
+        self.cfg, self.spec, self.info = cfg, spec, info
         self.epoch_done = epoch_done
         self.epochs_done = 0
         self.monitor = cfg.monitor
@@ -119,7 +119,11 @@ class Trainer(EpochLoop):
         self.loader = make_loader(
             train, tr.batch_size, seed=cfg.seed, num_workers=cfg.data.num_workers, drop_last=len(train) >= tr.batch_size
         )
-        self.val_loader = validation_loader(data_path, tr.batch_size, num_workers=cfg.data.num_workers)
+        self.data_path = data_path
+        self.val_loader = validation_loader(
+            data_path, tr.batch_size, num_workers=cfg.data.num_workers, max_tiles=tr.val_max_tiles
+        )
+        self.val_every = tr.val_every
         self.criterion = WeightedCrossEntropy(info.class_weights, device, self.ctx)
         self.opt, self.sched = cosine_sgd(
             self.model.parameters(), tr.lr, tr.momentum, tr.weight_decay, tr.epochs, tr.lr_min
@@ -177,4 +181,35 @@ class Trainer(EpochLoop):
                 RunDir(self.run_dir).best,
                 {"epoch": self.epochs - 1, "model": self.model.state_dict(), "val_miou": None, "spec": self.spec},
             )
+        elif self.val_loader is not None and len(self.val_loader.dataset) < self.info.split_sizes.get("val", 0):
+            self.validate_selected()
         return self.best_miou
+
+    def validate_selected(self) -> None:
+        """The selected checkpoint on the whole validation split (the epochs saw a capped subset):
+        ``validation.json``, and a log line."""
+        from hpcnas.checkpoint import load_checkpoint
+
+        path = RunDir(self.run_dir).validation
+        if path.exists():  # a resumed run that had finished it
+            return
+        best = load_checkpoint(RunDir(self.run_dir).best, self.device)
+        self.model.load_state_dict(best["model"])
+        full = validation_loader(self.data_path, self.cfg.train.batch_size, num_workers=self.cfg.data.num_workers)
+        with self.stop:
+            try:
+                result = self.validate(full, desc="validate the selected checkpoint (whole split)")
+            except StopWhileValidating:
+                raise Interrupted(
+                    self.run_dir, self.stop.signal or "a signal", "while validating the selected checkpoint"
+                ) from None
+        assert full is not None
+        record = {"epoch": best["epoch"] + 1, "tiles": len(full.dataset), **result}
+        write_json(path, record)
+        log.info(
+            "selected checkpoint (epoch %d): val mIoU %.4f on the whole split (%d tiles; %.4f on the capped subset)",
+            record["epoch"],
+            record.get("val_miou", float("nan")),
+            record["tiles"],
+            best["val_miou"],
+        )

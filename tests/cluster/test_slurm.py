@@ -105,7 +105,15 @@ def test_unetpp_search_script_runs_horovod_across_two_nodes(cluster, tmp_path):
         SMOKE,
         "--out",
         str(run),
-        *sets(TINY + ["space.topology=darts_unetpp", "search.epochs=1", "search.sync_batchnorm=false"]),
+        *sets(
+            TINY
+            + [
+                "space.topology=darts_unetpp",
+                "search.epochs=1",
+                "search.arch_start_epoch=1",
+                "search.sync_batchnorm=false",
+            ]
+        ),
         sbatch_args=["--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1"],
         output=tmp_path / "job.out",
     )
@@ -184,7 +192,7 @@ def test_submit_search_completes_through_submitit(cluster, tmp_path):
         "submit",
         "--config",
         SMOKE,
-        *sets(TINY + ["search.epochs=1", "search.sync_batchnorm=false"]),
+        *sets(TINY + ["search.epochs=1", "search.arch_start_epoch=1", "search.sync_batchnorm=false"]),
         "--command",
         "search",
         "--nodes",

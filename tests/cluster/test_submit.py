@@ -138,6 +138,7 @@ def test_local_runs_the_job_here_and_waits(tmp_path):
         "space.depth=2",
         "space.nodes=2",
         "search.epochs=1",
+        "search.arch_start_epoch=1",
         "device=cpu",
     ]
     run = tmp_path / "run"

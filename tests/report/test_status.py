@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
+from hpcnas.report.status import STALE_S, STATES
 from hpcnas.rundir import write_json
 from tests.conftest import MPI_ENV, MPIRUN, ROOT, needs_mpi, run_cli, set_args
 
@@ -53,10 +55,37 @@ def test_a_running_search_then_stopped_by_sigusr2(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 75, err[-2000:]
     (s,) = status_json(out)
-    assert s["state"] == "stopped-resumable" and "SIGUSR2" in s["error"] and "eta_s" not in s
+    assert s["state"] == "stopped" and "SIGUSR2" in s["error"] and "eta_s" not in s
+    assert s["state_detail"] == "resumable with --resume"
+    # stopped inside an epoch: its finished steps count (epochs from 1, as the stop message says)
+    assert f"in epoch {s['epoch']} after step {s['step']}/{s['steps']}" in s["error"]
+    assert s["fraction"] == pytest.approx((s["epochs_done"] + s["step"] / s["steps"]) / 40, abs=1e-4)
 
 
-def fake_run(path, state, age_s, error=None, command="train"):
+def test_a_run_killed_with_sigkill_is_dead_on_its_own_host(tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "hpcnas.cli", "search", "--config", SMOKE, "--out", str(out), "--device", "cpu"]
+    proc = subprocess.Popen(cmd + set_args(["search.epochs=40"]), cwd=ROOT, stdout=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "heartbeat.json").exists():
+        time.sleep(0.2)
+    assert status_json(out)[0]["state"] == "running"
+    proc.kill()
+    proc.wait(timeout=30)
+    (s,) = status_json(out)  # the heartbeat is seconds old and still says running: only the pid can tell
+    assert s["state"] == "dead" and s["heartbeat_age_s"] < STALE_S and s["state"] in STATES
+    assert s["state_detail"].startswith(f"pid {proc.pid} on ") and "is gone" in s["state_detail"]
+    assert f"state       dead (pid {proc.pid} on " in run_cli("status", str(out)).stdout
+
+
+def test_a_reused_pid_does_not_make_a_dead_run_look_alive(tmp_path):
+    """The heartbeat's pid now belongs to a process that started after the run did (here: this test)."""
+    fake_run(tmp_path / "r", "running", age_s=1, host=socket.gethostname(), pid=os.getpid(), started_ago=30 * 86400)
+    (s,) = status_json(tmp_path / "r")
+    assert s["state"] == "dead"
+
+
+def fake_run(path, state, age_s, error=None, command="train", host="node7", pid=1, started_ago=None):
     path.mkdir()
     (path / "config.yaml").write_text("train:\n  epochs: 10\n")
     now = time.time()
@@ -65,9 +94,9 @@ def fake_run(path, state, age_s, error=None, command="train"):
         {
             "command": command,
             "state": state,
-            "pid": 1,
-            "host": "node7",
-            "started": now - age_s - 60,
+            "pid": pid,
+            "host": host,
+            "started": now - (started_ago if started_ago is not None else age_s + 60),
             "time": now - age_s,
             "slurm_job": None,
             "progress": {"epoch": 4, "epochs": 10, "step": 2, "steps": 5},
@@ -79,8 +108,9 @@ def fake_run(path, state, age_s, error=None, command="train"):
 def test_a_run_whose_process_died_without_a_word_is_stale(tmp_path):
     fake_run(tmp_path / "dead", "running", age_s=14 * 60)
     (s,) = status_json(tmp_path / "dead")
-    assert s["state"] == "stale (last heartbeat 14 min ago)"
-    assert "state       stale (last heartbeat 14 min ago)" in run_cli("status", str(tmp_path / "dead")).stdout
+    assert (s["state"], s["state_detail"]) == ("stale", "last heartbeat 14 min ago, from node7")
+    text = run_cli("status", str(tmp_path / "dead")).stdout
+    assert "state       stale (last heartbeat 14 min ago, from node7)" in text
 
 
 def test_a_failed_run_shows_its_last_error_and_several_runs_one_screen_each(tmp_path):
@@ -153,5 +183,5 @@ def test_each_command_of_a_longer_one_ends_its_own_heartbeat(tmp_path):
     """As in hpcnas smoke: the search is over (finished) while the process goes on to train."""
     from hpcnas.pipeline import search
 
-    search(SMOKE, ["search.epochs=1", "device=cpu"], out=str(tmp_path / "s"))
+    search(SMOKE, ["search.epochs=1", "search.arch_start_epoch=1", "device=cpu"], out=str(tmp_path / "s"))
     assert json.loads((tmp_path / "s" / "heartbeat.json").read_text())["state"] == "finished"

@@ -26,6 +26,7 @@ TINY = [
     "device=cpu",
     "train.baseline_width=8",
     "search.epochs=1",
+    "search.arch_start_epoch=1",
 ]
 
 

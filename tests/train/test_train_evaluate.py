@@ -165,7 +165,9 @@ def test_wrong_node_count_is_one_line(tmp_path):
 
 
 def test_evaluate_a_search_checkpoint_is_refused(tmp_path):
-    _, run_dir = search(SMOKE, ["data.synth.n=8", "search.epochs=1", "device=cpu"], out=str(tmp_path / "s"))
+    _, run_dir = search(
+        SMOKE, ["data.synth.n=8", "search.epochs=1", "search.arch_start_epoch=1", "device=cpu"], out=str(tmp_path / "s")
+    )
     proc = run_cli("evaluate", "--checkpoint", str(run_dir / "checkpoints" / "latest.pt"))
     assert proc.returncode == 2 and "not a training checkpoint" in proc.stderr
 
