@@ -76,7 +76,7 @@ def cmd_checkpoint_upgrade(args: argparse.Namespace) -> None:
 
 
 def cmd_data_info(args: argparse.Namespace) -> None:
-    from hpcnas.data.hdf5 import check_class_ids, read_info
+    from hpcnas.data.hdf5 import check_class_ids, describe_scenes, read_info
 
     info = read_info(args.file)
     check_class_ids(info)  # the one command that reads every mask: a data set it passes trains to the end
@@ -89,6 +89,7 @@ def cmd_data_info(args: argparse.Namespace) -> None:
     if norm is not None and info.dtype != "uint8":
         print("normalization (train split): " + ", ".join(f"({o:g}, {s:g})" for o, s in zip(norm.offset, norm.scale)))
     print("patches: " + ", ".join(f"{k} {v}" for k, v in info.split_sizes.items()))
+    print("\n".join(describe_scenes(info)))
     total = max(1, int(info.class_pixels.sum()))
     for name, px, w in zip(info.class_names, info.class_pixels, info.class_weights):
         print(f"  {name:<16} {100.0 * px / total:6.2f}% of train pixels, weight {w:.3f}")
@@ -162,6 +163,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
         vector=args.vector,
         resume=args.resume,
         part=args.part,
+        cog=args.cog,
+        min_area=args.min_area,
+        simplify=args.simplify,
     )
     counts = predict(args.checkpoint, args.input, args.out, options, engine=args.engine, device=args.device)
     print(
@@ -205,7 +209,13 @@ def cmd_submit(args: argparse.Namespace) -> Optional[int]:
         logs=args.logs,
         checkpoint=args.checkpoint,
         input=args.input,
-        predict_options={"vector": args.vector, "probabilities": args.probabilities},
+        predict_options={
+            "vector": args.vector,
+            "probabilities": args.probabilities,
+            "cog": args.cog,
+            "min_area": args.min_area,
+            "simplify": args.simplify,
+        },
     )
     if args.dry_run:
         print(sbatch_text(request))
@@ -315,6 +325,25 @@ def _resolve_resume_existing(args: argparse.Namespace) -> None:
         args.out, args.resume = start_or_resume(None if args.resume else args.out)
 
 
+def _add_gis_args(p: argparse.ArgumentParser, prefix: str) -> None:
+    """The output options GIS users expect of predict: COG, and polygons without specks or staircases."""
+    p.add_argument("--cog", action="store_true", help=f"{prefix}write Cloud-Optimized GeoTIFFs (with overviews)")
+    p.add_argument(
+        "--min-area",
+        default="4px",
+        metavar="AREA",
+        help=f"{prefix}drop polygons smaller than AREA: map units (e.g. 2.5 for m^2 in a metric CRS) or "
+        "pixels with px (default 4px: single-pixel specks go)",
+    )
+    p.add_argument(
+        "--simplify",
+        default="1px",
+        metavar="TOLERANCE",
+        help=f"{prefix}simplify polygon outlines within TOLERANCE: map units, or pixels with px; 0 keeps every "
+        "pixel corner (default 1px)",
+    )
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a wrong command line is one ``hpcnas: error:`` line (exit 2), like every other bad input."""
 
@@ -417,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--probabilities", action="store_true", help="also write per-class probabilities (float16)")
     p.add_argument("--vector", action="store_true", help="also write objects as GeoJSON polygons")
+    _add_gis_args(p, "")
     p.add_argument("--resume", action="store_true", help="skip the scenes whose class map is already written")
     p.add_argument(
         "--part", metavar="K/N", help="only every N-th scene from the K-th (K from 0): one task of a job array"
@@ -471,6 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="predict: a folder of scenes")
     p.add_argument("--vector", action="store_true", help="predict: also write GeoJSON polygons")
     p.add_argument("--probabilities", action="store_true", help="predict: also write per-class probabilities")
+    _add_gis_args(p, "predict: ")
     p.add_argument("--genotype", help="train: the genotype JSON to retrain")
     p.add_argument("--baseline", help="train: a hand-designed baseline (resnet_unet)")
     p.add_argument("--out", help="run directory; %%j becomes the job id (default runs/COMMAND-%%j)")

@@ -261,8 +261,9 @@ def _check_predict(req: Request) -> None:
         raise UserError("predict tasks share one output folder: give --out without %j", source="--out")
     if not Path(req.checkpoint).is_file():
         raise UserError("no such file", source=req.checkpoint)
-    from hpcnas.predict.run import list_scenes
+    from hpcnas.predict.run import PredictOptions, list_scenes
 
+    PredictOptions(**req.predict_options).outputs()  # --min-area, --simplify
     scenes = list_scenes(req.input)
     if req.array is not None and not 1 <= req.array <= len(scenes):
         raise UserError(f"--array must be between 1 and the {len(scenes)} scene(s)", source="--array")

@@ -13,16 +13,18 @@ Root attributes: ``format``, ``version``, ``class_names``, ``tile_size``,
 ``source_split``, ``class_pixels`` and ``class_weights`` (from the train masks);
 since version 2 also ``bands`` (the source bands picked, 1-based; empty: all),
 ``band_offset`` and ``band_scale`` (the per-band :class:`~hpcnas.data.raster.Normalization`
-from the train split).  A version 1 file is 8-bit RGB normalized by ``/255``.
+from the train split); since version 3 also ``source_crs`` (WKT per source, "" without one)
+and ``source_transforms`` (M, 6), so ``data info`` can say where every scene lies.  A version 1
+file is 8-bit RGB normalized by ``/255``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import h5py
 import numpy as np
@@ -32,7 +34,7 @@ from hpcnas.errors import UserError
 from hpcnas.rundir import PathLike, atomic_path
 
 FORMAT = "hpcnas-segmentation"
-VERSION = 2
+VERSION = 3
 IGNORE_INDEX = 255
 SPLITS = ("train", "val", "test")
 FIELDS = ("images", "masks", "source", "offsets", "valid")
@@ -100,15 +102,20 @@ class DatasetWriter:
         self.sources: List[str] = []
         self.source_shapes: List[Tuple[int, int]] = []
         self.source_split: List[str] = []
+        self.source_crs: List[str] = []  # WKT, or "" for a scene without a CRS
+        self.source_transforms: List[Tuple[float, ...]] = []  # GDAL's 6 affine coefficients (a, b, c, d, e, f)
         self.class_pixels = np.zeros(len(self.class_names), dtype=np.int64)
 
-    def add_source(self, name: str, shape: Tuple[int, int], split: str) -> int:
-        """Register a source image; returns its index for :meth:`add_patch`."""
+    def add_source(self, name: str, shape: Tuple[int, int], split: str, crs: Any = None, transform: Any = None) -> int:
+        """Register a source image (with its CRS and affine transform when it has them); returns its index for
+        :meth:`add_patch`."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}")
         self.sources.append(str(name))
         self.source_shapes.append((int(shape[0]), int(shape[1])))
         self.source_split.append(split)
+        self.source_crs.append(crs.to_wkt() if crs is not None else "")
+        self.source_transforms.append(tuple(transform)[:6] if transform is not None else (1.0, 0, 0, 0, 1.0, 0))
         return len(self.sources) - 1
 
     def add_patch(
@@ -173,6 +180,8 @@ class DatasetWriter:
         a["sources"] = self.sources
         a["source_shapes"] = np.asarray(self.source_shapes, dtype=np.int32).reshape(-1, 2)
         a["source_split"] = self.source_split
+        a["source_crs"] = self.source_crs
+        a["source_transforms"] = np.asarray(self.source_transforms, dtype=np.float64).reshape(-1, 6)
         a["class_pixels"] = self.class_pixels
         a["class_weights"] = balanced_class_weights(self.class_pixels)
         a["bands"] = np.asarray(self.bands, dtype=np.int32)
@@ -198,6 +207,8 @@ class DatasetInfo:
     dtype: str = "uint8"
     bands: Optional[List[int]] = None
     normalization: Optional[Normalization] = None
+    source_crs: List[str] = field(default_factory=list)  # per source: WKT or "" (empty: a file before version 3)
+    source_transforms: Optional[np.ndarray] = None  # (M, 6) affine coefficients, None in older files
 
     def __post_init__(self):
         if self.normalization is None:
@@ -219,6 +230,35 @@ class DatasetInfo:
     def num_classes(self) -> int:
         """Number of classes (the network's output channels)."""
         return len(self.class_names)
+
+
+def describe_scenes(info: DatasetInfo, shown: int = 8) -> List[str]:
+    """Where the data set's scenes lie (CRS, pixel size) and which split each went to, for ``data info``."""
+    from rasterio.crs import CRS
+
+    lines = []
+    kinds = sorted(set(info.source_crs))
+    if not kinds:
+        lines.append("georeferencing: not recorded (a data set tiled before hpcnas recorded it)")
+    for wkt in kinds:
+        which = [k for k, c in enumerate(info.source_crs) if c == wkt]
+        if not wkt:
+            lines.append(f"georeferencing: none for {len(which)} scene(s) (pixel coordinates)")
+            continue
+        crs = CRS.from_wkt(wkt)
+        assert info.source_transforms is not None
+        sizes = sorted(
+            {(abs(float(info.source_transforms[k][0])), abs(float(info.source_transforms[k][4]))) for k in which}
+        )
+        units = crs.linear_units or "units"
+        pixel = ", ".join(f"{x:g} x {y:g} {units}" for x, y in sizes)
+        lines.append(f"CRS {crs.to_string()} for {len(which)} scene(s), pixel size {pixel}")
+    for split in SPLITS:
+        names = [n for n, s in zip(info.sources, info.source_split) if s == split]
+        if names:
+            more = f", ... ({len(names) - shown} more)" if len(names) > shown else ""
+            lines.append(f"scenes of {split} ({len(names)}): {', '.join(names[:shown])}{more}")
+    return lines
 
 
 def open_h5(path: PathLike) -> h5py.File:
@@ -324,6 +364,10 @@ def read_info(path: PathLike) -> DatasetInfo:
                 dtype=dtype or "uint8",
                 bands=[int(b) for b in a["bands"]] or None if "bands" in a else None,
                 normalization=_normalization(a, int(channels), src),
+                source_crs=[str(c) for c in a["source_crs"]] if "source_crs" in a else [],
+                source_transforms=(
+                    np.asarray(a["source_transforms"], np.float64).reshape(-1, 6) if "source_transforms" in a else None
+                ),
             )
         except UserError:
             raise

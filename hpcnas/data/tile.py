@@ -285,7 +285,9 @@ def tile_folder(
                         source=str(img_path),
                     )
                 image.check_aligned(mask)
-                src = writer.add_source(str(img_path.relative_to(root)), (image.height, image.width), split)
+                src = writer.add_source(
+                    str(img_path.relative_to(root)), (image.height, image.width), split, image.crs, image.transform
+                )
                 windows = len(tile_positions(image.height, size, overlap)) * len(
                     tile_positions(image.width, size, overlap)
                 )

@@ -1,8 +1,10 @@
 """What ``predict`` writes per scene, strip by strip: class ids, probabilities, polygons of objects.
 
 A georeferenced scene gives GeoTIFFs with its CRS and transform (tiled,
-DEFLATE-compressed, nodata kept) and polygons in its CRS; a PNG/JPEG gives a
-PNG mask and polygons in pixel coordinates.  Every file is written under a
+DEFLATE-compressed, nodata kept, bands named after the classes; with ``cog``
+Cloud-Optimized GeoTIFFs with overviews) and polygons in its CRS, specks
+under a minimum area dropped and outlines simplified; a PNG/JPEG gives a PNG
+mask and polygons in pixel coordinates.  Every file is written under a
 temporary name and renamed when the scene is complete, so a killed job
 leaves no half-written output behind.
 """
@@ -10,25 +12,73 @@ leaves no half-written output behind.
 from __future__ import annotations
 
 import json
+import logging
+import math
+import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from hpcnas.errors import UserError
 from hpcnas.rundir import publish, temporary_sibling
+
+log = logging.getLogger("hpcnas")
 
 NODATA_CLASS = 255
 VECTOR_CHUNK_ROWS = 1024  # rows vectorized at once; objects cut by a chunk border are merged at the end
 
 
-class RasterWriter:
-    """A GeoTIFF filled strip by strip (``count`` bands of ``dtype``), in the scene's CRS and transform."""
+@dataclass(frozen=True)
+class MapQuantity:
+    """A length or an area given on the command line: in pixels (``4px``) or in the CRS's map units (``2.5``)."""
 
-    def __init__(self, path: Path, height: int, width: int, count: int, dtype: str, scene: Any, **options):
+    value: float
+    pixels: bool
+
+    @classmethod
+    def parse(cls, text: str, option: str) -> "MapQuantity":
+        """``"4px"`` (pixels) or ``"2.5"`` (map units); a negative or malformed value is a one-line error."""
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(px)?\s*", str(text))
+        if not match:
+            raise UserError(f"expected a number of map units or of pixels (e.g. 4px), got '{text}'", source=option)
+        return cls(float(match.group(1)), bool(match.group(2)))
+
+    def in_map_units(self, pixel_size: float, power: int = 1) -> float:
+        """The value in map units (``power`` 2 for an area), given a pixel's side in map units."""
+        return self.value * pixel_size**power if self.pixels else self.value
+
+    def __str__(self) -> str:
+        return f"{self.value:g}{'px' if self.pixels else ''}"
+
+
+class RasterWriter:
+    """A GeoTIFF filled strip by strip (``count`` bands of ``dtype``), in the scene's CRS and transform.
+
+    ``names`` describe the bands (GDAL band descriptions); ``tags`` are written on band 1.  With ``cog`` the
+    finished file is copied into a Cloud-Optimized GeoTIFF (GDAL's COG driver, overviews resampled by
+    ``resampling``) before it is moved into place."""
+
+    def __init__(
+        self,
+        path: Path,
+        height: int,
+        width: int,
+        count: int,
+        dtype: str,
+        scene: Any,
+        names: Optional[List[str]] = None,
+        tags: Optional[Dict[str, str]] = None,
+        cog: bool = False,
+        resampling: str = "NEAREST",
+        **options,
+    ):
         import rasterio
 
         self.path, self.tmp = path, temporary_sibling(path)
+        self.cog, self.resampling, self.options = cog, resampling, options
         profile = dict(
             driver="GTiff",
             height=height,
@@ -47,6 +97,10 @@ class RasterWriter:
         with warnings.catch_warnings():  # a scene without CRS: predict has said so once already
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
             self._dst = rasterio.open(self.tmp, "w", **profile)
+        for band, name in enumerate(names or [], start=1):
+            self._dst.set_band_description(band, name)
+        if tags:
+            self._dst.update_tags(1, **tags)
 
     def write(self, y: int, array: np.ndarray) -> None:
         """Write (count, h, width) or (h, width) rows starting at row ``y``."""
@@ -56,8 +110,25 @@ class RasterWriter:
         self._dst.write(data, window=Window(0, y, data.shape[2], data.shape[1]))
 
     def commit(self) -> None:
-        """Close and move into place."""
+        """Close (copy into a COG) and move into place."""
         self._dst.close()
+        if self.cog:
+            import rasterio.shutil
+
+            cog = temporary_sibling(self.path)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+                    rasterio.shutil.copy(
+                        self.tmp, cog, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=256, RESAMPLING=self.resampling,
+                        BIGTIFF="IF_SAFER", **self.options,
+                    )  # fmt: skip
+            except BaseException:
+                cog.unlink(missing_ok=True)
+                raise
+            finally:
+                self.tmp.unlink(missing_ok=True)
+            self.tmp = cog
         publish(self.tmp, self.path)
 
     def abort(self) -> None:
@@ -95,14 +166,28 @@ class Polygons:
     Components are labelled per chunk of rows; a component that touches a
     chunk border is kept aside and merged with its other pieces at the end
     (shapely's union), so an object cut by a chunk border is one polygon.
+    Objects smaller than ``min_area`` are dropped (after that merge: a cut
+    object counts whole), and outlines are simplified within ``simplify``
+    (Douglas-Peucker, topology kept); ``area`` and ``pixels`` stay those of
+    the pixels themselves.
     """
 
-    def __init__(self, path: Path, class_names: List[str], scene: Any):
+    def __init__(
+        self,
+        path: Path,
+        class_names: List[str],
+        scene: Any,
+        min_area: MapQuantity = MapQuantity(0, True),
+        simplify: MapQuantity = MapQuantity(0, True),
+    ):
         from rasterio import Affine
 
         self.path, self.tmp = path, temporary_sibling(path)
         self.class_names = class_names
         self.transform = scene.transform if scene.transform is not None else Affine.identity()
+        pixel_size = math.sqrt(abs(self.transform.determinant))
+        self.min_area, self.simplify = min_area.in_map_units(pixel_size, 2), simplify.in_map_units(pixel_size)
+        self.dropped = 0
         self.crs = scene.crs if scene.transform is not None else None
         self.height = scene.height
         self.features: List[Dict[str, Any]] = []
@@ -153,6 +238,10 @@ class Polygons:
     def _add(self, cls: int, polygon: Any, pixels: float, prob_sum: float) -> None:
         from shapely.geometry import mapping
 
+        if polygon.area < self.min_area:
+            self.dropped += 1
+            return
+        outline = polygon.simplify(self.simplify, preserve_topology=True) if self.simplify > 0 else polygon
         self.features.append(
             {
                 "type": "Feature",
@@ -163,7 +252,7 @@ class Polygons:
                     "pixels": int(pixels),
                     "mean_probability": round(float(prob_sum / max(pixels, 1)), 4),
                 },
-                "geometry": mapping(polygon),
+                "geometry": mapping(outline),
             }
         )
 
@@ -189,6 +278,12 @@ class Polygons:
             collection["crs"] = {"type": "name", "properties": {"name": name}}
         self.tmp.write_text(json.dumps(collection))
         publish(self.tmp, self.path)
+        log.info(
+            "%s: %d polygons (%d smaller than the minimum area dropped)",
+            self.path.name,
+            len(self.features),
+            self.dropped,
+        )
 
     def abort(self) -> None:
         """Forget the scene."""
@@ -205,22 +300,47 @@ def scene_outputs(out: Path, scene_path: Path, georeferenced: bool) -> Dict[str,
     }
 
 
+@dataclass(frozen=True)
+class OutputOptions:
+    """What a scene's outputs hold besides the class map, and in which form."""
+
+    probabilities: bool = False
+    vector: bool = False
+    cog: bool = False
+    min_area: MapQuantity = MapQuantity(4, True)  # drops specks of 1-3 pixels
+    simplify: MapQuantity = MapQuantity(1, True)  # the pixel staircase, within a pixel
+
+
 def open_outputs(
-    paths: Dict[str, Path], scene: Any, class_names: List[str], probabilities: bool, vector: bool, as_png: bool
+    paths: Dict[str, Path], scene: Any, class_names: List[str], options: OutputOptions, as_png: bool
 ) -> Dict[str, Any]:
     """Writers for one scene, keyed like :func:`scene_outputs`."""
     h, w = scene.height, scene.width
     writers: Dict[str, Any] = {}
-    if probabilities:  # half floats: GDAL writes a Float32 band with NBITS=16 as IEEE binary16
+    if options.probabilities:  # half floats: GDAL writes a Float32 band with NBITS=16 as IEEE binary16
         writers["probabilities"] = RasterWriter(
-            paths["probabilities"], h, w, len(class_names), "float32", scene, NBITS=16, nodata=None
-        )
-    if vector:
-        writers["vector"] = Polygons(paths["vector"], class_names, scene)
+            paths["probabilities"], h, w, len(class_names), "float32", scene, names=list(class_names),
+            cog=options.cog, resampling="AVERAGE", NBITS=16, nodata=None,
+        )  # fmt: skip
+    if options.vector:
+        writers["vector"] = Polygons(paths["vector"], class_names, scene, options.min_area, options.simplify)
+    ids = {f"class_{k}": name for k, name in enumerate(class_names)}
     writers["classes"] = (
         PngWriter(paths["classes"], h, w)
         if as_png
-        else RasterWriter(paths["classes"], h, w, 1, "uint8", scene, nodata=NODATA_CLASS)
+        else RasterWriter(
+            paths["classes"],
+            h,
+            w,
+            1,
+            "uint8",
+            scene,
+            names=["class id"],
+            tags={**ids, "nodata_class": "255"},
+            cog=options.cog,
+            resampling="MODE",
+            nodata=NODATA_CLASS,
+        )  # fmt: skip
     )
     return writers
 

@@ -18,8 +18,9 @@ from typing import Dict, List, Optional
 from hpcnas.data.raster import PILLOW_SUFFIXES, SCENE_SUFFIXES, Scene
 from hpcnas.errors import UserError
 from hpcnas.predict.engines import Engine, ModelCard, engine_for
-from hpcnas.predict.outputs import class_map, open_outputs, scene_outputs, softmax
+from hpcnas.predict.outputs import MapQuantity, OutputOptions, class_map, open_outputs, scene_outputs, softmax
 from hpcnas.predict.sliding import BLENDS, count_windows, sliding_strips
+from hpcnas.progress import Progress
 from hpcnas.rundir import make_folders, remove_if_empty
 
 log = logging.getLogger("hpcnas")
@@ -37,6 +38,19 @@ class PredictOptions:
     vector: bool = False
     resume: bool = False
     part: Optional[str] = None  # "K/N": every N-th scene from the K-th (a job array task)
+    cog: bool = False  # Cloud-Optimized GeoTIFFs
+    min_area: str = "4px"  # polygons: smaller objects are dropped (map units, or pixels with "px")
+    simplify: str = "1px"  # polygons: outline tolerance (map units, or pixels with "px")
+
+    def outputs(self) -> OutputOptions:
+        """What each scene's files hold (a bad --min-area or --simplify is a one-line error)."""
+        return OutputOptions(
+            probabilities=self.probabilities,
+            vector=self.vector,
+            cog=self.cog,
+            min_area=MapQuantity.parse(self.min_area, "--min-area"),
+            simplify=MapQuantity.parse(self.simplify, "--simplify"),
+        )
 
 
 def list_scenes(source: str) -> List[Path]:
@@ -112,9 +126,9 @@ def predict_scene(
     card = engine.card
     norm = card.norm
     as_png = scene.path.suffix.lower() in PILLOW_SUFFIXES
-    writers = open_outputs(paths, scene, card.class_names, options.probabilities, options.vector, as_png)
+    writers = open_outputs(paths, scene, card.class_names, options.outputs(), as_png)
     total = count_windows(scene.height, scene.width, tile, overlap)
-    bar = _bar(total, scene.path.name)
+    bar = Progress(total, f"predict {scene.path.name}", "windows")
     start = time.perf_counter()
     try:
         strips = sliding_strips(
@@ -127,7 +141,7 @@ def predict_scene(
             overlap,
             blend=options.blend,
             batch=options.batch,
-            on_window=bar.update if bar is not None else lambda: None,
+            on_window=bar.update,
         )
         for y, logits, valid in strips:
             ids = class_map(logits, valid)
@@ -143,8 +157,7 @@ def predict_scene(
             writer.abort()
         raise
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     for writer in writers.values():  # the class map last: its presence marks the scene done
         writer.commit()
     return time.perf_counter() - start
@@ -161,14 +174,6 @@ def _bounded_gdal_cache():
     return rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
 
 
-def _bar(total: int, name: str):
-    if not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=name, unit="window", leave=True, dynamic_ncols=True)
-
-
 def predict(
     checkpoint: str, source: str, out: str, options: PredictOptions, engine: str = "auto", device: str = "auto"
 ) -> Dict[str, int]:
@@ -178,6 +183,7 @@ def predict(
     if options.batch < 1:
         raise UserError(f"must be at least 1, got {options.batch}", source="--batch")
     check_tile(options.tile)
+    options.outputs()  # --min-area and --simplify are checked before any scene is read
     scenes = select_part(list_scenes(source), options.part)
     net = engine_for(checkpoint, engine, device)
     card = net.card

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 from rasterio.transform import from_origin
+from shapely.geometry import shape
 
 from hpcnas.data.hdf5 import IGNORE_INDEX, read_info
 from hpcnas.data.raster import Scene
@@ -212,6 +213,36 @@ def test_polygons_land_at_the_right_map_coordinates_and_objects_cut_by_chunks_ar
         assert p.count == 2 and np.allclose(probs.sum(0), 1, atol=1e-3)
 
 
+def test_specks_are_dropped_by_default_and_staircase_outlines_simplified_within_a_pixel(tmp_path):
+    image = np.zeros((1, 40, 40), np.uint8)
+    image[0, 2, 2] = image[0, 2, 30] = image[0, 3, 30] = 255  # a 1-pixel and a 2-pixel speck
+    for row in range(10, 22):  # a right triangle: its hypotenuse is a staircase of 1-pixel steps
+        image[0, row, 10 : row - 10 + 11] = 255
+    image[0, 30:32, 30:33] = 255  # 6 pixels: an object, not a speck
+    write_tif(tmp_path / "s.tif", image, from_origin(600000.0, 2800000.0, 2.0, 2.0))
+
+    def polygons(name, **options):
+        paths = scene_outputs(tmp_path / name, tmp_path / "s.tif", True)
+        (tmp_path / name).mkdir()
+        with Scene(tmp_path / "s.tif") as scene:
+            predict_scene(scene, ThresholdNet(), paths, PredictOptions(vector=True, **options), 16, 4)
+        return json.loads(paths["vector"].read_text())["features"]
+
+    default = polygons("default")
+    assert sorted(f["properties"]["pixels"] for f in default) == [6, 78]
+    everything = polygons("all", min_area="0", simplify="0")
+    assert sorted(f["properties"]["pixels"] for f in everything) == [1, 2, 6, 78]
+    by_map_units = polygons("m2", min_area="24")  # 24 m^2 at 2 m pixels: the 6-pixel object and more
+    assert sorted(f["properties"]["pixels"] for f in by_map_units) == [6, 78]
+    triangle = lambda fs: next(f for f in fs if f["properties"]["pixels"] == 78)  # noqa: E731
+    exact, simple = (shape(triangle(fs)["geometry"]) for fs in (everything, default))
+    assert len(exact.exterior.coords) > 20 and len(simple.exterior.coords) <= 6  # 12 steps become one slope
+    assert exact.hausdorff_distance(simple) <= 2.0  # within a pixel of 2 m
+    assert triangle(default)["properties"]["area"] == 78 * 4.0  # the pixels' own area, whatever the outline
+    with pytest.raises(UserError, match="--min-area"):
+        PredictOptions(min_area="four").outputs()
+
+
 def _bounds(geometry):
     points = np.array([pt for ring in geometry["coordinates"] for pt in ring])
     return points[:, 0].min(), points[:, 1].min(), points[:, 0].max(), points[:, 1].max()
@@ -235,6 +266,23 @@ def test_predict_writes_georeferenced_outputs_and_resume_skips_finished_scenes(g
     resumed = run_cli(*args, "--resume")
     assert resumed.returncode == 0 and "1 already there" in resumed.stdout
     assert (out / "new_classes.tif").stat().st_mtime_ns == mtime
+
+
+def test_cog_outputs_with_named_bands_and_data_info_says_where_the_scenes_lie(geo_run, tmp_path):
+    ckpt = str(geo_run / "run" / "checkpoints" / "best.pt")
+    out = tmp_path / "cog"
+    args = ["predict", "--checkpoint", ckpt, "--input", str(geo_run / "scenes"), "--out", str(out), "--device", "cpu"]
+    proc = run_cli(*args, "--cog", "--probabilities")
+    assert proc.returncode == 0, proc.stderr
+    with rasterio.open(out / "new_classes.tif") as classes, rasterio.open(out / "new_probabilities.tif") as probs:
+        assert classes.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" == probs.tags(ns="IMAGE_STRUCTURE")["LAYOUT"]
+        assert classes.descriptions == ("class id",) and probs.descriptions == ("background", "object")
+        assert classes.tags(1)["class_0"] == "background" and classes.tags(1)["class_1"] == "object"
+        assert classes.nodata == NODATA_CLASS and classes.crs.to_epsg() == 32640
+    info = run_cli("data", "info", str(geo_run / "d.h5"))
+    assert info.returncode == 0, info.stderr
+    assert "CRS EPSG:32640 for 4 scene(s), pixel size 0.5 x 0.5 metre" in info.stdout
+    assert "scenes of train (" in info.stdout and "s0.tif" in info.stdout
 
 
 def test_predict_refuses_a_scene_with_other_bands_and_warns_without_crs(geo_run, tmp_path):
