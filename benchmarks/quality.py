@@ -104,7 +104,8 @@ PRESETS: Dict[str, dict] = {
 }
 
 # Variants under study (arm D): a search with other settings ("search"), or the search of another arm
-# decoded by another rule ("decode": the same theta, so no new search), or stopped where DARTS+ would
+# decoded by another rule ("decode": the same theta, so no new search), or its genotype retrained with other
+# training settings ("retrain": a loss, say), or stopped where DARTS+ would
 # stop ("early_stop": the genotype of the epoch before the decoder cell reached N skips, read off the
 # search's per-epoch genotypes: the run up to that epoch is the same).
 VARIANTS: Dict[str, dict] = {
@@ -157,6 +158,30 @@ VARIANTS: Dict[str, dict] = {
         "base": "D:random-channels",
         "set": ["search.decode.max_parameter_free=0.5"],
         "about": "random partial channels, at most half the decoder's edges parameter-free",
+    },
+    "pfcap-reduction": {
+        "kind": "decode",
+        "base": "A",
+        "set": ["search.decode.max_parameter_free_reduction=0.5"],
+        "about": "A's search, the reduction cells capped too: at most half their edges parameter-free",
+    },
+    "loss-dice": {
+        "kind": "retrain",
+        "base": "A",
+        "set": ["train.loss=dice"],
+        "about": "A's genotypes retrained with the Dice loss",
+    },
+    "loss-focal": {
+        "kind": "retrain",
+        "base": "A",
+        "set": ["train.loss=focal"],
+        "about": "A's genotypes retrained with the focal loss (gamma 2, class-weighted)",
+    },
+    "loss-ce+dice": {
+        "kind": "retrain",
+        "base": "A",
+        "set": ["train.loss=ce+dice"],
+        "about": "A's genotypes retrained with the weighted cross-entropy plus the Dice loss",
     },
     "random-channels+stop2": {
         "kind": "early_stop",
@@ -331,6 +356,15 @@ class Plan:
         base_arm = spec["base"]
         search_dir = self.root / f"{base_arm.replace(':', '-')}/seed-{seed}/search"
         name = f"{arm.replace(':', '-')}/seed-{seed}"
+        if spec["kind"] == "retrain":
+            self._train(
+                f"{name}/train",
+                arm,
+                seed,
+                genotype=str((search_dir / "genotype.json").relative_to(self.root)),
+                search_sets=spec["set"],
+            )
+            return
         genotype = f"{name}/genotype.json"
 
         def prepare() -> None:

@@ -78,6 +78,8 @@ class DecodeConfig:
     )  # P-DARTS: at most this many skips per decoder cell
     # at most this share of the decoder cell's edges without weights (skips, pooling); 0.5 measured best (README)
     max_parameter_free: Optional[float] = field(default=0.5, metadata=_range(0.0, 1.0))
+    # the same cap for the other cell types (the reduction cells), each cell on its own; None: uncapped
+    max_parameter_free_reduction: Optional[float] = field(default=None, metadata=_range(0.0, 1.0))
 
 
 @dataclass
@@ -150,6 +152,8 @@ class TrainConfig:
     # selected checkpoint is validated on the whole split at the end
     val_every: int = field(default=1, metadata=_range(1))
     val_max_tiles: Optional[int] = field(default=None, metadata=_range(1))
+    # the training loss: the paper's class-weighted cross-entropy, Dice, focal, or cross-entropy + Dice
+    loss: Literal["ce", "dice", "focal", "ce+dice"] = "ce"
     baseline_width: int = field(default=32, metadata=_range(1))  # ResNet-UNet: channels of the first stage
     baseline_blocks: int = field(default=2, metadata=_range(1))  # ResNet-UNet: residual blocks per stage
     precision: Literal["fp32", "bf16"] = "fp32"  # the training step's forward under bf16 autocast

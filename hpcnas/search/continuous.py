@@ -36,7 +36,8 @@ from hpcnas.search.gaea import arch_mode, make_arch_optimizer
 from hpcnas.space.genotype import Genotype
 from hpcnas.space.networks import SearchNetwork, build_search_network
 from hpcnas.space.searchspace import SearchSpace
-from hpcnas.train.loop import EpochLoop, WeightedCrossEntropy, cosine_sgd
+from hpcnas.train.loop import EpochLoop, cosine_sgd
+from hpcnas.train.losses import WeightedCrossEntropy
 
 log = logging.getLogger("hpcnas")
 

@@ -152,8 +152,12 @@ def decode_genotype(
     path_decoder: str = "multipath",
     max_skips: Optional[int] = None,
     max_parameter_free: Optional[float] = None,
+    max_parameter_free_other: Optional[float] = None,
 ) -> Genotype:
-    """A genotype of ``space`` from an :meth:`ArchParams.snapshot`."""
+    """A genotype of ``space`` from an :meth:`ArchParams.snapshot`.
+
+    ``max_skips`` and ``max_parameter_free`` cap the decoder (normal) cell; ``max_parameter_free_other``
+    caps every other cell type (the reduction cells) on its own."""
     topo = space.topology
     cells = []
     for role in topo.cell_names:
@@ -167,7 +171,7 @@ def decode_genotype(
                     snapshot["ops"][role],
                     edges,
                     max_skips if decoder else None,
-                    max_parameter_free if decoder else None,
+                    max_parameter_free if decoder else max_parameter_free_other,
                 ),
             )
         )
@@ -192,6 +196,7 @@ def decode_configured(cfg, snapshot: Dict) -> Genotype:
         path_decoder=d.path_decoder,
         max_skips=d.max_skips,
         max_parameter_free=d.max_parameter_free,
+        max_parameter_free_other=d.max_parameter_free_reduction,
     )
 
 

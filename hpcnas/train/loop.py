@@ -14,7 +14,6 @@ from torch import nn
 
 from hpcnas.board import Board
 from hpcnas.checkpoint import load_checkpoint, save_checkpoint
-from hpcnas.data.hdf5 import IGNORE_INDEX
 from hpcnas.distributed import SingleProcess
 from hpcnas.errors import Interrupted, UserError, warn
 from hpcnas.progress import progress
@@ -32,31 +31,6 @@ from hpcnas.signals import STOP
 from hpcnas.train.metrics import confusion, summarize
 
 log = logging.getLogger("hpcnas")
-
-
-class WeightedCrossEntropy(nn.Module):
-    """Cross-entropy weighted by the data set's class weights (padding ignored), normalized by
-    the weight sum of the *global* batch (all ranks; one rank: the usual weighted mean).
-
-    Each rank returns ``sum_rank(w * l) / (W_global / ranks)``, so averaging the
-    ranks' gradients gives exactly the gradient of one weighted mean over the
-    union of their batches (a per-rank mean would weigh ranks unequally).
-    """
-
-    def __init__(self, class_weights: np.ndarray, device: torch.device, ctx):
-        super().__init__()
-        self.weight = torch.as_tensor(class_weights, dtype=torch.float32, device=device)
-        self.ctx = ctx
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        total = nn.functional.cross_entropy(
-            logits, target, weight=self.weight, ignore_index=IGNORE_INDEX, reduction="sum"
-        )
-        # no boolean indexing: its size depends on the data, which makes the host wait for the GPU
-        labelled = target != IGNORE_INDEX
-        per_pixel = self.weight[target.clamp(max=len(self.weight) - 1)] * labelled
-        weight_sum = self.ctx.sum(per_pixel.sum().detach().reshape(1), name="hpcnas.loss_weights")[0]
-        return total / (weight_sum.clamp_min(1e-12) / self.ctx.size)
 
 
 def cosine_sgd(

@@ -29,7 +29,8 @@ from hpcnas.space.networks import build_discrete_network
 from hpcnas.space.searchspace import SearchSpace
 from hpcnas.train.baselines import ResNetUNet
 from hpcnas.train.complexity import complexity, width_for_parameters
-from hpcnas.train.loop import EpochLoop, StopWhileValidating, WeightedCrossEntropy, cosine_sgd, log
+from hpcnas.train.loop import EpochLoop, StopWhileValidating, cosine_sgd, log
+from hpcnas.train.losses import make_loss
 
 
 def model_spec(
@@ -124,7 +125,7 @@ class Trainer(EpochLoop):
             data_path, tr.batch_size, num_workers=cfg.data.num_workers, max_tiles=tr.val_max_tiles
         )
         self.val_every = tr.val_every
-        self.criterion = WeightedCrossEntropy(info.class_weights, device, self.ctx)
+        self.criterion = make_loss(tr.loss, info.class_weights, device, self.ctx)
         self.opt, self.sched = cosine_sgd(
             self.model.parameters(), tr.lr, tr.momentum, tr.weight_decay, tr.epochs, tr.lr_min
         )

@@ -175,3 +175,19 @@ def test_parameter_free_cap_keeps_at_most_that_share():
     ops = [op for node in capped for op, _ in node]
     assert sum(op in ("max_pool_3x3", "skip_connect", "avg_pool_3x3") for op in ops) == 2
     assert ops.count("dil_conv_3x3") == 2  # the masked edges fall back to their best op with weights
+
+
+def test_the_reduction_cell_has_its_own_parameter_free_cap():
+    """Searches on overhead imagery decoded reduction cells to 67-100 % pooling: the decoder's cap left them alone."""
+    space = SearchSpace.of("darts_unet", nodes=2)
+    op_w = np.full((5, len(OPS)), 0.05)
+    op_w[:, OPS.index("max_pool_3x3")] = 0.6
+    op_w[:, OPS.index("sep_conv_3x3")] = 0.3
+    snapshot = {"ops": {role: op_w for role in space.topology.cell_names}, "edges": None}
+    cfg = load_config(str(ROOT / "configs" / "smoke.yaml"), ["space.nodes=2"])
+    free = lambda g: {role: sum(op == "max_pool_3x3" for node in cell for op, _ in node) for role, cell in g.cells}  # noqa: E731
+    assert free(decode_configured(cfg, snapshot)) == {"reduce": 4, "normal": 2}  # the default caps the decoder only
+    both = load_config(
+        str(ROOT / "configs" / "smoke.yaml"), ["space.nodes=2", "search.decode.max_parameter_free_reduction=0.5"]
+    )
+    assert free(decode_configured(both, snapshot)) == {"reduce": 2, "normal": 2}
