@@ -187,7 +187,7 @@ def cmd_export(args: argparse.Namespace) -> Optional[int]:
 
 
 def cmd_submit(args: argparse.Namespace) -> Optional[int]:
-    from hpcnas.cluster.submit import Request, sbatch_text, submit
+    from hpcnas.cluster.submit import Request, final_job_state, how_it_ended, sbatch_text, submit
 
     request = Request(
         command=args.command_name,
@@ -234,12 +234,14 @@ def cmd_submit(args: argparse.Namespace) -> Optional[int]:
                 print(f"job {job.job_id} done: {result['run_dir']}")
             except Exception as exc:  # noqa: BLE001 - submitit re-raises the job's own failure
                 failed += 1
-                print(
-                    f"hpcnas: job {job.job_id} failed: "
-                    f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__} "
-                    f"(log: {job.paths.stderr})",
-                    file=sys.stderr,
-                )
+                state = None if args.local else final_job_state(str(job.job_id))
+                ending = how_it_ended(state)
+                detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+                if ending and ending != "failed":  # the job's own last words are submitit's "no output" here
+                    print(f"hpcnas: job {job.job_id} {ending} (SLURM state {state}; log: {job.paths.stderr})",
+                          file=sys.stderr)  # fmt: skip
+                else:
+                    print(f"hpcnas: job {job.job_id} failed: {detail} (log: {job.paths.stderr})", file=sys.stderr)
         return EXIT_FAILURE if failed else None
     return None
 

@@ -19,6 +19,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -338,6 +339,34 @@ def submit(req: Request, local: bool = False) -> List[Tuple[Any, str]]:
             f"sbatch refused the job: {lines[0] if lines else exc}"
         ) from None  # sbatch's first line names the cause
     return [(s, job.out.replace(JOB_ID, str(s.job_id))) for s, job in zip(submitted, jobs)]
+
+
+ENDINGS = {  # SLURM's final job states, as a user would say them
+    "CANCELLED": "was cancelled",
+    "TIMEOUT": "reached its time limit",
+    "NODE_FAIL": "lost its node",
+    "OUT_OF_MEMORY": "ran out of memory",
+    "PREEMPTED": "was preempted",
+    "BOOT_FAIL": "failed to boot its node",
+    "DEADLINE": "passed its deadline",
+    "FAILED": "failed",
+}
+
+
+def how_it_ended(state: Optional[str]) -> Optional[str]:
+    """``"was cancelled"`` for a SLURM state such as ``CANCELLED by 0``; None for a state that is no ending."""
+    word = (state or "").split()[0].rstrip("+") if state else ""
+    return ENDINGS.get(word)
+
+
+def final_job_state(job_id: str, patience_s: float = 30.0) -> Optional[str]:
+    """The state a job ended in, waiting up to ``patience_s`` while SLURM still shows it completing."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        state = slurm_job_state(job_id)
+        if state is None or how_it_ended(state) or state.startswith("COMPLETED") or time.monotonic() > deadline:
+            return state
+        time.sleep(1.0)
 
 
 def slurm_job_state(job_id: str) -> Optional[str]:

@@ -3,7 +3,8 @@
 # on a laptop or a CI machine: munge, MariaDB + slurmdbd (accounting, so sacct
 # and submitit's job states work), slurmctld and one slurmd per emulated node.
 # No systemd needed: every daemon is started by hand and stopped by its pid
-# file (slurm/dev-cluster/down.sh). Idempotent: a running cluster is kept.
+# file (slurm/dev-cluster/down.sh). Idempotent: a running cluster is kept; a cluster started
+# afresh starts clean (no job or node state of an earlier one).
 #
 #   sudo slurm/dev-cluster/up.sh [--nodes N] [--cpus C] [--gpus G]   (default 2 nodes, 2 CPUs, 4 GPUs each)
 #
@@ -62,6 +63,11 @@ if ! alive /run/mysqld/mysqld.pid; then
   log "starting mariadbd"
   (runuser -u mysql -- /usr/sbin/mariadbd --pid-file=/run/mysqld/mysqld.pid --socket=/run/mysqld/mysqld.sock >/var/log/hpcnas-slurm/mariadb.log 2>&1 &)
   for _ in $(seq 100); do [ -S /run/mysqld/mysqld.sock ] && break; sleep 0.1; done
+fi
+fresh=0
+alive "$run/slurmctld.pid" || alive "$run/slurmdbd.pid" || fresh=1
+if [ "$fresh" = 1 ]; then  # job numbers start again at 1: an old record under a new job's number would lie
+  mariadb --socket=/run/mysqld/mysqld.sock -e "DROP DATABASE IF EXISTS slurm_acct_db;"
 fi
 mariadb --socket=/run/mysqld/mysqld.sock -e "CREATE DATABASE IF NOT EXISTS slurm_acct_db; CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'hpcnas-dev'; GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;"
 
@@ -123,6 +129,10 @@ done
 cat > /etc/slurm/gres.conf <<CONF
 NodeName=n[1-$nodes] Name=gpu File=$state/fake-gpu[0-$((gpus - 1))]
 CONF
+if [ "$fresh" = 1 ]; then
+  # a fresh start is a clean one: jobs of an earlier cluster (pending when it was stopped) must not run again
+  rm -rf "$state/ctld" "$state"/d-n* "$state"/tmp-n*
+fi
 mkdir -p "$state/ctld"
 for k in $(seq "$nodes"); do mkdir -p "$state/d-n$k" "$state/tmp-n$k"; done
 

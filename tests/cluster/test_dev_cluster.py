@@ -1,0 +1,66 @@
+"""The dev cluster stops clean and starts clean, whatever its jobs were doing; submit --wait names how a job ended."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.cluster.test_slurm import JOB_ENV, LONG, SMOKE, cluster  # noqa: F401 - the fixture
+from tests.conftest import ROOT, set_args
+
+pytestmark = pytest.mark.slow
+HERE = ROOT / "slurm" / "dev-cluster"
+
+
+def squeue_state(job: str) -> str:
+    return subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.strip()
+
+
+def wait_for(predicate, seconds: float = 120) -> bool:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def test_a_cancelled_job_is_reported_as_cancelled(cluster, tmp_path):  # noqa: F811
+    cmd = [sys.executable, "-m", "hpcnas.cli", "submit", "--config", SMOKE, *set_args(LONG), "--command", "search",
+           "--gpus-per-node", "1", "--cpus-per-task", "1", "--time", "00:10:00", "--out", str(tmp_path / "run"),
+           "--logs", str(tmp_path / "logs"), "--wait"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=JOB_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    job = re.search(r"submitted job (\d+)", line).group(1)
+    assert wait_for(lambda: squeue_state(job) == "RUNNING"), squeue_state(job)
+    subprocess.run(["scancel", job], check=True)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and f"hpcnas: job {job} was cancelled (SLURM state CANCELLED" in err, err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the dev cluster is started and stopped as root")
+def test_down_leaves_no_job_step_and_up_does_not_run_old_jobs_again(cluster, tmp_path):  # noqa: F811
+    marker = tmp_path / "ran"
+    running = subprocess.run(["sbatch", "--parsable", "--wrap", "sleep 600"], capture_output=True, text=True)
+    pending = subprocess.run(
+        ["sbatch", "--parsable", "--begin=now+3600", "--wrap", f"touch {marker}"], capture_output=True, text=True
+    )
+    job = running.stdout.strip()
+    assert running.returncode == 0 and pending.returncode == 0, running.stderr + pending.stderr
+    assert wait_for(lambda: squeue_state(job) == "RUNNING")
+    down = subprocess.run(["bash", str(HERE / "down.sh")], capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert subprocess.run(["pgrep", "-x", "slurmstepd"], capture_output=True).returncode == 1  # none left
+    assert subprocess.run(["pgrep", "-f", "^sleep 600$"], capture_output=True).returncode == 1
+    up = subprocess.run(["bash", str(HERE / "up.sh")], capture_output=True, text=True, timeout=300)
+    assert up.returncode == 0, up.stdout + up.stderr
+    queue = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True)
+    assert queue.returncode == 0 and queue.stdout.strip() == ""  # the pending job did not come back
+    idle = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True, text=True).stdout
+    assert sorted(line.split()[1] for line in idle.splitlines()) == ["idle", "idle"]
+    assert not marker.exists()
