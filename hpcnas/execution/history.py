@@ -10,7 +10,6 @@ flight when the search was killed.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,14 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from hpcnas.records import Evaluation, Origin, Status, Task
 from hpcnas.rundir import JsonlWriter, RunDir, read_jsonl
-from hpcnas.strategies.objectives import Objective, extend_front, pareto_front, parse_objectives
+from hpcnas.strategies.objectives import (
+    HYPERVOLUME_BASIS,
+    Objective,
+    extend_front,
+    pareto_front,
+    parse_objectives,
+    scale_bounds,
+)
 
 
 class SearchLog:
@@ -141,8 +147,7 @@ class RunningTally:
         self.best_fitness: Optional[float] = None
         self.busy = 0.0  # worker-seconds since `since`, of the evaluations finished so far
         self.front: List[Evaluation] = []
-        self.lows: List[float] = [math.inf] * len(self.objectives)
-        self.highs: List[float] = [-math.inf] * len(self.objectives)
+        self.basis: List[Evaluation] = []  # the first successful evaluations: the hypervolume's fixed scale
 
     def add(self, e: Evaluation, now: float) -> None:
         """Count one finished evaluation (``now``: when it was recorded, the end of a rank's busy time)."""
@@ -152,18 +157,14 @@ class RunningTally:
             return
         if e.fitness is not None:
             self.best_fitness = e.fitness if self.best_fitness is None else max(self.best_fitness, e.fitness)
-        for i, o in enumerate(self.objectives):
-            value = o.minimized(e)
-            if math.isfinite(value):
-                self.lows[i], self.highs[i] = min(self.lows[i], value), max(self.highs[i], value)
+        if len(self.basis) < HYPERVOLUME_BASIS:
+            self.basis.append(e)
         if len(self.objectives) > 1:
             self.front = extend_front(self.objectives, self.front, e)
 
-    def bounds(self) -> Tuple[List[float], List[float]]:
-        """Per objective the lowest and highest minimized value so far (0 without any): :func:`scale_bounds`."""
-        lows = [lo if math.isfinite(lo) else 0.0 for lo in self.lows]
-        highs = [hi if math.isfinite(hi) else 0.0 for hi in self.highs]
-        return lows, highs
+    def hypervolume_bounds(self) -> Optional[Tuple[List[float], List[float]]]:
+        """The hypervolume's fixed scale (:func:`~hpcnas.strategies.objectives.hypervolume_bounds`), None before."""
+        return scale_bounds(self.objectives, self.basis) if len(self.basis) == HYPERVOLUME_BASIS else None
 
     def utilization(self, now: float) -> Optional[float]:
         """Busy worker-seconds over ``ranks`` x the time since ``since``: :func:`utilization` of what was added."""

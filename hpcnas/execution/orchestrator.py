@@ -340,11 +340,13 @@ class Dispatcher:
         }
         if tally.best_fitness is not None:
             out["best_fitness"] = tally.best_fitness
-        objectives, front, (lows, highs) = tally.objectives, list(tally.front), tally.bounds()
+        objectives, front, scale = tally.objectives, list(tally.front), tally.hypervolume_bounds()
 
         def values() -> Dict[str, Any]:  # the hypervolume, the one costly figure, in the board's thread
             if len(objectives) > 1:
-                out["front"] = {"size": len(front), "hypervolume": hypervolume(objectives, front, lows, highs)}
+                out["front"] = {"size": len(front)}
+                if scale is not None:  # the report's definition: a scale fixed by the first evaluations
+                    out["front"]["hypervolume"] = hypervolume(objectives, front, *scale)
             return out
 
         self.board.scalars_later(values, len(self.log.finished), walltime=evaluation.end)

@@ -8,6 +8,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from hpcnas.errors import UserError
 from hpcnas.execution.history import read_search
 from hpcnas.report import graphs, html, plots
 from hpcnas.rundir import SUMMARY, RunDir, atomic_write_text, read_jsonl
@@ -107,6 +108,7 @@ def build_report(runs: Sequence[Path], out: Optional[Path] = None) -> Path:
 
     header = [
         "run",
+        "state",
         "epochs",
         "best val mIoU",
         "test mIoU",
@@ -159,6 +161,16 @@ def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds / 60:.1f} min"
 
 
+def _state(run: Path) -> str:
+    """How the run stands (``hpcnas status``'s state): an interrupted run's row says so instead of dashes alone."""
+    from hpcnas.report.status import run_status
+
+    try:
+        return str(run_status(str(run))["state"])
+    except UserError:
+        return "-"
+
+
 def _summary_row(run: Path, label: str, recs: List[dict], ev: Optional[dict], search) -> List[str]:
     """One run's line of the summary table (markdown and HTML)."""
     vals = [r["val_miou"] for r in recs if r.get("val_miou") is not None]
@@ -177,6 +189,7 @@ def _summary_row(run: Path, label: str, recs: List[dict], ev: Optional[dict], se
         wall = max(ends) - min(starts) if ends and starts else None
     return [
         label,
+        _state(run),
         str(len(recs)) if recs else "-",
         f"{max(vals):.4f}" if vals else "-",
         f"{ev['miou']:.4f}" if ev else "-",

@@ -36,7 +36,11 @@ CAPTIONS = [
         r"^accuracy_costs_(.+)\.png$",
         "{0}: proxy validation mIoU against each measured cost; the Pareto front of the search's objectives in red.",
     ),
-    (r"^hypervolume_(.+)\.png$", "{0}: hypervolume of the Pareto front after each finished evaluation."),
+    (
+        r"^hypervolume_(.+)\.png$",
+        "{0}: hypervolume of the Pareto front after each finished evaluation, on one fixed scale (the range of "
+        "the first successful evaluations, reference point 1.1), the same number TensorBoard charts.",
+    ),
     (r"^cell_(.+)_(\w+)\.png$", "{0}: the decoded {1} cell (ops on the edges)."),
     (r"^network_(.+)\.png$", "{0}: the UNet++ network, kept paths highlighted."),
 ]
@@ -141,8 +145,9 @@ def write_index(
         parts.append(
             "<h2>Figures</h2>"
             + "".join(
-                f'<figure><img src="{html.escape(name)}" alt="{html.escape(name)}">'
-                f"<figcaption>{html.escape(caption(name))}</figcaption></figure>"
+                f'<figure><a href="{html.escape(name)}" title="open at full size">'
+                f'<img src="{html.escape(name)}" alt="{html.escape(name)}"></a>'
+                f"<figcaption>{html.escape(caption(name))} (click for full size)</figcaption></figure>"
                 for name in figures
             )
         )

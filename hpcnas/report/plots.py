@@ -11,8 +11,11 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+# at least 9 pt everywhere: figures are shown at page width, several panels side by side
+matplotlib.rcParams.update({"font.size": 10, "legend.fontsize": 9, "xtick.labelsize": 9, "ytick.labelsize": 9})
+
 from hpcnas.records import Evaluation  # noqa: E402
-from hpcnas.strategies.objectives import Objective  # noqa: E402
+from hpcnas.strategies.objectives import HYPERVOLUME_BASIS, Objective  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
@@ -34,7 +37,7 @@ def training_curves(runs: Dict[str, List[dict]], path: Path) -> Path:
     ax_miou.set(xlabel="epoch", ylabel="mIoU", title="validation mIoU", ylim=(0, 1))
     for ax in (ax_loss, ax_miou):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=9)
     return _save(fig, path)
 
 
@@ -56,7 +59,7 @@ def entropy_curves(runs: Dict[str, List[dict]], path: Path) -> Path:
         ylim=(0, 1.05),
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=9)
     return _save(fig, path)
 
 
@@ -71,7 +74,7 @@ def precision_recall(evaluations: Dict[str, dict], path: Path) -> Path:
     ax_r.set(xlabel="IoU threshold", ylabel="recall", title="object recall", ylim=(0, 1.02))
     for ax in (ax_p, ax_r):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=9)
     return _save(fig, path)
 
 
@@ -119,7 +122,7 @@ def evolution_history(history: List[dict], path: Path) -> Path:
         ax_f.step(np.array(ends)[order], best, where="post", color="C3", label="best so far")
     ax_f.set(xlabel="minutes since start", ylabel="fitness (val mIoU)", title="fitness over time")
     ax_f.grid(alpha=0.3)
-    ax_f.legend(fontsize=8)
+    ax_f.legend(fontsize=9)
     statuses = ["ok", "oom", "crashed", "timeout"]
     counts = [sum(1 for r in history if r.get("status") == s) for s in statuses]
     ax_s.bar(statuses, counts, color=["C2", "C1", "C3", "C7"])
@@ -143,10 +146,14 @@ def accuracy_against_costs(
     """Discrete search: val mIoU against each measured cost, the front of the configured objectives in red."""
     ok = [e for e in history if e.ok]
     costs = [c for c in COST_LABELS if any(c in e.objectives for e in ok)] or ["params"]
-    fig, axes = plt.subplots(1, len(costs), figsize=(4.2 * len(costs), 3.8), squeeze=False)
+    columns = min(2, len(costs))  # two panels a row: text stays readable at page width
+    rows = -(-len(costs) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 4.2 * rows), squeeze=False)
+    for ax in axes.flat[len(costs) :]:
+        ax.set_visible(False)
     front_ids = {e.id for e in front}
     bounded = {o.name: o.bound for o in objectives if o.bound is not None}
-    for ax, cost in zip(axes[0], costs):
+    for ax, cost in zip(axes.flat, costs):
         pts = [(e.objectives.get(cost), e.fitness, e.id in front_ids) for e in ok if e.objectives.get(cost) is not None]
         rest = [(x, y) for x, y, on in pts if not on]
         top = sorted((x, y) for x, y, on in pts if on)
@@ -167,7 +174,7 @@ def accuracy_against_costs(
         if cost in ("params", "flops"):
             ax.set_xscale("log")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=9)
     return _save(fig, path)
 
 
@@ -180,8 +187,15 @@ def hypervolume_curve(
     ax.step([(t - t0) / 60 for t in times], volumes, where="post", color="C3")
     ax.set(
         xlabel="minutes since the first result",
-        ylabel="hypervolume (objectives scaled to [0, 1], ref 1.1)",
+        ylabel="hypervolume",
         title="hypervolume of " + ", ".join(map(str, objectives)),
+    )
+    fig.text(
+        0.01,
+        0.01,
+        f"each objective scaled to [0, 1] by the range of the first {HYPERVOLUME_BASIS} successful evaluations, "
+        "reference point 1.1: TensorBoard's front/hypervolume",
+        fontsize=9,
     )
     ax.grid(alpha=0.3)
     return _save(fig, path)

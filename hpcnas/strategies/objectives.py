@@ -135,6 +135,19 @@ def scale_bounds(objectives: Sequence[Objective], evaluations: Sequence[Evaluati
     return lows, highs
 
 
+HYPERVOLUME_BASIS = 5  # the successful evaluations (the first, in end order) whose range scales the hypervolume
+
+
+def hypervolume_bounds(objectives: Sequence[Objective], evaluations: Sequence[Evaluation]) -> "Optional[tuple]":
+    """The one scale of a run's hypervolume, shared by TensorBoard and the report: per objective the range of the
+    first :data:`HYPERVOLUME_BASIS` successful evaluations (in end order), fixed from then on, so the chart
+    never rescales; None while there are fewer."""
+    first = [e for e in sorted(evaluations, key=lambda e: e.end or 0.0) if e.ok and e.end is not None]
+    if len(first) < HYPERVOLUME_BASIS:
+        return None
+    return scale_bounds(objectives, first[:HYPERVOLUME_BASIS])
+
+
 def hypervolume(
     objectives: Sequence[Objective], front: Sequence[Evaluation], lows: Sequence[float], highs: Sequence[float]
 ) -> float:
@@ -155,14 +168,21 @@ def hypervolume_over_time(
 ) -> "tuple[list, list]":
     """``(end times, hypervolumes)``: the hypervolume of the front after each finished evaluation, in end order.
 
-    ``bounds``: the ``(lows, highs)`` that scale the objectives (default: this run's own, :func:`scale_bounds`);
-    give the same bounds to compare runs.
+    ``bounds``: the ``(lows, highs)`` that scale the objectives (default: :func:`hypervolume_bounds`, the scale
+    TensorBoard charts; nothing is charted before it is fixed); give the same bounds to compare runs.
     """
-    lows, highs = bounds or scale_bounds(objectives, evaluations)
+    fixed = bounds or hypervolume_bounds(objectives, evaluations)
+    if fixed is None:
+        return [], []
+    lows, highs = fixed
     front: List[Evaluation] = []
     times, volumes = [], []
+    ok = 0
     for e in sorted((e for e in evaluations if e.end is not None), key=lambda e: e.end or 0.0):
         front = extend_front(objectives, front, e)
+        ok += e.ok
+        if bounds is None and ok < HYPERVOLUME_BASIS:
+            continue  # as TensorBoard: the scale is fixed by the first successful evaluations
         times.append(e.end)
         volumes.append(hypervolume(objectives, front, lows, highs))
     return times, volumes

@@ -252,11 +252,17 @@ def test_the_running_tally_charts_what_a_recount_of_the_whole_history_gives():
     import random
 
     from hpcnas.execution.history import RunningTally, utilization
-    from hpcnas.strategies.objectives import hypervolume, pareto_front, parse_objectives, scale_bounds
+    from hpcnas.strategies.objectives import (
+        hypervolume,
+        hypervolume_bounds,
+        hypervolume_over_time,
+        pareto_front,
+        parse_objectives,
+    )
 
     objectives = parse_objectives(["miou", "params <= 60"])
     rng = random.Random(3)
-    tally, finished = RunningTally(objectives, ranks=3, since=10.0), []
+    tally, finished, charted = RunningTally(objectives, ranks=3, since=10.0), [], []
     for i in range(60):
         status = rng.choice([Status.OK] * 4 + [Status.OOM, Status.TOO_BIG])
         miou = round(rng.random(), 2)  # rounded: equal points too
@@ -282,8 +288,11 @@ def test_the_running_tally_charts_what_a_recount_of_the_whole_history_gives():
         assert tally.utilization(now) == pytest.approx(utilization(finished, 3, 10.0, now))
         front = pareto_front(objectives, finished)
         assert sorted(f.id for f in tally.front) == [f.id for f in front]
-        assert tally.bounds() == scale_bounds(objectives, finished)
-        assert hypervolume(objectives, tally.front, *tally.bounds()) == pytest.approx(
-            hypervolume(objectives, front, *scale_bounds(objectives, finished))
-        )
+        # TensorBoard's hypervolume is the report's: one scale, fixed by the first successful evaluations
+        assert tally.hypervolume_bounds() == hypervolume_bounds(objectives, finished)
+        if tally.hypervolume_bounds() is not None:
+            charted.append(hypervolume(objectives, tally.front, *tally.hypervolume_bounds()))
     assert len(tally.front) > 1 and 0 < tally.utilization(now) < 1
+    _, report = hypervolume_over_time(objectives, finished)
+    assert charted == pytest.approx(report) and len(charted) > 30
+    assert charted == sorted(charted)  # a fixed scale: the front only ever gains

@@ -18,7 +18,7 @@ from hpcnas.execution.orchestrator import make_strategy, replay
 from hpcnas.rundir import read_jsonl
 from hpcnas.space.genotype import Genotype
 from hpcnas.space.searchspace import SearchSpace
-from hpcnas.strategies.objectives import pareto_front
+from hpcnas.strategies.objectives import hypervolume_over_time, pareto_front
 from tests.conftest import MPI_ENV, MPIRUN, ROOT, needs_mpi, run_cli
 from tests.execution.test_orchestrator import SLEEPY, _wait_for_lines, run, sets
 
@@ -53,7 +53,11 @@ def test_smoke_pareto_trains_reports_and_exports_its_front(tmp_path):
     assert {"front/hypervolume", "front/size", "utilization", "status/ok", "evaluation/miou", "best_fitness"} <= set(
         events.Tags()["scalars"]
     )
-    assert [s.step for s in events.Scalars("front/hypervolume")] == list(range(1, 11))
+    # one scale with the report's: charted from the evaluation that fixes it (the 5th success) on, never rescaled
+    charted = events.Scalars("front/hypervolume")
+    assert [s.step for s in charted] == list(range(11 - len(charted), 11)) and len(charted) >= 1
+    assert [s.value for s in charted] == sorted(s.value for s in charted)
+    assert [s.value for s in charted] == pytest.approx(hypervolume_over_time(search.objectives, search.evaluations)[1])
     # nothing on the front is dominated by anything in the history
     assert {e.id for e in front} == {e.id for e in pareto_front(search.objectives, search.evaluations)}
 

@@ -47,6 +47,8 @@ def test_the_report_page_loads_cleanly_with_one_row_per_run(tmp_path):
     pngs = len(list(out.glob("*.png")))
     assert int(marks["images"]) == pngs > 5 and marks["broken-images"] == "0"
     assert dom.count('<tr class="run">') == 3
+    images = re.findall(r'<a href="([^"]+)"[^>]*><img src="([^"]+)"', dom)  # each figure opens at full size
+    assert len(images) == dom.count("<figure>") > 5 and all(href == src for href, src in images)
     assert "Discrete search a" in dom and "object precision and recall".lower() in dom.lower()
     # every run's prediction examples, not only the first one's
     assert {"predictions_a.png", "predictions_b.png", "predictions_c.png"} <= {p.name for p in out.glob("*.png")}

@@ -91,6 +91,8 @@ def test_report_files_are_valid_images(tmp_path):
             assert im.size[0] > 100 and im.size[1] > 50
     summary = (out / "summary.md").read_text()
     assert "| a |" in summary and "| b |" in summary and "0.7000" in summary
+    assert "| run | state | epochs |" in summary  # fake runs have no heartbeat: their state is unknown
+    assert "| a | unknown |" in summary
     assert "background 0.900, object 0.500" in summary and "123,456" in summary and "| 7.5 |" in summary
     # the front of (miou up, params down) among the ok evaluations 0, 1, 3: every one trades one for the other
     assert "## Pareto front of a: miou, params" in summary and "3 of 6 evaluations" in summary
