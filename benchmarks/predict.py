@@ -9,6 +9,13 @@ data here, unless ``--checkpoint`` names another.
     python benchmarks/predict.py [--sizes 2048,5000,20000] [--tile 256] [--overlap 64] [--device cpu]
                                  [--json benchmarks/results/predict-cpu.json]
 
+``--naive`` also runs, on each scene and in the same run, the script a user
+would write (``benchmarks/_naive_predict.py``: rasterio, non-overlapping
+windows, the same network, the arg-max written as a GeoTIFF) and hpcnas with
+``--overlap 0``, and reports each speed against the naive script's, with the
+windows each ran: the goals are ``--overlap 0`` at >= 1.0x the naive speed,
+and the default overlap at >= 0.9 x (naive windows / hpcnas windows).
+
 ``--seams DATA.h5 --checkpoint A,B --windows 64:16,256:64`` instead compares
 the blends (mean, smooth) on the test images of a data set, for every
 network and window: mIoU over the whole images and over the pixels within
@@ -75,10 +82,11 @@ def train_small_network(workdir: Path) -> Path:
     return run / "checkpoints" / "best.pt"
 
 
-def run_predict(checkpoint: Path, scene: Path, out: Path, args) -> Dict[str, Any]:
+def run_predict(checkpoint: Path, scene: Path, out: Path, args, overlap: Optional[int] = None) -> Dict[str, Any]:
     """``hpcnas predict`` on one scene in a child process: seconds and its own peak RSS (MB)."""
+    overlap = args.overlap if overlap is None else overlap
     cmd = [*hpcnas_reporting_peak(), "predict", "--checkpoint", str(checkpoint), "--input", str(scene),
-           "--out", str(out), "--tile", str(args.tile), "--overlap", str(args.overlap), "--batch", str(args.batch),
+           "--out", str(out), "--tile", str(args.tile), "--overlap", str(overlap), "--batch", str(args.batch),
            "--device", args.device]  # fmt: skip
     cmd += ["--vector"] if args.vector else []
     peak_file = out.with_name(out.name + ".peak.json")
@@ -88,6 +96,38 @@ def run_predict(checkpoint: Path, scene: Path, out: Path, args) -> Dict[str, Any
     if proc.returncode != 0:
         raise SystemExit(f"hpcnas predict failed on {scene} (exit {proc.returncode})")
     return {"seconds": round(seconds, 2), "peak_rss_mb": round(json.loads(peak_file.read_text())["peak_rss_mb"], 1)}
+
+
+def run_naive(checkpoint: Path, scene: Path, out: Path, args) -> float:
+    """Seconds of benchmarks/_naive_predict.py on one scene, in a child process like hpcnas's."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "_naive_predict.py"), str(checkpoint), str(scene), str(out),
+           str(args.tile), str(args.batch), args.device]  # fmt: skip
+    start = time.perf_counter()
+    if subprocess.run(cmd).returncode != 0:
+        raise SystemExit(f"the naive script failed on {scene}")
+    return time.perf_counter() - start
+
+
+def against_naive(checkpoint: Path, scene: Path, work: Path, size: int, default_s: float, args) -> Dict[str, Any]:
+    """The naive script and hpcnas --overlap 0 on the same scene, naive runs before and after (their mean)."""
+    naive = [run_naive(checkpoint, scene, work / f"naive_{size}_{k}.tif", args) for k in (0,)]
+    flat = run_predict(checkpoint, scene, work / f"out0_{size}", args, overlap=0)["seconds"]
+    naive.append(run_naive(checkpoint, scene, work / f"naive_{size}_1.tif", args))
+    naive_s = sum(naive) / len(naive)
+    windows = {overlap: len(window_starts(size, args.tile, overlap)) ** 2 for overlap in (0, args.overlap)}
+    naive_windows = (-(-size // args.tile)) ** 2
+    target = 0.9 * naive_windows / windows[args.overlap]
+    return {
+        "naive_seconds": [round(v, 2) for v in naive],
+        "naive_windows": naive_windows,
+        "overlap0_seconds": round(flat, 2),
+        "overlap0_windows": windows[0],
+        "default_windows": windows[args.overlap],
+        "overlap0_vs_naive": round(naive_s / flat, 3),  # goal >= 1.0
+        "default_vs_naive": round(naive_s / default_s, 3),
+        "default_goal": round(target, 3),  # 0.9 x naive windows / default windows
+        "goals_met": naive_s / flat >= 1.0 and naive_s / default_s >= target,
+    }
 
 
 def scaling(args) -> Dict[str, Any]:
@@ -104,10 +144,13 @@ def scaling(args) -> Dict[str, Any]:
             megapixels = size * size / 1e6
             rows.append({"size": size, "megapixels": round(megapixels, 1), **measured,
                          "megapixels_per_s": round(megapixels / measured["seconds"], 3)})  # fmt: skip
+            if args.naive:
+                rows[-1].update(against_naive(checkpoint, scene, work, size, measured["seconds"], args))
             print(rows[-1], file=sys.stderr, flush=True)
             scene.unlink()
     return {"device": args.device, "tile": args.tile, "overlap": args.overlap, "batch": args.batch,
-            "vector": args.vector, "checkpoint": args.checkpoint or "random DARTS-UNet cell, C=8, depth 2",
+            "vector": args.vector, "naive": args.naive,
+            "checkpoint": args.checkpoint or "random DARTS-UNet cell, C=8, depth 2",
             "threads": os.environ.get("OMP_NUM_THREADS", "torch default"), "rows": rows}  # fmt: skip
 
 
@@ -197,6 +240,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--vector", action="store_true", help="also write polygons")
+    parser.add_argument("--naive", action="store_true", help="also time a naive script and --overlap 0, side by side")
     parser.add_argument("--checkpoint", help="a trained network (default: train a small one here); --seams: A,B,...")
     parser.add_argument("--windows", help="--seams: TILE:OVERLAP,... (default: the training tile and overlap)")
     parser.add_argument("--seams", metavar="DATA.h5", help="compare the blends on this data set's test images")
@@ -212,6 +256,11 @@ def main() -> None:
         for r in payload["rows"]:
             print(f"{r['size']:>8} {r['megapixels']:>7} {r['seconds']:>9} {r['megapixels_per_s']:>7} "
                   f"{r['peak_rss_mb']:>12}")  # fmt: skip
+            if "naive_seconds" in r:
+                print(f"{'':>8} naive {r['naive_seconds']} s ({r['naive_windows']} windows); overlap 0: "
+                      f"{r['overlap0_vs_naive']}x naive (goal 1.0); default: {r['default_vs_naive']}x naive "
+                      f"with {r['default_windows']} windows (goal {r['default_goal']}): "
+                      f"{'met' if r['goals_met'] else 'NOT met'}")  # fmt: skip
     emit(payload, args.json)
 
 

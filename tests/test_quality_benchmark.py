@@ -62,7 +62,13 @@ def test_the_random_cells_are_resampled_with_the_seeds_they_were_trained_under(q
 
 def test_the_plan_pairs_every_arm_by_seed(quality, tmp_path):
     args = argparse.Namespace(
-        out=str(tmp_path), preset="quick", set=[], seeds=5, random_cells=8, arms=list(quality.BASE_ARMS), variants=[]
+        out=str(tmp_path),
+        preset="quick",
+        set=[],
+        seeds=5,
+        random_cells=8,
+        arms=list(quality.BASE_ARMS),
+        variants=["loss-dice"],
     )
     plan = quality.Plan(args, str(tmp_path / "data.h5"))
     cells = [plan.runs[f"C/cell-{k}"] for k in range(8)]
@@ -71,6 +77,10 @@ def test_the_plan_pairs_every_arm_by_seed(quality, tmp_path):
     argv = cells[6].args()
     assert argv[argv.index("--seed") + 1] == "6" and "seed=1" in argv
     assert plan.runs["B-matched/seed-3"].after == ["A/seed-3/train"]  # sized to its own seed's network
+    dice = plan.runs["D-loss-dice/seed-2/train"]  # A's genotype of the same seed, retrained with another loss
+    argv = dice.args()
+    assert dice.after == ["A/seed-2/search"] and "train.loss=dice" in argv and "seed=2" in argv
+    assert argv[argv.index("--genotype") + 1] == str(tmp_path / "A/seed-2/search/genotype.json")
 
 
 def test_a_second_launch_on_the_same_folder_is_refused_and_changes_nothing(tmp_path):
