@@ -96,7 +96,7 @@ def cmd_data_info(args: argparse.Namespace) -> None:
 
 
 def cmd_smoke(args: argparse.Namespace) -> None:
-    from hpcnas.pipeline import smoke
+    from hpcnas.smoke import smoke
 
     smoke(out=args.out, config_path=args.config, overrides=args.set)
 
@@ -285,7 +285,7 @@ def cmd_status(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from hpcnas.pipeline import report
+    from hpcnas.report.build import report
 
     out = report(args.runs, args.out)
     print(f"report: {out / SUMMARY}")

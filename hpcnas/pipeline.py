@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from hpcnas.config import Config, dump_config, load_config
 from hpcnas.errors import Interrupted, UserError
 from hpcnas.rundir import (
-    SUMMARY,
     RunDir,
     guard_run_dir,
     holds_run_dirs,
@@ -467,20 +465,6 @@ def export(checkpoint: str, fmt: str, out: str, tile: Optional[int] = None) -> "
     return export_model(checkpoint, fmt, out, tile)
 
 
-def report(run_dirs: Sequence[str], out: Optional[str] = None) -> Path:
-    """``hpcnas report``: pictures and a summary of one or more runs into the first one's report/."""
-    from hpcnas.report.build import build_report
-
-    for d in run_dirs:
-        if not Path(d).is_dir():
-            raise UserError("no such run directory", source=str(d))
-        if not RunDir(d).holds_a_run():
-            raise UserError(
-                "holds no run (no metrics.jsonl, evaluation.json, history.jsonl or genotype.json)", source=str(d)
-            )
-    return build_report([Path(d) for d in run_dirs], Path(out) if out else None)
-
-
 def pareto(run_dir: str, export: Optional[str] = None) -> "tuple[Any, Optional[Path]]":
     """``hpcnas pareto``: the Pareto front of a discrete search; with ``export``, each member's genotype.json.
 
@@ -567,37 +551,3 @@ def evolve(
     if stopped_by:
         raise Interrupted(run_dir, stopped_by, "with evaluations left")
     return run_dir if comm.Get_rank() == 0 else None
-
-
-@holds_run_dirs
-def smoke(out: Optional[str] = None, config_path: Optional[str] = None, overrides: Sequence[str] = ()) -> Path:
-    """``hpcnas smoke``: data -> search -> decode -> retrain -> evaluate -> report, on synthetic data."""
-    t0 = time.time()
-    config = config_path or str(SMOKE_CONFIG)
-    cfg = load_config(config, overrides)  # a bad --set stops here, before anything is written
-    root = make_run_dir(out, "smoke")
-    data = RunDir(root).data
-    if not data.exists():
-        from hpcnas.data.synth import synthesize
-
-        s = cfg.data.synth
-        synthesize(data, n=s.n, size=s.size, seed=s.seed, val_fraction=s.val_fraction, test_fraction=s.test_fraction)
-    with_data = list(overrides) + [f"data.path={data}"]
-    genotype, search_dir = search(config, with_data, out=str(root / "search"))
-    print(f"[smoke] search: {genotype.describe()} ({time.time() - t0:.0f}s)")
-    _, train_dir = train(
-        config, with_data, genotype=str(RunDir(search_dir).genotype), out=str(root / "train"), evaluate_split="test"
-    )
-    result = json.loads(RunDir(train_dir).evaluation.read_text())
-    _, base_dir = train(
-        config, with_data, baseline="resnet_unet", out=str(root / "baseline_resnet_unet"), evaluate_split="test"
-    )
-    report_dir = report([str(train_dir), str(base_dir), str(search_dir)])
-    curve = result["objects"]
-    print(f"[smoke] done in {time.time() - t0:.0f}s: {root}")
-    print(
-        f"[smoke] test mIoU {result['miou']:.4f}, object recall@0.5 {curve['recall'][4]:.3f}, "
-        f"precision@0.5 {curve['precision'][4]:.3f}"
-    )
-    print(f"[smoke] report: {report_dir / SUMMARY}")
-    return root

@@ -25,10 +25,11 @@ LAYERS = {
     "search": 7,
     "predict": 7,
     "execution": 8,
-    "cluster": 9,
-    "report": 10,
-    "pipeline": 11,
-    "cli": 12,
+    "pipeline": 9,  # what each command does
+    "cluster": 10,  # runs pipeline commands as SLURM jobs
+    "report": 11,  # reads runs, and asks SLURM how their jobs stand
+    "smoke": 12,  # pipeline + report, end to end
+    "cli": 13,
 }
 
 
@@ -39,7 +40,10 @@ def _top(module: str) -> str:
 def imports_of(path: Path):
     tree = ast.parse(path.read_text())
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        if isinstance(node, ast.ImportFrom) and node.module == "hpcnas" and node.level == 0:
+            for alias in node.names:  # from hpcnas import pipeline: the module pipeline, not an empty name
+                yield node.lineno, f"hpcnas.{alias.name}"
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             yield node.lineno, node.module
         elif isinstance(node, ast.Import):
             for alias in node.names:

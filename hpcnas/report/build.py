@@ -201,3 +201,15 @@ def _summary_row(run: Path, label: str, recs: List[dict], ev: Optional[dict], se
         _hours(wall) if wall else "-",
         gpu_hours,
     ]
+
+
+def report(run_dirs: Sequence[str], out: Optional[str] = None) -> Path:
+    """``hpcnas report``: pictures and a summary of one or more runs into the first one's report/."""
+    for d in run_dirs:
+        if not Path(d).is_dir():
+            raise UserError("no such run directory", source=str(d))
+        if not RunDir(d).holds_a_run():
+            raise UserError(
+                "holds no run (no metrics.jsonl, evaluation.json, history.jsonl or genotype.json)", source=str(d)
+            )
+    return build_report([Path(d) for d in run_dirs], Path(out) if out else None)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hpcnas.pipeline import report
+from hpcnas.report.build import report
 from tests.report.test_report import fake_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

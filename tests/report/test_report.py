@@ -9,8 +9,8 @@ import time
 import numpy as np
 from PIL import Image
 
-from hpcnas.pipeline import report
 from hpcnas.report import graphs
+from hpcnas.report.build import report
 from hpcnas.space.searchspace import SearchSpace
 from tests.conftest import run_cli
 
