@@ -242,13 +242,14 @@ def search(
             log.info("resuming %s at %s", run_dir, runner.resume_point())
     elif resume and ctx.is_root:
         log.info("no checkpoint yet: starting %s from epoch 1", run_dir)
-    if ctx.is_root:
-        from hpcnas.space.searchspace import SearchSpace
-        from hpcnas.train.plan import memory_estimate
+    from hpcnas.space.searchspace import SearchSpace
+    from hpcnas.train.plan import memory_estimate
 
-        memory = memory_estimate(
-            runner.model, info.channels, info.tile_size, SearchSpace.from_config(cfg).stride(), cfg.search.batch_size
-        )
+    # on every rank: the trace runs synchronized batch norm's collectives, which all ranks must join
+    memory = memory_estimate(
+        runner.model, info.channels, info.tile_size, SearchSpace.from_config(cfg).stride(), cfg.search.batch_size
+    )
+    if ctx.is_root:
         log.info(
             "search %s on %s (%s) x %d rank(s): %s, %d epochs -> %s (supernet: %s parameters, about %s MB peak "
             "per step)",

@@ -74,14 +74,27 @@ def saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
 def estimate_training_memory(model: nn.Module, in_channels: int, tile: int, stride: int) -> MemoryEstimate:
     """The peak-memory model of training ``model`` on ``tile`` x ``tile`` inputs (``tile`` a multiple of ``stride``).
 
-    ``model`` is traced on the CPU at batch 2 and ``stride`` pixels, in train mode, and left as it was.
+    ``model`` is traced on the CPU at batch 2 and ``stride`` pixels, in train mode, and left exactly as it was:
+    its buffers (batch-norm statistics), the global random stream and the modules' own generators (partial
+    channels' draws), so an exact resume stays exact.
     """
     was_training = model.training
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    generators = {
+        id(g): (g, g.get_state())
+        for m in model.modules()
+        if isinstance(g := getattr(m, "generator", None), torch.Generator)
+    }
     model.train()
     with torch.random.fork_rng(devices=[]):  # dropout, if any, must not move the caller's random stream
         x = torch.zeros(TRACE_BATCH, in_channels, stride, stride)
         saved = saved_storages(lambda: model(x), model.parameters())
     model.train(was_training)
+    with torch.no_grad():
+        for buffer, before in buffers:
+            buffer.copy_(before)
+    for generator, state in generators.values():
+        generator.set_state(state)
     pixels = (tile // stride) ** 2
     fixed, per_sample, largest = 0, 0.0, 0.0
     for t in saved.values():

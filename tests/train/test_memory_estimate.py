@@ -34,3 +34,19 @@ def test_the_largest_batch_that_fits():
     assert e.largest_batch(limit=350 + 159, most=8) == 3
     assert e.largest_batch(limit=10_000, most=8) == 8
     assert e.largest_batch(limit=389, most=8) == 0  # not even one sample
+
+
+def test_the_estimate_leaves_the_supernet_exactly_as_it_was():
+    """A run logs the estimate after a resume restored it: the trace must not move batch-norm statistics, the
+    global random stream or the supernet's own channel generator (an exact resume was off by one step)."""
+    from hpcnas.space.networks import build_search_network
+
+    space = SearchSpace.from_config(load_config(None, ["space.depth=2"]))
+    model = build_search_network(space, 3, 2, channels=8, partial=2, sampling="random", seed=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng, channels = torch.get_rng_state(), model.channel_rng.get_state()
+    estimate_training_memory(model, 3, 4 * space.stride(), space.stride())
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert torch.equal(torch.get_rng_state(), rng) and torch.equal(model.channel_rng.get_state(), channels)
+    assert model.training
