@@ -152,8 +152,9 @@ class TrainConfig:
     # selected checkpoint is validated on the whole split at the end
     val_every: int = field(default=1, metadata=_range(1))
     val_max_tiles: Optional[int] = field(default=None, metadata=_range(1))
-    # the training loss: the paper's class-weighted cross-entropy, Dice, focal, or cross-entropy + Dice
-    loss: Literal["ce", "dice", "focal", "ce+dice"] = "ce"
+    # the training loss: Dice (measured best, README "Search quality"), the paper's class-weighted
+    # cross-entropy, focal, or cross-entropy + Dice
+    loss: Literal["ce", "dice", "focal", "ce+dice"] = "dice"
     baseline_width: int = field(default=32, metadata=_range(1))  # ResNet-UNet: channels of the first stage
     baseline_blocks: int = field(default=2, metadata=_range(1))  # ResNet-UNet: residual blocks per stage
     precision: Literal["fp32", "bf16"] = "fp32"  # the training step's forward under bf16 autocast

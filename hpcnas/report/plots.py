@@ -33,7 +33,7 @@ def training_curves(runs: Dict[str, List[dict]], path: Path) -> Path:
         ax_loss.plot(epochs, [r.get("train_loss") for r in records], marker=".", label=label)
         if any("val_miou" in r for r in records):
             ax_miou.plot(epochs, [r.get("val_miou") for r in records], marker=".", label=label)
-    ax_loss.set(xlabel="epoch", ylabel="weighted cross-entropy", title="training loss")
+    ax_loss.set(xlabel="epoch", ylabel="train.loss", title="training loss")
     ax_miou.set(xlabel="epoch", ylabel="mIoU", title="validation mIoU", ylim=(0, 1))
     for ax in (ax_loss, ax_miou):
         ax.grid(alpha=0.3)

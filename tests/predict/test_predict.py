@@ -248,10 +248,15 @@ def _bounds(geometry):
     return points[:, 0].min(), points[:, 1].min(), points[:, 0].max(), points[:, 1].max()
 
 
-def test_predict_writes_georeferenced_outputs_and_resume_skips_finished_scenes(geo_run, tmp_path):
+def predict_args(geo_run, out):
+    """``hpcnas predict`` of the geo run's network on its new scenes into ``out``."""
     ckpt = str(geo_run / "run" / "checkpoints" / "best.pt")
+    return ["predict", "--checkpoint", ckpt, "--input", str(geo_run / "scenes"), "--out", str(out), "--device", "cpu"]
+
+
+def test_predict_writes_georeferenced_outputs_and_resume_skips_finished_scenes(geo_run, tmp_path):
     out = tmp_path / "pred"
-    args = ["predict", "--checkpoint", ckpt, "--input", str(geo_run / "scenes"), "--out", str(out), "--device", "cpu"]
+    args = predict_args(geo_run, out)
     proc = run_cli(*args, "--vector", "--probabilities")
     assert proc.returncode == 0, proc.stderr
     with rasterio.open(out / "new_classes.tif") as pred, rasterio.open(geo_run / "scenes" / "new.tif") as src:
@@ -269,10 +274,8 @@ def test_predict_writes_georeferenced_outputs_and_resume_skips_finished_scenes(g
 
 
 def test_cog_outputs_with_named_bands_and_data_info_says_where_the_scenes_lie(geo_run, tmp_path):
-    ckpt = str(geo_run / "run" / "checkpoints" / "best.pt")
     out = tmp_path / "cog"
-    args = ["predict", "--checkpoint", ckpt, "--input", str(geo_run / "scenes"), "--out", str(out), "--device", "cpu"]
-    proc = run_cli(*args, "--cog", "--probabilities")
+    proc = run_cli(*predict_args(geo_run, out), "--cog", "--probabilities")
     assert proc.returncode == 0, proc.stderr
     with rasterio.open(out / "new_classes.tif") as classes, rasterio.open(out / "new_probabilities.tif") as probs:
         assert classes.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" == probs.tags(ns="IMAGE_STRUCTURE")["LAYOUT"]
@@ -363,6 +366,7 @@ def test_export_onnx_and_torchscript_match_pytorch_and_predict_the_same(geo_run,
     for fmt, name in (("onnx", "m.onnx"), ("torchscript", "m.ts")):
         proc = run_cli("export", "--checkpoint", ckpt, "--format", fmt, "--out", str(tmp_path / name))
         assert proc.returncode == 0 and "parity ok" in proc.stdout, proc.stderr
+        assert f"export: {fmt} of a 32 px tile" in proc.stderr and "checking it against PyTorch" in proc.stderr
         difference = float(proc.stdout.split("difference| ")[1].split()[0])
         assert difference <= 1e-4
         again = run_cli("export", "--checkpoint", ckpt, "--format", fmt, "--out", str(tmp_path / name))
