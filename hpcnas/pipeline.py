@@ -168,6 +168,12 @@ def check_architecture_budget(cfg) -> None:
             f"the architecture would never be trained; set search.arch_start_epoch to at most {se.epochs}",
             key="search.arch_start_epoch",
         )
+    if se.arch_lr == 0:
+        raise UserError(
+            "search.arch_lr=0: the architecture's steps would never move it; leave it unset for the optimizer's "
+            "own step size, or give a positive one",
+            key="search.arch_lr",
+        )
 
 
 @holds_run_dirs

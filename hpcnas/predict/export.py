@@ -9,6 +9,8 @@ the tolerance.
 
 from __future__ import annotations
 
+import logging
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -23,6 +25,8 @@ from hpcnas.rundir import make_folders, publish, remove_if_empty, temporary_sibl
 FORMATS = ("torchscript", "onnx")
 TOLERANCE = 1e-4
 ONNX_OPSET = 17
+
+log = logging.getLogger("hpcnas")
 
 
 def export_model(
@@ -49,6 +53,9 @@ def export_model(
     created = make_folders(target.parent, out)
     tmp = temporary_sibling(target)
     ok = False
+    started = time.monotonic()
+    # each phase of a large network takes minutes on a CPU: say which one runs (the log shows it too)
+    log.info("export: %s of a %d px tile, %d band(s) -> %s", fmt, size, card.in_channels, target)
     try:
         if fmt == "torchscript":
             with torch.inference_mode(False), torch.no_grad():
@@ -58,6 +65,7 @@ def export_model(
         else:
             _export_onnx(source.model, example, tmp, card.to_json())
             exported = OnnxEngine(str(tmp), "cpu")
+        log.info("export: written in %.1f s; checking it against PyTorch on a batch of 3", time.monotonic() - started)
         diff = float(np.abs(exported(check) - source(check)).max())
         ok = bool(diff <= tolerance)
         if ok:

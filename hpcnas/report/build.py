@@ -12,6 +12,7 @@ from hpcnas.errors import UserError
 from hpcnas.execution.history import read_search
 from hpcnas.report import graphs, html, plots
 from hpcnas.rundir import SUMMARY, RunDir, atomic_write_text, read_jsonl
+from hpcnas.search.diagnosis import unmoved_theta
 from hpcnas.space.genotype import TOPOLOGIES, Genotype
 from hpcnas.strategies.objectives import hypervolume_over_time
 
@@ -58,6 +59,7 @@ def build_report(runs: Sequence[Path], out: Optional[Path] = None) -> Path:
     searched = {k: v for k, v in metrics.items() if "entropy_normalized" in v[0]}
     if searched:
         figures.append(plots.entropy_curves(searched, out / "entropy.png").name)
+    notes += [f"{label}: {problem}" for label, recs in searched.items() if (problem := unmoved_theta(recs))]
     if evaluations:
         figures.append(plots.precision_recall(evaluations, out / "precision_recall.png").name)
     for run in runs:  # every run's examples: the same tiles, compared run by run

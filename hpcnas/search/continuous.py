@@ -27,11 +27,12 @@ from torch import nn
 from hpcnas.config import Config
 from hpcnas.data.hdf5 import DatasetInfo
 from hpcnas.data.torch_dataset import SegmentationDataset, make_loader, split_indices, validation_loader
-from hpcnas.errors import UserError
-from hpcnas.rundir import RunDir, write_json
+from hpcnas.errors import UserError, warn
+from hpcnas.rundir import RunDir, read_jsonl, write_json
 from hpcnas.runtime import ComputeFormat, seed_everything
 from hpcnas.search.cost import ExpectedCost
 from hpcnas.search.decode import darts_plus_stops, decode_configured
+from hpcnas.search.diagnosis import unmoved_theta
 from hpcnas.search.gaea import arch_mode, make_arch_optimizer
 from hpcnas.space.genotype import Genotype
 from hpcnas.space.networks import SearchNetwork, build_search_network
@@ -296,4 +297,7 @@ class SupernetSearch(EpochLoop):
             },
         )
         log.info("genotype: %s", genotype.describe())
+        problem = unmoved_theta(read_jsonl(RunDir(self.run_dir).metrics))
+        if problem is not None:
+            warn(problem)
         return genotype

@@ -114,3 +114,16 @@ def test_report_without_graphviz_still_writes_everything_else(tmp_path, monkeypa
     out = report([str(tmp_path / "a")])
     assert not list(out.glob("cell_*")) and (out / "precision_recall.png").exists()
     assert "graphviz" in (out / "summary.md").read_text()
+
+
+def test_a_search_whose_theta_did_not_move_gets_a_note_with_the_fix(tmp_path):
+    fake_run(tmp_path / "moved", with_eval=False)
+    fake_run(tmp_path / "flat", with_eval=False)
+    lines = [json.loads(line) for line in (tmp_path / "flat" / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        line.update(steps=5, arch_updates=True, arch_lr=0.1, entropy_normalized={"normal": 0.996, "mean": 0.996})
+    (tmp_path / "flat" / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    summary = (report([str(tmp_path / "moved"), str(tmp_path / "flat")]) / "summary.md").read_text()
+    notes = summary.split("## Notes", 1)[1]
+    assert "- flat: theta learned nothing: its mean edge entropy ended at 0.996" in notes
+    assert "after 20 architecture steps" in notes and "moved:" not in notes

@@ -32,3 +32,9 @@ def test_a_search_whose_architecture_would_never_step_is_refused_before_anything
         "(search.epochs=1): the architecture would never be trained; set search.arch_start_epoch to at most 1"
     ]
     assert not out.exists()
+    proc = run_cli("search", "--config", SMOKE, "--out", str(out), *set_args(["search.arch_lr=0", "device=cpu"]))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "hpcnas: error: key 'search.arch_lr': search.arch_lr=0: the architecture's steps would never move it; "
+        "leave it unset for the optimizer's own step size, or give a positive one"
+    ]
+    assert not out.exists()
