@@ -231,7 +231,14 @@ def cmd_submit(args: argparse.Namespace) -> Optional[int]:
         for job, _ in jobs:
             try:
                 result = job.results()[0]  # rank 0's (every task returns one)
-                print(f"job {job.job_id} done: {result['run_dir']}")
+                if result.get("finished", True):
+                    print(f"job {job.job_id} done: {result['run_dir']}")
+                    continue
+                failed += 1  # stopped by a cancel: its state is saved, and SLURM knows why
+                state = None if args.local else final_job_state(str(job.job_id))
+                ending = how_it_ended(state) or "stopped before the end"
+                print(f"hpcnas: job {job.job_id} {ending} (SLURM state {state}); continue with "
+                      f"--resume {result['run_dir']}", file=sys.stderr)  # fmt: skip
             except Exception as exc:  # noqa: BLE001 - submitit re-raises the job's own failure
                 failed += 1
                 state = None if args.local else final_job_state(str(job.job_id))

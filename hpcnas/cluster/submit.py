@@ -110,6 +110,9 @@ def slurm_parameters(req: Request) -> Dict[str, Any]:
     return params
 
 
+CANCELLING_SIGNALS = ("SIGTERM", "SIGINT")  # a stop by one of these is not requeued
+
+
 class PipelineJob(Checkpointable):
     """One hpcnas command, run on every task of a job; requeued at the time limit and resumed."""
 
@@ -141,6 +144,10 @@ class PipelineJob(Checkpointable):
             self._run(pipeline, out, resume)
         except Interrupted as exc:
             logging.getLogger("hpcnas").info("%s", exc)
+            # the time-limit warning requeues; scancel's SIGTERM (or SLURM's own preemption, which requeues by
+            # itself) ends the job: a cancelled job that requeued itself would run to the end regardless
+            if exc.signal in CANCELLING_SIGNALS:
+                return {"run_dir": run_dir, "finished": False}
             if env.global_rank == 0 and callable(submitit_handler):
                 submitit_handler(signal.SIGUSR2, None)  # dumps checkpoint(), scontrol requeue, exits
             return {"run_dir": run_dir, "finished": False}
@@ -359,8 +366,9 @@ def how_it_ended(state: Optional[str]) -> Optional[str]:
     return ENDINGS.get(word)
 
 
-def final_job_state(job_id: str, patience_s: float = 30.0) -> Optional[str]:
-    """The state a job ended in, waiting up to ``patience_s`` while SLURM still shows it completing."""
+def final_job_state(job_id: str, patience_s: float = 120.0) -> Optional[str]:
+    """The state a job ended in, waiting up to ``patience_s`` while SLURM still shows it running or completing
+    (a cancelled job's processes get SLURM's KillWait, 30 s by default, before they are killed)."""
     deadline = time.monotonic() + patience_s
     while True:
         state = slurm_job_state(job_id)
@@ -369,14 +377,21 @@ def final_job_state(job_id: str, patience_s: float = 30.0) -> Optional[str]:
         time.sleep(1.0)
 
 
+def _first_line(cmd: List[str]) -> Optional[str]:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
+    return lines[0] if proc.returncode == 0 and lines else None
+
+
 def slurm_job_state(job_id: str) -> Optional[str]:
-    """A job's state from ``squeue`` (pending or running) or else ``sacct`` (ended); ``None`` if neither answers."""
-    for cmd in (["squeue", "-h", "-j", job_id, "-o", "%T"], ["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"]):
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        lines = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
-        if proc.returncode == 0 and lines:
-            return lines[0]
-    return None
+    """A job's state from ``squeue`` (pending or running) or else ``sacct`` (ended); ``None`` if neither answers.
+
+    A job that ``squeue`` shows ``COMPLETING`` has already ended in ``sacct`` (``CANCELLED by 0``, say), and
+    that ending is the answer."""
+    queued = _first_line(["squeue", "-h", "-j", job_id, "-o", "%T"])
+    if queued is not None and queued != "COMPLETING":
+        return queued
+    return _first_line(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"]) or queued
