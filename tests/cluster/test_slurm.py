@@ -38,8 +38,8 @@ TINY = [
     "search.partial_channels=2",
     "device=cpu",
 ]
-# long enough that a job with a 2-minute limit and the warning 90 s before it is signalled at least once
-# long enough (about a minute on 2 cores) to outlast the time-limit warning of the requeue tests, 30 s after start
+# long enough (about a minute on 2 cores) that a job with a 2-minute limit and the warning 90 s before it (30 s after
+# its start) is signalled at least once
 LONG = ["data.synth.n=32", *TINY[1:], "search.epochs=60"]
 JOB_ENV = dict(os.environ, OMPI_MCA_btl="self,tcp")  # Open MPI between emulated nodes of one host: TCP
 
