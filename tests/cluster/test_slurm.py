@@ -40,7 +40,8 @@ TINY = [
 ]
 # long enough (about a minute on 2 cores) that a job with a 2-minute limit and the warning 90 s before it (30 s after
 # its start) is signalled at least once
-LONG = ["data.synth.n=32", *TINY[1:], "search.epochs=60"]
+LONG_EPOCHS = 60
+LONG = ["data.synth.n=32", *TINY[1:], f"search.epochs={LONG_EPOCHS}"]
 JOB_ENV = dict(os.environ, OMPI_MCA_btl="self,tcp")  # Open MPI between emulated nodes of one host: TCP
 
 
@@ -95,7 +96,7 @@ def assert_same_run(run_dir, reference):
     assert got.keys() == want.keys()
     for key in want:
         assert torch.equal(got[key], want[key]), key
-    assert [r["epoch"] for r in read_jsonl(run_dir / "metrics.jsonl")] == list(range(1, 31))
+    assert [r["epoch"] for r in read_jsonl(run_dir / "metrics.jsonl")] == list(range(1, LONG_EPOCHS + 1))
 
 
 def test_unetpp_search_script_runs_horovod_across_two_nodes(cluster, tmp_path):
