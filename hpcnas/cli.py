@@ -186,8 +186,34 @@ def cmd_export(args: argparse.Namespace) -> Optional[int]:
     return None if result["ok"] else EXIT_FAILURE
 
 
+def _report_job_ending(job, local: bool) -> bool:
+    """Wait for ``job`` and print how it ended: one line on stdout when it finished, else one on stderr naming
+    SLURM's reason (a cancel, a time limit, a lost node) or the job's own error.  True when it finished."""
+    from hpcnas.cluster.submit import final_job_state, how_it_ended
+
+    result, error = None, None
+    try:
+        result = job.results()[0]  # rank 0's (every task returns one)
+    except Exception as exc:  # noqa: BLE001 - submitit re-raises the job's own failure
+        error = exc
+    if result is not None and result.get("finished", True):
+        print(f"job {job.job_id} done: {result['run_dir']}")
+        return True
+    state = None if local else final_job_state(str(job.job_id))
+    ending = how_it_ended(state)
+    if result is not None:  # stopped by a cancel: its state is saved, and SLURM knows why
+        print(f"hpcnas: job {job.job_id} {ending or 'stopped before the end'} (SLURM state {state}); continue "
+              f"with --resume {result['run_dir']}", file=sys.stderr)  # fmt: skip
+    elif ending and ending != "failed":  # the job's own last words are submitit's "no output" here
+        print(f"hpcnas: job {job.job_id} {ending} (SLURM state {state}; log: {job.paths.stderr})", file=sys.stderr)
+    else:
+        detail = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        print(f"hpcnas: job {job.job_id} failed: {detail} (log: {job.paths.stderr})", file=sys.stderr)
+    return False
+
+
 def cmd_submit(args: argparse.Namespace) -> Optional[int]:
-    from hpcnas.cluster.submit import Request, final_job_state, how_it_ended, sbatch_text, submit
+    from hpcnas.cluster.submit import Request, sbatch_text, submit
 
     request = Request(
         command=args.command_name,
@@ -227,28 +253,7 @@ def cmd_submit(args: argparse.Namespace) -> Optional[int]:
             f"hpcnas {request.command} -> {run_dir}; logs {job.paths.stdout}"
         )
     if args.wait or args.local:
-        failed = 0
-        for job, _ in jobs:
-            try:
-                result = job.results()[0]  # rank 0's (every task returns one)
-                if result.get("finished", True):
-                    print(f"job {job.job_id} done: {result['run_dir']}")
-                    continue
-                failed += 1  # stopped by a cancel: its state is saved, and SLURM knows why
-                state = None if args.local else final_job_state(str(job.job_id))
-                ending = how_it_ended(state) or "stopped before the end"
-                print(f"hpcnas: job {job.job_id} {ending} (SLURM state {state}); continue with "
-                      f"--resume {result['run_dir']}", file=sys.stderr)  # fmt: skip
-            except Exception as exc:  # noqa: BLE001 - submitit re-raises the job's own failure
-                failed += 1
-                state = None if args.local else final_job_state(str(job.job_id))
-                ending = how_it_ended(state)
-                detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-                if ending and ending != "failed":  # the job's own last words are submitit's "no output" here
-                    print(f"hpcnas: job {job.job_id} {ending} (SLURM state {state}; log: {job.paths.stderr})",
-                          file=sys.stderr)  # fmt: skip
-                else:
-                    print(f"hpcnas: job {job.job_id} failed: {detail} (log: {job.paths.stderr})", file=sys.stderr)
+        failed = [job for job, _ in jobs if not _report_job_ending(job, local=args.local)]
         return EXIT_FAILURE if failed else None
     return None
 
