@@ -165,6 +165,12 @@ VARIANTS: Dict[str, dict] = {
         "set": ["search.decode.max_parameter_free_reduction=0.5"],
         "about": "A's search, the reduction cells capped too: at most half their edges parameter-free",
     },
+    "arch-movement-12": {
+        "kind": "search",
+        "set": ["search.arch_lr=null", "search.arch_movement=12"],
+        "about": "theta's step scaled to the search: a total movement of 12 over its architecture steps, on "
+        "gradients divided by their running spread (instead of the preset's fixed arch_lr)",
+    },
     "loss-dice": {
         "kind": "retrain",
         "base": "A",

@@ -168,6 +168,12 @@ def check_architecture_budget(cfg) -> None:
             f"the architecture would never be trained; set search.arch_start_epoch to at most {se.epochs}",
             key="search.arch_start_epoch",
         )
+    if se.arch_lr is not None and se.arch_movement is not None:
+        raise UserError(
+            f"search.arch_lr={se.arch_lr:g} and search.arch_movement={se.arch_movement:g} both set theta's step: "
+            "keep one (set the other to null)",
+            key="search.arch_movement",
+        )
     if se.arch_lr == 0:
         raise UserError(
             "search.arch_lr=0: the architecture's steps would never move it; leave it unset for the optimizer's "

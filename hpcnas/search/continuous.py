@@ -130,8 +130,14 @@ class SupernetSearch(EpochLoop):
             se.lr_min,
             wrap=lambda opt: ctx.distributed_optimizer(opt, named),
         )
+        self.steps_per_epoch = min(len(self.w_loader), len(self.a_loader), se.max_steps_per_epoch or len(self.w_loader))
         self.a_opt = make_arch_optimizer(
-            se.arch_optimizer, self.model.arch_parameters(), se.arch_lr, se.arch_weight_decay
+            se.arch_optimizer,
+            self.model.arch_parameters(),
+            se.arch_lr,
+            se.arch_weight_decay,
+            movement=se.arch_movement,
+            steps=(se.epochs - max(se.arch_start_epoch, 1) + 1) * self.steps_per_epoch,
         )
         self.cost = None  # FBNet's resource term, when search.cost asks for one
         if se.cost.kind is not None and se.cost.weight > 0:
@@ -142,7 +148,6 @@ class SupernetSearch(EpochLoop):
         self.kept_genotype = None  # DARTS+: the genotype of the last epoch before the skips piled up
         self.optimizers = {"w": self.w_opt, "arch": self.a_opt}
         self.epochs = se.epochs
-        self.steps_per_epoch = min(len(self.w_loader), len(self.a_loader), se.max_steps_per_epoch or len(self.w_loader))
         ctx.broadcast_state(self.model, self.optimizers)
 
     def check_replicas(self) -> None:
@@ -183,6 +188,7 @@ class SupernetSearch(EpochLoop):
             "entropy": self.model.arch.entropies(),
             "entropy_normalized": self.model.arch.entropies(normalized=True),
             "arch_lr": self.arch_lr,
+            "arch_movement": self.cfg.search.arch_movement,
             "aux_skip": round(self.aux_coefficient, 6),
             "genotype": genotype.to_dict(),
             "skips": genotype.skip_count(),

@@ -21,9 +21,14 @@ def unmoved_theta(records: Iterable[dict]) -> Optional[str]:
     if entropy < UNMOVED_ENTROPY:
         return None
     steps = sum(r.get("steps", 0) for r in searched if r.get("arch_updates"))
+    movement = searched[-1].get("arch_movement")
     lr = searched[-1].get("arch_lr")
-    step = f"search.arch_lr {lr:g}" if lr else "its search.arch_lr"
-    larger = f"e.g. search.arch_lr={10 * lr:g}" if lr else "a larger search.arch_lr"
+    if movement:
+        step = f"search.arch_movement {movement:g}"
+        larger = f"e.g. search.arch_movement={2 * movement:g}"
+    else:
+        step = f"search.arch_lr {lr:g}" if lr else "its search.arch_lr"
+        larger = f"e.g. search.arch_lr={10 * lr:g}" if lr else "a larger search.arch_lr"
     return (
         f"theta learned nothing: its mean edge entropy ended at {entropy:.3f} of uniform (>= {UNMOVED_ENTROPY}) "
         f"after {steps} architecture steps with {step}, so the decoded genotype picks among near-ties; "

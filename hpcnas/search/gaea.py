@@ -5,6 +5,12 @@ steps the probability simplex with lr 0.1; PC-DARTS' Adam steps logits with
 lr 6e-4, weight decay 1e-3 and betas (0.5, 0.999).  A GAEA step on a logit
 scale (or the reverse) is off by orders of magnitude, so ``search.arch_lr``
 left empty takes the chosen optimizer's default.
+
+A fixed step moves theta in proportion to the number of architecture steps, so one value cannot serve a
+search of fifty steps and one of five thousand.  ``search.arch_movement`` sets theta's total movement
+instead: each step is ``arch_movement / steps`` on a gradient divided by its running root mean square
+(Adam divides its own), so an op the data favour at every step gains about ``e ** arch_movement`` in
+odds over the whole search, whatever its length.
 """
 
 from __future__ import annotations
@@ -20,6 +26,11 @@ from hpcnas.errors import UserError, nearest
 SIMPLEX_FLOOR = 1e-5
 
 
+# the running mean of squared gradient spread that a normalized step divides by (bias-corrected like Adam's)
+NORMALIZED_BETA = 0.99
+NORMALIZED_EPS = 1e-12
+
+
 class ExponentiatedGradient(torch.optim.Optimizer):
     """GAEA: ``theta <- theta * exp(-lr * grad)``, floored at ``floor``, then renormalized per row.
 
@@ -27,12 +38,34 @@ class ExponentiatedGradient(torch.optim.Optimizer):
     Each row's gradient is shifted by its minimum before ``exp``: a constant
     added to a row changes nothing after renormalization, and the shift keeps
     the largest factor at exactly 1, so no row underflows to 0 / 0 = NaN.
+    With ``normalize``, the gradient is first divided by the running root mean
+    square of its spread within rows, so that ``lr`` is a movement in
+    log-probability per step.
     """
 
-    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float = 0.1, floor: float = SIMPLEX_FLOOR):
+    def __init__(
+        self,
+        params: Iterable[torch.nn.Parameter],
+        lr: float = 0.1,
+        floor: float = SIMPLEX_FLOOR,
+        normalize: bool = False,
+    ):
         if lr < 0:
             raise ValueError(f"invalid learning rate {lr}")
-        super().__init__(params, dict(lr=lr, floor=floor))
+        super().__init__(params, dict(lr=lr, floor=floor, normalize=normalize))
+
+    def _normalized(self, p: torch.nn.Parameter) -> torch.Tensor:
+        # One scale per tensor, from the gradient's spread within rows (a constant added to a row moves nothing):
+        # an edge whose ops the data hardly tell apart keeps a small step next to one they clearly do.
+        state = self.state[p]
+        if not state:
+            state["step"] = 0
+            state["square_avg"] = torch.zeros((), dtype=p.dtype, device=p.device)
+        state["step"] += 1
+        spread = (p.grad - p.grad.mean(dim=-1, keepdim=True)).square().mean()
+        state["square_avg"].mul_(NORMALIZED_BETA).add_(spread, alpha=1 - NORMALIZED_BETA)
+        unbiased = state["square_avg"] / (1 - NORMALIZED_BETA ** state["step"])
+        return p.grad / (unbiased.sqrt() + NORMALIZED_EPS)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -42,7 +75,8 @@ class ExponentiatedGradient(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                g = p.grad - p.grad.amin(dim=-1, keepdim=True)
+                g = self._normalized(p) if group["normalize"] else p.grad
+                g = g - g.amin(dim=-1, keepdim=True)
                 p.mul_(torch.exp(-group["lr"] * g))
                 p.div_(p.sum(dim=-1, keepdim=True))
                 p.clamp_(min=group["floor"])
@@ -56,17 +90,32 @@ class ArchOptimizer:
 
     mode: str  # "simplex": rows are probabilities; "logits": rows are softmax logits
     default_lr: float
-    build: Callable[..., torch.optim.Optimizer]
+    build: Callable[..., torch.optim.Optimizer]  # (params, lr, weight_decay, normalize) -> optimizer
 
-    def make(self, params, lr: Optional[float], weight_decay: float) -> torch.optim.Optimizer:
-        """The optimizer over ``params``; ``lr=None`` takes this optimizer's default."""
-        return self.build(params, self.default_lr if lr is None else lr, weight_decay)
+    def make(
+        self,
+        params,
+        lr: Optional[float],
+        weight_decay: float,
+        movement: Optional[float] = None,
+        steps: int = 1,
+    ) -> torch.optim.Optimizer:
+        """The optimizer over ``params``: with ``movement``, a normalized step of ``movement / steps``; else a
+        step of ``lr`` (``None``: this optimizer's default)."""
+        if movement is not None:
+            return self.build(params, movement / max(steps, 1), weight_decay, True)
+        return self.build(params, self.default_lr if lr is None else lr, weight_decay, False)
 
 
 ARCH_OPTIMIZERS: Dict[str, ArchOptimizer] = {
-    "gaea": ArchOptimizer("simplex", 0.1, lambda params, lr, wd: ExponentiatedGradient(params, lr=lr)),
+    "gaea": ArchOptimizer(
+        "simplex", 0.1, lambda params, lr, wd, normalize: ExponentiatedGradient(params, lr=lr, normalize=normalize)
+    ),
+    # Adam's step is already a normalized one: ``normalize`` changes nothing there
     "adam": ArchOptimizer(
-        "logits", 6e-4, lambda params, lr, wd: torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), weight_decay=wd)
+        "logits",
+        6e-4,
+        lambda params, lr, wd, normalize: torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), weight_decay=wd),
     ),
 }
 
@@ -83,9 +132,17 @@ def arch_optimizer(kind: str) -> ArchOptimizer:
         ) from None
 
 
-def make_arch_optimizer(kind: str, params, lr: Optional[float], weight_decay: float) -> torch.optim.Optimizer:
-    """``gaea`` -> :class:`ExponentiatedGradient`; ``adam`` -> Adam on logits (DARTS betas)."""
-    return arch_optimizer(kind).make(params, lr, weight_decay)
+def make_arch_optimizer(
+    kind: str,
+    params,
+    lr: Optional[float],
+    weight_decay: float,
+    movement: Optional[float] = None,
+    steps: int = 1,
+) -> torch.optim.Optimizer:
+    """``gaea`` -> :class:`ExponentiatedGradient`; ``adam`` -> Adam on logits (DARTS betas); with ``movement``,
+    a step scaled to ``steps`` architecture steps (see the module's docstring)."""
+    return arch_optimizer(kind).make(params, lr, weight_decay, movement, steps)
 
 
 def arch_mode(kind: str) -> str:

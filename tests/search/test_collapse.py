@@ -72,6 +72,43 @@ def test_each_architecture_optimizer_has_its_reference_defaults():
         make_arch_optimizer("adamw", p, None, 0.0)
 
 
+def _theta_after(steps: int, scale: float, movement: float = 2.0) -> torch.Tensor:
+    theta = torch.nn.Parameter(torch.full((2, 3), 1 / 3))
+    opt = make_arch_optimizer("gaea", [theta], None, 0.0, movement=movement, steps=steps)
+    for _ in range(steps):
+        theta.grad = scale * torch.tensor([[-1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+        opt.step()
+    return theta.detach()
+
+
+def test_a_scaled_step_moves_theta_as_far_at_any_budget_and_gradient_scale():
+    reference = _theta_after(20, 1.0)
+    for steps, scale in [(20, 1e-4), (20, 100.0), (400, 1.0), (400, 1e-3)]:
+        torch.testing.assert_close(_theta_after(steps, scale), reference)
+    log_odds = torch.log(reference[0, 0] / reference[0, 2]).item()
+    # the tensor's rows [-1, 0, 1] and [0, 0, 0] have a mean squared spread of (2/3 + 0) / 2: the best op of the
+    # first gains 2 / sqrt(1/3) x movement in log-odds over the worst
+    assert log_odds == pytest.approx(2 / (1 / 3) ** 0.5 * 2.0, rel=1e-4)
+    torch.testing.assert_close(reference[1], torch.full((3,), 1 / 3))  # an edge with no signal stays put
+    # the old fixed step, by contrast, moves with the number of steps and the gradient's scale
+    fixed = torch.nn.Parameter(torch.full((3,), 1 / 3))
+    opt = make_arch_optimizer("gaea", [fixed], 0.1, 0.0)
+    for _ in range(20):
+        fixed.grad = torch.tensor([-1e-3, 0.0, 1e-3])
+        opt.step()
+    assert torch.log(fixed[0] / fixed[2]).item() < 0.01
+
+
+def test_a_scaled_step_is_movement_over_steps():
+    p = [torch.nn.Parameter(torch.full((3,), 1 / 3))]
+    gaea = make_arch_optimizer("gaea", p, None, 0.0, movement=3.0, steps=60)
+    assert gaea.param_groups[0]["lr"] == pytest.approx(0.05) and gaea.param_groups[0]["normalize"]
+    assert make_arch_optimizer("adam", p, None, 0.0, movement=3.0, steps=60).param_groups[0]["lr"] == pytest.approx(
+        0.05
+    )
+    assert not make_arch_optimizer("gaea", p, None, 0.0).param_groups[0]["normalize"]
+
+
 def test_channel_shuffle_interleaves_groups():
     x = torch.arange(8.0).reshape(1, 8, 1, 1)
     assert channel_shuffle(x, 2).flatten().tolist() == [0, 4, 1, 5, 2, 6, 3, 7]

@@ -101,13 +101,17 @@ def _final_theta(run_dir):
     return {k: v for k, v in state["model"].items() if k.startswith("arch.")}
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_resume_in_process_is_exact(tmp_path, monkeypatch, workers):
+SCALED_STEP = ["search.arch_lr=null", "search.arch_movement=3"]
+
+
+@pytest.mark.parametrize("workers, step", [(0, []), (2, []), (0, SCALED_STEP)], ids=["fixed", "workers", "scaled"])
+def test_resume_in_process_is_exact(tmp_path, monkeypatch, workers, step):
     """Interrupt a search inside epoch 2 (after epoch 1's checkpoint); the resumed run equals an uninterrupted one,
-    also with DataLoader workers (each sample's augmentation has its own seed)."""
+    also with DataLoader workers (each sample's augmentation has its own seed), and with a scaled architecture
+    step (its running gradient scale is in the checkpoint)."""
     from hpcnas.search.continuous import SupernetSearch
 
-    args = TINY + [f"data.num_workers={workers}"]
+    args = TINY + [f"data.num_workers={workers}"] + step
     full, full_dir = search(SMOKE, args, out=str(tmp_path / "full"))
     run_interrupted_in_epoch(monkeypatch, SupernetSearch, 2, lambda: search(SMOKE, args, out=str(tmp_path / "cut")))
     resumed, cut_dir = search(None, [], resume=str(tmp_path / "cut"))

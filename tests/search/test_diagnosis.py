@@ -19,3 +19,10 @@ def test_a_theta_that_moved_and_records_without_theta_say_nothing():
     assert unmoved_theta([epoch(1.0, False), epoch(UNMOVED_ENTROPY - 0.01, True)]) is None
     assert unmoved_theta([{"train_loss": 0.3, "val_miou": 0.5}]) is None
     assert unmoved_theta([]) is None
+
+
+def test_a_scaled_step_is_told_to_move_further_not_to_raise_arch_lr():
+    moved = dict(epoch(0.99, True, lr=0.0625), arch_movement=3.0)
+    message = unmoved_theta([epoch(1.0, False), moved])
+    assert message is not None and "with search.arch_movement 3" in message and "search.arch_movement=6" in message
+    assert "arch_lr" not in message

@@ -38,3 +38,11 @@ def test_a_search_whose_architecture_would_never_step_is_refused_before_anything
         "leave it unset for the optimizer's own step size, or give a positive one"
     ]
     assert not out.exists()
+    proc = run_cli(
+        "search", "--config", SMOKE, "--out", str(out), *set_args(["search.arch_movement=3", "device=cpu"])
+    )  # smoke.yaml sets arch_lr 5
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "hpcnas: error: key 'search.arch_movement': search.arch_lr=5 and search.arch_movement=3 both set theta's "
+        "step: keep one (set the other to null)"
+    ]
+    assert not out.exists()
