@@ -365,6 +365,14 @@ def check_consistency(cfg: Config, source: str) -> None:
             source=source,
             key="data.synth",
         )
+    if cfg.space.channels % cfg.search.partial_channels:
+        # every topology has mixed ops at space.channels and at multiples of it, so this one check covers them all
+        raise UserError(
+            f"space.channels={cfg.space.channels} cannot be split into 1/{cfg.search.partial_channels} parts: "
+            f"search.partial_channels must divide it",
+            source=source,
+            key="search.partial_channels",
+        )
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

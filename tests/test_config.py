@@ -54,6 +54,11 @@ def test_file_then_overrides(tmp_path):
         ("", ["search.epochs"], "--set: 'search.epochs' is not of the form section.key=value"),
         ("", ["seed.x=1"], "--set: key 'seed.x': 'seed' is a value, not a section"),
         ("", ["search.lrr=0.1"], "key 'search.lrr': unknown key (did you mean 'lr'?)"),
+        (
+            "space:\n  channels: 16\nsearch:\n  partial_channels: 3\n",
+            [],
+            "key 'search.partial_channels': space.channels=16 cannot be split into 1/3 parts",
+        ),
     ],
 )
 def test_bad_config_names_file_and_key(tmp_path, text, overrides, expected):

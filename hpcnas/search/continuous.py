@@ -54,21 +54,18 @@ def build_supernet(cfg: Config, info: DatasetInfo, device: Optional[torch.device
             f"(space.depth={sp.depth}, {sp.topology})",
             source=str(info.path),
         )
-    try:
-        return build_search_network(
-            space,
-            info.channels,
-            info.num_classes,
-            channels=sp.channels,
-            partial=se.partial_channels,
-            edge_norm=se.edge_normalization,
-            arch_mode=arch_mode(se.arch_optimizer),
-            seed=cfg.seed + 1,
-            sampling=se.channel_sampling,
-            device=device,
-        )
-    except ValueError as exc:
-        raise UserError(str(exc), key="search.partial_channels") from None
+    return build_search_network(
+        space,
+        info.channels,
+        info.num_classes,
+        channels=sp.channels,
+        partial=se.partial_channels,
+        edge_norm=se.edge_normalization,
+        arch_mode=arch_mode(se.arch_optimizer),
+        seed=cfg.seed + 1,
+        sampling=se.channel_sampling,
+        device=device,
+    )
 
 
 def decode(cfg: Config, model: SearchNetwork) -> Genotype:
