@@ -659,7 +659,7 @@ def _full_disk(exc: BaseException, out: Optional[str]) -> Optional[str]:
     write as a RuntimeError of its own); with none there, a failure while the
     run directory's file system has no byte left counts too.
     """
-    seen = exc
+    seen: Optional[BaseException] = exc
     while seen is not None:
         if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
             return seen.filename or out or "a file"

@@ -37,7 +37,7 @@ JOB_ID = "%j"  # in --out: replaced by the job id (array: <array id>_<index>) on
 try:
     from submitit.helpers import Checkpointable
 except ImportError:  # the package imports without it; submit() reports it
-    Checkpointable = object
+    Checkpointable = object  # type: ignore[misc,assignment]
 
 
 @dataclass
@@ -226,8 +226,8 @@ def _check_script_values(req: Request) -> None:
             raise UserError(f"{''.join(bad)!r} in {value!r}: not a SLURM {name} name", source=_flag(name))
         unsafe = UNSAFE_IN_SCRIPTS | (LOG_PATTERN_CHARS if name == "logs" else set())
         if name in PATHS and unsafe & set(value):
-            bad = "".join(sorted(unsafe & set(value)))
-            raise UserError(f"{bad!r} in {value!r}: not allowed in a path that reaches the job script", _flag(name))
+            chars = "".join(sorted(unsafe & set(value)))
+            raise UserError(f"{chars!r} in {value!r}: not allowed in a path that reaches the job script", _flag(name))
 
 
 def _check(req: Request) -> None:
@@ -321,6 +321,7 @@ def submit(req: Request, local: bool = False) -> List[Tuple[Any, str]]:
     except ImportError:
         raise UserError("submitit is not installed (pip install submitit, or envs/setup.sh)") from None
     folder = Path(req.logs).resolve() / JOB_ID
+    executor: submitit.Executor
     if local:
         executor = submitit.LocalExecutor(folder, max_num_timeout=MAX_REQUEUES)
         executor.update_parameters(timeout_min=time_minutes(req.time), tasks_per_node=1, nodes=1)

@@ -308,7 +308,7 @@ def read_info(path: PathLike) -> DatasetInfo:
             class_names = [str(c) for c in a["class_names"]]
             tile = int(a["tile_size"])
             sizes: Dict[str, int] = {}
-            channels = None
+            channels: Optional[int] = None
             dtype: Optional[str] = None
             for split in SPLITS:
                 if split not in f:
@@ -340,6 +340,7 @@ def read_info(path: PathLike) -> DatasetInfo:
                 channels = ishape[3]
                 sizes[split] = n
                 _check_placement(g, split, np.asarray(a["source_shapes"], dtype=np.int64).reshape(-1, 2), tile, src)
+            assert channels is not None  # the train and val splits are required, so the loop has read one
             weights = np.asarray(a["class_weights"], dtype=np.float32)
             if weights.shape != (len(class_names),):
                 raise UserError(

@@ -58,6 +58,7 @@ def draw_unetpp(genotype: Genotype, path: Path) -> Optional[Path]:
     """The UNet++ grid with the kept paths' edges highlighted."""
     import graphviz
 
+    assert genotype.paths is not None, "a UNet++ genotype keeps its paths"
     depth = genotype.paths[0][-1][1]
     kept = {(a, b) for p in genotype.paths for a, b in zip(p, p[1:])}
     on_path = {n for p in genotype.paths for n in p}

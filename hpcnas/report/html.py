@@ -85,7 +85,7 @@ def caption(name: str) -> str:
     return name
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], css: str = "sortable", row_id: str = "") -> str:
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]], css: str = "sortable", row_id: str = "") -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join(
         f'<tr class="{row_id}">' + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows

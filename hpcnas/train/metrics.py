@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -32,9 +32,9 @@ def miou(conf: np.ndarray) -> float:
     return float(np.mean(values)) if values else 0.0
 
 
-def summarize(conf: np.ndarray, class_names) -> Dict[str, float]:
+def summarize(conf: np.ndarray, class_names) -> Dict[str, Optional[float]]:
     """``{"miou": ..., "iou_<class>": ...}`` for a metrics record."""
-    out = {"miou": miou(conf)}
+    out: Dict[str, Optional[float]] = {"miou": miou(conf)}
     for name, v in zip(class_names, iou_per_class(conf)):
         out[f"iou_{name}"] = None if np.isnan(v) else float(v)
     return out
@@ -99,7 +99,7 @@ class ObjectCounter:
         self.n_pred += n_p
         self.n_true += n_t
 
-    def curve(self) -> Dict[str, list]:
+    def curve(self) -> Dict[str, Any]:
         """``{"thresholds", "precision", "recall"}`` lists (NaN-free: 0 when undefined)."""
         m = np.asarray(self.matched)
         tp = [int((m >= t - 1e-12).sum()) for t in self.thresholds]
