@@ -16,6 +16,8 @@ fields (``state_detail``, ``pid``, ``host``, ``heartbeat_age_s``).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import socket
@@ -23,13 +25,13 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import yaml
-
 from hpcnas.cluster.submit import slurm_job_state
+from hpcnas.config import Config, EvolveConfig, load_config
 from hpcnas.errors import UserError
 from hpcnas.execution.history import utilization
 from hpcnas.records import Evaluation
 from hpcnas.rundir import RunDir, read_jsonl
+from hpcnas.strategies.objectives import best_feasible, parse_objectives
 
 STALE_S = 120.0  # a running heartbeat older than this: the process is gone
 STATES = ("running", "stale", "stopped", "finished", "failed", "dead", "unknown")
@@ -68,18 +70,16 @@ def running_state(beat: Dict[str, Any], age: float) -> "tuple[str, Optional[str]
     return "running", None
 
 
-def _config_value(config: Dict[str, Any], section: str, key: str, default: Any) -> Any:
-    value = (config.get(section) or {}).get(key, default)
-    return value if isinstance(value, (int, float)) else default
-
-
-def _read_config(run: RunDir) -> Dict[str, Any]:
-    """The run's config.yaml as plain data (not validated: an old run's config may predate today's keys)."""
+def _read_config(run: RunDir) -> Optional[Config]:
+    """The run's configuration as the run itself read it (old flat keys moved to their sections); ``None`` where
+    config.yaml is missing or no longer loads (a run of an older version, with a key since removed)."""
+    if not run.config.exists():
+        return None
     try:
-        data = yaml.safe_load(run.config.read_text())
-    except (OSError, yaml.YAMLError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        with contextlib.redirect_stderr(io.StringIO()):  # an old run's deprecated keys are not this command's news
+            return load_config(str(run.config))
+    except UserError:
+        return None
 
 
 def _clock(seconds: Optional[float]) -> Optional[str]:
@@ -129,16 +129,17 @@ def run_status(run_dir: str, now: Optional[float] = None) -> Dict[str, Any]:
     progress = beat.get("progress", {}) if beat else {}
 
     if command == "evolve":
-        budget = int(_config_value(config, "evolve", "max_evaluations", 0)) or None
+        budget = config.evolve.max_evaluations if config else None
         dispatch = read_jsonl(run.dispatch)
         dispatched = {r["id"] for r in dispatch}
         finished = {r["id"] for r in history}
         counts: Dict[str, int] = {}
         for r in history:
             counts[r.get("status", "?")] = counts.get(r.get("status", "?"), 0) + 1
-        ok = [r for r in history if r.get("status") == "ok" and r.get("fitness") is not None]
-        proxy_epochs = _config_value(config.get("evolve") or {}, "evaluator", "proxy_epochs", 5)
-        used = sum(Evaluation.from_dict(r).budget_used(proxy_epochs) for r in history)  # halving and too_big: less
+        evaluations = [Evaluation.from_dict(r) for r in history]
+        evolve = config.evolve if config else EvolveConfig()
+        proxy_epochs = evolve.evaluator.proxy_epochs
+        used = sum(e.budget_used(proxy_epochs) for e in evaluations)  # halving and too_big: less
         out.update(
             finished=len(history),
             budget=budget,
@@ -147,20 +148,20 @@ def run_status(run_dir: str, now: Optional[float] = None) -> Dict[str, Any]:
             in_flight=len(dispatched - finished),
         )
         fraction = used / budget if budget else None
-        if ok:
-            best = max(ok, key=lambda r: r["fitness"])
-            out["best"] = {"evaluation": best["id"], "fitness": best["fitness"]}
+        objectives = parse_objectives(evolve.objectives)
+        best = best_feasible(objectives, evaluations)
+        if best is not None:  # the primary objective's best inside every bound, as the search itself picks it
+            primary = objectives[0]
+            out["best"] = {"evaluation": best.id, "objective": primary.name, "value": primary.value(best)}
         ranks = progress.get("ranks")
         starts = [r["submit"] for r in dispatch if r.get("submit") is not None]
         until = now if live else float(beat.get("time", now)) if beat else now
-        share = (
-            utilization([Evaluation.from_dict(r) for r in history], ranks or 0, min(starts), until) if starts else None
-        )
+        share = utilization(evaluations, ranks or 0, min(starts), until) if starts else None
         if share is not None:
             out.update(utilization=round(share, 4), ranks=ranks)
     else:
         section = "search" if command == "search" else "train"
-        epochs = int(_config_value(config, section, "epochs", 0)) or None
+        epochs = getattr(config, section).epochs if config else None
         metrics = read_jsonl(run.metrics)
         done = len(metrics)
         out.update(epochs_done=done, epochs=epochs)
@@ -216,7 +217,8 @@ def format_status(s: Dict[str, Any]) -> str:
         if s.get("utilization") is not None:
             lines.append(f"  utilization {100 * s['utilization']:.1f} % of {s['ranks']} rank(s) so far")
         if s.get("best"):
-            lines.append(f"  best        fitness {s['best']['fitness']:.4f} (evaluation {s['best']['evaluation']})")
+            best = s["best"]
+            lines.append(f"  best        {best['objective']} {best['value']:.4g} (evaluation {best['evaluation']})")
     else:
         of = f"/{s['epochs']}" if s.get("epochs") else ""
         inside = f", in epoch {s['epoch']} step {s['step']}/{s['steps']}" if s.get("steps") else ""

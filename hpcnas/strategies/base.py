@@ -10,7 +10,7 @@ from hpcnas.errors import UserError, nearest
 from hpcnas.records import Evaluation
 from hpcnas.space.genotype import Genotype
 from hpcnas.space.searchspace import SearchSpace
-from hpcnas.strategies.objectives import Objective, pareto_front, violation
+from hpcnas.strategies.objectives import Objective, best_feasible, pareto_front, violation
 
 DEFAULT_OBJECTIVES = (Objective("miou", maximize=True),)
 
@@ -71,9 +71,7 @@ class Strategy:
 
     def best(self) -> Optional[Evaluation]:
         """The feasible evaluation best in the primary objective (the lowest id on a tie), if any."""
-        primary = self.objectives[0]
-        feasible = [e for e in self.succeeded if self.feasible(e)]
-        return min(feasible, key=lambda e: (primary.minimized(e), e.id), default=None)
+        return best_feasible(self.objectives, self.succeeded)
 
     def front(self) -> List[Evaluation]:
         """The feasible evaluations no other one dominates in all the objectives."""

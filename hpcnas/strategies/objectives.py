@@ -103,6 +103,13 @@ def violation(objectives: Sequence[Objective], evaluation: Evaluation) -> float:
     return sum(o.violation(evaluation) for o in objectives)
 
 
+def best_feasible(objectives: Sequence[Objective], evaluations: Sequence[Evaluation]) -> Optional[Evaluation]:
+    """The successful evaluation inside every bound that is best in the primary (first) objective, the lowest id
+    on a tie; ``None`` when there is none."""
+    feasible = [e for e in evaluations if e.ok and violation(objectives, e) == 0]
+    return min(feasible, key=lambda e: (objectives[0].minimized(e), e.id), default=None)
+
+
 def dominates(objectives: Sequence[Objective], a: Evaluation, b: Evaluation) -> bool:
     """Whether ``a`` is at least as good as ``b`` in every objective and better in one."""
     fa = [o.minimized(a) for o in objectives]

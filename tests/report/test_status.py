@@ -124,6 +124,26 @@ def test_a_failed_run_shows_its_last_error_and_several_runs_one_screen_each(tmp_
     ]
 
 
+def test_the_best_evaluation_is_the_searchs_own_by_objectives_and_bounds_with_old_keys_read(tmp_path):
+    fake_run(tmp_path / "ev", "finished", age_s=5, command="evolve")
+    # the old flat proxy_epochs (still read, as the run read it) halves the budget of an evaluation stopped at 2
+    (tmp_path / "ev" / "config.yaml").write_text(
+        "evolve:\n  max_evaluations: 4\n  proxy_epochs: 4\n  objectives: [miou, params <= 1000]\n"
+    )
+    history = [
+        {"id": 0, "genotype": {}, "status": "ok", "fitness": 0.9, "objectives": {"miou": 0.9, "params": 5000}},
+        {"id": 1, "genotype": {}, "status": "ok", "fitness": 0.7, "objectives": {"miou": 0.7, "params": 800}},
+        {"id": 2, "genotype": {}, "status": "stopped", "fitness": 0.95, "epochs": 2, "objectives": {"miou": 0.95}},
+    ]
+    (tmp_path / "ev" / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    (s,) = status_json(tmp_path / "ev")
+    # evaluation 0 has the highest fitness but breaks the params bound; 2 was stopped at a rung
+    assert s["best"] == {"evaluation": 1, "objective": "miou", "value": 0.7}
+    assert (s["budget"], s["budget_used"]) == (4, 2.5)
+    proc = run_cli("status", str(tmp_path / "ev"))
+    assert "best        miou 0.7 (evaluation 1)" in proc.stdout and "deprecated" not in proc.stderr
+
+
 def test_watch_redraws_until_interrupted(tmp_path):
     fake_run(tmp_path / "w", "running", age_s=1)
     proc = subprocess.Popen(
