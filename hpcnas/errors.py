@@ -14,7 +14,9 @@ which the SLURM job scripts answer with a requeue.
 from __future__ import annotations
 
 import difflib
-from typing import Iterable, Optional
+from typing import Iterable, Mapping, Optional, TypeVar
+
+T = TypeVar("T")
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
@@ -62,6 +64,21 @@ def nearest(name: str, candidates: Iterable[str]) -> str:
     """A ``" (did you mean 'x'?)"`` hint for a misspelt name, or ``""``."""
     match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
     return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def unknown_name(what: str, name: object, known: Iterable[str]) -> str:
+    """``"unknown WHAT 'NAME' (did you mean 'X'?) (known: A, B)"``: the one message for a name no registry has."""
+    known = list(known)
+    return f"unknown {what} {str(name)!r}{nearest(str(name), known)} (known: {', '.join(known)})"
+
+
+def lookup(
+    registry: Mapping[str, T], name: str, what: str, key: Optional[str] = None, source: Optional[str] = None
+) -> T:
+    """``registry[name]``, or a :class:`UserError` naming the known entries (and the nearest one)."""
+    if name not in registry:
+        raise UserError(unknown_name(what, name, registry), source=source, key=key)
+    return registry[name]
 
 
 def warn(message: str) -> None:

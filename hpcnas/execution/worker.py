@@ -31,7 +31,7 @@ import time
 import traceback
 from typing import Any, Callable, Dict, TextIO, Type
 
-from hpcnas.errors import UserError, nearest
+from hpcnas.errors import lookup
 from hpcnas.records import Result, Status, Task, WorkerSetup
 from hpcnas.rundir import RunDir
 
@@ -273,12 +273,7 @@ EVALUATORS: Dict[str, Type[Evaluator]] = {cls.name: cls for cls in (TrainEvaluat
 
 def evaluator_class(name: str) -> Type[Evaluator]:
     """The registered evaluator called ``name`` (a ``UserError`` listing the known ones otherwise)."""
-    if name not in EVALUATORS:
-        raise UserError(
-            f"unknown evaluator '{name}'{nearest(name, EVALUATORS)} (known: {', '.join(sorted(EVALUATORS))})",
-            key="evolve.evaluator.name",
-        )
-    return EVALUATORS[name]
+    return lookup(EVALUATORS, name, "evaluator", key="evolve.evaluator.name")
 
 
 def _exit_with_parent() -> None:

@@ -17,7 +17,7 @@ from typing import Dict, List, Tuple
 
 import torch
 
-from hpcnas.errors import UserError
+from hpcnas.errors import lookup
 from hpcnas.space.cells import GraphCell
 from hpcnas.space.mixed import MixedOp
 from hpcnas.space.networks import SearchNetwork
@@ -63,8 +63,7 @@ class ExpectedCost:
     """``cost()`` is the expected cost under the current theta relative to uniform theta (differentiable)."""
 
     def __init__(self, model: SearchNetwork, kind: str, sample_input: torch.Tensor):
-        if kind not in OP_COSTS:
-            raise UserError(f"unknown cost '{kind}' (known: {', '.join(OP_COSTS)})", key="search.cost.kind")
+        lookup(OP_COSTS, kind, "cost", key="search.cost.kind")
         self.model = model
         shapes: Dict[int, Tuple[int, ...]] = {}
 

@@ -20,7 +20,7 @@ from typing import Callable, Dict, Iterable, Optional
 
 import torch
 
-from hpcnas.errors import UserError, nearest
+from hpcnas.errors import lookup
 
 # GAEA's reference clamps every probability at this floor, so that an op that lost can still come back.
 SIMPLEX_FLOOR = 1e-5
@@ -122,14 +122,7 @@ ARCH_OPTIMIZERS: Dict[str, ArchOptimizer] = {
 
 def arch_optimizer(kind: str) -> ArchOptimizer:
     """The registered architecture optimizer ``kind``; an unknown name is a config error."""
-    try:
-        return ARCH_OPTIMIZERS[kind]
-    except KeyError:
-        known = ", ".join(ARCH_OPTIMIZERS)
-        raise UserError(
-            f"unknown architecture optimizer {kind!r}{nearest(kind, ARCH_OPTIMIZERS)} (known: {known})",
-            key="search.arch_optimizer",
-        ) from None
+    return lookup(ARCH_OPTIMIZERS, kind, "architecture optimizer", key="search.arch_optimizer")
 
 
 def make_arch_optimizer(

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from hpcnas.errors import UserError, nearest
+from hpcnas.errors import UserError, nearest, unknown_name
 from hpcnas.space.topology import (  # noqa: F401 - re-exported: the vocabulary genotypes are written in
     OP_SETS,
     PARAMETER_FREE_OPS,
@@ -135,14 +135,11 @@ def _parse(raw: Any, source: str) -> Genotype:
             raise err(str(key), f"unknown key{nearest(str(key), ['topology', 'op_set', 'cells', 'paths'])}")
     topo_name = raw.get("topology")
     if topo_name not in TOPOLOGIES:
-        raise err(
-            "topology",
-            f"unknown topology {topo_name!r}{nearest(str(topo_name), TOPOLOGIES)} (known: {', '.join(TOPOLOGIES)})",
-        )
+        raise err("topology", unknown_name("topology", topo_name, TOPOLOGIES))
     topo = TOPOLOGIES[topo_name]
     op_set = raw.get("op_set", topo.op_set)
     if op_set not in OP_SETS:
-        raise err("op_set", f"unknown op set {op_set!r} (known: {', '.join(OP_SETS)})")
+        raise err("op_set", unknown_name("op set", op_set, OP_SETS))
     ops = OP_SETS[op_set]
     cells_raw = raw.get("cells")
     if not isinstance(cells_raw, dict):

@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Type
 
-from hpcnas.errors import UserError, nearest
+from hpcnas.errors import UserError, lookup
 from hpcnas.records import Evaluation
 from hpcnas.space.genotype import Genotype
 from hpcnas.space.searchspace import SearchSpace
@@ -155,12 +155,7 @@ def register(cls: Type[Strategy]) -> Type[Strategy]:
 
 def strategy_class(name: str) -> Type[Strategy]:
     """The registered strategy called ``name`` (a ``UserError`` listing the known ones otherwise)."""
-    if name not in STRATEGIES:
-        raise UserError(
-            f"unknown strategy '{name}'{nearest(name, STRATEGIES)} (known: {', '.join(sorted(STRATEGIES))})",
-            key="evolve.strategy.name",
-        )
-    return STRATEGIES[name]
+    return lookup(STRATEGIES, name, "strategy", key="evolve.strategy.name")
 
 
 class Generational(Wrapper):

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from hpcnas.data.hdf5 import IGNORE_INDEX
-from hpcnas.errors import UserError
+from hpcnas.errors import lookup
 
 
 class WeightedCrossEntropy(nn.Module):
@@ -106,6 +106,4 @@ LOSSES: Dict[str, Type[nn.Module]] = {
 
 def make_loss(name: str, class_weights: np.ndarray, device: torch.device, ctx) -> nn.Module:
     """The loss registered as ``name``, for a data set's class weights."""
-    if name not in LOSSES:
-        raise UserError(f"unknown loss '{name}' (known: {', '.join(LOSSES)})", key="train.loss")
-    return LOSSES[name](class_weights, device, ctx)
+    return lookup(LOSSES, name, "loss", key="train.loss")(class_weights, device, ctx)
