@@ -97,9 +97,16 @@ class Wrapper(Strategy):
     """A strategy around another one (generations, successive halving, a pre-screen): by default it passes
     every call through, so a wrapper says only what it changes."""
 
-    def __init__(self, inner: Strategy):
-        super().__init__(inner.space, 0, inner.objectives)
+    def __init__(self, inner: Strategy):  # no Strategy.__init__: the inner strategy holds the state
         self.inner = inner
+
+    @property
+    def space(self) -> SearchSpace:  # type: ignore[override]
+        return self.inner.space
+
+    @property
+    def objectives(self) -> List[Objective]:  # type: ignore[override]
+        return self.inner.objectives
 
     def ask(self) -> Optional[Proposal]:
         return self.inner.ask()
@@ -138,6 +145,30 @@ class Tournament(Strategy):
                 f"must be in [1, population={population}], got {sample_size}", key="evolve.strategy.sample_size"
             )
         self.population_size, self.sample_size = population, sample_size
+        self.population: Sequence[Evaluation] = []  # the subclass's own container of the current members
+        self.results = 0  # evaluations told, any status
+
+    def ask(self) -> Optional[Proposal]:
+        """Random architectures until ``population`` results are in (and while none could be a parent); then the
+        winner of a tournament among ``sample_size`` members drawn from the population, mutated."""
+        if self.results < self.population_size or not self.population:
+            return Proposal(self.fresh(lambda: self.space.sample(self.rng)))
+        contenders = self.rng.sample(range(len(self.population)), min(self.sample_size, len(self.population)))
+        parent = self.population[min(contenders, key=self.tournament_key)]
+        genotype = Genotype.from_dict(parent.genotype)
+        return Proposal(self.fresh(lambda: self.space.mutate(self.rng, genotype)), parent=parent.id)
+
+    def tournament_key(self, member: int) -> Any:
+        """The order of the population's member ``member`` in a tournament: the smallest key wins."""
+        raise NotImplementedError
+
+    def learn(self, evaluation: Evaluation) -> None:
+        self.results += 1
+        self.admit(evaluation)
+
+    def admit(self, evaluation: Evaluation) -> None:
+        """Whether and how a told evaluation joins the population, and who leaves it."""
+        raise NotImplementedError
 
     @classmethod
     def from_options(cls, space: SearchSpace, seed: int, objectives: Sequence[Objective], options: Any) -> "Strategy":

@@ -11,11 +11,10 @@ parents.  Fitness is the primary (first) objective.
 from __future__ import annotations
 
 from collections import deque
-from typing import Deque, Optional
+from typing import Deque, Tuple
 
 from hpcnas.records import Evaluation
-from hpcnas.space.genotype import Genotype
-from hpcnas.strategies.base import Proposal, Tournament, register
+from hpcnas.strategies.base import Tournament, register
 
 
 @register
@@ -29,22 +28,12 @@ class RegularizedEvolution(Tournament):
     def __init__(self, *args, **kwargs):  # Tournament's arguments
         super().__init__(*args, **kwargs)
         self.population: Deque[Evaluation] = deque()
-        self.results = 0
 
-    def ask(self) -> Optional[Proposal]:
-        if len(self.population) < self.population_size and self.results < self.population_size:
-            return Proposal(self.fresh(lambda: self.space.sample(self.rng)))
-        if not self.population:  # every result so far failed: keep exploring
-            return Proposal(self.fresh(lambda: self.space.sample(self.rng)))
-        contenders = self.rng.sample(list(self.population), min(self.sample_size, len(self.population)))
-        primary = self.objectives[0]
-        parent = min(contenders, key=lambda e: (primary.minimized(e), e.id))
-        genotype = Genotype.from_dict(parent.genotype)
-        child = self.fresh(lambda: self.space.mutate(self.rng, genotype))
-        return Proposal(child, parent=parent.id)
+    def tournament_key(self, member: int) -> Tuple[float, int]:
+        e = self.population[member]
+        return self.objectives[0].minimized(e), e.id
 
-    def learn(self, evaluation: Evaluation) -> None:
-        self.results += 1
+    def admit(self, evaluation: Evaluation) -> None:
         if not self.feasible(evaluation):
             return
         self.population.append(evaluation)

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import importlib
 import threading
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 from hpcnas.records import Evaluation
-from hpcnas.space.genotype import Genotype
-from hpcnas.strategies.base import Proposal, Tournament, register
+from hpcnas.strategies.base import Tournament, register
 from hpcnas.strategies.objectives import Objective, violation
 
 PYMOO_METRICS = "pymoo.operators.survival.rank_and_crowding.metrics"
@@ -65,30 +64,20 @@ class NSGA2(Tournament):
         super().__init__(*args, **kwargs)
         self.population: List[Evaluation] = []
         self.ranking: List[Tuple[int, float]] = []
-        self.results = 0
         # pymoo's import takes ~0.3 s (scipy): done at the first result, it would stall the dispatch loop while
         # every rank waits; in the background it is over before the first tasks are
         threading.Thread(target=importlib.import_module, args=(PYMOO_METRICS,), daemon=True).start()
 
-    def _key(self, i: int) -> Tuple[int, float, int]:
-        rank, distance = self.ranking[i]
-        return rank, -distance, self.population[i].id
+    def tournament_key(self, member: int) -> Tuple[int, float, int]:
+        rank, distance = self.ranking[member]
+        return rank, -distance, self.population[member].id
 
-    def ask(self) -> Optional[Proposal]:
-        if self.results < self.population_size or not self.population:
-            return Proposal(self.fresh(lambda: self.space.sample(self.rng)))
-        contenders = self.rng.sample(range(len(self.population)), min(self.sample_size, len(self.population)))
-        parent = self.population[min(contenders, key=self._key)]
-        genotype = Genotype.from_dict(parent.genotype)
-        return Proposal(self.fresh(lambda: self.space.mutate(self.rng, genotype)), parent=parent.id)
-
-    def learn(self, evaluation: Evaluation) -> None:
-        self.results += 1
+    def admit(self, evaluation: Evaluation) -> None:
         if not evaluation.ok:
             return
         self.population.append(evaluation)
         self.ranking = rank_and_crowding(self.objectives, self.population)
         while len(self.population) > self.population_size:
-            worst = max(range(len(self.population)), key=self._key)
+            worst = max(range(len(self.population)), key=self.tournament_key)
             del self.population[worst]
             self.ranking = rank_and_crowding(self.objectives, self.population)
