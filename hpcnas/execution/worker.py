@@ -72,36 +72,13 @@ def _device(local_rank: int):
     return torch.device("cpu")
 
 
-def count_flops(model, in_channels: int, size: int, device) -> int:
-    """Forward FLOPs of one (1, C, size, size) input."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, in_channels, size, size, device=device))
-    return int(counter.get_total_flops())
-
-
 def measure_latency(model, in_channels: int, size: int, device, runs: int, warmup: int = 3) -> float:
     """Median milliseconds of one eval-mode forward pass of a (1, C, size, size) input, after ``warmup`` passes."""
     import torch
 
-    model.eval()
-    x = torch.zeros(1, in_channels, size, size, device=device)
-    times = []
-    with torch.no_grad():
-        for i in range(warmup + runs):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            model(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if i >= warmup:
-                times.append((time.perf_counter() - t0) * 1000)
-    times.sort()
-    return times[len(times) // 2]
+    from hpcnas.train.complexity import median_forward_ms
+
+    return median_forward_ms(model, torch.zeros(1, in_channels, size, size, device=device), runs, warmup)
 
 
 def host_memory_bytes() -> int:
@@ -204,9 +181,9 @@ class TrainEvaluator(Evaluator):
         best = trainer.run()
         if not setup.keep_checkpoints:
             shutil.rmtree(RunDir(eval_dir).checkpoints, ignore_errors=True)
-        measured = {
-            "params": float(sum(p.numel() for p in trainer.model.parameters())),
-            "flops": float(count_flops(trainer.model, info.channels, info.tile_size, device)),
+        measured = {  # the model spec counted them once, on the meta device, before training
+            "params": float(spec["params"]),
+            "flops": float(spec["flops"]),
             "peak_memory": round(peak_memory_mb(device), 1),
         }
         if setup.latency_runs:

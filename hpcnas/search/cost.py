@@ -12,7 +12,6 @@ theta toward cheaper ops.
 
 from __future__ import annotations
 
-import time
 from typing import Dict, List, Tuple
 
 import torch
@@ -22,6 +21,7 @@ from hpcnas.space.cells import GraphCell
 from hpcnas.space.mixed import MixedOp
 from hpcnas.space.networks import SearchNetwork
 from hpcnas.space.ops import build_op
+from hpcnas.train.complexity import median_forward_ms
 
 
 def _params(name: str, channels: int, stride: int, shape: Tuple[int, ...], device: torch.device) -> float:
@@ -31,20 +31,8 @@ def _params(name: str, channels: int, stride: int, shape: Tuple[int, ...], devic
 def _latency(
     name: str, channels: int, stride: int, shape: Tuple[int, ...], device: torch.device, runs: int = 5
 ) -> float:
-    op = build_op(name, channels, stride, affine=True).to(device).eval()
-    x = torch.zeros((1, channels) + tuple(shape[2:]), device=device)
-    times = []
-    with torch.no_grad():
-        for i in range(runs + 2):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            op(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if i >= 2:
-                times.append(time.perf_counter() - t0)
-    return 1000 * sorted(times)[len(times) // 2]
+    op = build_op(name, channels, stride, affine=True).to(device)
+    return median_forward_ms(op, torch.zeros((1, channels) + tuple(shape[2:]), device=device), runs, warmup=2)
 
 
 OP_COSTS = {"params": _params, "latency": _latency}  # search.cost.kind -> cost of one candidate op on one edge

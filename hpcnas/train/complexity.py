@@ -1,4 +1,5 @@
-"""How big a network is: parameters, FLOPs per tile, and the width that reaches a parameter budget.
+"""How big and how fast a network is: parameters, FLOPs per tile, forward latency, and the width that reaches a
+parameter budget.
 
 Counting runs on the ``meta`` device: modules are built and traced with
 shapes only, no memory and no arithmetic, so sizing a network for a
@@ -8,6 +9,7 @@ count of one forward pass of one tile (a multiply-add is 2 FLOPs).
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Dict, Union
 
 import torch
@@ -28,6 +30,25 @@ def count_flops(build: Callable[[], nn.Module], in_channels: int, tile: int) -> 
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(x)
     return int(counter.get_total_flops())
+
+
+@torch.no_grad()
+def median_forward_ms(module: nn.Module, x: torch.Tensor, runs: int, warmup: int) -> float:
+    """Median milliseconds of one eval-mode forward pass of ``x`` through ``module``, after ``warmup`` passes
+    (a GPU is synchronized around each pass, so the time is the kernels', not the launch's)."""
+    module.eval()
+    cuda = x.device.type == "cuda"
+    times = []
+    for i in range(warmup + runs):
+        if cuda:
+            torch.cuda.synchronize(x.device)
+        start = time.perf_counter()
+        module(x)
+        if cuda:
+            torch.cuda.synchronize(x.device)
+        if i >= warmup:
+            times.append((time.perf_counter() - start) * 1000)
+    return sorted(times)[len(times) // 2]
 
 
 def complexity(build: Callable[[], nn.Module], in_channels: int, tile: int) -> Dict[str, int]:
