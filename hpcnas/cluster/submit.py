@@ -302,7 +302,8 @@ def jobs_for(req: Request) -> "List[Any]":
 
 def sbatch_text(req: Request) -> str:
     """The sbatch script submitit would submit (``--dry-run``), without needing SLURM here."""
-    from submitit.slurm.slurm import _make_sbatch_string  # what SlurmExecutor itself calls (submitit pinned < 2)
+    # what SlurmExecutor itself calls (submitit pinned < 2; the dev-cluster test checks that the two scripts agree)
+    from submitit.slurm.slurm import _make_sbatch_string
 
     _check(req)
     params = slurm_parameters(req)

@@ -38,6 +38,11 @@ def test_a_cancelled_job_is_reported_as_cancelled(cluster, tmp_path):  # noqa: F
     line = proc.stdout.readline()
     job = re.search(r"submitted job (\d+)", line).group(1)
     assert wait_for(lambda: squeue_state(job) == "RUNNING"), squeue_state(job)
+    # --dry-run prints submitit's private sbatch builder's script (submitit is pinned < 2 for it): it must be
+    # exactly what SlurmExecutor submitted
+    dry = subprocess.run(cmd[:-1] + ["--dry-run"], cwd=ROOT, env=JOB_ENV, capture_output=True, text=True)
+    submitted = tmp_path / "logs" / job / f"{job}_submission.sh"
+    assert dry.returncode == 0 and dry.stdout.rstrip("\n") == submitted.read_text().rstrip("\n"), dry.stderr
     subprocess.run(["scancel", job], check=True)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 1 and f"hpcnas: job {job} was cancelled (SLURM state CANCELLED" in err, err
