@@ -168,6 +168,7 @@ def tree(work: Path) -> dict:
     return {str(p.relative_to(work)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(work.rglob("*"))}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv, fragment", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_and_changes_nothing(tmp_path, argv, fragment):
     work = tmp_path / "work"
@@ -183,6 +184,7 @@ def test_bad_input_is_one_line_and_changes_nothing(tmp_path, argv, fragment):
     assert tree(work) == before, "a rejected command changed the work directory"
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_data_and_a_lost_checkpoint(tmp_path):
     """Two inputs only a started run can have: its data edited away, its latest checkpoint deleted.
     Both are refused in one line, and the run's history is left as it was."""

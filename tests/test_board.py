@@ -44,6 +44,7 @@ def test_the_board_never_imports_torch():
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.slow
 def test_a_search_writes_what_tensorboard_shows(tmp_path):
     out = tmp_path / "s"
     sets = ["search.epochs=3", "monitor.images_every=2", "monitor.images=2"]

@@ -101,6 +101,7 @@ def test_no_entry_point_runs_code_from_a_planted_checkpoint(command, trained, tm
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_an_earlier_format_checkpoint_is_refused_then_upgraded_on_request(trained, tmp_path):
     state = torch.load(trained / "checkpoints" / "latest.pt", weights_only=True)
     state["rng"]["numpy"] = np.random.get_state()  # as hpcnas wrote it before: a numpy array inside
@@ -121,6 +122,7 @@ def test_an_earlier_format_checkpoint_is_refused_then_upgraded_on_request(traine
     assert upgrade_checkpoint(str(old)) == "already in the safe format: nothing to do"
 
 
+@pytest.mark.slow
 def test_upgrade_refuses_what_is_not_a_checkpoint_and_leaves_it(tmp_path):
     junk = tmp_path / "notes.pt"
     junk.write_bytes(b"not a pickle at all")

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT, run_cli
 
 
@@ -62,6 +64,7 @@ def test_missing_config_file_exit_2(tmp_path):
     assert proc.stderr.strip() == f"hpcnas: error: {tmp_path / 'nope.yaml'}: no such file"
 
 
+@pytest.mark.slow
 def test_missing_gpu_is_a_clear_error(tmp_path):
     import torch
 
@@ -89,6 +92,7 @@ def test_internal_error_goes_to_log(tmp_path):
     assert "RuntimeError: disk on fire" in (tmp_path / "error.log").read_text()
 
 
+@pytest.mark.slow
 def test_out_on_an_existing_run_is_refused(tmp_path):
     """Nothing already written is lost: a second run into the same --out stops before writing."""
     out = tmp_path / "run"
@@ -159,6 +163,7 @@ def _console(*args):
     )
 
 
+@pytest.mark.slow
 def test_a_warning_during_start_up_stops_a_search_cleanly(tmp_path):
     """USR2 while the command is still importing (a loaded node): kept for the first step, exit 75, resumable."""
     out = tmp_path / "run"
@@ -191,6 +196,7 @@ def test_a_warning_during_start_up_of_a_command_that_does_not_resume_ends_it(tmp
     assert proc.returncode == -signal.SIGTERM
 
 
+@pytest.mark.slow
 def test_a_warning_after_a_search_finished_does_not_kill_the_process(tmp_path):
     code = (
         "import os, signal, sys\nfrom hpcnas.cli import main\n"
@@ -224,6 +230,7 @@ def test_an_armed_flag_keeps_an_early_signal_and_never_falls_back_to_the_default
             signal.signal(sig, handler)
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_keeps_the_last_good_checkpoint(tmp_path):
     """A 1 MB tmpfs fills up at the second checkpoint: exit 1, one error line, no traceback, and the
     checkpoint written before is intact (written via a temporary file and a rename)."""

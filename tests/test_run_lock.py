@@ -42,6 +42,7 @@ def wait_for(path, timeout=120):
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_a_live_run_refuses_a_second_writer_and_a_killed_one_does_not(tmp_path):
     out = tmp_path / "run"
     first = start_search(out)
@@ -64,6 +65,7 @@ def test_a_live_run_refuses_a_second_writer_and_a_killed_one_does_not(tmp_path):
     assert (out / "genotype.json").exists()
 
 
+@pytest.mark.slow
 def test_two_starts_at_once_leave_one_run(tmp_path):
     out = tmp_path / "run"
     procs = [start_search(out) for _ in range(2)]
@@ -87,6 +89,7 @@ def test_two_starts_at_once_leave_one_run(tmp_path):
                 p.wait()
 
 
+@pytest.mark.slow
 def test_a_refused_resume_of_a_live_run_leaves_that_run_s_files_to_it(tmp_path, monkeypatch):
     """While the refused command meets the lock, the live writer appends to log.txt and beats: the refusal puts
     nothing back over it (it restores only files it touched as the writer, and here it never was one)."""

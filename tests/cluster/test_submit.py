@@ -130,6 +130,7 @@ def test_predict_requests_are_checked_before_submitting(tmp_path):
     assert [job.part for job in jobs] == ["0/2", "1/2"] and len({job.out for job in jobs}) == 1
 
 
+@pytest.mark.slow
 def test_local_runs_the_job_here_and_waits(tmp_path):
     tiny = [
         "data.synth.n=16",

@@ -25,6 +25,7 @@ def probe(*prefix, ranks=1, **env):
     return int(out[0]), " ".join(out[1:-1]), int(out[-1])
 
 
+@pytest.mark.slow
 def test_affinity_slurm_and_omp_bound_the_threads():
     allowed = len(os.sched_getaffinity(0))
     assert probe() == (allowed, "CPUs this process may run on", allowed)
@@ -35,6 +36,7 @@ def test_affinity_slurm_and_omp_bound_the_threads():
         assert probe(ranks=allowed * 4)[2] == 1  # never 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("taskset") is None, reason="no taskset")
 def test_a_process_pinned_to_one_cpu_uses_one_thread():
     assert probe("taskset", "-c", "0") == (1, "CPUs this process may run on", 1)

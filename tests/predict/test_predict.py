@@ -31,6 +31,7 @@ def geo_run(tmp_path_factory):
 # -- tiling GeoTIFFs -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_tiling_keeps_16_bits_bands_and_stores_train_normalization(geo_run):
     info = read_info(geo_run / "d.h5")
     assert info.dtype == "uint16" and info.channels == 3 and info.bands == [2, 3, 1]
@@ -254,6 +255,7 @@ def predict_args(geo_run, out):
     return ["predict", "--checkpoint", ckpt, "--input", str(geo_run / "scenes"), "--out", str(out), "--device", "cpu"]
 
 
+@pytest.mark.slow
 def test_predict_writes_georeferenced_outputs_and_resume_skips_finished_scenes(geo_run, tmp_path):
     out = tmp_path / "pred"
     args = predict_args(geo_run, out)
@@ -273,6 +275,7 @@ def test_predict_writes_georeferenced_outputs_and_resume_skips_finished_scenes(g
     assert (out / "new_classes.tif").stat().st_mtime_ns == mtime
 
 
+@pytest.mark.slow
 def test_cog_outputs_with_named_bands_and_data_info_says_where_the_scenes_lie(geo_run, tmp_path):
     out = tmp_path / "cog"
     proc = run_cli(*predict_args(geo_run, out), "--cog", "--probabilities")
@@ -288,6 +291,7 @@ def test_cog_outputs_with_named_bands_and_data_info_says_where_the_scenes_lie(ge
     assert "scenes of train (" in info.stdout and "s0.tif" in info.stdout
 
 
+@pytest.mark.slow
 def test_predict_refuses_a_scene_with_other_bands_and_warns_without_crs(geo_run, tmp_path):
     ckpt = str(geo_run / "run" / "checkpoints" / "best.pt")
     rng = np.random.default_rng(3)
@@ -310,6 +314,7 @@ def test_predict_refuses_a_scene_with_other_bands_and_warns_without_crs(geo_run,
     assert "crs" not in json.loads((tmp_path / "p" / "plain.geojson").read_text())
 
 
+@pytest.mark.slow
 def test_a_window_the_network_cannot_take_and_twin_scene_names_are_refused(geo_run, tmp_path):
     from hpcnas.predict.run import check_window
 
@@ -356,6 +361,7 @@ def test_png_input_gives_a_png_mask(tmp_path):
 # -- export -------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_export_onnx_and_torchscript_match_pytorch_and_predict_the_same(geo_run, tmp_path):
     ckpt = str(geo_run / "run" / "checkpoints" / "best.pt")
     base = tmp_path / "torch"
@@ -404,6 +410,7 @@ def test_exported_model_card_carries_the_bands_and_normalization(geo_run, tmp_pa
         engine_for(str(tmp_path / "bad.onnx"))
 
 
+@pytest.mark.slow
 def test_evaluate_and_report_read_16_bit_data(geo_run, tmp_path):
     from hpcnas.report.plots import display_rgb
 
@@ -418,6 +425,7 @@ def test_evaluate_and_report_read_16_bit_data(geo_run, tmp_path):
     assert picture.shape[-1] == 3 and 0 <= picture.min() and picture.max() <= 1 and picture.std() > 0
 
 
+@pytest.mark.slow
 def test_bad_window_sizes_an_export_under_a_file_and_a_corrupt_scene_leave_nothing(geo_run, tmp_path):
     ckpt = str(geo_run / "run" / "checkpoints" / "best.pt")
     rng = np.random.default_rng(4)

@@ -35,6 +35,7 @@ def load(page, *extra):
     return proc.stdout, dict(re.findall(r'data-([\w-]+)="([^"]*)"', body)), console
 
 
+@pytest.mark.slow
 @needs_browser
 def test_the_report_page_loads_cleanly_with_one_row_per_run(tmp_path):
     fake_run(tmp_path / "a", "darts_unetpp", history=True)
@@ -63,6 +64,7 @@ def test_the_report_page_loads_cleanly_with_one_row_per_run(tmp_path):
     assert pixels.std() > 10 and len(np.unique(pixels)) > 50  # text, tables and figures: not a blank page
 
 
+@pytest.mark.slow
 @needs_browser
 def test_the_checks_do_see_a_broken_image_and_a_script_error(tmp_path):
     fake_run(tmp_path / "a")

@@ -25,6 +25,7 @@ def status_json(*runs):
     return json.loads(proc.stdout)["runs"]
 
 
+@pytest.mark.slow
 def test_a_finished_search(tmp_path):
     out = tmp_path / "s"
     proc = run_cli("search", "--config", SMOKE, "--out", str(out), "--device", "cpu", *set_args(["search.epochs=2"]))
@@ -36,6 +37,7 @@ def test_a_finished_search(tmp_path):
     assert "state       finished" in screen and "epoch 2/2 done" in screen and "val mIoU" in screen
 
 
+@pytest.mark.slow
 def test_a_running_search_then_stopped_by_sigusr2(tmp_path):
     out = tmp_path / "live"
     cmd = [sys.executable, "-m", "hpcnas.cli", "search", "--config", SMOKE, "--out", str(out), "--device", "cpu"]
@@ -62,6 +64,7 @@ def test_a_running_search_then_stopped_by_sigusr2(tmp_path):
     assert s["fraction"] == pytest.approx((s["epochs_done"] + s["step"] / s["steps"]) / 40, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_a_run_killed_with_sigkill_is_dead_on_its_own_host(tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "hpcnas.cli", "search", "--config", SMOKE, "--out", str(out), "--device", "cpu"]
@@ -144,6 +147,7 @@ def test_the_best_evaluation_is_the_searchs_own_by_objectives_and_bounds_with_ol
     assert "best        miou 0.7 (evaluation 1)" in proc.stdout and "deprecated" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_watch_redraws_until_interrupted(tmp_path):
     fake_run(tmp_path / "w", "running", age_s=1)
     proc = subprocess.Popen(
@@ -199,6 +203,7 @@ def test_a_discrete_search_shows_evaluations_and_utilization(tmp_path):
         assert "8/8 evaluations finished (ok 8)" in text
 
 
+@pytest.mark.slow
 def test_each_command_of_a_longer_one_ends_its_own_heartbeat(tmp_path):
     """As in hpcnas smoke: the search is over (finished) while the process goes on to train."""
     from hpcnas.pipeline import search

@@ -28,6 +28,7 @@ def _one_step(runner, epoch=1):
     return sums, seen
 
 
+@pytest.mark.slow
 def test_bf16_runs_the_weight_step_in_bf16_and_keeps_theta_and_the_weights_in_fp32(tmp_path):
     fp32 = _runner(tmp_path / "fp32")
     bf16 = _runner(tmp_path / "bf16", ["search.precision=bf16"])
@@ -43,6 +44,7 @@ def test_bf16_runs_the_weight_step_in_bf16_and_keeps_theta_and_the_weights_in_fp
     assert sums["train_loss"] != reference["train_loss"]
 
 
+@pytest.mark.slow
 def test_channels_last_is_refused_on_a_cpu_where_onednn_corrupts_memory(tmp_path):
     proc = run_cli(
         "search", "--config", SMOKE, "--out", str(tmp_path / "s"), *set_args(TINY + ["search.channels_last=true"])
@@ -68,6 +70,7 @@ def test_channels_last_lays_the_network_out_nhwc_and_computes_the_same_on_a_gpu(
     assert sums == pytest.approx(reference, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_a_retrain_in_bf16_trains_and_evaluates(tmp_path):
     sets = TINY + ["train.epochs=1", "train.precision=bf16"]
     genotype = tmp_path / "g.json"

@@ -48,6 +48,7 @@ def _runner(tmp_path, extra=()):
     return SupernetSearch(cfg, tmp_path, data, read_info(data), select_device(cfg.device))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["gaea", "adam"])
 def test_architecture_frozen_before_start_epoch(tmp_path, optimizer):
     runner = _runner(tmp_path, [f"search.arch_optimizer={optimizer}", "search.arch_start_epoch=2"])  # counted from 1
@@ -64,6 +65,7 @@ def test_architecture_frozen_before_start_epoch(tmp_path, optimizer):
             torch.testing.assert_close(p.sum(-1), torch.ones(p.shape[:-1]))
 
 
+@pytest.mark.slow
 def test_search_writes_the_run_directory(tmp_path):
     genotype, run_dir = search(SMOKE, TINY, out=str(tmp_path / "run"))
     records = read_jsonl(run_dir / "metrics.jsonl")
@@ -104,6 +106,7 @@ def _final_theta(run_dir):
 SCALED_STEP = ["search.arch_lr=null", "search.arch_movement=3"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers, step", [(0, []), (2, []), (0, SCALED_STEP)], ids=["fixed", "workers", "scaled"])
 def test_resume_in_process_is_exact(tmp_path, monkeypatch, workers, step):
     """Interrupt a search inside epoch 2 (after epoch 1's checkpoint); the resumed run equals an uninterrupted one,
@@ -121,6 +124,7 @@ def test_resume_in_process_is_exact(tmp_path, monkeypatch, workers, step):
     assert [r["epoch"] for r in read_jsonl(cut_dir / "metrics.jsonl")] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_signal_mid_epoch_checkpoints_and_resumes_exactly(tmp_path, monkeypatch):
     """SIGUSR2 inside epoch 1: a mid-epoch checkpoint, Interrupted; the resumed run skips the trained
     batches and ends bit-identical to an uninterrupted one (augmentation and channel sampling included)."""

@@ -50,6 +50,7 @@ def _copy(full, tmp_path):
     return cut
 
 
+@pytest.mark.slow
 def test_killed_after_the_checkpoint_before_its_metrics_line(full, tmp_path, capsys):
     cut = _copy(full, tmp_path)
     lines = (cut / "metrics.jsonl").read_text().splitlines(keepends=True)
@@ -71,6 +72,7 @@ def test_killed_while_appending_the_metrics_line(full, tmp_path, capsys):
     _same_end(full, cut)
 
 
+@pytest.mark.slow
 def test_lines_past_the_checkpoint_are_dropped_and_their_epochs_run_again(full, tmp_path, monkeypatch, capsys):
     cut = tmp_path / "cut"
     run_interrupted_in_epoch(monkeypatch, Trainer, 1, lambda: train(SMOKE, TINY, out=str(cut), **ARGS))
@@ -83,6 +85,7 @@ def test_lines_past_the_checkpoint_are_dropped_and_their_epochs_run_again(full, 
     _same_end(full, cut)
 
 
+@pytest.mark.slow
 def test_killed_between_the_best_checkpoint_and_the_commit_point(full, tmp_path, monkeypatch):
     cut = tmp_path / "cut"
     run_interrupted_in_epoch(monkeypatch, Trainer, 1, lambda: train(SMOKE, TINY, out=str(cut), **ARGS))
@@ -91,6 +94,7 @@ def test_killed_between_the_best_checkpoint_and_the_commit_point(full, tmp_path,
     _same_end(full, cut)
 
 
+@pytest.mark.slow
 def test_resume_of_a_run_with_no_checkpoint_says_it_starts_from_epoch_1(tmp_path, monkeypatch, caplog):
     cut = tmp_path / "cut"
     run_interrupted_in_epoch(monkeypatch, Trainer, 0, lambda: train(SMOKE, TINY, out=str(cut), **ARGS))

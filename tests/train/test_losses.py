@@ -47,6 +47,7 @@ def test_focal_loss_without_focusing_is_the_weighted_cross_entropy():
     assert focal(logits, target()).item() == pytest.approx(ce(logits, target()).item(), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_an_unknown_loss_is_refused_and_dice_trains_end_to_end(tmp_path):
     with pytest.raises(UserError, match="unknown loss 'tversky'"):
         make_loss("tversky", WEIGHTS, torch.device("cpu"), SingleProcess())

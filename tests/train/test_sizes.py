@@ -54,6 +54,7 @@ def test_a_small_baseline_meets_its_budget_within_ten_percent(target):
     assert ResNetUNet(3, 2, 4.0).stem[0][0].out_channels == ResNetUNet(3, 2, 4).stem[0][0].out_channels == 4
 
 
+@pytest.mark.slow
 def test_training_records_its_size_and_retrains_wider(tmp_path):
     genotype, search_dir = search(SMOKE, TINY, out=str(tmp_path / "s"))
     g = str(search_dir / "genotype.json")
@@ -67,6 +68,7 @@ def test_training_records_its_size_and_retrains_wider(tmp_path):
     assert f"{small['params']:,} parameters" in (narrow / "log.txt").read_text()
 
 
+@pytest.mark.slow
 def test_target_params_sizes_a_genotype_and_the_baseline(tmp_path):
     _, base = train(SMOKE, TINY + ["train.target_params=60000"], baseline="resnet_unet", out=str(tmp_path / "b"))
     _, cell = train(
@@ -77,6 +79,7 @@ def test_target_params_sizes_a_genotype_and_the_baseline(tmp_path):
         assert params == pytest.approx(60000, rel=0.2)
 
 
+@pytest.mark.slow
 def test_train_evaluate_test_writes_the_evaluation(tmp_path):
     out = tmp_path / "run"
     res = run_cli(

@@ -79,6 +79,7 @@ def test_overlapping_logits_are_averaged(tmp_path):
     assert logits[13, 13] == pytest.approx(1.5)  # all four tiles
 
 
+@pytest.mark.slow
 def test_train_genotype_then_evaluate(tmp_path):
     geno_file = tmp_path / "g.json"
     import random
@@ -99,6 +100,7 @@ def test_train_genotype_then_evaluate(tmp_path):
     assert json.loads((run_dir / "genotype.json").read_text())["topology"] == "darts_unet"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", [{"genotype": "random", "seed": 3}, {"baseline": "resnet_unet"}])
 def test_baselines_train(tmp_path, how):
     _, run_dir = train(SMOKE, TINY + ["train.epochs=1", "train.select_from_epoch=0"], out=str(tmp_path / "b"), **how)
@@ -118,6 +120,7 @@ def _assert_cut_run_matches_full(tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_train_resumed_mid_way_matches(tmp_path, monkeypatch):
     from hpcnas.train.trainer import Trainer
 
@@ -128,6 +131,7 @@ def test_train_resumed_mid_way_matches(tmp_path, monkeypatch):
     _assert_cut_run_matches_full(tmp_path)
 
 
+@pytest.mark.slow
 def test_train_signalled_mid_epoch_resumes_exactly(tmp_path, monkeypatch):
     from hpcnas.train.trainer import Trainer
 
@@ -164,6 +168,7 @@ def test_wrong_node_count_is_one_line(tmp_path):
     assert proc.returncode == 2 and "has 3 nodes, the config's space.nodes gives 2" in proc.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_a_search_checkpoint_is_refused(tmp_path):
     _, run_dir = search(
         SMOKE, ["data.synth.n=8", "search.epochs=1", "search.arch_start_epoch=1", "device=cpu"], out=str(tmp_path / "s")

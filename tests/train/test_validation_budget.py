@@ -26,6 +26,7 @@ def test_the_capped_subset_is_fixed_sorted_and_the_whole_split_when_it_fits():
     assert validation_subset(10, 60) == validation_subset(10, None) == list(range(10))
 
 
+@pytest.mark.slow
 def test_validation_every_second_epoch_on_a_subset_then_the_selected_checkpoint_on_the_whole_split(tmp_path):
     sets = ["data.synth.n=40", "train.epochs=3", "train.select_from_epoch=1", "train.val_every=2"]
     sets += ["train.val_max_tiles=4", "train.max_steps_per_epoch=2", "device=cpu"]

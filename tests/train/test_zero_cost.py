@@ -5,11 +5,14 @@ from __future__ import annotations
 import math
 import random
 
+import pytest
+
 from hpcnas.config import load_config
 from hpcnas.space.searchspace import SearchSpace
 from hpcnas.train.zero_cost import SCORES, GenotypeScorer, training_batch, zero_cost_scores
 
 
+@pytest.mark.slow
 def test_every_score_is_finite_repeatable_and_tells_architectures_apart(synth_h5):
     cfg = load_config(None, ["space.channels=4", "space.depth=2", "space.nodes=2"])
     space = SearchSpace.from_config(cfg)
