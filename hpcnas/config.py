@@ -99,10 +99,10 @@ class SearchConfig:
     arch_optimizer: Literal["gaea", "adam"] = "gaea"
     arch_lr: Optional[float] = field(
         default=None, metadata=_range(0.0)
-    )  # None: the optimizer's own (gaea 0.1, adam 6e-4)
+    )  # a fixed step; None: the optimizer's default step (gaea: arch_movement 12; adam: lr 6e-4)
     # theta's total movement over the search instead of a fixed step: each architecture step is arch_movement /
     # (the search's architecture steps) on a normalized gradient, so a steadily favoured op gains about
-    # e**arch_movement in odds at any budget; None: arch_lr's fixed step
+    # e**arch_movement in odds at any budget; None: the optimizer's default step
     arch_movement: Optional[float] = field(default=None, metadata=_range(0.001))
     arch_weight_decay: float = field(default=1e-3, metadata=_range(0.0))  # Adam only
     arch_start_epoch: int = field(default=15, metadata=_range(0))  # 1-based: the first epoch with architecture steps

@@ -33,7 +33,7 @@ from hpcnas.runtime import ComputeFormat, seed_everything
 from hpcnas.search.cost import ExpectedCost
 from hpcnas.search.decode import darts_plus_stops, decode_configured
 from hpcnas.search.diagnosis import unmoved_theta
-from hpcnas.search.gaea import arch_mode, make_arch_optimizer
+from hpcnas.search.gaea import arch_mode, arch_optimizer, make_arch_optimizer
 from hpcnas.space.genotype import Genotype
 from hpcnas.space.networks import SearchNetwork, build_search_network
 from hpcnas.space.searchspace import SearchSpace
@@ -185,7 +185,9 @@ class SupernetSearch(EpochLoop):
             "entropy": self.model.arch.entropies(),
             "entropy_normalized": self.model.arch.entropies(normalized=True),
             "arch_lr": self.arch_lr,
-            "arch_movement": self.cfg.search.arch_movement,
+            "arch_movement": arch_optimizer(self.cfg.search.arch_optimizer).movement(
+                self.cfg.search.arch_lr, self.cfg.search.arch_movement
+            ),
             "aux_skip": round(self.aux_coefficient, 6),
             "genotype": genotype.to_dict(),
             "skips": genotype.skip_count(),

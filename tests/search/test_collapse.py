@@ -66,7 +66,8 @@ def test_each_architecture_optimizer_has_its_reference_defaults():
     assert isinstance(adam, torch.optim.Adam)
     group = adam.param_groups[0]
     assert (group["lr"], group["betas"], group["weight_decay"]) == (6e-4, (0.5, 0.999), 1e-3)
-    assert make_arch_optimizer("gaea", p, None, 1e-3).param_groups[0]["lr"] == 0.1
+    gaea = make_arch_optimizer("gaea", p, None, 1e-3, steps=48).param_groups[0]  # its default: a movement of 12
+    assert gaea["lr"] == pytest.approx(12 / 48) and gaea["normalize"]
     assert make_arch_optimizer("gaea", p, 2.0, 1e-3).param_groups[0]["lr"] == 2.0
     with pytest.raises(UserError, match="known: gaea, adam"):
         make_arch_optimizer("adamw", p, None, 0.0)
@@ -106,7 +107,7 @@ def test_a_scaled_step_is_movement_over_steps():
     assert make_arch_optimizer("adam", p, None, 0.0, movement=3.0, steps=60).param_groups[0]["lr"] == pytest.approx(
         0.05
     )
-    assert not make_arch_optimizer("gaea", p, None, 0.0).param_groups[0]["normalize"]
+    assert not make_arch_optimizer("gaea", p, 0.1, 0.0).param_groups[0]["normalize"]  # an lr is a fixed step
 
 
 def test_channel_shuffle_interleaves_groups():
@@ -163,6 +164,7 @@ def test_pdarts_cap_replaces_the_weakest_skips():
     assert [op for node in none_left for op, _ in node] == ["sep_conv_3x3"] * 6
 
 
+@pytest.mark.slow
 def test_aux_skip_decays_and_arch_json_redecodes(tmp_path):
     genotype, run = search(SMOKE, TINY + ["search.aux_skip=1.0"], out=str(tmp_path / "run"))
     records = read_jsonl(run / "metrics.jsonl")
@@ -177,6 +179,7 @@ def test_aux_skip_decays_and_arch_json_redecodes(tmp_path):
     assert capped.skip_count() == 0
 
 
+@pytest.mark.slow
 def test_dartsplus_stops_and_keeps_the_genotype_before(tmp_path, monkeypatch):
     from hpcnas.search.continuous import SupernetSearch
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from tests.conftest import ROOT, run_cli, set_args
 
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 
 
+@pytest.mark.slow
 def test_plan_prints_size_memory_and_step_time_and_writes_nothing(tmp_path):
     out = tmp_path / "never"
     proc = run_cli(
@@ -24,6 +27,7 @@ def test_plan_prints_size_memory_and_step_time_and_writes_nothing(tmp_path):
     assert not out.exists() and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_a_search_whose_architecture_would_never_step_is_refused_before_anything_is_written(tmp_path):
     out = tmp_path / "s"
     proc = run_cli("search", "--config", SMOKE, "--out", str(out), *set_args(["search.epochs=1", "device=cpu"]))
@@ -38,9 +42,8 @@ def test_a_search_whose_architecture_would_never_step_is_refused_before_anything
         "leave it unset for the optimizer's own step size, or give a positive one"
     ]
     assert not out.exists()
-    proc = run_cli(
-        "search", "--config", SMOKE, "--out", str(out), *set_args(["search.arch_movement=3", "device=cpu"])
-    )  # smoke.yaml sets arch_lr 5
+    both = ["search.arch_lr=5", "search.arch_movement=3", "device=cpu"]
+    proc = run_cli("search", "--config", SMOKE, "--out", str(out), *set_args(both))
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "hpcnas: error: key 'search.arch_movement': search.arch_lr=5 and search.arch_movement=3 both set theta's "
         "step: keep one (set the other to null)"
