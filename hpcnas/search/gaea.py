@@ -103,10 +103,9 @@ class ArchOptimizer:
     ) -> torch.optim.Optimizer:
         """The optimizer over ``params``: a fixed step ``lr``, or a normalized step of ``movement / steps``; with
         neither, this optimizer's default (its movement, else its lr)."""
-        if lr is None and movement is None:
-            movement = self.default_movement
-        if lr is None and movement is not None:
-            return self.build(params, movement / max(steps, 1), weight_decay, True)
+        scaled_to = self.movement(lr, movement)
+        if scaled_to is not None:
+            return self.build(params, scaled_to / max(steps, 1), weight_decay, True)
         return self.build(params, self.default_lr if lr is None else lr, weight_decay, False)
 
     def movement(self, lr: Optional[float], movement: Optional[float]) -> Optional[float]:
