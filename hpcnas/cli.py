@@ -280,7 +280,7 @@ def cmd_pareto(args: argparse.Namespace) -> None:
 def cmd_status(args: argparse.Namespace) -> None:
     from hpcnas.report.status import status_screens
 
-    while True:
+    def draw() -> None:
         text, statuses = status_screens(args.runs)
         if args.json:
             print(json.dumps({"runs": statuses}, indent=2), flush=True)
@@ -288,12 +288,16 @@ def cmd_status(args: argparse.Namespace) -> None:
             if args.watch:
                 print("\033[2J\033[H" + time.strftime("%H:%M:%S") + f"  (every {args.watch:g} s; Ctrl-C ends)\n")
             print(text, flush=True)
-        if not args.watch:
-            return
-        try:
+
+    if not args.watch:
+        draw()
+        return
+    try:  # Ctrl-C is how a watch ends, whether it lands while sleeping or while reading the runs
+        while True:
+            draw()
             time.sleep(args.watch)
-        except KeyboardInterrupt:
-            return
+    except KeyboardInterrupt:
+        return
 
 
 def cmd_report(args: argparse.Namespace) -> None:
