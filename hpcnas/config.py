@@ -21,11 +21,17 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Union
 import yaml
 
 from hpcnas.errors import UserError, nearest
+from hpcnas.plugins import ARCH_OPTIMIZERS, COSTS, EVALUATORS, LOSSES, OP_SETS, STRATEGIES, TOPOLOGIES, Registry
 
 
 def _range(lo: Optional[float] = None, hi: Optional[float] = None) -> Dict[str, Any]:
     """Field metadata: inclusive bounds checked by :func:`validate`."""
     return {"range": (lo, hi)}
+
+
+def _registered(registry: Registry) -> Dict[str, Any]:
+    """Field metadata: the value (unless null) is a name in ``registry``, the only list of such names."""
+    return {"registry": registry}
 
 
 @dataclass
@@ -57,8 +63,8 @@ class DataConfig:
 class SpaceConfig:
     """The search space: topology = network structure + cell structure + op set."""
 
-    topology: Literal["darts_unet", "darts_unetpp", "resnext_unet"] = "darts_unet"
-    op_set: Optional[Literal["O_base", "O_large"]] = None  # None: the topology's own
+    topology: str = field(default="darts_unet", metadata=_registered(TOPOLOGIES))
+    op_set: Optional[str] = field(default=None, metadata=_registered(OP_SETS))  # None: the topology's own
     channels: int = field(default=16, metadata=_range(1))  # initial channels (paper: 16)
     depth: int = field(default=3, metadata=_range(1, 6))  # number of 2x downsamplings
     nodes: int = field(default=4, metadata=_range(1, 8))  # intermediate nodes per DARTS cell
@@ -86,7 +92,8 @@ class DecodeConfig:
 class CostConfig:
     """An optional resource term in the architecture loss: weight * E_theta[cost] / E_uniform[cost] (FBNet)."""
 
-    kind: Optional[Literal["params", "latency"]] = None  # None: no term; latency: a per-op table timed on the device
+    # None: no term; params; latency: a per-op table timed on the device
+    kind: Optional[str] = field(default=None, metadata=_registered(COSTS))
     weight: float = field(default=0.0, metadata=_range(0.0))
 
 
@@ -96,7 +103,7 @@ class SearchConfig:
 
     epochs: int = field(default=50, metadata=_range(1))
     batch_size: int = field(default=2, metadata=_range(1))
-    arch_optimizer: Literal["gaea", "adam"] = "gaea"
+    arch_optimizer: str = field(default="gaea", metadata=_registered(ARCH_OPTIMIZERS))
     arch_lr: Optional[float] = field(
         default=None, metadata=_range(0.0)
     )  # a fixed step; None: the optimizer's default step (gaea: arch_movement 12; adam: lr 6e-4)
@@ -158,7 +165,7 @@ class TrainConfig:
     val_max_tiles: Optional[int] = field(default=None, metadata=_range(1))
     # the training loss: Dice (measured best, README "Search quality"), the paper's class-weighted
     # cross-entropy, focal, or cross-entropy + Dice
-    loss: Literal["ce", "dice", "focal", "ce+dice"] = "dice"
+    loss: str = field(default="dice", metadata=_registered(LOSSES))  # ce, dice, focal, ce+dice
     baseline_width: int = field(default=32, metadata=_range(1))  # ResNet-UNet: channels of the first stage
     baseline_blocks: int = field(default=2, metadata=_range(1))  # ResNet-UNet: residual blocks per stage
     precision: Literal["fp32", "bf16"] = "fp32"  # the training step's forward under bf16 autocast
@@ -169,7 +176,8 @@ class TrainConfig:
 class StrategySection:
     """Which strategy proposes the architectures of a discrete search, and how."""
 
-    name: str = "evolution"  # a registered strategy: evolution, nsga2 (multi-objective), random, random_exploit
+    # a registered strategy: evolution, nsga2 (multi-objective), random, random_exploit
+    name: str = field(default="evolution", metadata=_registered(STRATEGIES))
     mode: Literal["async", "generational"] = "async"  # steady-state, or the paper's Algorithm 1
     population: int = field(default=20, metadata=_range(1))  # random_exploit: the random warm-up
     sample_size: int = field(default=5, metadata=_range(1))  # tournament size
@@ -193,7 +201,8 @@ class ExecutorSection:
 class EvaluatorSection:
     """What one evaluation does in a worker child."""
 
-    name: str = "train"  # a registered evaluator: train, or sleep (no training, log-normal sleeps: benchmarks)
+    # a registered evaluator: train, or sleep (no training, log-normal sleeps: benchmarks)
+    name: str = field(default="train", metadata=_registered(EVALUATORS))
     proxy_epochs: int = field(default=5, metadata=_range(1))  # the short training schedule of each evaluation
     keep_checkpoints: bool = False  # keep each evaluation's checkpoints (disk grows with the search)
     latency_runs: int = field(default=10, metadata=_range(0))  # timed forward passes per latency measurement (0: none)
@@ -458,6 +467,8 @@ def from_dict(cls: type, raw: Dict[str, Any], source: str, prefix: str = "") -> 
         else:
             values[name] = _coerce(raw[name], tp, source, key)
             _check_range(values[name], f, source, key)
+            if "registry" in f.metadata and values[name] is not None:
+                f.metadata["registry"].check(values[name], source, key)
     return cls(**values)
 
 

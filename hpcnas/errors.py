@@ -14,9 +14,7 @@ which the SLURM job scripts answer with a requeue.
 from __future__ import annotations
 
 import difflib
-from typing import Iterable, Mapping, Optional, TypeVar
-
-T = TypeVar("T")
+from typing import Iterable, Optional
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
@@ -70,15 +68,6 @@ def unknown_name(what: str, name: object, known: Iterable[str]) -> str:
     """``"unknown WHAT 'NAME' (did you mean 'X'?) (known: A, B)"``: the one message for a name no registry has."""
     known = list(known)
     return f"unknown {what} {str(name)!r}{nearest(str(name), known)} (known: {', '.join(known)})"
-
-
-def lookup(
-    registry: Mapping[str, T], name: str, what: str, key: Optional[str] = None, source: Optional[str] = None
-) -> T:
-    """``registry[name]``, or a :class:`UserError` naming the known entries (and the nearest one)."""
-    if name not in registry:
-        raise UserError(unknown_name(what, name, registry), source=source, key=key)
-    return registry[name]
 
 
 def warn(message: str) -> None:

@@ -234,7 +234,7 @@ class WorkerSetup:
     run_dir: str
     local_rank: int = 0  # the rank's index on its node: picks the GPU
     threads: int = 1  # CPU threads of the child
-    evaluator: str = "train"  # a name registered in hpcnas.execution.worker.EVALUATORS
+    evaluator: str = "train"  # a name registered in hpcnas.plugins.EVALUATORS
     proxy_epochs: int = 5
     keep_checkpoints: bool = False
     latency_runs: int = 10  # timed forward passes for the latency objective (0: not measured)

@@ -89,7 +89,7 @@ CASES = [
     (
         "unknown architecture optimizer",
         ["search", "--config", "good.yaml", "--set", "search.arch_optimizer=sgd", "--out", "r"],
-        "must be one of gaea, adam",
+        "unknown architecture optimizer 'sgd' (known: gaea, adam)",
     ),
     ("synth: negative count", ["data", "synth", "--out", "d.h5", "--n", "-5"], "--n: needs at least 1 patch"),
     ("synth: zero size", ["data", "synth", "--out", "d.h5", "--size", "0"], "--size: patches must be at least 16 px"),

@@ -47,7 +47,8 @@ def test_file_then_overrides(tmp_path):
         (
             "space:\n  topology: darts_unet+\n",
             [],
-            "key 'space.topology': must be one of darts_unet, darts_unetpp, resnext_unet (did you mean 'darts_unet'?)",
+            "key 'space.topology': unknown topology 'darts_unet+' (did you mean 'darts_unet'?) "
+            "(known: darts_unet, darts_unetpp, resnext_unet)",
         ),
         ("search:\n  edge_normalization: 1\n", [], "key 'search.edge_normalization': expected true or false"),
         ("search: 3\n", [], "key 'search': expected a section"),

@@ -9,6 +9,7 @@ ROOT = Path(hpcnas.__file__).parent
 # lower number = lower layer; modules of one layer may import each other
 LAYERS = {
     "errors": 0,
+    "plugins": 0,  # the registries: built-ins are imported by name, only when used
     "progress": 0,
     "rundir": 1,
     "signals": 1,

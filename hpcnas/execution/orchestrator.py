@@ -28,13 +28,13 @@ from hpcnas.errors import SearchFailed, UserError
 from hpcnas.execution.history import RunningTally, SearchLog
 from hpcnas.execution.memory import MemoryGate, memory_limit
 from hpcnas.execution.slot import WorkerSlot
-from hpcnas.execution.worker import evaluator_class
+from hpcnas.plugins import EVALUATORS
 from hpcnas.records import Evaluation, Origin, Result, Status, Task, WorkerSetup
 from hpcnas.rundir import RunDir, heartbeat
 from hpcnas.signals import STOP, ignore_stop_signals
 from hpcnas.space.genotype import Genotype
 from hpcnas.space.searchspace import SearchSpace
-from hpcnas.strategies import Generational, Strategy, strategy_class
+from hpcnas.strategies import STRATEGIES, Generational, Strategy
 from hpcnas.strategies.asha import SuccessiveHalving, rung_epochs
 from hpcnas.strategies.objectives import hypervolume, parse_objectives
 from hpcnas.strategies.prescreen import Prescreen
@@ -59,7 +59,7 @@ def make_strategy(
     scores ``screened`` by an earlier run), the generational barrier, then successive halving."""
     ev = cfg.evolve
     objectives = parse_objectives(ev.objectives)
-    strategy = strategy_class(ev.strategy.name).from_options(
+    strategy = STRATEGIES[ev.strategy.name].from_options(
         SearchSpace.from_config(cfg), cfg.seed, objectives, ev.strategy
     )
     screen = ev.prescreen
@@ -105,7 +105,7 @@ def check_evolve_config(cfg: Config, world: int) -> None:
     Called on rank 0 before any rank starts, so a bad config stops the whole job at once.
     """
     make_strategy(cfg, world)
-    evaluator_class(cfg.evolve.evaluator.name)
+    EVALUATORS.check(cfg.evolve.evaluator.name)
     parse_faults(cfg.evolve.faults.inject)
     ev = cfg.evolve
     if ev.strategy.name != "random" and ev.strategy.population > ev.max_evaluations:

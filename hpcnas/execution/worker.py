@@ -29,9 +29,9 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable, Dict, TextIO, Type
+from typing import Any, Callable, Dict, TextIO
 
-from hpcnas.errors import lookup
+from hpcnas.plugins import EVALUATORS
 from hpcnas.records import Result, Status, Task, WorkerSetup
 from hpcnas.rundir import RunDir
 
@@ -245,14 +245,6 @@ class SleepEvaluator(Evaluator):
         )
 
 
-EVALUATORS: Dict[str, Type[Evaluator]] = {cls.name: cls for cls in (TrainEvaluator, SleepEvaluator)}
-
-
-def evaluator_class(name: str) -> Type[Evaluator]:
-    """The registered evaluator called ``name`` (a ``UserError`` listing the known ones otherwise)."""
-    return lookup(EVALUATORS, name, "evaluator", key="evolve.evaluator.name")
-
-
 def _exit_with_parent() -> None:
     """The child dies when its rank does (the rank may be SIGKILLed with everything in flight)."""
     parent = os.getppid()
@@ -295,7 +287,7 @@ def main() -> int:
     results = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # stray prints from libraries go to the log, not into the result stream
     _exit_with_parent()
-    evaluator = evaluator_class(setup.evaluator)(setup)
+    evaluator = EVALUATORS[setup.evaluator](setup)
     send(results, {"device_memory": evaluator.device_memory()})
     while True:
         line = sys.stdin.readline()

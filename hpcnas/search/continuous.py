@@ -28,12 +28,12 @@ from hpcnas.config import Config
 from hpcnas.data.hdf5 import DatasetInfo
 from hpcnas.data.torch_dataset import SegmentationDataset, make_loader, split_indices, validation_loader
 from hpcnas.errors import UserError, warn
+from hpcnas.plugins import ARCH_OPTIMIZERS
 from hpcnas.rundir import RunDir, read_jsonl, write_json
 from hpcnas.runtime import ComputeFormat, seed_everything
 from hpcnas.search.cost import ExpectedCost
 from hpcnas.search.decode import darts_plus_stops, decode_configured
 from hpcnas.search.diagnosis import unmoved_theta
-from hpcnas.search.gaea import arch_mode, arch_optimizer, make_arch_optimizer
 from hpcnas.space.genotype import Genotype
 from hpcnas.space.networks import SearchNetwork, build_search_network
 from hpcnas.space.searchspace import SearchSpace
@@ -61,7 +61,7 @@ def build_supernet(cfg: Config, info: DatasetInfo, device: Optional[torch.device
         channels=sp.channels,
         partial=se.partial_channels,
         edge_norm=se.edge_normalization,
-        arch_mode=arch_mode(se.arch_optimizer),
+        arch_mode=ARCH_OPTIMIZERS[se.arch_optimizer].mode,
         seed=cfg.seed + 1,
         sampling=se.channel_sampling,
         device=device,
@@ -128,8 +128,7 @@ class SupernetSearch(EpochLoop):
             wrap=lambda opt: ctx.distributed_optimizer(opt, named),
         )
         self.steps_per_epoch = min(len(self.w_loader), len(self.a_loader), se.max_steps_per_epoch or len(self.w_loader))
-        self.a_opt = make_arch_optimizer(
-            se.arch_optimizer,
+        self.a_opt = ARCH_OPTIMIZERS[se.arch_optimizer].make(
             self.model.arch_parameters(),
             se.arch_lr,
             se.arch_weight_decay,
@@ -185,7 +184,7 @@ class SupernetSearch(EpochLoop):
             "entropy": self.model.arch.entropies(),
             "entropy_normalized": self.model.arch.entropies(normalized=True),
             "arch_lr": self.arch_lr,
-            "arch_movement": arch_optimizer(self.cfg.search.arch_optimizer).movement(
+            "arch_movement": ARCH_OPTIMIZERS[self.cfg.search.arch_optimizer].movement(
                 self.cfg.search.arch_lr, self.cfg.search.arch_movement
             ),
             "aux_skip": round(self.aux_coefficient, 6),

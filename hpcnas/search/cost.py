@@ -16,7 +16,7 @@ from typing import Dict, List, Tuple
 
 import torch
 
-from hpcnas.errors import lookup
+from hpcnas.plugins import COSTS
 from hpcnas.space.cells import GraphCell
 from hpcnas.space.mixed import MixedOp
 from hpcnas.space.networks import SearchNetwork
@@ -24,18 +24,17 @@ from hpcnas.space.ops import build_op
 from hpcnas.train.complexity import median_forward_ms
 
 
-def _params(name: str, channels: int, stride: int, shape: Tuple[int, ...], device: torch.device) -> float:
+def params_cost(name: str, channels: int, stride: int, shape: Tuple[int, ...], device: torch.device) -> float:
+    """The cost ``params``: the weights of op ``name`` on one edge."""
     return float(sum(p.numel() for p in build_op(name, channels, stride, affine=True).parameters()))
 
 
-def _latency(
+def latency_cost(
     name: str, channels: int, stride: int, shape: Tuple[int, ...], device: torch.device, runs: int = 5
 ) -> float:
+    """The cost ``latency``: op ``name``'s median forward time (ms) on one edge's input shape, on ``device``."""
     op = build_op(name, channels, stride, affine=True).to(device)
     return median_forward_ms(op, torch.zeros((1, channels) + tuple(shape[2:]), device=device), runs, warmup=2)
-
-
-OP_COSTS = {"params": _params, "latency": _latency}  # search.cost.kind -> cost of one candidate op on one edge
 
 
 def _edges_by_role(model: SearchNetwork) -> Dict[str, List[MixedOp]]:
@@ -51,7 +50,7 @@ class ExpectedCost:
     """``cost()`` is the expected cost under the current theta relative to uniform theta (differentiable)."""
 
     def __init__(self, model: SearchNetwork, kind: str, sample_input: torch.Tensor):
-        lookup(OP_COSTS, kind, "cost", key="search.cost.kind")
+        measure = COSTS[kind]
         self.model = model
         shapes: Dict[int, Tuple[int, ...]] = {}
 
@@ -66,7 +65,7 @@ class ExpectedCost:
         model.train(was_training)
         for hook in hooks:
             hook.remove()
-        measure, device = OP_COSTS[kind], sample_input.device
+        device = sample_input.device
         cache: Dict[tuple, float] = {}
         self.tables: Dict[str, torch.Tensor] = {}
         for role, edges in _edges_by_role(model).items():

@@ -16,11 +16,9 @@ is off by orders of magnitude, hence a default per optimizer).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
-
-from hpcnas.errors import lookup
 
 # GAEA's reference clamps every probability at this floor, so that an op that lost can still come back.
 SIMPLEX_FLOOR = 1e-5
@@ -113,40 +111,16 @@ class ArchOptimizer:
         return None if lr is not None else movement if movement is not None else self.default_movement
 
 
-ARCH_OPTIMIZERS: Dict[str, ArchOptimizer] = {
-    "gaea": ArchOptimizer(
-        "simplex",
-        0.1,
-        lambda params, lr, wd, normalize: ExponentiatedGradient(params, lr=lr, normalize=normalize),
-        default_movement=12.0,
-    ),
-    # Adam's step is already a normalized one: ``normalize`` changes nothing there
-    "adam": ArchOptimizer(
-        "logits",
-        6e-4,
-        lambda params, lr, wd, normalize: torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), weight_decay=wd),
-    ),
-}
-
-
-def arch_optimizer(kind: str) -> ArchOptimizer:
-    """The registered architecture optimizer ``kind``; an unknown name is a config error."""
-    return lookup(ARCH_OPTIMIZERS, kind, "architecture optimizer", key="search.arch_optimizer")
-
-
-def make_arch_optimizer(
-    kind: str,
-    params,
-    lr: Optional[float],
-    weight_decay: float,
-    movement: Optional[float] = None,
-    steps: int = 1,
-) -> torch.optim.Optimizer:
-    """``gaea`` -> :class:`ExponentiatedGradient`; ``adam`` -> Adam on logits (DARTS betas); with ``movement``,
-    a step scaled to ``steps`` architecture steps (see the module's docstring)."""
-    return arch_optimizer(kind).make(params, lr, weight_decay, movement, steps)
-
-
-def arch_mode(kind: str) -> str:
-    """How the architecture parameters are stored for an optimizer kind."""
-    return arch_optimizer(kind).mode
+# registered in hpcnas.plugins.ARCH_OPTIMIZERS as "gaea" and "adam"
+GAEA = ArchOptimizer(
+    "simplex",
+    0.1,
+    lambda params, lr, wd, normalize: ExponentiatedGradient(params, lr=lr, normalize=normalize),
+    default_movement=12.0,
+)
+# Adam's step is already a normalized one: ``normalize`` changes nothing there
+ADAM = ArchOptimizer(
+    "logits",
+    6e-4,
+    lambda params, lr, wd, normalize: torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), weight_decay=wd),
+)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from hpcnas.errors import UserError, nearest, unknown_name
+from hpcnas.errors import UserError, nearest
 from hpcnas.space.topology import (  # noqa: F401 - re-exported: the vocabulary genotypes are written in
     OP_SETS,
     PARAMETER_FREE_OPS,
@@ -133,13 +133,11 @@ def _parse(raw: Any, source: str) -> Genotype:
     for key in raw:
         if key not in ("topology", "op_set", "cells", "paths"):
             raise err(str(key), f"unknown key{nearest(str(key), ['topology', 'op_set', 'cells', 'paths'])}")
-    topo_name = raw.get("topology")
-    if topo_name not in TOPOLOGIES:
-        raise err("topology", unknown_name("topology", topo_name, TOPOLOGIES))
+    topo_name = str(raw.get("topology"))
+    TOPOLOGIES.check(topo_name, source, key="topology")
     topo = TOPOLOGIES[topo_name]
     op_set = raw.get("op_set", topo.op_set)
-    if op_set not in OP_SETS:
-        raise err("op_set", unknown_name("op set", op_set, OP_SETS))
+    OP_SETS.check(op_set, source, key="op_set")
     ops = OP_SETS[op_set]
     cells_raw = raw.get("cells")
     if not isinstance(cells_raw, dict):

@@ -16,31 +16,32 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
-OP_SETS: Dict[str, Tuple[str, ...]] = {
-    "O_base": (
-        "sep_conv_3x3",
-        "sep_conv_5x5",
-        "dil_conv_3x3",
-        "dil_conv_5x5",
-        "avg_pool_3x3",
-        "max_pool_3x3",
-        "skip_connect",
-        "none",
-    ),
-    "O_large": (
-        "conv2d_1",
-        "conv2d_2",
-        "conv2d_3",
-        "depthconv2d_1",
-        "depthconv2d_2",
-        "depthconv2d_3",
-        "splitconv2d_1",
-        "splitconv2d_2",
-        "splitconv2d_3",
-        "skip",
-        "cut",
-    ),
-}
+from hpcnas.plugins import OP_SETS, TOPOLOGIES  # noqa: F401 - re-exported: the registries of this vocabulary
+
+# the op sets and topologies a config names are registered in hpcnas.plugins (OP_SETS, TOPOLOGIES)
+O_BASE: Tuple[str, ...] = (
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+    "avg_pool_3x3",
+    "max_pool_3x3",
+    "skip_connect",
+    "none",
+)
+O_LARGE: Tuple[str, ...] = (
+    "conv2d_1",
+    "conv2d_2",
+    "conv2d_3",
+    "depthconv2d_1",
+    "depthconv2d_2",
+    "depthconv2d_3",
+    "splitconv2d_1",
+    "splitconv2d_2",
+    "splitconv2d_3",
+    "skip",
+    "cut",
+)
 ZERO_OPS = frozenset({"none", "cut"})  # never decoded, never sampled
 SKIP_OPS = frozenset({"skip_connect", "skip"})
 # Ops with no weights: what a collapsed DARTS cell is made of (skips and pooling win the softmax early).
@@ -157,11 +158,10 @@ class Topology:
         return 2**depth * (4 if self.nested else 1)
 
 
-TOPOLOGIES: Dict[str, Topology] = {
-    "darts_unet": Topology("darts_unet", CELL_KINDS["darts"], ("reduce", "normal"), "O_base", nested=False),
-    "darts_unetpp": Topology("darts_unetpp", CELL_KINDS["darts"], ("reduce", "normal"), "O_base", nested=True),
-    "resnext_unet": Topology("resnext_unet", CELL_KINDS["resnext"], ("down", "up"), "O_large", nested=False),
-}
+# registered in hpcnas.plugins.TOPOLOGIES
+DARTS_UNET = Topology("darts_unet", CELL_KINDS["darts"], ("reduce", "normal"), "O_base", nested=False)
+DARTS_UNETPP = Topology("darts_unetpp", CELL_KINDS["darts"], ("reduce", "normal"), "O_base", nested=True)
+RESNEXT_UNET = Topology("resnext_unet", CELL_KINDS["resnext"], ("down", "up"), "O_large", nested=False)
 
 
 # --------------------------------------------------------------------------

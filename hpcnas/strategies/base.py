@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Type
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence
 
-from hpcnas.errors import UserError, lookup
+from hpcnas.errors import UserError
 from hpcnas.records import Evaluation
 from hpcnas.space.genotype import Genotype
 from hpcnas.space.searchspace import SearchSpace
@@ -173,20 +173,6 @@ class Tournament(Strategy):
     @classmethod
     def from_options(cls, space: SearchSpace, seed: int, objectives: Sequence[Objective], options: Any) -> "Strategy":
         return cls(space, seed, objectives, options.population, options.sample_size)
-
-
-STRATEGIES: Dict[str, Type[Strategy]] = {}
-
-
-def register(cls: Type[Strategy]) -> Type[Strategy]:
-    """Class decorator: make a strategy known to ``evolve.strategy.name`` by its ``name``."""
-    STRATEGIES[cls.name] = cls
-    return cls
-
-
-def strategy_class(name: str) -> Type[Strategy]:
-    """The registered strategy called ``name`` (a ``UserError`` listing the known ones otherwise)."""
-    return lookup(STRATEGIES, name, "strategy", key="evolve.strategy.name")
 
 
 class Generational(Wrapper):

@@ -14,10 +14,9 @@ from collections import deque
 from typing import Deque, Tuple
 
 from hpcnas.records import Evaluation
-from hpcnas.strategies.base import Tournament, register
+from hpcnas.strategies.base import Tournament
 
 
-@register
 class RegularizedEvolution(Tournament):
     """Steady-state: every ``ask`` is answered at once (no worker waits)."""
 

@@ -17,7 +17,7 @@ import threading
 from typing import List, Sequence, Tuple
 
 from hpcnas.records import Evaluation
-from hpcnas.strategies.base import Tournament, register
+from hpcnas.strategies.base import Tournament
 from hpcnas.strategies.objectives import Objective, violation
 
 PYMOO_METRICS = "pymoo.operators.survival.rank_and_crowding.metrics"
@@ -52,7 +52,6 @@ def rank_and_crowding(objectives: Sequence[Objective], evaluations: Sequence[Eva
     return out
 
 
-@register
 class NSGA2(Tournament):
     """Steady-state NSGA-II over the configured objectives; every ``ask`` is answered at once."""
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-from hpcnas.strategies.base import Proposal, Strategy, register
+from hpcnas.strategies.base import Proposal, Strategy
 
 
-@register
 class RandomSearch(Strategy):
     """Independent uniform samples; results change nothing."""
 

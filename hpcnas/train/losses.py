@@ -1,4 +1,5 @@
-"""Training losses for segmentation, by name (``train.loss``): one class each, in :data:`LOSSES`.
+"""Training losses for segmentation, by name (``train.loss``): one class each, registered in
+:data:`hpcnas.plugins.LOSSES`.
 
 Overhead imagery is mostly background, and its objects (vehicles, aircraft, small buildings) are a few
 dozen pixels: the class-weighted cross-entropy (``ce``, the paper's) can be joined or replaced by losses
@@ -10,14 +11,12 @@ the gradients.
 
 from __future__ import annotations
 
-from typing import Dict, Type
-
 import numpy as np
 import torch
 from torch import nn
 
 from hpcnas.data.hdf5 import IGNORE_INDEX
-from hpcnas.errors import lookup
+from hpcnas.plugins import LOSSES
 
 
 class WeightedCrossEntropy(nn.Module):
@@ -96,14 +95,6 @@ class CrossEntropyDice(nn.Module):
         return self.ce(logits, target) + self.dice(logits, target)
 
 
-LOSSES: Dict[str, Type[nn.Module]] = {
-    "ce": WeightedCrossEntropy,
-    "focal": FocalLoss,
-    "dice": DiceLoss,
-    "ce+dice": CrossEntropyDice,
-}
-
-
 def make_loss(name: str, class_weights: np.ndarray, device: torch.device, ctx) -> nn.Module:
     """The loss registered as ``name``, for a data set's class weights."""
-    return lookup(LOSSES, name, "loss", key="train.loss")(class_weights, device, ctx)
+    return LOSSES[name](class_weights, device, ctx)

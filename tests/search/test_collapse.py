@@ -12,9 +12,10 @@ import torch
 from hpcnas.config import load_config
 from hpcnas.errors import UserError
 from hpcnas.pipeline import search
+from hpcnas.plugins import ARCH_OPTIMIZERS
 from hpcnas.rundir import read_jsonl
 from hpcnas.search.decode import decode_cell, decode_configured, snapshot_from_json
-from hpcnas.search.gaea import SIMPLEX_FLOOR, ExponentiatedGradient, make_arch_optimizer
+from hpcnas.search.gaea import SIMPLEX_FLOOR, ExponentiatedGradient
 from hpcnas.space.genotype import OP_SETS, Genotype
 from hpcnas.space.mixed import MixedOp, channel_shuffle
 from hpcnas.space.searchspace import SearchSpace
@@ -62,20 +63,20 @@ def test_gaea_floor_lets_a_losing_op_come_back():
 
 def test_each_architecture_optimizer_has_its_reference_defaults():
     p = [torch.nn.Parameter(torch.zeros(3))]
-    adam = make_arch_optimizer("adam", p, None, 1e-3)
+    adam = ARCH_OPTIMIZERS["adam"].make(p, None, 1e-3)
     assert isinstance(adam, torch.optim.Adam)
     group = adam.param_groups[0]
     assert (group["lr"], group["betas"], group["weight_decay"]) == (6e-4, (0.5, 0.999), 1e-3)
-    gaea = make_arch_optimizer("gaea", p, None, 1e-3, steps=48).param_groups[0]  # its default: a movement of 12
+    gaea = ARCH_OPTIMIZERS["gaea"].make(p, None, 1e-3, steps=48).param_groups[0]  # its default: a movement of 12
     assert gaea["lr"] == pytest.approx(12 / 48) and gaea["normalize"]
-    assert make_arch_optimizer("gaea", p, 2.0, 1e-3).param_groups[0]["lr"] == 2.0
+    assert ARCH_OPTIMIZERS["gaea"].make(p, 2.0, 1e-3).param_groups[0]["lr"] == 2.0
     with pytest.raises(UserError, match="known: gaea, adam"):
-        make_arch_optimizer("adamw", p, None, 0.0)
+        ARCH_OPTIMIZERS["adamw"].make(p, None, 0.0)
 
 
 def _theta_after(steps: int, scale: float, movement: float = 2.0) -> torch.Tensor:
     theta = torch.nn.Parameter(torch.full((2, 3), 1 / 3))
-    opt = make_arch_optimizer("gaea", [theta], None, 0.0, movement=movement, steps=steps)
+    opt = ARCH_OPTIMIZERS["gaea"].make([theta], None, 0.0, movement=movement, steps=steps)
     for _ in range(steps):
         theta.grad = scale * torch.tensor([[-1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
         opt.step()
@@ -93,7 +94,7 @@ def test_a_scaled_step_moves_theta_as_far_at_any_budget_and_gradient_scale():
     torch.testing.assert_close(reference[1], torch.full((3,), 1 / 3))  # an edge with no signal stays put
     # the old fixed step, by contrast, moves with the number of steps and the gradient's scale
     fixed = torch.nn.Parameter(torch.full((3,), 1 / 3))
-    opt = make_arch_optimizer("gaea", [fixed], 0.1, 0.0)
+    opt = ARCH_OPTIMIZERS["gaea"].make([fixed], 0.1, 0.0)
     for _ in range(20):
         fixed.grad = torch.tensor([-1e-3, 0.0, 1e-3])
         opt.step()
@@ -102,12 +103,12 @@ def test_a_scaled_step_moves_theta_as_far_at_any_budget_and_gradient_scale():
 
 def test_a_scaled_step_is_movement_over_steps():
     p = [torch.nn.Parameter(torch.full((3,), 1 / 3))]
-    gaea = make_arch_optimizer("gaea", p, None, 0.0, movement=3.0, steps=60)
+    gaea = ARCH_OPTIMIZERS["gaea"].make(p, None, 0.0, movement=3.0, steps=60)
     assert gaea.param_groups[0]["lr"] == pytest.approx(0.05) and gaea.param_groups[0]["normalize"]
-    assert make_arch_optimizer("adam", p, None, 0.0, movement=3.0, steps=60).param_groups[0]["lr"] == pytest.approx(
+    assert ARCH_OPTIMIZERS["adam"].make(p, None, 0.0, movement=3.0, steps=60).param_groups[0]["lr"] == pytest.approx(
         0.05
     )
-    assert not make_arch_optimizer("gaea", p, 0.1, 0.0).param_groups[0]["normalize"]  # an lr is a fixed step
+    assert not ARCH_OPTIMIZERS["gaea"].make(p, 0.1, 0.0).param_groups[0]["normalize"]  # an lr is a fixed step
 
 
 def test_channel_shuffle_interleaves_groups():

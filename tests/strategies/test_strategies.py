@@ -11,7 +11,7 @@ from hpcnas.errors import UserError
 from hpcnas.records import Evaluation
 from hpcnas.space.genotype import Genotype
 from hpcnas.space.searchspace import SearchSpace
-from hpcnas.strategies import STRATEGIES, Generational, strategy_class
+from hpcnas.strategies import STRATEGIES, Generational
 from hpcnas.strategies.evolution import RegularizedEvolution
 from hpcnas.strategies.random import RandomSearch
 from tests.conftest import ROOT
@@ -113,9 +113,9 @@ def test_generational_waits_for_the_whole_generation():
 
 def test_strategies_are_known_by_name_and_an_unknown_name_lists_them():
     assert {"evolution", "nsga2", "random"} <= set(STRATEGIES)
-    assert strategy_class("random") is RandomSearch
+    assert STRATEGIES["random"] is RandomSearch
     with pytest.raises(UserError, match=r"unknown strategy 'evolutoin'.*evolution.*known: evolution, nsga2, random"):
-        strategy_class("evolutoin")
+        STRATEGIES["evolutoin"]
 
 
 def test_best_is_the_primary_objective_among_feasible_results():
@@ -166,7 +166,7 @@ def test_random_exploit_samples_around_the_best_after_its_warm_up(exploit):
     if near and far:
         assert sum(distance(p.genotype, incumbent) for p in near) / len(near) < sum(far) / len(far) / 2
     assert len({p.genotype for p in proposals}) == len(proposals)  # never proposed twice
-    assert strategy_class("random_exploit") is RandomExploit
+    assert STRATEGIES["random_exploit"] is RandomExploit
 
 
 def test_random_exploit_is_configured_from_evolve_strategy():

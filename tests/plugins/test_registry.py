@@ -1,0 +1,54 @@
+"""The registries: built-ins imported by name only when used, each under the name its config key takes."""
+
+import subprocess
+import sys
+
+import pytest
+
+from hpcnas import plugins
+from hpcnas.errors import UserError
+
+REGISTRIES = [
+    plugins.TOPOLOGIES,
+    plugins.OP_SETS,
+    plugins.STRATEGIES,
+    plugins.EVALUATORS,
+    plugins.ARCH_OPTIMIZERS,
+    plugins.COSTS,
+    plugins.LOSSES,
+]
+
+
+@pytest.mark.parametrize("registry", REGISTRIES, ids=lambda r: r.what)
+def test_every_built_in_resolves_and_answers_to_its_own_name(registry):
+    assert len(registry) >= 2
+    for name in registry:
+        entry = registry[name]
+        assert getattr(entry, "name", name) == name  # a class or record that names itself names itself alike
+
+
+def test_checking_a_config_imports_no_torch():
+    code = (
+        "import sys; from hpcnas.config import load_config; "
+        "load_config('configs/smoke.yaml', ['search.arch_optimizer=adam', 'train.loss=focal', "
+        "'search.cost.kind=latency', 'evolve.strategy.name=nsga2', 'evolve.evaluator.name=sleep']); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=plugins.__file__.rsplit("/hpcnas/", 1)[0])
+
+
+def test_an_unknown_name_lists_the_known_ones_and_an_added_one_is_known():
+    registry = plugins.Registry("widget", "section.widget", {"round": "math:pi"})
+    with pytest.raises(UserError, match=r"key 'section.widget': unknown widget 'rond' \(did you mean 'round'\?\)"):
+        registry["rond"]
+    assert registry["round"] == pytest.approx(3.14159, abs=1e-5)
+
+    @registry.register
+    class Square:
+        name = "square"
+
+    assert list(registry) == ["round", "square"] and registry["square"] is Square
+    registry.add("round", 3)  # a plugin may replace a built-in
+    assert registry["round"] == 3
+    with pytest.raises(TypeError):
+        registry.add("", 1)
