@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable, Dict, TextIO
+from typing import Any, Callable, Dict, TextIO, Tuple
 
 from hpcnas.plugins import EVALUATORS
 from hpcnas.records import Result, Status, Task, WorkerSetup
@@ -134,6 +134,22 @@ class TrainEvaluator(Evaluator):
         if setup.threads:
             torch.set_num_threads(int(setup.threads))
         self.scorer = None  # zero-cost scores, made at the first task that records them
+        self.base: Any = None  # (config, data info): read once, at the first task
+
+    def config_and_info(self, batch_size: int) -> Tuple[Any, Any]:
+        """The run's config as a proxy training of ``batch_size`` (a task's, shrunk when memory is short) and the
+        data set's info; the files are read at the first task only."""
+        import dataclasses
+
+        from hpcnas.config import load_config
+        from hpcnas.data.hdf5 import read_info
+
+        setup = self.setup
+        if self.base is None:
+            proxy = [f"train.epochs={setup.proxy_epochs}", "train.select_from_epoch=0"]
+            self.base = (load_config(setup.config, proxy), read_info(setup.data))
+        cfg, info = self.base
+        return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=batch_size)), info
 
     def device_memory(self) -> int:
         import torch
@@ -144,8 +160,6 @@ class TrainEvaluator(Evaluator):
         return super().device_memory()
 
     def evaluate(self, task: Task, report: RungReport = never_stop) -> Result:
-        from hpcnas.config import load_config
-        from hpcnas.data.hdf5 import read_info
         from hpcnas.runtime import peak_memory_mb, reset_peak_memory
         from hpcnas.space.genotype import Genotype
         from hpcnas.train.trainer import Trainer, model_spec
@@ -155,11 +169,7 @@ class TrainEvaluator(Evaluator):
         device = _device(setup.local_rank)
         if task.fault:
             inject(task.fault, device)
-        cfg = load_config(
-            setup.config,
-            [f"train.epochs={setup.proxy_epochs}", "train.select_from_epoch=0", f"train.batch_size={task.batch_size}"],
-        )
-        info = read_info(setup.data)
+        cfg, info = self.config_and_info(task.batch_size)
         spec = model_spec(cfg, info, Genotype.from_dict(task.genotype))
         eval_dir = RunDir(setup.run_dir).eval_dir(task.id)
         shutil.rmtree(eval_dir, ignore_errors=True)  # a re-queued task starts clean
