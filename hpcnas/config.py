@@ -21,7 +21,17 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Union
 import yaml
 
 from hpcnas.errors import UserError, nearest
-from hpcnas.plugins import ARCH_OPTIMIZERS, COSTS, EVALUATORS, LOSSES, OP_SETS, STRATEGIES, TOPOLOGIES, Registry
+from hpcnas.plugins import (
+    ARCH_OPTIMIZERS,
+    COSTS,
+    EVALUATORS,
+    LOSSES,
+    OBJECTIVES,
+    OP_SETS,
+    STRATEGIES,
+    TOPOLOGIES,
+    Registry,
+)
 
 
 def _range(lo: Optional[float] = None, hi: Optional[float] = None) -> Dict[str, Any]:
@@ -252,6 +262,8 @@ class EvolveConfig:
     """Discrete search on the MPI orchestrator (paper Appendix A.1): its goal and budget, then its parts."""
 
     objectives: List[str] = field(default_factory=lambda: ["miou"])  # "name" or "name <= bound"; the first is primary
+    # the settings of objectives that have some (a plugin's), by objective name: each checked by its own options
+    measure: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     max_evaluations: int = field(default=100, metadata=_range(1))
     time_budget: Optional[float] = field(default=None, metadata=_range(0.0))  # seconds; None: no limit
     strategy: StrategySection = field(default_factory=StrategySection)
@@ -382,6 +394,22 @@ def check_consistency(cfg: Config, source: str) -> None:
             source=source,
             key="search.partial_channels",
         )
+    for objective in cfg.evolve.measure:
+        OBJECTIVES.check(objective, source, key=f"evolve.measure.{objective}")
+        measure_options(cfg, objective, source)
+
+
+def measure_options(cfg: Config, objective: str, source: str = "config") -> Any:
+    """The typed settings of ``objective`` (its metric's ``options`` dataclass, from ``evolve.measure.<name>``), or
+    ``None`` for a metric without settings."""
+    metric = OBJECTIVES[objective]
+    raw = cfg.evolve.measure.get(objective, {})
+    key = f"evolve.measure.{objective}"
+    if metric.options is None:
+        if raw:
+            raise UserError(f"objective '{objective}' has no settings", source=source, key=key)
+        return None
+    return from_dict(metric.options, raw, source, prefix=f"{key}.")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -514,6 +542,13 @@ def _coerce(value: Any, tp: Any, source: str, key: str) -> Any:
         if isinstance(value, str):
             return value
         raise UserError("expected a string", source=source, key=key)
+    if tp is Any:
+        return value
+    if origin in (dict, Dict):
+        key_tp, value_tp = typing.get_args(tp)
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise UserError("expected a mapping of names", source=source, key=key)
+        return {k: _coerce(v, value_tp, source, f"{key}.{k}") for k, v in value.items()}
     if origin in (list, List):
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):

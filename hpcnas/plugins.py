@@ -1,7 +1,7 @@
 """Plugins: one registry per kind, the only list of the names a config may use.
 
-Each kind of plugin (topology, op set, strategy, evaluator, architecture
-optimizer, cost, loss) has a :class:`Registry`.  The config checks a name
+Each kind of plugin (topology, op set, strategy, evaluator, objective,
+architecture optimizer, cost, loss) has a :class:`Registry`.  The config checks a name
 against it when it is loaded, and the code that builds the thing looks it up
 there.  A built-in entry is written ``"module:attribute"`` and imported only
 when first used, so checking a config imports no torch (the orchestrator of a
@@ -164,6 +164,18 @@ ARCH_OPTIMIZERS: Registry[Any] = Registry(
 )
 COSTS: Registry[Callable[..., float]] = Registry(
     "cost", "search.cost.kind", _builtins("hpcnas.search.cost", params="params_cost", latency="latency_cost")
+)
+OBJECTIVES: Registry[Any] = Registry(
+    "objective",
+    "evolve.objectives",
+    _builtins(
+        "hpcnas.strategies.objectives",
+        miou="MIOU",
+        params="PARAMS",
+        flops="FLOPS",
+        latency="LATENCY",
+        peak_memory="PEAK_MEMORY",
+    ),
 )
 LOSSES: Registry[Any] = Registry(
     "loss",

@@ -29,9 +29,9 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable, Dict, TextIO, Tuple
+from typing import Any, Callable, Dict, List, TextIO, Tuple
 
-from hpcnas.plugins import EVALUATORS
+from hpcnas.plugins import EVALUATORS, OBJECTIVES
 from hpcnas.records import Result, Status, Task, WorkerSetup
 from hpcnas.rundir import RunDir
 
@@ -136,6 +136,14 @@ class TrainEvaluator(Evaluator):
         self.scorer = None  # zero-cost scores, made at the first task that records them
         self.base: Any = None  # (config, data info): read once, at the first task
 
+    @staticmethod
+    def plugin_metrics(cfg) -> List[Any]:
+        """The metrics of the search's objectives that this child measures itself (a plugin's ``measure``)."""
+        from hpcnas.strategies.objectives import parse_objectives
+
+        metrics = [OBJECTIVES[o.name] for o in parse_objectives(cfg.evolve.objectives)]
+        return [m for m in metrics if m.measure is not None]
+
     def config_and_info(self, batch_size: int) -> Tuple[Any, Any]:
         """The run's config as a proxy training of ``batch_size`` (a task's, shrunk when memory is short) and the
         data set's info; the files are read at the first task only."""
@@ -160,8 +168,10 @@ class TrainEvaluator(Evaluator):
         return super().device_memory()
 
     def evaluate(self, task: Task, report: RungReport = never_stop) -> Result:
+        from hpcnas.config import measure_options
         from hpcnas.runtime import peak_memory_mb, reset_peak_memory
         from hpcnas.space.genotype import Genotype
+        from hpcnas.strategies.objectives import Trained
         from hpcnas.train.trainer import Trainer, model_spec
         from hpcnas.train.zero_cost import SCORES, GenotypeScorer
 
@@ -200,6 +210,9 @@ class TrainEvaluator(Evaluator):
             measured["latency"] = round(
                 measure_latency(trainer.model, info.channels, info.tile_size, device, setup.latency_runs), 3
             )
+        for metric in self.plugin_metrics(cfg):
+            trained = Trained(trainer.model, info, device, measure_options(cfg, metric.name))
+            measured[metric.name] = float(metric.measure(trained))
         return Result(
             task.id,
             Status.STOPPED if trainer.stopped_early else Status.OK,

@@ -11,19 +11,45 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
-from hpcnas.errors import UserError, nearest
+from hpcnas.errors import UserError
+from hpcnas.plugins import OBJECTIVES
 from hpcnas.records import Evaluation
 
-# name -> (maximized, unit): what a worker measures
-KNOWN: Dict[str, "tuple[bool, str]"] = {
-    "miou": (True, ""),
-    "params": (False, ""),
-    "flops": (False, ""),
-    "latency": (False, "ms"),
-    "peak_memory": (False, "MB"),
-}
+
+@dataclass(frozen=True)
+class Metric:
+    """What an objective measures, which way is better, and how the evaluation child measures it.
+
+    The built-in metrics have no ``measure``: the train evaluator records them itself.  A plugin's metric
+    gives ``measure(trained)``, called after each proxy training with a :class:`Trained`, and may give
+    ``options``: a dataclass of its settings, read from ``evolve.measure.<name>`` (unknown keys refused).
+    """
+
+    name: str
+    maximize: bool
+    unit: str = ""
+    measure: Optional[Callable[["Trained"], float]] = None
+    options: Optional[type] = None
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What a metric's ``measure`` gets: the trained network, the data set's info, the device, its options."""
+
+    model: Any
+    info: Any
+    device: Any
+    options: Any
+
+
+# registered in hpcnas.plugins.OBJECTIVES
+MIOU = Metric("miou", True)
+PARAMS = Metric("params", False)
+FLOPS = Metric("flops", False)
+LATENCY = Metric("latency", False, "ms")
+PEAK_MEMORY = Metric("peak_memory", False, "MB")
 _SPEC = re.compile(r"^\s*([a-z_]+)\s*(?:(<=|>=)\s*(\S+))?\s*$")
 
 
@@ -73,11 +99,8 @@ def parse_objectives(items: Sequence[str], key: str = "evolve.objectives") -> Li
         if not match:
             raise UserError(f"'{item}' is not NAME, NAME <= BOUND or NAME >= BOUND", key=f"{key}[{i}]")
         name, op, text = match.groups()
-        if name not in KNOWN:
-            raise UserError(
-                f"unknown objective '{name}'{nearest(name, KNOWN)} (known: {', '.join(KNOWN)})", key=f"{key}[{i}]"
-            )
-        maximize = KNOWN[name][0]
+        OBJECTIVES.check(name, key=f"{key}[{i}]")
+        maximize = OBJECTIVES[name].maximize
         bound = None
         if op is not None:
             try:

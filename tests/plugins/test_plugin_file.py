@@ -21,6 +21,10 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "hpcnas"
 
 
+# the plain orchestrator: no memory estimate, pre-screen or successive halving
+PLAIN = ("evolve.memory.limit=null", "evolve.prescreen.score=null", "evolve.asha.min_resource=null")
+
+
 def readme_plugin() -> str:
     """The code block that follows ``<!-- plugin-example -->`` in the README."""
     text = (ROOT / "README.md").read_text()
@@ -51,7 +55,7 @@ def sets(*items: str) -> list:
 
 
 def test_nothing_in_the_package_names_the_example_plugin():
-    names = ("hill_climber", "HillClimber", "toy_hpcnas_plugin")
+    names = ("hill_climber", "HillClimber", "toy_hpcnas_plugin", "sparsity")
     hits = [str(p) for p in PACKAGE.rglob("*") if p.is_file() and any(n in p.read_text(errors="ignore") for n in names)]
     assert hits == []
 
@@ -73,14 +77,7 @@ def test_the_readme_plugin_drives_an_evolve_and_a_search_from_yaml(tmp_path):
         str(config),
         "--out",
         str(tmp_path / "evolve"),
-        *sets(
-            "evolve.evaluator.name=sleep",
-            "evolve.evaluator.sleep_median=0.05",
-            "evolve.memory.limit=null",
-            "evolve.prescreen.score=null",
-            "evolve.asha.min_resource=null",
-            "evolve.max_evaluations=5",
-        ),
+        *sets(*PLAIN, "evolve.evaluator.name=sleep", "evolve.evaluator.sleep_median=0.05", "evolve.max_evaluations=5"),
     )
     assert evolve.returncode == 0, evolve.stderr[-2000:]
     history = sorted(read_jsonl(tmp_path / "evolve" / "history.jsonl"), key=lambda r: r["id"])
@@ -89,6 +86,25 @@ def test_the_readme_plugin_drives_an_evolve_and_a_search_from_yaml(tmp_path):
     for r in history[1:]:
         best_before = max((e for e in history if e["id"] < r["id"]), key=lambda e: e["fitness"])
         assert r["parent"] == best_before["id"]
+
+    # the objective, measured after real proxy trainings, with its own setting from YAML
+    trained = hpcnas(
+        site,
+        "evolve",
+        "--config",
+        str(config),
+        "--out",
+        str(tmp_path / "trained"),
+        *sets(*PLAIN, "evolve.max_evaluations=2", "evolve.evaluator.proxy_epochs=1", "evolve.evaluator.latency_runs=0"),
+        *sets(
+            "evolve.objectives=[miou, sparsity]",
+            "evolve.measure.sparsity.threshold=0.0",
+            "evolve.strategy.population=2",
+        ),
+    )
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    records = read_jsonl(tmp_path / "trained" / "history.jsonl")
+    assert len(records) == 2 and all(r["objectives"]["sparsity"] == 0.0 for r in records)  # no |w| < 0
 
     search = hpcnas(site, "search", "--config", str(config), "--out", str(tmp_path / "search"))
     assert search.returncode == 0, search.stderr[-2000:]
@@ -102,6 +118,21 @@ def test_the_readme_plugin_drives_an_evolve_and_a_search_from_yaml(tmp_path):
         "(known: gaea, adam)"
     ]
     assert not (tmp_path / "refused").exists()
+
+    misspelt = hpcnas(
+        site,
+        "evolve",
+        "--config",
+        str(config),
+        "--out",
+        str(tmp_path / "misspelt"),
+        *sets("evolve.measure.sparsity.treshold=0.1"),
+    )
+    assert misspelt.returncode == 2
+    assert misspelt.stderr.strip().splitlines()[-1] == (
+        "hpcnas: error: --set: key 'evolve.measure.sparsity.treshold': unknown key (did you mean 'threshold'?)"
+    )
+    assert not (tmp_path / "misspelt").exists()
 
 
 def test_a_plugin_that_fails_to_import_is_one_error_line(tmp_path):

@@ -13,6 +13,7 @@ REGISTRIES = [
     plugins.OP_SETS,
     plugins.STRATEGIES,
     plugins.EVALUATORS,
+    plugins.OBJECTIVES,
     plugins.ARCH_OPTIMIZERS,
     plugins.COSTS,
     plugins.LOSSES,
@@ -52,3 +53,20 @@ def test_an_unknown_name_lists_the_known_ones_and_an_added_one_is_known():
     assert registry["round"] == 3
     with pytest.raises(TypeError):
         registry.add("", 1)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("evolve.measure.latency.runs=3", "key 'evolve.measure.latency': objective 'latency' has no settings"),
+        ("evolve.measure.latncy.runs=3", "unknown objective 'latncy' (did you mean 'latency'?)"),
+        ("evolve.objectives=[miou, latncy]", "key 'evolve.objectives[1]': unknown objective 'latncy'"),
+    ],
+)
+def test_objective_settings_and_names_are_checked(override, message):
+    from hpcnas.config import load_config
+    from hpcnas.strategies.objectives import parse_objectives
+
+    with pytest.raises(UserError) as caught:
+        parse_objectives(load_config(None, [override]).evolve.objectives)
+    assert message in str(caught.value)
