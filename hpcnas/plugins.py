@@ -1,7 +1,7 @@
 """Plugins: one registry per kind, the only list of the names a config may use.
 
-Each kind of plugin (topology, op set, strategy, evaluator, objective,
-architecture optimizer, cost, loss) has a :class:`Registry`.  The config checks a name
+Each kind of plugin (topology, op set, cell kind, strategy, evaluator,
+objective, architecture optimizer, cost, loss) has a :class:`Registry`.  The config checks a name
 against it when it is loaded, and the code that builds the thing looks it up
 there.  A built-in entry is written ``"module:attribute"`` and imported only
 when first used, so checking a config imports no torch (the orchestrator of a
@@ -143,6 +143,10 @@ TOPOLOGIES: Registry[Any] = Registry(
 )
 OP_SETS: Registry[Any] = Registry(
     "op set", "space.op_set", _builtins("hpcnas.space.topology", O_base="O_BASE", O_large="O_LARGE")
+)
+# the torch module of each cell kind, by the kind's name (a topology holds its CellKind itself)
+CELL_MODULES: Registry[Any] = Registry(
+    "cell kind", "space.topology", _builtins("hpcnas.space.cells", darts="DartsCell", resnext="ResNeXtCell")
 )
 STRATEGIES: Registry[Any] = Registry(
     "strategy",

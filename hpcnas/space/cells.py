@@ -15,11 +15,12 @@ cell, a :class:`MixedOp` in a search cell) to an earlier state.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple, Type
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from hpcnas.plugins import CELL_MODULES
 from hpcnas.space.mixed import MixedOp
 from hpcnas.space.ops import FactorizedReduce, ReLUConvBN, build_op
 from hpcnas.space.searchspace import SearchSpace
@@ -124,9 +125,6 @@ class ResNeXtCell(GraphCell):
     @classmethod
     def build(cls, edges, in_channels, c, reduction, reduce_prev, affine):
         return cls(edges, sum(in_channels), c, reduction, affine)
-
-
-CELL_MODULES: Dict[str, Type[GraphCell]] = {cls.kind.name: cls for cls in (DartsCell, ResNeXtCell)}
 
 
 # --------------------------------------------------------------------------

@@ -13,8 +13,6 @@ from typing import Callable, Dict
 import torch
 from torch import nn
 
-from hpcnas.space.genotype import OP_SETS
-
 
 class ReLUConvBN(nn.Sequential):
     """ReLU, one convolution (any kernel shape, stride, dilation, groups), BatchNorm."""
@@ -139,8 +137,6 @@ OPS: Dict[str, Callable[[int, int, bool], nn.Module]] = {
     "skip": _skip,
     "cut": lambda c, s, a: Zero(s),
 }
-
-assert all(name in OPS for names in OP_SETS.values() for name in names)
 
 
 def build_op(name: str, channels: int, stride: int, affine: bool) -> nn.Module:

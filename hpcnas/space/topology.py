@@ -3,8 +3,8 @@
 A cell kind carries every rule that tells one kind of cell from another, so
 that networks, decoding, genotype checks, drawings and strategies ask it
 instead of branching on the kind's name.  A new kind of cell is a new
-:class:`CellKind` subclass and an entry in :data:`CELL_KINDS` (plus its torch
-module in :mod:`hpcnas.space.cells`).
+:class:`CellKind` subclass (plus its torch module, registered in
+:data:`hpcnas.plugins.CELL_MODULES` under the kind's name).
 
 Input indices inside a cell: a cell's inputs come first (a DARTS cell has 2,
 grand-parent and parent; a ResNeXt cell 1), then node ``j`` is index

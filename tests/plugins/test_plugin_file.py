@@ -7,6 +7,7 @@ installs), and reaches the orchestrator, the evaluation children and the search 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -55,7 +56,7 @@ def sets(*items: str) -> list:
 
 
 def test_nothing_in_the_package_names_the_example_plugin():
-    names = ("hill_climber", "HillClimber", "toy_hpcnas_plugin", "sparsity")
+    names = ("hill_climber", "HillClimber", "toy_hpcnas_plugin", "sparsity", "chain_unet", "ChainCell")
     hits = [str(p) for p in PACKAGE.rglob("*") if p.is_file() and any(n in p.read_text(errors="ignore") for n in names)]
     assert hits == []
 
@@ -106,10 +107,38 @@ def test_the_readme_plugin_drives_an_evolve_and_a_search_from_yaml(tmp_path):
     records = read_jsonl(tmp_path / "trained" / "history.jsonl")
     assert len(records) == 2 and all(r["objectives"]["sparsity"] == 0.0 for r in records)  # no |w| < 0
 
-    search = hpcnas(site, "search", "--config", str(config), "--out", str(tmp_path / "search"))
+    # the plugin cell kind, searched by the plugin optimizer, then retrained and exported like any network
+    chain = ("space.topology=chain_unet",)
+    search = hpcnas(site, "search", "--config", str(config), "--out", str(tmp_path / "search"), *sets(*chain))
     assert search.returncode == 0, search.stderr[-2000:]
     epochs = read_jsonl(tmp_path / "search" / "metrics.jsonl")
     assert {e["arch_lr"] for e in epochs} == {0.0125}  # the plugin optimizer's own default step
+    genotype = json.loads((tmp_path / "search" / "genotype.json").read_text())
+    assert genotype["topology"] == "chain_unet"
+    assert all(len(node) == 1 and node[0][1] == j for cell in genotype["cells"].values() for j, node in enumerate(cell))
+    train = hpcnas(
+        site,
+        "train",
+        "--config",
+        str(config),
+        "--genotype",
+        str(tmp_path / "search" / "genotype.json"),
+        "--out",
+        str(tmp_path / "train"),
+        *sets(*chain, "train.epochs=1", "train.select_from_epoch=0"),
+    )
+    assert train.returncode == 0, train.stderr[-2000:]
+    export = hpcnas(
+        site,
+        "export",
+        "--checkpoint",
+        str(tmp_path / "train" / "checkpoints" / "best.pt"),
+        "--format",
+        "onnx",
+        "--out",
+        str(tmp_path / "chain.onnx"),
+    )
+    assert export.returncode == 0 and "parity ok" in export.stdout + export.stderr, export.stderr[-2000:]
 
     without = hpcnas(tmp_path / "empty", "search", "--config", str(config), "--out", str(tmp_path / "refused"))
     assert without.returncode == 2

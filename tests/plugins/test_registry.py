@@ -28,6 +28,12 @@ def test_every_built_in_resolves_and_answers_to_its_own_name(registry):
         assert getattr(entry, "name", name) == name  # a class or record that names itself names itself alike
 
 
+def test_every_op_of_every_op_set_has_a_builder():
+    from hpcnas.space.ops import OPS
+
+    assert {op for ops in plugins.OP_SETS.values() for op in ops} <= set(OPS)
+
+
 def test_checking_a_config_imports_no_torch():
     code = (
         "import sys; from hpcnas.config import load_config; "
