@@ -135,14 +135,17 @@ class TrainEvaluator(Evaluator):
             torch.set_num_threads(int(setup.threads))
         self.scorer = None  # zero-cost scores, made at the first task that records them
         self.base: Any = None  # (config, data info): read once, at the first task
+        self.metrics: List[Tuple[Any, Any]] = []  # the plugin objectives measured here, with their options
 
     @staticmethod
-    def plugin_metrics(cfg) -> List[Any]:
-        """The metrics of the search's objectives that this child measures itself (a plugin's ``measure``)."""
+    def plugin_metrics(cfg) -> List[Tuple[Any, Any]]:
+        """``(metric, options)`` of each of the search's objectives that this child measures itself (a plugin's
+        ``measure``)."""
+        from hpcnas.config import measure_options
         from hpcnas.strategies.objectives import parse_objectives
 
         metrics = [OBJECTIVES[o.name] for o in parse_objectives(cfg.evolve.objectives)]
-        return [m for m in metrics if m.measure is not None]
+        return [(m, measure_options(cfg, m.name)) for m in metrics if m.measure is not None]
 
     def config_and_info(self, batch_size: int) -> Tuple[Any, Any]:
         """The run's config as a proxy training of ``batch_size`` (a task's, shrunk when memory is short) and the
@@ -155,7 +158,9 @@ class TrainEvaluator(Evaluator):
         setup = self.setup
         if self.base is None:
             proxy = [f"train.epochs={setup.proxy_epochs}", "train.select_from_epoch=0"]
-            self.base = (load_config(setup.config, proxy), read_info(setup.data))
+            cfg = load_config(setup.config, proxy)
+            self.base = (cfg, read_info(setup.data))
+            self.metrics = self.plugin_metrics(cfg)
         cfg, info = self.base
         return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=batch_size)), info
 
@@ -168,7 +173,6 @@ class TrainEvaluator(Evaluator):
         return super().device_memory()
 
     def evaluate(self, task: Task, report: RungReport = never_stop) -> Result:
-        from hpcnas.config import measure_options
         from hpcnas.runtime import peak_memory_mb, reset_peak_memory
         from hpcnas.space.genotype import Genotype
         from hpcnas.strategies.objectives import Trained
@@ -210,9 +214,8 @@ class TrainEvaluator(Evaluator):
             measured["latency"] = round(
                 measure_latency(trainer.model, info.channels, info.tile_size, device, setup.latency_runs), 3
             )
-        for metric in self.plugin_metrics(cfg):
-            trained = Trained(trainer.model, info, device, measure_options(cfg, metric.name))
-            measured[metric.name] = float(metric.measure(trained))
+        for metric, options in self.metrics:
+            measured[metric.name] = float(metric.measure(Trained(trainer.model, info, device, options)))
         return Result(
             task.id,
             Status.STOPPED if trainer.stopped_early else Status.OK,
