@@ -11,7 +11,8 @@ then is evaluated on the test split's full images:
 * ``C``          random cells of the same space (cell k drawn with seed k, trained with seed k mod --seeds);
 * ``D:<name>``   variants under study (collapse remedies, channel sampling, softmax
                  DARTS, local BatchNorm on several ranks): a search with other settings,
-                 or A's (or another variant's) search decoded by another rule, each
+                 or A's (or another variant's) search decoded by another rule, or
+                 resumed after its last epoch to select by perturbation, each
                  retrained like A.  A variant with ``ranks`` searches under mpirun with
                  A's batch split over its ranks.
 
@@ -200,6 +201,15 @@ VARIANTS: Dict[str, dict] = {
         "skips": 2,
         "about": "random partial channels, DARTS+ stop at 2 skips",
     },
+    # "select": another arm's finished search (its supernet and theta, from its last checkpoint), copied and
+    # resumed with these settings, so that only the selection after the last epoch differs.
+    "perturbation": {
+        "kind": "select",
+        "base": "A",
+        "set": ["search.decode.method=perturbation"],
+        "about": "DARTS-PT: A's supernet, each edge's op and each node's inputs chosen by how much removing them "
+        "raises the validation loss (4 weight steps after each decision), A's parameter-free caps on top",
+    },
     # Data-parallel searches: "ranks" ranks under mpirun, each with 1/ranks of A's batch, so the global batch and
     # the steps are A's. With synchronized BatchNorm such a search computes what A computes; with local BatchNorm
     # every rank normalizes over its own share of the batch.
@@ -295,6 +305,8 @@ class Plan:
             for s in seeds:
                 if spec["kind"] == "search":
                     self._search_arm(arm, s, spec["set"], spec.get("ranks", 1))
+                elif spec["kind"] == "select":
+                    self._select_arm(arm, s, spec)
                 else:
                     self._derived(arm, s, spec)
 
@@ -331,6 +343,29 @@ class Plan:
             genotype=f"{base}/search/genotype.json",
             after=[f"{base}/search"],
             search_sets=extra,
+        )
+
+    def _select_arm(self, arm: str, seed: int, spec: dict) -> None:
+        """A copy of the base arm's finished search, resumed with the variant's settings (its selection), then
+        retrained like A."""
+        base = f"{arm.replace(':', '-')}/seed-{seed}"
+        source = f"{spec['base'].replace(':', '-')}/seed-{seed}/search"
+        target = self.root / base / "search"
+
+        def prepare() -> None:
+            if not (target / "config.yaml").exists():
+                copy_finished_search(self.root / source, target)
+
+        self.runs[f"{base}/search"] = Run(
+            f"{base}/search", arm, "search", lambda: self._cli(seed, spec["set"]), [source], seed, prepare
+        )
+        self._train(
+            f"{base}/train",
+            arm,
+            seed,
+            genotype=f"{base}/search/genotype.json",
+            after=[f"{base}/search"],
+            search_sets=spec["set"],
         )
 
     def _train(
@@ -438,6 +473,16 @@ def derive_genotype(search_dir: Path, spec: dict, config: str, overrides: List[s
                 break
     target.parent.mkdir(parents=True, exist_ok=True)
     genotype.save(target)
+
+
+def copy_finished_search(source: Path, target: Path) -> None:
+    """``source``'s run directory at ``target`` without its genotype, lock, heartbeat and TensorBoard files, so
+    that resuming it runs only the end of the search (the selection); renamed into place, so a kill leaves no
+    half copy that would look like a run."""
+    partial = target.with_name(f".{target.name}.copying")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial, ignore=shutil.ignore_patterns("genotype.json", ".lock", "heartbeat.json", "tb"))
+    partial.rename(target)
 
 
 # --------------------------------------------------------------------------

@@ -43,6 +43,9 @@ class RunDir:
     metrics = property(lambda self: self._at("metrics.jsonl"), doc="one line per epoch (search, train)")
     genotype = property(lambda self: self._at("genotype.json"), doc="the decoded, best or trained architecture")
     arch = property(lambda self: self._at("arch.json"), doc="continuous search: the final architecture weights")
+    selection = property(
+        lambda self: self._at("selection.json"), doc="continuous search: the drops a perturbation selection measured"
+    )
     model = property(lambda self: self._at("model.json"), doc="train: how to rebuild the network")
     evaluation = property(lambda self: self._at("evaluation.json"), doc="full-image metrics of a trained network")
     validation = property(

@@ -68,7 +68,7 @@ def test_the_plan_pairs_every_arm_by_seed(quality, tmp_path):
         seeds=5,
         random_cells=8,
         arms=list(quality.BASE_ARMS),
-        variants=["loss-dice"],
+        variants=["loss-dice", "perturbation"],
     )
     plan = quality.Plan(args, str(tmp_path / "data.h5"))
     cells = [plan.runs[f"C/cell-{k}"] for k in range(8)]
@@ -81,6 +81,22 @@ def test_the_plan_pairs_every_arm_by_seed(quality, tmp_path):
     argv = dice.args()
     assert dice.after == ["A/seed-2/search"] and "train.loss=dice" in argv and "seed=2" in argv
     assert argv[argv.index("--genotype") + 1] == str(tmp_path / "A/seed-2/search/genotype.json")
+    selected = plan.runs["D-perturbation/seed-4/search"]  # A's search of the same seed, resumed to select
+    assert selected.after == ["A/seed-4/search"] and "search.decode.method=perturbation" in selected.args()
+    assert plan.runs["D-perturbation/seed-4/train"].after == ["D-perturbation/seed-4/search"]
+
+
+def test_a_selection_variant_resumes_a_copy_of_the_finished_search(quality, tmp_path):
+    source = tmp_path / "A/seed-0/search"
+    (source / "checkpoints").mkdir(parents=True)
+    for name in ("config.yaml", "genotype.json", "heartbeat.json", ".lock", "checkpoints/latest.pt"):
+        (source / name).write_text(name)
+    target = tmp_path / "D-perturbation/seed-0/search"
+    target.parent.mkdir(parents=True)
+    quality.copy_finished_search(source, target)
+    copied = sorted(str(p.relative_to(target)) for p in target.rglob("*"))
+    assert copied == ["checkpoints", "checkpoints/latest.pt", "config.yaml"]  # not done, not locked, resumable
+    assert not any(p.name.startswith(".") for p in target.parent.iterdir())  # no half copy left beside it
 
 
 def test_a_second_launch_on_the_same_folder_is_refused_and_changes_nothing(tmp_path):

@@ -10,6 +10,9 @@ decayed linearly to 0 over the epochs) and DARTS+'s early stop
 (``search.early_stop_skips``: the search ends when the decoded decoder cell
 holds that many skip connections, and the genotype of the epoch before is
 kept).  P-DARTS's cap on skips is a decoding rule (``search.decode.max_skips``).
+With ``search.decode.method: perturbation`` the genotype is chosen after the
+last epoch by DARTS-PT's perturbation of the trained supernet
+(:mod:`hpcnas.search.perturbation`), not read off theta.
 Resuming restores every parameter, optimizer, scheduler
 and RNG (global and channel sampling), so a killed run that is resumed ends
 exactly like an uninterrupted one on CPU.
@@ -17,6 +20,7 @@ exactly like an uninterrupted one on CPU.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -27,20 +31,23 @@ from torch import nn
 from hpcnas.config import Config
 from hpcnas.data.hdf5 import DatasetInfo
 from hpcnas.data.torch_dataset import SegmentationDataset, make_loader, split_indices, validation_loader
-from hpcnas.errors import UserError, warn
+from hpcnas.errors import Interrupted, UserError, warn
 from hpcnas.plugins import ARCH_OPTIMIZERS
 from hpcnas.rundir import RunDir, read_jsonl, write_json
 from hpcnas.runtime import ComputeFormat, seed_everything
 from hpcnas.search.cost import ExpectedCost
 from hpcnas.search.decode import darts_plus_stops, decode_configured
 from hpcnas.search.diagnosis import unmoved_theta
+from hpcnas.search.perturbation import perturbation_snapshot
 from hpcnas.space.genotype import Genotype
 from hpcnas.space.networks import SearchNetwork, build_search_network
 from hpcnas.space.searchspace import SearchSpace
-from hpcnas.train.loop import EpochLoop, cosine_sgd
+from hpcnas.train.loop import EpochLoop, StopWhileValidating, cosine_sgd
 from hpcnas.train.losses import WeightedCrossEntropy
 
 log = logging.getLogger("hpcnas")
+
+TUNE_LR_SHARE = 0.1  # perturbation selection tunes the weights at this share of search.lr (the schedule ended at 0)
 
 
 def build_supernet(cfg: Config, info: DatasetInfo, device: Optional[torch.device] = None) -> SearchNetwork:
@@ -114,6 +121,22 @@ class SupernetSearch(EpochLoop):
             max_tiles=se.val_max_tiles,
         )
         self.val_every = se.val_every
+        self.selection_loader = self.val_loader
+        if se.decode.method == "perturbation":
+            if self.val_loader is None:
+                raise UserError(
+                    "search.decode.method=perturbation measures the supernet on the validation split, which is empty",
+                    source=data_path,
+                )
+            if se.decode.perturbation_tiles is not None:
+                self.selection_loader = validation_loader(
+                    data_path,
+                    se.batch_size,
+                    rank=ctx.rank,
+                    world=ctx.size,
+                    num_workers=cfg.data.num_workers,
+                    max_tiles=se.decode.perturbation_tiles,
+                )
         self.criterion = WeightedCrossEntropy(info.class_weights, device, ctx)
         arch_ids = {id(p) for p in self.model.arch_parameters()}
         self.w_params = self.model.weight_parameters()
@@ -258,14 +281,20 @@ class SupernetSearch(EpochLoop):
             self.ctx.average_gradients_(self.model.arch_parameters())  # identical theta on every rank
             self.a_opt.step()
             sums["arch_loss"] = a_loss.item()
+        sums["train_loss"] = self.weight_step(xw, yw)
+        return sums
+
+    def weight_step(self, images: torch.Tensor, masks: torch.Tensor) -> float:
+        """One SGD step of the supernet's weights on one batch; its loss."""
         self.w_opt.zero_grad()  # horovod's optimizer takes no set_to_none
         with self.format.autocast():
-            logits = self.model(self.format.inputs(xw))
-        w_loss = self.criterion(logits.float(), yw.to(self.device, non_blocking=True))
-        w_loss.backward()
-        self.ctx.step(self.w_opt, before_step=lambda: nn.utils.clip_grad_norm_(self.w_params, se.grad_clip))
-        sums["train_loss"] = w_loss.item()
-        return sums
+            logits = self.model(self.format.inputs(images))
+        loss = self.criterion(logits.float(), masks.to(self.device, non_blocking=True))
+        loss.backward()
+        self.ctx.step(
+            self.w_opt, before_step=lambda: nn.utils.clip_grad_norm_(self.w_params, self.cfg.search.grad_clip)
+        )
+        return loss.item()
 
     def epoch_summary(self, epoch: int, sums: Dict[str, float], steps: int) -> Dict[str, Any]:
         arch_on = self.arch_active(epoch)
@@ -283,11 +312,12 @@ class SupernetSearch(EpochLoop):
     def run(self) -> Genotype:
         """Train from ``start_epoch`` to the end, then decode and write the genotype."""
         self.run_epochs()
-        genotype = (
-            self.kept_genotype
-            if self.stopped_early and self.kept_genotype is not None
-            else decode(self.cfg, self.model)
-        )
+        if self.cfg.search.decode.method == "perturbation":
+            genotype = self.select_by_perturbation()
+        elif self.stopped_early and self.kept_genotype is not None:
+            genotype = self.kept_genotype
+        else:
+            genotype = decode(self.cfg, self.model)
         if not self.ctx.is_root:
             return genotype
         genotype.save(RunDir(self.run_dir).genotype)
@@ -305,3 +335,72 @@ class SupernetSearch(EpochLoop):
         if problem is not None:
             warn(problem)
         return genotype
+
+    def select_by_perturbation(self) -> Genotype:
+        """DARTS-PT on the trained supernet: the genotype, with every measured drop in ``selection.json``.
+
+        Nothing of it is checkpointed: a run stopped here resumes from its last epoch and selects again."""
+        d = self.cfg.search.decode
+        for group in self.w_opt.param_groups:
+            group["lr"] = self.cfg.search.lr * TUNE_LR_SHARE
+        tune_batches = self.tune_batches()
+
+        def measure() -> float:  # higher is better: the drop is how much the loss rises
+            return -self.validation_loss(self.selection_loader)
+
+        def tune() -> None:
+            for images, masks in itertools.islice(tune_batches, d.tune_steps):
+                self.weight_step(images, masks)
+
+        log.info("perturbation selection (DARTS-PT): %d weight steps after each decision", d.tune_steps)
+        try:
+            with self.stop:
+                snapshot = perturbation_snapshot(
+                    self.model.arch, SearchSpace.from_config(self.cfg).kept_per_node(), measure, tune, self.cfg.seed
+                )
+        except StopWhileValidating:
+            raise Interrupted(
+                self.run_dir, self.stop.signal or "another rank's signal", "during perturbation selection"
+            ) from None
+        finally:
+            self.model.arch.fixed_rows.clear()
+        if self.ctx.is_root:
+            drops = snapshot["drops"]
+            write_json(
+                RunDir(self.run_dir).selection,
+                {
+                    "method": "perturbation",
+                    "ops": self.model.arch.op_names,
+                    "op_drops": {r: [[_finite(v) for v in row] for row in m] for r, m in drops["ops"].items()},
+                    "edge_drops": {r: [round(float(v), 6) for v in d] for r, d in drops["edges"].items()},
+                },
+            )
+        return decode_configured(self.cfg, snapshot)
+
+    def validation_loss(self, loader) -> float:
+        """The supernet's class-weighted cross-entropy over ``loader``, every rank's shard together (one
+        collective at the end, so ranks with more batches than others never wait)."""
+        after_batch = self.batch_guard(loader)
+        totals = torch.zeros(2, dtype=torch.float64)
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                for k, (images, masks) in enumerate(loader):
+                    logits = self.model(self.format.inputs(images)).float()
+                    loss, weights = self.criterion.terms(logits, masks.to(self.device, non_blocking=True))
+                    totals += torch.stack([loss.double().cpu(), weights.double().cpu()])
+                    after_batch(k)
+        finally:
+            self.model.train()
+        loss, weights = self.ctx.sum(totals.numpy(), name="hpcnas.selection_loss")
+        return float(loss / max(weights, 1e-12))
+
+    def tune_batches(self):
+        """Weight batches without end for the selection's tuning: epochs past the search's, so new orders."""
+        for epoch in itertools.count(self.epochs):
+            self.w_loader.sampler.set_epoch(epoch, 0)
+            yield from self.w_loader
+
+
+def _finite(value: float):
+    return None if value != value else round(float(value), 6)  # an op never measured (none) is NaN: null

@@ -59,6 +59,9 @@ class ArchParams(nn.Module):
             else {}
         )
         self.betas = nn.ParameterDict({f"{i}_{j}": self._init(len(unetpp_in_edges((i, j)))) for i, j in betas})
+        # role -> edge -> the op weights that edge carries instead of theta's (a decision of perturbation-based
+        # selection, or an op removed while it is measured); not a parameter, never checkpointed
+        self.fixed_rows: Dict[str, Dict[int, torch.Tensor]] = {}
 
     def _init(self, *shape: int) -> nn.Parameter:
         if self.mode == "simplex":
@@ -74,7 +77,12 @@ class ArchParams(nn.Module):
         edges = None
         if len(self.edges):
             edges = [self.weights(self.edges[f"{role}_{j}"]) for j in range(len(self.node_inputs[role]))]
-        return CellArch(self.weights(self.ops[role]), edges)
+        ops = self.weights(self.ops[role])
+        fixed = self.fixed_rows.get(role)
+        if fixed:
+            index = torch.tensor(list(fixed), device=ops.device)
+            ops = ops.index_put((index,), torch.stack(list(fixed.values())).to(ops))
+        return CellArch(ops, edges)
 
     def beta(self, node: GridNode) -> torch.Tensor:
         """softmax(beta) over the incoming network edges of UNet++ node ``node``."""

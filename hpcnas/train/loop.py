@@ -296,13 +296,28 @@ class EpochLoop:
         """Whether ``epoch`` (0-based) is validated: every ``val_every`` epochs, and always the last."""
         return (epoch + 1) % self.val_every == 0 or epoch + 1 == self.epochs
 
-    def validate(self, loader=None, desc: str = "validate") -> dict:
+    def validate(self, loader=None, desc: str = "validate", show: bool = True) -> dict:
         """``val_miou`` and per-class ``val_iou_*`` on ``loader`` (default the validation loader; nothing when
-        there is no validation split).  Reports progress, and raises :class:`StopWhileValidating` when the
-        ranks agree on a stop."""
+        there is no validation split).  Reports progress (a bar when ``show``), and raises
+        :class:`StopWhileValidating` when the ranks agree on a stop."""
         loader = self.val_loader if loader is None else loader
         if loader is None:
             return {}
+        shown = progress(loader, len(loader), desc, enabled=self.ctx.is_root and show, unit="batches")
+        try:
+            # summed intersections and unions over every rank's shard, not averaged mIoUs
+            conf = self.ctx.sum(
+                evaluate_confusion(self.model, shown, self.device, len(self.class_names), self.batch_guard(loader))
+            )
+        finally:
+            if self.heart is not None:
+                self.heart.beat(phase=None, val_batch=None, val_batches=None)
+        return {f"val_{k}": v for k, v in summarize(conf, self.class_names).items()}
+
+    def batch_guard(self, loader) -> Callable[[int], None]:
+        """What runs after each batch of a pass over a validation ``loader``: the heartbeat, and the stop check
+        (several ranks: every ``STOP_CHECK_STEPS`` batches that all of them have), which raises
+        :class:`StopWhileValidating`."""
         batches = len(loader)
         common = getattr(loader, "common_batches", batches)  # the batches every rank has
 
@@ -313,14 +328,7 @@ class EpochLoop:
             if check and self.ctx.any(self.stop.requested):
                 raise StopWhileValidating()
 
-        shown = progress(loader, batches, desc, enabled=self.ctx.is_root, unit="batches")
-        try:
-            # summed intersections and unions over every rank's shard, not averaged mIoUs
-            conf = self.ctx.sum(evaluate_confusion(self.model, shown, self.device, len(self.class_names), after_batch))
-        finally:
-            if self.heart is not None:
-                self.heart.beat(phase=None, val_batch=None, val_batches=None)
-        return {f"val_{k}": v for k, v in summarize(conf, self.class_names).items()}
+        return after_batch
 
     def run_epochs(self) -> None:
         """Run from ``start_epoch`` to ``epochs``; metrics.jsonl and checkpoints as it goes."""

@@ -11,6 +11,8 @@ the gradients.
 
 from __future__ import annotations
 
+from typing import Tuple
+
 import numpy as np
 import torch
 from torch import nn
@@ -34,14 +36,19 @@ class WeightedCrossEntropy(nn.Module):
         self.ctx = ctx
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        total, weights = self.terms(logits, target)
+        weight_sum = self.ctx.sum(weights.detach().reshape(1), name="hpcnas.loss_weights")[0]
+        return total / (weight_sum.clamp_min(1e-12) / self.ctx.size)
+
+    def terms(self, logits: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """This rank's summed weighted loss and its summed pixel weights (no collective: summed over
+        batches, they give the weighted mean of a whole pass)."""
         total = nn.functional.cross_entropy(
             logits, target, weight=self.weight, ignore_index=IGNORE_INDEX, reduction="sum"
         )
         # no boolean indexing: its size depends on the data, which makes the host wait for the GPU
         labelled = target != IGNORE_INDEX
-        per_pixel = self.weight[target.clamp(max=len(self.weight) - 1)] * labelled
-        weight_sum = self.ctx.sum(per_pixel.sum().detach().reshape(1), name="hpcnas.loss_weights")[0]
-        return total / (weight_sum.clamp_min(1e-12) / self.ctx.size)
+        return total, (self.weight[target.clamp(max=len(self.weight) - 1)] * labelled).sum()
 
 
 class FocalLoss(WeightedCrossEntropy):
