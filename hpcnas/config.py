@@ -9,6 +9,7 @@ naming the file and the dotted key (and the nearest valid key, if any).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import re
@@ -20,7 +21,7 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Union
 
 import yaml
 
-from hpcnas.errors import UserError, nearest
+from hpcnas.errors import UserError, nearest, warn
 from hpcnas.plugins import (
     ARCH_OPTIMIZERS,
     COSTS,
@@ -31,12 +32,16 @@ from hpcnas.plugins import (
     STRATEGIES,
     TOPOLOGIES,
     Registry,
+    in_range,
 )
 
+_range = in_range  # field metadata: inclusive bounds
 
-def _range(lo: Optional[float] = None, hi: Optional[float] = None) -> Dict[str, Any]:
-    """Field metadata: inclusive bounds checked by :func:`validate`."""
-    return {"range": (lo, hi)}
+
+def _options_of(chooser: str) -> Dict[str, Any]:
+    """Field metadata: the section's other keys are the settings of the plugin its field ``chooser`` names,
+    parsed by that plugin's ``Options`` dataclass (and written back beside ``chooser``)."""
+    return {"options_of": chooser}
 
 
 def _registered(registry: Registry) -> Dict[str, Any]:
@@ -195,9 +200,13 @@ class StrategySection:
     # a registered strategy: evolution, nsga2 (multi-objective), random, random_exploit
     name: str = field(default="evolution", metadata=_registered(STRATEGIES))
     mode: Literal["async", "generational"] = "async"  # steady-state, or the paper's Algorithm 1
-    population: int = field(default=20, metadata=_range(1))  # random_exploit: the random warm-up
-    sample_size: int = field(default=5, metadata=_range(1))  # tournament size
-    exploit: float = field(default=0.5, metadata=_range(0.0, 1.0))  # random_exploit: share mutating the best
+    # the strategy's own settings, written beside name and mode and checked by its Options dataclass:
+    # evolution, nsga2: population (20), sample_size (5); random_exploit: warmup (20), exploit (0.5)
+    options: Any = field(default=None, metadata=_options_of("name"))
+
+    def __post_init__(self) -> None:
+        if self.options is None:
+            self.options = STRATEGIES[self.name].Options()
 
 
 @dataclass
@@ -365,6 +374,7 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Co
     Each layer is validated on its own, so an error names the layer at fault
     (the file, or ``--set``).
     """
+    _SAID.clear()
     raw = migrate_legacy_keys(read_yaml_mapping(path), str(path)) if path else {}
     cfg = from_dict(Config, raw, source=str(path) if path else "<defaults>")
     check_consistency(cfg, str(path) if path else "<defaults>")
@@ -375,9 +385,11 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Co
         if target is not None:
             _deprecated(parts[1], target, "--set")
             key = f"evolve.{target}"
-        tree = to_dict(cfg)
-        set_dotted(tree, key, value, source="--set")
-        cfg = from_dict(Config, tree, source="--set")
+        # the keys given so far, not the resolved config: a plugin's settings are those given for it, so naming
+        # another strategy does not inherit the first one's defaults as if they had been written
+        set_dotted(to_dict(cfg), key, value, source="--set")  # a key through a value (seed.x) is named as such
+        set_dotted(raw, key, value, source="--set")
+        cfg = from_dict(Config, raw, source="--set")
         check_consistency(cfg, "--set")
     return cfg
 
@@ -487,12 +499,16 @@ def from_dict(cls: type, raw: Dict[str, Any], source: str, prefix: str = "") -> 
         raise UserError(f"expected a section (mapping), got {raw!r}", source=source, key=prefix.rstrip(".") or None)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    holder = next((f for f in fields.values() if "options_of" in f.metadata), None)  # a plugin's settings
+    settings = {}
     for name in raw:
-        if name not in fields:
+        if holder is not None and (name not in fields or name == holder.name):
+            settings[name] = raw[name]
+        elif name not in fields:
             raise UserError(f"unknown key{nearest(str(name), fields)}", source=source, key=f"{prefix}{name}")
     values = {}
     for name, f in fields.items():
-        if name not in raw:
+        if name not in raw or f is holder:
             continue
         key = f"{prefix}{name}"
         tp = hints[name]
@@ -503,7 +519,49 @@ def from_dict(cls: type, raw: Dict[str, Any], source: str, prefix: str = "") -> 
             _check_range(values[name], f, source, key)
             if "registry" in f.metadata and values[name] is not None:
                 f.metadata["registry"].check(values[name], source, key)
+    if holder is not None:
+        chooser = fields[holder.metadata["options_of"]]
+        chosen = values.get(chooser.name, chooser.default)
+        values[holder.name] = plugin_options(chooser.metadata["registry"], chosen, settings, source, prefix)
     return cls(**values)
+
+
+_SAID: set = set()  # the warnings one load_config has printed (each --set parses the keys again)
+
+
+def _say_once(message: str) -> None:
+    if message not in _SAID:
+        _SAID.add(message)
+        warn(message)
+
+
+def plugin_options(registry: Registry, chosen: str, raw: Dict[str, Any], source: str, prefix: str) -> Any:
+    """The typed settings of plugin ``chosen`` from the keys ``raw`` written for it (its ``Options`` dataclass).
+
+    A key renamed by the plugin (``Options.renamed``: old -> new) is read with a deprecation line; a setting of
+    another plugin of the same kind is ignored with a warning (a config that switches strategies keeps working);
+    any other key is refused with the nearest setting."""
+    options_cls = registry[chosen].Options
+    own = [f.name for f in dataclasses.fields(options_cls)]
+    renamed = getattr(options_cls, "renamed", {})
+    mine = {}
+    for key, value in raw.items():
+        if key in renamed:
+            print(
+                f"hpcnas: deprecated: {prefix}{key} is now {prefix}{renamed[key]} for {registry.what} '{chosen}' "
+                f"({source})",
+                file=sys.stderr,
+            )
+            mine[renamed[key]] = value
+        elif key in own:
+            mine[key] = value
+        elif any(key in {f.name for f in dataclasses.fields(p.Options)} for p in registry.values()):
+            _say_once(f"{prefix}{key} is not a setting of {registry.what} '{chosen}': ignored ({source})")
+        else:
+            known = f" (settings of '{chosen}': {', '.join(own)})" if own else f" ('{chosen}' has no settings)"
+            hint = nearest(str(key), own) or known
+            raise UserError(f"unknown key{hint}", source=source, key=f"{prefix}{key}")
+    return from_dict(options_cls, mine, source, prefix)
 
 
 _EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
@@ -551,7 +609,7 @@ def _coerce(value: Any, tp: Any, source: str, key: str) -> Any:
     if tp is Any:
         return value
     if origin in (dict, Dict):
-        key_tp, value_tp = typing.get_args(tp)
+        _, value_tp = typing.get_args(tp)  # the keys are names (str), checked below
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise UserError("expected a mapping of names", source=source, key=key)
         return {k: _coerce(v, value_tp, source, f"{key}.{k}") for k, v in value.items()}
@@ -576,8 +634,17 @@ def _check_range(value: Any, f: dataclasses.Field, source: str, key: str) -> Non
 
 
 def to_dict(cfg: Any) -> Dict[str, Any]:
-    """A plain-data copy of a config dataclass (for YAML and JSON)."""
-    return dataclasses.asdict(cfg)
+    """A plain-data copy of a config dataclass (for YAML and JSON); a plugin's settings sit beside its name."""
+    out: Dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if "options_of" in f.metadata:
+            out.update(to_dict(value))
+        elif dataclasses.is_dataclass(value):
+            out[f.name] = to_dict(value)
+        else:
+            out[f.name] = copy.deepcopy(value)
+    return out
 
 
 def dump_config(cfg: Config, path: Path) -> None:

@@ -43,6 +43,12 @@ T = TypeVar("T")
 ENTRY_POINT_GROUP = "hpcnas.plugins"
 
 
+def in_range(lo: Optional[float] = None, hi: Optional[float] = None) -> Dict[str, Any]:
+    """Field metadata for a config field or a plugin's ``Options``: inclusive bounds, checked when a config is
+    loaded (``field(default=20, metadata=in_range(1))``)."""
+    return {"range": (lo, hi)}
+
+
 class _Builtin:
     """A registry entry not imported yet: ``module:attribute``."""
 

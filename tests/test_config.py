@@ -117,12 +117,12 @@ def test_cli_bad_key_is_one_line_exit_2(tmp_path):
 def test_old_flat_evolve_keys_still_work_with_one_deprecation_line_each(tmp_path, capsys):
     path = tmp_path / "old.yaml"
     path.write_text(
-        "evolve:\n  strategy: random\n  population: 3\n  proxy_epochs: 2\n  inject_faults: ['1:oom']\n"
+        "evolve:\n  strategy: nsga2\n  population: 3\n  proxy_epochs: 2\n  inject_faults: ['1:oom']\n"
         "  evaluator: sleep\n  task_timeout: 9\n"
     )
     cfg = load_config(str(path), ["evolve.sample_size=2", "evolve.retry_oom_half_batch=false"])
     ev = cfg.evolve
-    assert (ev.strategy.name, ev.strategy.population, ev.strategy.sample_size) == ("random", 3, 2)
+    assert (ev.strategy.name, ev.strategy.options.population, ev.strategy.options.sample_size) == ("nsga2", 3, 2)
     assert (ev.evaluator.name, ev.evaluator.proxy_epochs, ev.executor.task_timeout) == ("sleep", 2, 9.0)
     assert ev.faults.inject == ["1:oom"] and ev.faults.retry_oom_half_batch is False
     lines = capsys.readouterr().err.strip().splitlines()

@@ -60,7 +60,7 @@ def make_strategy(
     ev = cfg.evolve
     objectives = parse_objectives(ev.objectives)
     strategy = STRATEGIES[ev.strategy.name].from_options(
-        SearchSpace.from_config(cfg), cfg.seed, objectives, ev.strategy
+        SearchSpace.from_config(cfg), cfg.seed, objectives, ev.strategy.options
     )
     screen = ev.prescreen
     if screen.score is not None:
@@ -108,9 +108,10 @@ def check_evolve_config(cfg: Config, world: int) -> None:
     EVALUATORS.check(cfg.evolve.evaluator.name)
     parse_faults(cfg.evolve.faults.inject)
     ev = cfg.evolve
-    if ev.strategy.name != "random" and ev.strategy.population > ev.max_evaluations:
+    population = getattr(ev.strategy.options, "population", None)  # only a strategy with a population has one
+    if population is not None and population > ev.max_evaluations:
         raise UserError(
-            f"the population ({ev.strategy.population}) must not exceed evolve.max_evaluations ({ev.max_evaluations}): "
+            f"the population ({population}) must not exceed evolve.max_evaluations ({ev.max_evaluations}): "
             "the search would end before evolving",
             key="evolve.strategy.population",
         )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence
 
 from hpcnas.errors import UserError
+from hpcnas.plugins import in_range
 from hpcnas.records import Evaluation
 from hpcnas.space.genotype import Genotype
 from hpcnas.space.searchspace import SearchSpace
@@ -34,6 +36,11 @@ class Strategy:
 
     name: ClassVar[str] = ""
 
+    @dataclass
+    class Options:
+        """The strategy's settings in ``evolve.strategy`` (beside ``name`` and ``mode``), each passed to
+        ``__init__`` as the keyword of its name; a subclass with settings declares its own."""
+
     def __init__(self, space: SearchSpace, seed: int = 0, objectives: Sequence[Objective] = DEFAULT_OBJECTIVES):
         self.space = space
         self.rng = random.Random(seed)
@@ -43,9 +50,8 @@ class Strategy:
 
     @classmethod
     def from_options(cls, space: SearchSpace, seed: int, objectives: Sequence[Objective], options: Any) -> "Strategy":
-        """Build from ``evolve.strategy`` (``options``: population, sample_size, ...; each strategy takes the
-        fields it has a use for)."""
-        return cls(space, seed, objectives)
+        """Build from ``evolve.strategy``: ``options`` is this class's :class:`Options`, read from the config."""
+        return cls(space, seed, objectives, **{f.name: getattr(options, f.name) for f in dataclasses.fields(options)})
 
     def ask(self) -> Optional[Proposal]:
         """The next architecture to evaluate, or ``None`` when the strategy must wait."""
@@ -130,6 +136,11 @@ class Tournament(Strategy):
 
     default_sample_size: ClassVar[int] = 5
 
+    @dataclass
+    class Options:
+        population: int = field(default=20, metadata=in_range(1))  # members, and the random proposals before them
+        sample_size: int = field(default=5, metadata=in_range(1))  # contenders per tournament
+
     def __init__(
         self,
         space: SearchSpace,
@@ -169,10 +180,6 @@ class Tournament(Strategy):
     def admit(self, evaluation: Evaluation) -> None:
         """Whether and how a told evaluation joins the population, and who leaves it."""
         raise NotImplementedError
-
-    @classmethod
-    def from_options(cls, space: SearchSpace, seed: int, objectives: Sequence[Objective], options: Any) -> "Strategy":
-        return cls(space, seed, objectives, options.population, options.sample_size)
 
 
 class Generational(Wrapper):

@@ -67,7 +67,12 @@ def test_the_readme_plugin_drives_an_evolve_and_a_search_from_yaml(tmp_path):
     install(site, "toy_hpcnas_plugin", readme_plugin())
     config = tmp_path / "toy.yaml"
     config.write_text(
-        (ROOT / "configs" / "smoke-evolve.yaml").read_text().replace("name: evolution", "name: hill_climber")
+        (ROOT / "configs" / "smoke-evolve.yaml")
+        .read_text()
+        .replace(
+            "name: evolution\n    mode: async\n    population: 4\n    sample_size: 2",
+            "name: hill_climber\n    steps: 2",
+        )
         + "search:\n  arch_optimizer: sgd\n  epochs: 3\n  arch_start_epoch: 2\n"
     )
 
@@ -81,6 +86,15 @@ def test_the_readme_plugin_drives_an_evolve_and_a_search_from_yaml(tmp_path):
         *sets(*PLAIN, "evolve.evaluator.name=sleep", "evolve.evaluator.sleep_median=0.05", "evolve.max_evaluations=5"),
     )
     assert evolve.returncode == 0, evolve.stderr[-2000:]
+    assert "warning" not in evolve.stderr  # every setting in the YAML is the hill climber's own
+    refused = hpcnas(
+        site, "evolve", "--config", str(config), "--out", str(tmp_path / "no"), *sets("evolve.strategy.steps=0")
+    )
+    assert refused.returncode == 2 and not (tmp_path / "no").exists()
+    assert (
+        refused.stderr.strip().splitlines()[-1]
+        == "hpcnas: error: --set: key 'evolve.strategy.steps': must be >= 1, got 0"
+    )
     history = sorted(read_jsonl(tmp_path / "evolve" / "history.jsonl"), key=lambda r: r["id"])
     # the hill climber's signature: one random start, then each a mutation of the best so far
     assert [r["parent"] is None for r in history] == [True, False, False, False, False]
@@ -100,7 +114,6 @@ def test_the_readme_plugin_drives_an_evolve_and_a_search_from_yaml(tmp_path):
         *sets(
             "evolve.objectives=[miou, sparsity]",
             "evolve.measure.sparsity.threshold=0.0",
-            "evolve.strategy.population=2",
         ),
     )
     assert trained.returncode == 0, trained.stderr[-2000:]

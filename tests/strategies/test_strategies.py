@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -173,9 +174,38 @@ def test_random_exploit_is_configured_from_evolve_strategy():
     from hpcnas.config import load_config
     from hpcnas.execution.orchestrator import make_strategy
 
-    cfg = load_config(None, ["evolve.strategy.name=random_exploit", "evolve.strategy.population=7",
+    cfg = load_config(None, ["evolve.strategy.name=random_exploit", "evolve.strategy.warmup=7",
                              "evolve.strategy.exploit=0.25"])  # fmt: skip
     strategy = make_strategy(cfg, 4)
     assert (strategy.warmup, strategy.exploit) == (7, 0.25)
-    with pytest.raises(UserError, match="exploit"):
-        load_config(None, ["evolve.strategy.exploit=1.5"])
+    with pytest.raises(UserError, match="must be <= 1.0") as bad:
+        load_config(None, ["evolve.strategy.name=random_exploit", "evolve.strategy.exploit=1.5"])
+    assert bad.value.key == "evolve.strategy.exploit"
+
+
+def test_each_strategy_reads_its_own_typed_settings(tmp_path, capsys):
+    from hpcnas.config import dump_config, load_config
+
+    old = load_config(None, ["evolve.strategy.name=random_exploit", "evolve.strategy.population=7"])
+    assert old.evolve.strategy.options.warmup == 7  # its old shared key, read with a deprecation line
+    assert "evolve.strategy.population is now evolve.strategy.warmup for strategy 'random_exploit'" in (
+        capsys.readouterr().err
+    )
+    with pytest.raises(UserError, match="did you mean 'sample_size'") as bad:
+        load_config(None, ["evolve.strategy.sampel_size=3"])
+    assert bad.value.key == "evolve.strategy.sampel_size"
+    with pytest.raises(UserError, match="'random' has no settings"):
+        load_config(None, ["evolve.strategy.name=random", "evolve.strategy.colour=3"])
+    # a setting of another strategy is ignored with a warning, so one config can switch strategies
+    shared = load_config(None, ["evolve.strategy.population=6", "evolve.strategy.name=random"])
+    assert "evolve.strategy.population is not a setting of strategy 'random': ignored" in capsys.readouterr().err
+    assert dataclasses.fields(shared.evolve.strategy.options) == ()
+    # naming another strategy does not carry the first one's defaults along (nothing ignored, nothing said)
+    load_config(None, ["evolve.strategy.name=random_exploit"])
+    assert "ignored" not in capsys.readouterr().err
+    # config.yaml keeps the settings beside the name, and reads back the same
+    cfg = load_config(None, ["evolve.strategy.population=12", "evolve.strategy.sample_size=4"])
+    dump_config(cfg, tmp_path / "config.yaml")
+    text = (tmp_path / "config.yaml").read_text()
+    assert "  strategy:\n    name: evolution\n    mode: async\n    population: 12\n    sample_size: 4\n" in text
+    assert load_config(str(tmp_path / "config.yaml")) == cfg
