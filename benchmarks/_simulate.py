@@ -73,7 +73,7 @@ def measure_rank0_cost(tasks: int = 400, group_commit: bool = True) -> Dict[str,
                 lines.info("evaluation %d: %s, fitness %.4f", task.id, result.status.value, result.fitness)
             proposal = strategy.ask()
             assert proposal is not None
-            task = Task(log.new_id(), proposal.genotype.to_dict(), 8, proposal.parent)
+            task = Task(log.new_id(), proposal.genotype, 8, proposal.parent)
             log.log_dispatch(task)
             pending.append(task)
             log.write()

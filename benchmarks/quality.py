@@ -206,9 +206,9 @@ VARIANTS: Dict[str, dict] = {
     "perturbation": {
         "kind": "select",
         "base": "A",
-        "set": ["search.decode.method=perturbation"],
+        "set": ["search.decode.method=perturbation", "search.decode.perturbation_tiles=64"],
         "about": "DARTS-PT: A's supernet, each edge's op and each node's inputs chosen by how much removing them "
-        "raises the validation loss (4 weight steps after each decision), A's parameter-free caps on top",
+        "raises the loss on 64 validation tiles (4 weight steps after each decision), A's parameter-free caps on top",
     },
     # Data-parallel searches: "ranks" ranks under mpirun, each with 1/ranks of A's batch, so the global batch and
     # the steps are A's. With synchronized BatchNorm such a search computes what A computes; with local BatchNorm

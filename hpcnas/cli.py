@@ -260,7 +260,6 @@ def cmd_submit(args: argparse.Namespace) -> Optional[int]:
 
 def cmd_pareto(args: argparse.Namespace) -> None:
     from hpcnas.pipeline import pareto
-    from hpcnas.space.genotype import Genotype
 
     search, target = pareto(args.run, args.export)
     names = [o.name for o in search.objectives]
@@ -272,7 +271,7 @@ def cmd_pareto(args: argparse.Namespace) -> None:
     print("  id  " + "".join(f"{n:>14}" for n in names) + "  genotype")
     for e in front:
         values = "".join(f"{e.objectives[n]:>14.6g}" if n in e.objectives else f"{'-':>14}" for n in names)
-        print(f"{e.id:>4}  {values}  {Genotype.from_dict(e.genotype).describe()}")
+        print(f"{e.id:>4}  {values}  {e.genotype.describe()}")
     if target is not None:
         print(f"exported {len(front)} genotype(s) -> {target}/eval-*/genotype.json (hpcnas train --genotype ...)")
 

@@ -485,7 +485,6 @@ def pareto(run_dir: str, export: Optional[str] = None) -> "tuple[Any, Optional[P
     """
     from hpcnas.execution.history import read_search
     from hpcnas.rundir import write_json
-    from hpcnas.space.genotype import Genotype
 
     if not Path(run_dir).is_dir():
         raise UserError("no such run directory", source=str(run_dir))
@@ -501,7 +500,7 @@ def pareto(run_dir: str, export: Optional[str] = None) -> "tuple[Any, Optional[P
         raise UserError("already exists and is not an empty folder: give a new one", source=str(target))
     front = search.front
     for e in front:
-        Genotype.from_dict(e.genotype).save(RunDir(target / f"eval-{e.id:05d}").genotype)
+        e.genotype.save(RunDir(target / f"eval-{e.id:05d}").genotype)
     write_json(
         target / "front.json",
         {

@@ -1,6 +1,7 @@
 """The discrete search's typed records: a task sent to a rank, a worker's result, one flat evaluation.
 
-Plain dataclasses with a JSON round trip (``to_dict`` / ``from_dict``), shared
+Typed dataclasses (a genotype is a :class:`~hpcnas.space.genotype.Genotype`) with a JSON round trip
+at the process and file boundary (``to_dict`` / ``from_dict``), shared
 by the strategies (which learn from :class:`Evaluation`), the orchestrator
 (which sends :class:`Task` and receives :class:`Result`) and the report.
 ``history.jsonl`` holds one :class:`Evaluation` per line, ``dispatch.jsonl``
@@ -13,6 +14,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Dict, List, Optional
+
+from hpcnas.space.genotype import Genotype
 
 
 class Status(str, Enum):
@@ -56,7 +59,7 @@ class Task:
     """One architecture sent to one rank."""
 
     id: int
-    genotype: Dict[str, Any]
+    genotype: Genotype
     batch_size: int
     parent: Optional[int] = None  # the evaluation it was mutated from
     origin: Origin = Origin.STRATEGY
@@ -73,12 +76,12 @@ class Task:
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain JSON-able data."""
-        return dict(_fields(self), origin=self.origin.value)
+        return dict(_fields(self), genotype=self.genotype.to_dict(), origin=self.origin.value)
 
     @classmethod
     def from_dict(cls, raw: Dict[str, Any]) -> "Task":
         """The inverse of :meth:`to_dict` (unknown keys are ignored)."""
-        task = cls(**_known_fields(cls, raw))
+        task = cls(**dict(_known_fields(cls, raw), genotype=Genotype.from_dict(raw["genotype"], source="task")))
         task.origin = Origin(task.origin)
         return task
 
@@ -139,7 +142,7 @@ class Evaluation:
     """
 
     id: int
-    genotype: Dict[str, Any]
+    genotype: Genotype
     status: Status
     fitness: Optional[float] = None
     objectives: Dict[str, float] = field(default_factory=dict)
@@ -208,12 +211,13 @@ class Evaluation:
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain JSON-able data."""
-        return dict(_fields(self), status=self.status.value)
+        return dict(_fields(self), genotype=self.genotype.to_dict(), status=self.status.value)
 
     @classmethod
     def from_dict(cls, raw: Dict[str, Any]) -> "Evaluation":
         """The inverse of :meth:`to_dict`; also reads records written before ``objectives`` existed."""
-        evaluation = cls(**_known_fields(cls, raw))
+        genotype = Genotype.from_dict(raw["genotype"], source=f"evaluation {raw.get('id')}")
+        evaluation = cls(**dict(_known_fields(cls, raw), genotype=genotype))
         evaluation.status = Status(evaluation.status)
         objectives = dict(evaluation.objectives or {})
         for old, name in _LEGACY_MEASURES.items():

@@ -55,11 +55,10 @@ class MemoryGate:
         """Set ``task``'s estimate (and a smaller batch, shrinking); false when it must be recorded too_big."""
         import torch
 
-        from hpcnas.space.genotype import Genotype
         from hpcnas.train.memory import estimate_training_memory
         from hpcnas.train.trainer import build_model, model_spec
 
-        spec = model_spec(self.cfg, self.info, Genotype.from_dict(task.genotype), measure=False)
+        spec = model_spec(self.cfg, self.info, task.genotype, measure=False)
         with torch.random.fork_rng(devices=[]):
             model = build_model(spec)
         estimate = estimate_training_memory(model, self.info.channels, self.info.tile_size, self.stride)

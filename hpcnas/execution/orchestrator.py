@@ -141,7 +141,7 @@ def replay(strategy: Strategy, search_log: SearchLog) -> None:
             strategy.tell(event)
             continue
         proposal = strategy.ask()
-        if proposal is None or proposal.genotype.to_dict() != event.genotype:
+        if proposal is None or proposal.genotype != event.genotype:
             log.warning(
                 "replay diverged at evaluation %d (code or config changed?): continuing from the logged records",
                 event.id,
@@ -208,7 +208,7 @@ class Dispatcher:
                 return None
             task = Task(
                 self.log.new_id(),
-                proposal.genotype.to_dict(),
+                proposal.genotype,
                 self.cfg.train.batch_size,
                 proposal.parent,
                 rungs=list(self.rungs),
@@ -544,7 +544,7 @@ def run_orchestrator(comm, cfg: Config, run_dir: Path, data: str) -> Optional[st
             f"the space smaller (the estimates are in {RunDir(run_dir).history})"
         )
     if best is not None:
-        Genotype.from_dict(best.genotype).save(RunDir(run_dir).genotype)
+        best.genotype.save(RunDir(run_dir).genotype)
         log.info("best: evaluation %d, fitness %.4f -> %s", best.id, best.fitness, RunDir(run_dir).genotype)
     if len(strategy.objectives) > 1:
         front = strategy.front()

@@ -34,6 +34,7 @@ from typing import Any, Callable, Dict, List, TextIO, Tuple
 from hpcnas.plugins import EVALUATORS, OBJECTIVES
 from hpcnas.records import Result, Status, Task, WorkerSetup
 from hpcnas.rundir import RunDir
+from hpcnas.space.genotype import Genotype
 
 OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory", "outofmemory")
 
@@ -174,7 +175,6 @@ class TrainEvaluator(Evaluator):
 
     def evaluate(self, task: Task, report: RungReport = never_stop) -> Result:
         from hpcnas.runtime import peak_memory_mb, reset_peak_memory
-        from hpcnas.space.genotype import Genotype
         from hpcnas.strategies.objectives import Trained
         from hpcnas.train.trainer import Trainer, model_spec
         from hpcnas.train.zero_cost import SCORES, GenotypeScorer
@@ -184,7 +184,7 @@ class TrainEvaluator(Evaluator):
         if task.fault:
             inject(task.fault, device)
         cfg, info = self.config_and_info(task.batch_size)
-        spec = model_spec(cfg, info, Genotype.from_dict(task.genotype))
+        spec = model_spec(cfg, info, task.genotype)
         eval_dir = RunDir(setup.run_dir).eval_dir(task.id)
         shutil.rmtree(eval_dir, ignore_errors=True)  # a re-queued task starts clean
         scores = {}
@@ -227,9 +227,9 @@ class TrainEvaluator(Evaluator):
         )
 
 
-def kernel_cost(genotype: Dict[str, Any]) -> float:
+def kernel_cost(genotype: Genotype) -> float:
     """A stand-in for a parameter count that needs no torch: the summed squared kernel sizes of the genotype's ops."""
-    ops = [op for nodes in genotype["cells"].values() for node in nodes for op, _ in node]
+    ops = [op for _, nodes in genotype.cells for node in nodes for op, _ in node]
     return float(
         sum(25 if "5x5" in op or op.endswith("_3") else 9 if "3x3" in op or op.endswith("_2") else 1 for op in ops)
     )

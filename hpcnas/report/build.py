@@ -147,7 +147,7 @@ def build_report(runs: Sequence[Path], out: Optional[Path] = None) -> Path:
         ]
         for e in search.front:
             values = [_value(e.objectives.get(n)) for n in names]
-            described = Genotype.from_dict(e.genotype).describe().replace("|", "\\|")  # a bar would end the cell
+            described = e.genotype.describe().replace("|", "\\|")  # a bar would end the cell
             lines.append(f"| {e.id} | " + " | ".join(values) + f" | `{described}` |")
     lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figures]
     if notes:

@@ -166,8 +166,7 @@ class Tournament(Strategy):
             return Proposal(self.fresh(lambda: self.space.sample(self.rng)))
         contenders = self.rng.sample(range(len(self.population)), min(self.sample_size, len(self.population)))
         parent = self.population[min(contenders, key=self.tournament_key)]
-        genotype = Genotype.from_dict(parent.genotype)
-        return Proposal(self.fresh(lambda: self.space.mutate(self.rng, genotype)), parent=parent.id)
+        return Proposal(self.fresh(lambda: self.space.mutate(self.rng, parent.genotype)), parent=parent.id)
 
     def tournament_key(self, member: int) -> Any:
         """The order of the population's member ``member`` in a tournament: the smallest key wins."""

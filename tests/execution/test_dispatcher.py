@@ -7,6 +7,7 @@ The mpirun tests cover the real thing end to end; these pin the bookkeeping
 from __future__ import annotations
 
 import logging
+import random
 from collections import deque
 
 import pytest
@@ -16,6 +17,9 @@ from hpcnas.execution.history import SearchLog
 from hpcnas.execution.orchestrator import TAG_RESULT, TAG_STOP, TAG_TASK, Dispatcher, make_strategy, replay
 from hpcnas.records import Evaluation, Origin, Result, Status, Task
 from hpcnas.rundir import read_jsonl
+from hpcnas.space.searchspace import SearchSpace
+
+GENOTYPE = SearchSpace.of("darts_unet", "O_base", depth=2, nodes=2).sample(random.Random(0))
 
 
 class FakeStatus:
@@ -140,7 +144,7 @@ def test_resume_requeues_what_was_in_flight_and_replays_the_strategy(tmp_path):
     strategy = d.strategy.__class__(d.strategy.space, seed=0)
     tasks = []
     for _ in range(3):
-        task = Task(log.new_id(), strategy.ask().genotype.to_dict(), 2)
+        task = Task(log.new_id(), strategy.ask().genotype, 2)
         log.log_dispatch(task)
         tasks.append(task)
     log.log_result(Evaluation.of(tasks[1], Result.from_dict(answer(tasks[1].to_dict())), rank=1))
@@ -164,7 +168,7 @@ def test_resume_requeues_what_was_in_flight_and_replays_the_strategy(tmp_path):
 def test_replay_warns_once_the_log_and_the_strategy_disagree(tmp_path, caplog):
     log = SearchLog(tmp_path)
     other = make_strategy(load_config(None, ["evolve.strategy.name=random", "seed=99"]), 1)
-    log.log_dispatch(Task(log.new_id(), other.ask().genotype.to_dict(), 2))
+    log.log_dispatch(Task(log.new_id(), other.ask().genotype, 2))
     with caplog.at_level(logging.WARNING, logger="hpcnas"):
         replay(make_strategy(load_config(None, ["evolve.strategy.name=random"]), 1), log)
     assert "replay diverged at evaluation 0" in caplog.text
@@ -173,7 +177,7 @@ def test_replay_warns_once_the_log_and_the_strategy_disagree(tmp_path, caplog):
 
 def test_search_log_reopens_where_it_stopped(tmp_path):
     log = SearchLog(tmp_path)
-    task = Task(log.new_id(), {"g": 1}, 4, origin=Origin.STRATEGY)
+    task = Task(log.new_id(), GENOTYPE, 4, origin=Origin.STRATEGY)
     log.log_dispatch(task)
     log.log_dispatch(task.again(Origin.RETRY, batch_size=2))
     log.close()
@@ -188,7 +192,15 @@ def test_search_log_reopens_where_it_stopped(tmp_path):
 @pytest.mark.parametrize(
     "raw",
     [
-        {"id": 3, "genotype": {}, "status": "ok", "fitness": 0.5, "params": 12, "flops": 99, "peak_memory_mb": 7.5},
+        {
+            "id": 3,
+            "genotype": GENOTYPE.to_dict(),
+            "status": "ok",
+            "fitness": 0.5,
+            "params": 12,
+            "flops": 99,
+            "peak_memory_mb": 7.5,
+        },
     ],
 )
 def test_history_written_before_objectives_reads_into_objectives(raw):
@@ -206,7 +218,7 @@ def test_records_are_written_after_the_dispatch_and_fsynced_in_a_burst(tmp_path,
     monkeypatch.setattr(rundir.os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
     log = SearchLog(tmp_path)
     for _ in range(5):
-        task = Task(log.new_id(), {"g": 1}, 4, origin=Origin.STRATEGY)
+        task = Task(log.new_id(), GENOTYPE, 4, origin=Origin.STRATEGY)
         log.log_dispatch(task)
         log.log_result(Evaluation.of(task, Result.from_dict(answer(task.to_dict())), 1))
     assert read_jsonl(tmp_path / "dispatch.jsonl") == read_jsonl(tmp_path / "history.jsonl") == []  # logged only
@@ -220,7 +232,7 @@ def test_records_are_written_after_the_dispatch_and_fsynced_in_a_burst(tmp_path,
     assert len(synced) == 2  # one fsync per file for the whole burst
     log.commit()
     assert len(synced) == 2  # nothing pending: no fsync
-    task = Task(log.new_id(), {"g": 1}, 4, origin=Origin.STRATEGY)
+    task = Task(log.new_id(), GENOTYPE, 4, origin=Origin.STRATEGY)
     log.log_dispatch(task)
     log.close()
     assert len(read_jsonl(tmp_path / "dispatch.jsonl")) == 6 and len(synced) == 3  # closing writes and fsyncs
@@ -229,7 +241,7 @@ def test_records_are_written_after_the_dispatch_and_fsynced_in_a_burst(tmp_path,
 def test_a_result_whose_dispatch_was_lost_keeps_its_id(tmp_path):
     """A machine crash can keep a result's line and lose its dispatch's: no new task may reuse that id."""
     log = SearchLog(tmp_path)
-    task = Task(log.new_id(), {"g": 1}, 4, origin=Origin.STRATEGY)
+    task = Task(log.new_id(), GENOTYPE, 4, origin=Origin.STRATEGY)
     log.log_dispatch(task)
     log.log_result(Evaluation.of(task, Result.from_dict(answer(task.to_dict())), 1))
     log.close()

@@ -110,7 +110,7 @@ def test_a_killed_two_objective_search_resumes_with_its_front_and_respects_the_b
     after = read_search(out)
     assert sorted(e.id for e in after.evaluations) == list(range(20))
     assert after.front and all(e.objectives["params"] <= 100 for e in after.front)
-    best = Genotype.load(str(out / "genotype.json")).to_dict()
+    best = Genotype.load(str(out / "genotype.json"))
     feasible = [e for e in after.evaluations if e.ok and e.objectives["params"] <= 100]
     assert best == max(feasible, key=lambda e: (e.fitness, -e.id)).genotype  # the best inside the bound
     assert {r["id"] for r in read_jsonl(out / "history.jsonl")} == set(range(20))

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import random
+
 from hpcnas.execution.slot import WorkerSlot
 from hpcnas.records import Task, WorkerSetup
+from hpcnas.space.searchspace import SearchSpace
 
+GENOTYPE = SearchSpace.of("darts_unet", "O_base", depth=2, nodes=2).sample(random.Random(0))
 LONG = 600.0  # a wait that only the child's line may end: if the wake-up were lost, the test fails, not passes
 
 
@@ -16,7 +20,7 @@ def slot(tmp_path, epochs: int = 1) -> WorkerSlot:
 
 
 def task(ident: int, rungs=(), fault=None) -> dict:
-    return Task(ident, {"cells": {}}, 2, rungs=list(rungs), fault=fault).to_dict()
+    return Task(ident, GENOTYPE, 2, rungs=list(rungs), fault=fault).to_dict()
 
 
 def test_a_result_wakes_the_waiting_rank(tmp_path):

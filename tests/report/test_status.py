@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -14,7 +15,10 @@ import pytest
 
 from hpcnas.report.status import STALE_S, STATES
 from hpcnas.rundir import write_json
+from hpcnas.space.searchspace import SearchSpace
 from tests.conftest import MPI_ENV, MPIRUN, ROOT, needs_mpi, run_cli, set_args
+
+G = SearchSpace.of("darts_unet", "O_base", depth=2, nodes=2).sample(random.Random(0)).to_dict()
 
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 
@@ -134,9 +138,16 @@ def test_the_best_evaluation_is_the_searchs_own_by_objectives_and_bounds_with_ol
         "evolve:\n  max_evaluations: 4\n  proxy_epochs: 4\n  objectives: [miou, params <= 1000]\n"
     )
     history = [
-        {"id": 0, "genotype": {}, "status": "ok", "fitness": 0.9, "objectives": {"miou": 0.9, "params": 5000}},
-        {"id": 1, "genotype": {}, "status": "ok", "fitness": 0.7, "objectives": {"miou": 0.7, "params": 800}},
-        {"id": 2, "genotype": {}, "status": "stopped", "fitness": 0.95, "epochs": 2, "objectives": {"miou": 0.95}},
+        {"id": 0, "genotype": G, "status": "ok", "fitness": 0.9, "objectives": {"miou": 0.9, "params": 5000}},
+        {"id": 1, "genotype": G, "status": "ok", "fitness": 0.7, "objectives": {"miou": 0.7, "params": 800}},
+        {
+            "id": 2,
+            "genotype": G,
+            "status": "stopped",
+            "fitness": 0.95,
+            "epochs": 2,
+            "objectives": {"miou": 0.95},
+        },
     ]
     (tmp_path / "ev" / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
     (s,) = status_json(tmp_path / "ev")

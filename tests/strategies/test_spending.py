@@ -53,7 +53,7 @@ def test_rung_results_of_finished_evaluations_rebuild_the_table_on_replay():
     decisions = [first.report(i, 1, v) for i, v in enumerate(values)]
     resumed = SuccessiveHalving(RandomSearch(space(), seed=0), rungs=[1], reduction_factor=2)
     for i, v in enumerate(values):
-        g = resumed.ask().genotype.to_dict()
+        g = resumed.ask().genotype
         status = Status.OK if decisions[i] else Status.STOPPED
         resumed.tell(Evaluation(i, g, status, v, {"miou": v}, rungs={"1": v}, epochs=2 if decisions[i] else 1))
     assert resumed.table == first.table
@@ -62,7 +62,7 @@ def test_rung_results_of_finished_evaluations_rebuild_the_table_on_replay():
 
 
 def test_stopped_evaluations_use_budget_by_their_epochs():
-    g = RandomSearch(space(), seed=0).ask().genotype.to_dict()
+    g = RandomSearch(space(), seed=0).ask().genotype
     assert Evaluation(0, g, Status.STOPPED, epochs=1).budget_used(4) == 0.25
     assert Evaluation(0, g, Status.OK, epochs=4).budget_used(4) == 1.0
     assert Evaluation(0, g, Status.OOM).budget_used(4) == 1.0
