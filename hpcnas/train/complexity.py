@@ -22,16 +22,6 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_flops(build: Callable[[], nn.Module], in_channels: int, tile: int) -> int:
-    """FLOPs of one forward pass of one ``tile`` x ``tile`` input through the network ``build()`` makes."""
-    with torch.device("meta"):
-        model = build().eval()
-        x = torch.empty(1, in_channels, tile, tile)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(x)
-    return int(counter.get_total_flops())
-
-
 @torch.no_grad()
 def median_forward_ms(module: nn.Module, x: torch.Tensor, runs: int, warmup: int) -> float:
     """Median milliseconds of one eval-mode forward pass of ``x`` through ``module``, after ``warmup`` passes
@@ -52,10 +42,14 @@ def median_forward_ms(module: nn.Module, x: torch.Tensor, runs: int, warmup: int
 
 
 def complexity(build: Callable[[], nn.Module], in_channels: int, tile: int) -> Dict[str, int]:
-    """``{"params": ..., "flops": ...}`` of the network ``build()`` makes, at one tile."""
+    """``{"params": ..., "flops": ...}`` of the network ``build()`` makes: built once, on the meta device (no
+    memory, no compute), the FLOPs of one forward pass of one ``tile`` x ``tile`` input."""
     with torch.device("meta"):
-        params = count_parameters(build())
-    return {"params": params, "flops": count_flops(build, in_channels, tile)}
+        model = build().eval()
+        x = torch.empty(1, in_channels, tile, tile)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    return {"params": count_parameters(model), "flops": int(counter.get_total_flops())}
 
 
 def width_for_parameters(
