@@ -333,17 +333,8 @@ class Plan:
             if batch % ranks:
                 raise SystemExit(f"quality: error: {arm}: search.batch_size={batch} does not split over {ranks} ranks")
             search_sets.append(f"search.batch_size={batch // ranks}")
-        self.runs[f"{base}/search"] = Run(
-            f"{base}/search", arm, "search", lambda: self._cli(seed, search_sets), seed=seed, ranks=ranks
-        )
-        self._train(
-            f"{base}/train",
-            arm,
-            seed,
-            genotype=f"{base}/search/genotype.json",
-            after=[f"{base}/search"],
-            search_sets=extra,
-        )
+        search = Run(f"{base}/search", arm, "search", lambda: self._cli(seed, search_sets), seed=seed, ranks=ranks)
+        self._search_then_train(search, extra)
 
     def _select_arm(self, arm: str, seed: int, spec: dict) -> None:
         """A copy of the base arm's finished search, resumed with the variant's settings (its selection), then
@@ -356,16 +347,22 @@ class Plan:
             if not (target / "config.yaml").exists():
                 copy_finished_search(self.root / source, target)
 
-        self.runs[f"{base}/search"] = Run(
-            f"{base}/search", arm, "search", lambda: self._cli(seed, spec["set"]), [source], seed, prepare
+        self._search_then_train(
+            Run(f"{base}/search", arm, "search", lambda: self._cli(seed, spec["set"]), [source], seed, prepare),
+            spec["set"],
         )
+
+    def _search_then_train(self, search: Run, search_sets: List[str]) -> None:
+        """A search run, and the retraining of the genotype it writes (with the search's settings)."""
+        self.runs[search.name] = search
+        base = search.name.rsplit("/", 1)[0]
         self._train(
             f"{base}/train",
-            arm,
-            seed,
-            genotype=f"{base}/search/genotype.json",
-            after=[f"{base}/search"],
-            search_sets=spec["set"],
+            search.arm,
+            search.seed,
+            genotype=f"{search.name}/genotype.json",
+            after=[search.name],
+            search_sets=search_sets,
         )
 
     def _train(

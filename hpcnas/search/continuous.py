@@ -112,14 +112,7 @@ class SupernetSearch(EpochLoop):
         self.a_loader = make_loader(
             a_set, se.batch_size, seed=cfg.seed + 7919, drop_last=len(a_set) >= se.batch_size * ctx.size, **shard
         )
-        self.val_loader = validation_loader(
-            data_path,
-            se.batch_size,
-            rank=ctx.rank,
-            world=ctx.size,
-            num_workers=cfg.data.num_workers,
-            max_tiles=se.val_max_tiles,
-        )
+        self.val_loader = validation_loader(data_path, se.batch_size, max_tiles=se.val_max_tiles, **shard)
         self.val_every = se.val_every
         self.selection_loader = self.val_loader
         if se.decode.method == "perturbation":
@@ -130,12 +123,7 @@ class SupernetSearch(EpochLoop):
                 )
             if se.decode.perturbation_tiles is not None:
                 self.selection_loader = validation_loader(
-                    data_path,
-                    se.batch_size,
-                    rank=ctx.rank,
-                    world=ctx.size,
-                    num_workers=cfg.data.num_workers,
-                    max_tiles=se.decode.perturbation_tiles,
+                    data_path, se.batch_size, max_tiles=se.decode.perturbation_tiles, **shard
                 )
         self.criterion = WeightedCrossEntropy(info.class_weights, device, ctx)
         arch_ids = {id(p) for p in self.model.arch_parameters()}
