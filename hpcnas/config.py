@@ -102,7 +102,7 @@ class DecodeConfig:
     # the same cap for the other cell types (the reduction cells), each cell on its own; None: uncapped
     max_parameter_free_reduction: Optional[float] = field(default=None, metadata=_range(0.0, 1.0))
     # what chooses each edge's op and each node's inputs: theta's largest weight, or "perturbation" (DARTS-PT):
-    # the largest drop of the supernet's validation mIoU when it is removed, edge by edge, after the search
+    # the largest rise of the supernet's validation loss when it is removed, edge by edge, after the search
     method: Literal["theta", "perturbation"] = "theta"
     tune_steps: int = field(default=4, metadata=_range(0))  # perturbation: weight steps after each decision
     # perturbation: the validation tiles measured (a fixed subset); None: those of search.val_max_tiles
