@@ -3,13 +3,16 @@
 # with its processes), then daemon by daemon, by pid file. Safe to run twice. No slurmstepd is left.
 set -u
 run=/run/hpcnas-slurm
-stop() {
+# shellcheck source=slurm/dev-cluster/daemons.sh
+. "$(dirname "$0")/daemons.sh"
+stop() {  # a stale pid file is removed, never followed: its number may be another process's by now
   local pidfile="$1" name="$2"
   [ -f "$pidfile" ] || return 0
-  local pid
-  pid=$(cat "$pidfile")
-  if kill "$pid" 2>/dev/null; then
-    for _ in $(seq 50); do ps -o stat= -p "$pid" 2>/dev/null | grep -qv Z || break; sleep 0.1; done
+  if alive "$pidfile" "$name"; then
+    local pid
+    pid=$(cat "$pidfile")
+    kill "$pid" 2>/dev/null
+    for _ in $(seq 50); do alive "$pidfile" "$name" || break; sleep 0.1; done
     echo "[dev-cluster] stopped $name"
   fi
   rm -f "$pidfile"
@@ -35,7 +38,7 @@ for signal in TERM KILL; do
   for _ in $(seq 30); do pgrep -x slurmstepd >/dev/null || break; sleep 0.1; done
   [ "$signal" = TERM ] || echo "[dev-cluster] killed job steps that outlived their jobs"
 done
-for f in "$run"/slurmd-*.pid; do [ -e "$f" ] && stop "$f" "$(basename "$f" .pid)"; done
+for f in "$run"/slurmd-*.pid; do [ -e "$f" ] && stop "$f" slurmd; done
 stop "$run/slurmctld.pid" slurmctld
 stop "$run/slurmdbd.pid" slurmdbd
 stop /run/mysqld/mysqld.pid mariadbd

@@ -31,7 +31,8 @@ state=/var/lib/hpcnas-slurm
 run=/run/hpcnas-slurm
 host=$(hostname -s)
 log() { printf '[dev-cluster] %s\n' "$*"; }
-alive() { [ -f "$1" ] && ps -o stat= -p "$(cat "$1")" 2>/dev/null | grep -qv Z; }
+# shellcheck source=slurm/dev-cluster/daemons.sh
+. "$(dirname "$0")/daemons.sh"
 
 packages=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server)
 missing=()
@@ -49,7 +50,8 @@ if [ ! -s /etc/munge/munge.key ]; then
 fi
 chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
 mkdir -p /run/munge && chown munge:munge /run/munge
-if ! alive /run/munge/munged.pid; then
+forget_stale /run/munge/munged.pid munged /run/munge/munge.socket.2 /run/munge/munge.socket.2.lock
+if ! alive /run/munge/munged.pid munged; then
   log "starting munged"
   runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/munged.pid
 fi
@@ -59,13 +61,20 @@ mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld  # its pid file must not l
 if [ ! -d /var/lib/mysql/mysql ]; then
   mariadb-install-db --user=mysql --datadir=/var/lib/mysql >/dev/null
 fi
-if ! alive /run/mysqld/mysqld.pid; then
+forget_stale /run/mysqld/mysqld.pid mariadbd /run/mysqld/mysqld.sock
+if ! alive /run/mysqld/mysqld.pid mariadbd; then
   log "starting mariadbd"
   (runuser -u mysql -- /usr/sbin/mariadbd --pid-file=/run/mysqld/mysqld.pid --socket=/run/mysqld/mysqld.sock >/var/log/hpcnas-slurm/mariadb.log 2>&1 &)
-  for _ in $(seq 100); do [ -S /run/mysqld/mysqld.sock ] && break; sleep 0.1; done
+fi
+# Ready means answering, not a socket file: a first start creates its system tables before it listens.
+for _ in $(seq 300); do mariadb-admin --socket=/run/mysqld/mysqld.sock ping >/dev/null 2>&1 && break; sleep 0.1; done
+if ! mariadb-admin --socket=/run/mysqld/mysqld.sock ping >/dev/null 2>&1; then
+  echo "up.sh: error: mariadbd did not answer within 30 s; its log ends:" >&2
+  tail -n 15 /var/log/hpcnas-slurm/mariadb.log >&2
+  exit 1
 fi
 fresh=0
-alive "$run/slurmctld.pid" || alive "$run/slurmdbd.pid" || fresh=1
+alive "$run/slurmctld.pid" slurmctld || alive "$run/slurmdbd.pid" slurmdbd || fresh=1
 if [ "$fresh" = 1 ]; then  # job numbers start again at 1: an old record under a new job's number would lie
   mariadb --socket=/run/mysqld/mysqld.sock -e "DROP DATABASE IF EXISTS slurm_acct_db;"
 fi
@@ -137,18 +146,18 @@ mkdir -p "$state/ctld"
 for k in $(seq "$nodes"); do mkdir -p "$state/d-n$k" "$state/tmp-n$k"; done
 
 # --- daemons ------------------------------------------------------------------
-if ! alive "$run/slurmdbd.pid"; then
+if ! alive "$run/slurmdbd.pid" slurmdbd; then
   log "starting slurmdbd"
   /usr/sbin/slurmdbd
   for _ in $(seq 100); do sacctmgr -n list cluster >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 sacctmgr -i -Q add cluster hpcnas-dev >/dev/null 2>&1 || true
-if ! alive "$run/slurmctld.pid"; then
+if ! alive "$run/slurmctld.pid" slurmctld; then
   log "starting slurmctld"
   /usr/sbin/slurmctld
 fi
 for k in $(seq "$nodes"); do
-  if ! alive "$run/slurmd-n$k.pid"; then
+  if ! alive "$run/slurmd-n$k.pid" slurmd; then
     log "starting slurmd n$k"
     /usr/sbin/slurmd -N "n$k"
   fi

@@ -73,3 +73,31 @@ def test_down_leaves_no_job_step_and_up_does_not_run_old_jobs_again(cluster, tmp
     idle = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True, text=True).stdout
     assert sorted(line.split()[1] for line in idle.splitlines()) == ["idle", "idle"]
     assert not marker.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the dev cluster is started and stopped as root")
+def test_up_starts_over_the_stale_files_of_daemons_that_died(cluster, tmp_path):  # noqa: F811
+    # A machine restored from a snapshot keeps pid files and sockets of daemons that no longer run: mariadbd's
+    # socket file made up.sh talk to a server that was not there yet, and a pid file may name another process.
+    stranger = subprocess.Popen(["sleep", "600"])
+    try:
+        for daemon in ("slurmd", "slurmctld", "slurmdbd", "mariadbd", "munged"):
+            subprocess.run(["pkill", "-9", "-x", daemon])
+        assert wait_for(lambda: subprocess.run(["pgrep", "-x", "mariadbd|munged"]).returncode == 1, 30)
+        assert os.path.exists("/run/mysqld/mysqld.sock")  # left behind, as after a snapshot
+        with open("/run/munge/munged.pid", "w") as pid_file:
+            pid_file.write(f"{stranger.pid}\n")
+        up = subprocess.run(["bash", str(HERE / "up.sh")], capture_output=True, text=True, timeout=300)
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "starting mariadbd" in up.stdout and "starting munged" in up.stdout
+        sbatch = ["sbatch", "--parsable", "--wait", "--output=/dev/null", "--wrap", "true"]
+        job = subprocess.run(sbatch, capture_output=True, text=True)
+        assert job.returncode == 0, job.stderr
+        with open("/run/hpcnas-slurm/slurmd-n9.pid", "w") as pid_file:  # a stale file down.sh must not follow
+            pid_file.write(f"{stranger.pid}\n")
+        down = subprocess.run(["bash", str(HERE / "down.sh")], capture_output=True, text=True, timeout=120)
+        assert down.returncode == 0 and stranger.poll() is None, down.stdout + down.stderr
+        up = subprocess.run(["bash", str(HERE / "up.sh")], capture_output=True, text=True, timeout=300)
+        assert up.returncode == 0, up.stdout + up.stderr
+    finally:
+        stranger.kill()
