@@ -17,7 +17,7 @@ import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Union
 
 import yaml
 
@@ -526,13 +526,15 @@ def from_dict(cls: type, raw: Dict[str, Any], source: str, prefix: str = "") -> 
     return cls(**values)
 
 
-_SAID: set = set()  # the warnings one load_config has printed (each --set parses the keys again)
+_SAID: set = set()  # the keys one load_config has warned about (each --set parses the keys again)
 
 
-def _say_once(message: str) -> None:
-    if message not in _SAID:
-        _SAID.add(message)
-        warn(message)
+def _say_once(key: str, say: Callable[[], None]) -> None:
+    """Say something about ``key`` once per ``load_config``: the first time names where the key was written, and
+    the re-parse after each ``--set`` (whose source is "--set") would repeat it under the wrong name."""
+    if key not in _SAID:
+        _SAID.add(key)
+        say()
 
 
 def plugin_options(registry: Registry, chosen: str, raw: Dict[str, Any], source: str, prefix: str) -> Any:
@@ -547,16 +549,14 @@ def plugin_options(registry: Registry, chosen: str, raw: Dict[str, Any], source:
     mine = {}
     for key, value in raw.items():
         if key in renamed:
-            print(
-                f"hpcnas: deprecated: {prefix}{key} is now {prefix}{renamed[key]} for {registry.what} '{chosen}' "
-                f"({source})",
-                file=sys.stderr,
-            )
+            line = f"hpcnas: deprecated: {prefix}{key} is now {prefix}{renamed[key]} for {registry.what} '{chosen}'"
+            _say_once(f"{prefix}{key}", lambda: print(f"{line} ({source})", file=sys.stderr))
             mine[renamed[key]] = value
         elif key in own:
             mine[key] = value
         elif any(key in {f.name for f in dataclasses.fields(p.Options)} for p in registry.values()):
-            _say_once(f"{prefix}{key} is not a setting of {registry.what} '{chosen}': ignored ({source})")
+            line = f"{prefix}{key} is not a setting of {registry.what} '{chosen}': ignored"
+            _say_once(f"{prefix}{key}", lambda: warn(f"{line} ({source})"))
         else:
             known = f" (settings of '{chosen}': {', '.join(own)})" if own else f" ('{chosen}' has no settings)"
             hint = nearest(str(key), own) or known

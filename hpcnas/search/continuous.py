@@ -337,6 +337,7 @@ class SupernetSearch(EpochLoop):
             return -self.validation_loss(self.selection_loader)
 
         def tune() -> None:
+            self.model.train()  # the search's own mode: batch statistics, as in every weight step before
             for images, masks in itertools.islice(tune_batches, d.tune_steps):
                 self.weight_step(images, masks)
 
@@ -370,6 +371,7 @@ class SupernetSearch(EpochLoop):
         collective at the end, so ranks with more batches than others never wait)."""
         after_batch = self.batch_guard(loader)
         totals = torch.zeros(2, dtype=torch.float64)
+        was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad():
@@ -379,7 +381,7 @@ class SupernetSearch(EpochLoop):
                     totals += torch.stack([loss.double().cpu(), weights.double().cpu()])
                     after_batch(k)
         finally:
-            self.model.train()
+            self.model.train(was_training)
         loss, weights = self.ctx.sum(totals.numpy(), name="hpcnas.selection_loss")
         return float(loss / max(weights, 1e-12))
 

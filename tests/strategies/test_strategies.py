@@ -209,3 +209,17 @@ def test_each_strategy_reads_its_own_typed_settings(tmp_path, capsys):
     text = (tmp_path / "config.yaml").read_text()
     assert "  strategy:\n    name: evolution\n    mode: async\n    population: 12\n    sample_size: 4\n" in text
     assert load_config(str(tmp_path / "config.yaml")) == cfg
+
+
+def test_a_renamed_key_in_the_file_is_said_once_naming_the_file(tmp_path, capsys):
+    from hpcnas.config import load_config
+
+    path = tmp_path / "exploit.yaml"
+    path.write_text("evolve:\n  strategy: {name: random_exploit, population: 7}\n")
+    cfg = load_config(str(path), ["seed=1", "evolve.strategy.exploit=0.25", "train.epochs=2"])  # three re-parses
+    assert (cfg.evolve.strategy.options.warmup, cfg.evolve.strategy.options.exploit) == (7, 0.25)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "deprecated" in line]
+    assert lines == [
+        f"hpcnas: deprecated: evolve.strategy.population is now evolve.strategy.warmup for strategy "
+        f"'random_exploit' ({path})"
+    ]
