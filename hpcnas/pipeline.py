@@ -348,7 +348,8 @@ def train(
             raise UserError("--plan describes a new run: give --config and the network, not --resume")
         from hpcnas.distributed import use_cpu_threads
         from hpcnas.runtime import select_device
-        from hpcnas.train.trainer import Trainer, model_spec
+        from hpcnas.train.spec import model_spec
+        from hpcnas.train.trainer import Trainer
 
         use_cpu_threads()
         dev = select_device(device or cfg.device)
@@ -359,10 +360,7 @@ def train(
         print_plan(
             cfg,
             build_trainer,
-            lambda trainer: (
-                f"train {trainer.spec['kind'] if geno is None else geno.topology} on {dev} "
-                f"({trainer.format.describe()})"
-            ),
+            lambda trainer: f"train {trainer.spec.name} on {dev} ({trainer.format.describe()})",
             stride=space.stride() if geno is not None else 2**cfg.space.depth,
             batch=cfg.train.batch_size,
             val_every=cfg.train.val_every,
@@ -373,7 +371,8 @@ def train(
     run_dir = open_run("train", cfg, out, resume, write_config=False)
     from hpcnas.distributed import use_cpu_threads
     from hpcnas.runtime import select_device
-    from hpcnas.train.trainer import Trainer, model_spec
+    from hpcnas.train.spec import ModelSpec, model_spec
+    from hpcnas.train.trainer import Trainer
 
     use_cpu_threads()
     dev = select_device(device or cfg.device)
@@ -384,15 +383,12 @@ def train(
         dump_config(cfg, RunDir(run_dir).config)
         if not RunDir(run_dir).model.exists():
             raise UserError("no model.json: not a training run directory", source=str(run_dir))
-        spec = json.loads(RunDir(run_dir).model.read_text())
-        if "params" not in spec:  # a run started before sizes were recorded
-            from hpcnas.train.complexity import complexity
-            from hpcnas.train.trainer import build_model
-
-            spec.update(complexity(lambda: build_model(spec), info.channels, info.tile_size))
+        spec = ModelSpec.from_dict(json.loads(RunDir(run_dir).model.read_text()), str(RunDir(run_dir).model))
+        if spec.params is None:  # a run started before sizes were recorded
+            spec = spec.measured(info.tile_size)
     else:
         spec = model_spec(cfg, info, geno, source=genotype or "<random>")
-        write_json(RunDir(run_dir).model, spec)
+        write_json(RunDir(run_dir).model, spec.to_dict())
         if geno is not None:
             geno.save(RunDir(run_dir).genotype)
         dump_config(cfg, RunDir(run_dir).config)
@@ -403,19 +399,17 @@ def train(
         log.info("resuming %s at %s", run_dir, trainer.resume_point())
     elif resume:
         log.info("no checkpoint yet: starting %s from epoch 1", run_dir)
-    what = spec["kind"] if spec["kind"] != "genotype" else spec["genotype"]["topology"]
-    width = spec["channels"] if spec["kind"] == "genotype" else spec["baseline_width"]
     from hpcnas.train.plan import memory_estimate
 
-    stride = space.stride() if spec["kind"] == "genotype" else 2**cfg.space.depth
+    stride = space.stride() if spec.genotype is not None else 2**cfg.space.depth
     memory = memory_estimate(trainer.model, info.channels, info.tile_size, stride, cfg.train.batch_size)
     log.info(
         "train %s (width %g: %s parameters, %.3g GFLOPs per %d px tile, about %s MB peak per step) on %s: "
         "%d epochs -> %s",
-        what,
-        width,
-        f"{spec['params']:,}",
-        spec["flops"] / 1e9,
+        spec.name,
+        spec.width,
+        f"{spec.params:,}",
+        spec.flops / 1e9,
         info.tile_size,
         f"{memory / 2**20:,.0f}",
         dev,

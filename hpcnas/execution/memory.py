@@ -56,11 +56,11 @@ class MemoryGate:
         import torch
 
         from hpcnas.train.memory import estimate_training_memory
-        from hpcnas.train.trainer import build_model, model_spec
+        from hpcnas.train.spec import model_spec
 
         spec = model_spec(self.cfg, self.info, task.genotype, measure=False)
         with torch.random.fork_rng(devices=[]):
-            model = build_model(spec)
+            model = spec.build()
         estimate = estimate_training_memory(model, self.info.channels, self.info.tile_size, self.stride)
         wanted = task.batch_size
         batch = estimate.largest_batch(self.limit, wanted)

@@ -176,7 +176,8 @@ class TrainEvaluator(Evaluator):
     def evaluate(self, task: Task, report: RungReport = never_stop) -> Result:
         from hpcnas.runtime import peak_memory_mb, reset_peak_memory
         from hpcnas.strategies.objectives import Trained
-        from hpcnas.train.trainer import Trainer, model_spec
+        from hpcnas.train.spec import model_spec
+        from hpcnas.train.trainer import Trainer
         from hpcnas.train.zero_cost import SCORES, GenotypeScorer
 
         setup = self.setup
@@ -206,8 +207,8 @@ class TrainEvaluator(Evaluator):
         if not setup.keep_checkpoints:
             shutil.rmtree(RunDir(eval_dir).checkpoints, ignore_errors=True)
         measured = {  # the model spec counted them once, on the meta device, before training
-            "params": float(spec["params"]),
-            "flops": float(spec["flops"]),
+            "params": float(spec.params),
+            "flops": float(spec.flops),
             "peak_memory": round(peak_memory_mb(device), 1),
         }
         if setup.latency_runs:

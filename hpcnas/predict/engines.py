@@ -12,12 +12,15 @@ import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 import numpy as np
 
 from hpcnas.data.raster import Normalization
 from hpcnas.errors import UserError
+
+if TYPE_CHECKING:
+    from hpcnas.train.spec import ModelSpec
 
 ENGINES = ("auto", "torch", "torchscript", "onnxruntime")
 CARD_KEY = "hpcnas"  # ONNX metadata key / TorchScript extra file (".json" added) holding the card
@@ -36,12 +39,12 @@ class ModelCard:
     overlap: Optional[int] = None
 
     @classmethod
-    def from_spec(cls, spec: Dict[str, Any]) -> "ModelCard":
+    def from_spec(cls, spec: ModelSpec) -> "ModelCard":
         """From a training checkpoint's model spec (older checkpoints: 8-bit RGB, no stored tile)."""
-        data = spec.get("data") or {}
+        data = spec.data
         return cls(
-            in_channels=int(spec["in_channels"]),
-            class_names=list(data.get("class_names") or spec.get("class_names") or []),
+            in_channels=int(spec.in_channels),
+            class_names=list(data.get("class_names") or spec.class_names),
             dtype=data.get("dtype", "uint8"),
             bands=data.get("bands"),
             normalization=data.get("normalization") or {},

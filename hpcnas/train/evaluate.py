@@ -82,16 +82,17 @@ def full_images(
 def load_model(checkpoint: str, device: torch.device):
     """The network and its spec from a training checkpoint (best.pt or latest.pt)."""
     from hpcnas.checkpoint import load_checkpoint
-    from hpcnas.train.trainer import build_model
+    from hpcnas.train.spec import ModelSpec
 
     state = load_checkpoint(Path(checkpoint), device)
-    spec = state.get("spec") or state.get("extra", {}).get("spec")
-    if spec is None:
+    raw = state.get("spec") or state.get("extra", {}).get("spec")
+    if raw is None:
         raise UserError(
             "not a training checkpoint (no model spec; search checkpoints hold a supernet: train its genotype first)",
             source=checkpoint,
         )
-    model = build_model(spec).to(device)
+    spec = ModelSpec.from_dict(raw, checkpoint)
+    model = spec.build().to(device)
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as exc:  # torch lists every mismatched tensor: the first line says enough
@@ -120,9 +121,9 @@ def evaluate(
             f"split '{split}' is empty (splits: {', '.join(f'{k} {v}' for k, v in info.split_sizes.items())})",
             source=data,
         )
-    if spec["num_classes"] != info.num_classes or spec["in_channels"] != info.channels:
+    if spec.num_classes != info.num_classes or spec.in_channels != info.channels:
         raise UserError(
-            f"the checkpoint has {spec['num_classes']} classes / {spec['in_channels']} channels, "
+            f"the checkpoint has {spec.num_classes} classes / {spec.in_channels} channels, "
             f"the data {info.num_classes} / {info.channels}",
             source=data,
         )

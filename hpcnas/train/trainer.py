@@ -3,11 +3,8 @@
 SGD with the cosine schedule and the weighted cross-entropy, train-time
 flips/rot90, N epochs; the best checkpoint by validation mIoU counted from
 ``train.select_from_epoch`` (paper: from the 30th of 80, counted from 1).
-Checkpoints carry the model spec, so ``evaluate`` rebuilds the network from
-the file alone.  The spec also records the network's parameters and FLOPs
-per tile; ``train.channels`` or ``train.target_params`` set a genotype's
-width (or the baseline's) independently of the supernet's ``space.channels``:
-search small, retrain large, as DARTS does.
+Checkpoints carry the model spec (:mod:`hpcnas.train.spec`), so ``evaluate``
+rebuilds the network from the file alone.
 """
 
 from __future__ import annotations
@@ -24,70 +21,9 @@ from hpcnas.data.torch_dataset import SegmentationDataset, make_loader, validati
 from hpcnas.errors import Interrupted, UserError
 from hpcnas.rundir import RunDir, write_json
 from hpcnas.runtime import ComputeFormat, seed_everything
-from hpcnas.space.genotype import Genotype
-from hpcnas.space.networks import build_discrete_network
-from hpcnas.space.searchspace import SearchSpace
-from hpcnas.train.baselines import ResNetUNet
-from hpcnas.train.complexity import complexity, width_for_parameters
 from hpcnas.train.loop import EpochLoop, StopWhileValidating, cosine_sgd, log
 from hpcnas.train.losses import make_loss
-
-
-def model_spec(
-    cfg: Config, info: DatasetInfo, genotype: Optional[Genotype], source: str = "<genotype>", measure: bool = True
-) -> Dict[str, Any]:
-    """Everything needed to rebuild the network: a genotype (checked against the space) or the baseline.
-
-    ``measure=False`` leaves out the parameter and FLOP counts (a tenth of a second), for callers that only build.
-    """
-    sp = cfg.space
-    tr = cfg.train
-    spec: Dict[str, Any] = {
-        "kind": "genotype" if genotype is not None else "resnet_unet",
-        "genotype": genotype.to_dict() if genotype is not None else None,
-        "in_channels": info.channels,
-        "num_classes": info.num_classes,
-        "class_names": info.class_names,
-        "channels": tr.channels or sp.channels,
-        "depth": sp.depth,
-        "tower_depth": sp.tower_depth,
-        "baseline_width": tr.baseline_width,
-        "baseline_blocks": tr.baseline_blocks,
-        "data": info.data_spec(),  # bands, normalization, tile: what predict must feed the network
-    }
-    if genotype is not None:
-        space = SearchSpace.from_config(cfg)
-        space.check(genotype, source)
-        need = space.stride()
-    else:
-        need = 2**sp.depth
-    if info.tile_size % need:
-        raise UserError(
-            f"tile size {info.tile_size} is not divisible by the network stride {need} (space.depth={sp.depth})",
-            source=str(info.path),
-        )
-    if tr.target_params:  # search small, retrain at the size of the budget
-        width_key = "channels" if genotype is not None else "baseline_width"
-        spec[width_key] = width_for_parameters(
-            lambda w: build_model({**spec, width_key: w}),
-            tr.target_params,
-            fractions=1 if genotype is not None else 8,  # the ResNet-UNet takes a fractional width
-        )
-    if measure:
-        spec.update(complexity(lambda: build_model(spec), info.channels, info.tile_size))
-    return spec
-
-
-def build_model(spec: Dict[str, Any]) -> nn.Module:
-    """The network a :func:`model_spec` describes."""
-    if spec["kind"] == "genotype":
-        g = Genotype.from_dict(spec["genotype"])
-        return build_discrete_network(
-            g, spec["in_channels"], spec["num_classes"], channels=spec["channels"], depth=spec["depth"]
-        )
-    return ResNetUNet(
-        spec["in_channels"], spec["num_classes"], spec["baseline_width"], spec["depth"], spec["baseline_blocks"]
-    )
+from hpcnas.train.spec import ModelSpec
 
 
 class Trainer(EpochLoop):
@@ -100,7 +36,7 @@ class Trainer(EpochLoop):
         data_path: str,
         info: DatasetInfo,
         device: torch.device,
-        spec: Dict[str, Any],
+        spec: ModelSpec,
         epoch_done: Optional[Callable[[int, float], bool]] = None,
     ):
         """``epoch_done(epochs, best mIoU so far)`` is asked after every epoch whether to go on (successive
@@ -113,7 +49,7 @@ class Trainer(EpochLoop):
         tr = cfg.train
         seed_everything(cfg.seed)
         self.format = ComputeFormat(device, tr.precision, tr.channels_last, key="train.")
-        self.model = self.format.model(build_model(spec).to(device))
+        self.model = self.format.model(spec.build().to(device))
         train = SegmentationDataset(data_path, "train", augment=cfg.data.augment)
         if len(train) == 0:
             raise UserError("the train split is empty", source=data_path)
@@ -137,7 +73,7 @@ class Trainer(EpochLoop):
         return epoch + 1 >= min(self.cfg.train.select_from_epoch, self.epochs)  # select_from_epoch counts from 1
 
     def best_state(self) -> Dict[str, Any]:
-        return {"spec": self.spec}
+        return {"spec": self.spec.to_dict()}
 
     def stop_early(self, epoch: int, record: Dict[str, Any]) -> bool:
         self.epochs_done = epoch + 1
@@ -147,10 +83,10 @@ class Trainer(EpochLoop):
         return not self.epoch_done(epoch + 1, best)
 
     def extra_state(self) -> Dict[str, Any]:
-        return {"spec": self.spec}
+        return {"spec": self.spec.to_dict()}
 
     def epoch_extras(self) -> Dict[str, Any]:
-        return {"params": self.spec.get("params"), "flops": self.spec.get("flops")}
+        return {"params": self.spec.params, "flops": self.spec.flops}
 
     def epoch_batches(self, epoch: int, first_step: int):
         """The training batches of ``epoch`` from ``first_step`` on."""

@@ -13,11 +13,14 @@ Every score is computed on a fresh network initialized from a fixed seed, on CPU
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from hpcnas.train.spec import ModelSpec
 
 SCORES = ("grad_norm", "synflow", "naswot", "params")
 
@@ -124,20 +127,18 @@ class GenotypeScorer:
     def __call__(self, genotype) -> float:
         """The first score of ``genotype``'s network."""
         from hpcnas.data.hdf5 import read_info
-        from hpcnas.train.trainer import model_spec
+        from hpcnas.train.spec import model_spec
 
         if self.info is None:
             self.info = read_info(self.data)
         return self.scores(model_spec(self.cfg, self.info, genotype, measure=False))[self.names[0]]
 
-    def scores(self, spec: Dict[str, Any]) -> Dict[str, float]:
-        """Every score of the network ``spec`` describes (:func:`hpcnas.train.trainer.model_spec`)."""
-        from hpcnas.train.trainer import build_model
-
+    def scores(self, spec: ModelSpec) -> Dict[str, float]:
+        """Every score of the network ``spec`` describes."""
         if not len(self.batch[0]):
             if self.one_thread:
                 torch.set_num_threads(1)
             x, y = training_batch(self.data, self.batch_size)
             self.batch = (x.to(self.device), y.to(self.device))
         x, y = self.batch
-        return zero_cost_scores(lambda: build_model(spec), x, y, self.names, seed=self.cfg.seed)
+        return zero_cost_scores(spec.build, x, y, self.names, seed=self.cfg.seed)

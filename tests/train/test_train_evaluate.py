@@ -14,6 +14,7 @@ from hpcnas.data.tile import tile_folder
 from hpcnas.pipeline import evaluate, search, train
 from hpcnas.rundir import read_jsonl
 from hpcnas.train.evaluate import full_images
+from hpcnas.train.spec import ModelSpec
 from tests.conftest import ROOT, run_cli, run_interrupted_in_epoch, run_signalled_at_step
 
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
@@ -105,8 +106,12 @@ def test_train_genotype_then_evaluate(tmp_path):
 def test_baselines_train(tmp_path, how):
     _, run_dir = train(SMOKE, TINY + ["train.epochs=1", "train.select_from_epoch=0"], out=str(tmp_path / "b"), **how)
     assert (run_dir / "checkpoints" / "best.pt").exists()
-    spec = json.loads((run_dir / "model.json").read_text())
-    assert spec["kind"] == ("resnet_unet" if "baseline" in how else "genotype")
+    raw = json.loads((run_dir / "model.json").read_text())
+    assert raw["kind"] == ("resnet_unet" if "baseline" in how else "genotype")
+    spec = ModelSpec.from_dict(raw, "model.json")  # what model.json holds reads back as the spec it was
+    assert spec.to_dict() == raw and spec.params == sum(p.numel() for p in spec.build().parameters())
+    best = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    spec.build().load_state_dict(best["model"])  # and rebuilds the network its checkpoint holds
 
 
 def _assert_cut_run_matches_full(tmp_path):

@@ -24,13 +24,13 @@ def test_every_score_is_finite_repeatable_and_tells_architectures_apart(synth_h5
     assert scorer(first) == a  # a fixed seed: the same network, the same batch, the same score
 
     from hpcnas.data.hdf5 import read_info
-    from hpcnas.train.trainer import build_model, model_spec
+    from hpcnas.train.spec import model_spec
 
     spec = model_spec(cfg, read_info(str(synth_h5)), first, measure=False)
     x, y = training_batch(str(synth_h5), 6)
     assert x.shape[0] == 6 and y.shape == (6, x.shape[2], x.shape[3])
-    scores = zero_cost_scores(lambda: build_model(spec), x, y)
+    scores = zero_cost_scores(spec.build, x, y)
     assert set(scores) == set(SCORES) and all(math.isfinite(v) for v in scores.values())
     assert GenotypeScorer(cfg, str(synth_h5), SCORES, batch=6).scores(spec) == scores  # what a worker records
-    assert scores["naswot"] == a and scores["params"] == sum(p.numel() for p in build_model(spec).parameters())
+    assert scores["naswot"] == a and scores["params"] == sum(p.numel() for p in spec.build().parameters())
     assert scores["grad_norm"] > 0 and scores["synflow"] > 0
