@@ -231,9 +231,14 @@ class EvaluatorSection:
     proxy_epochs: int = field(default=5, metadata=_range(1))  # the short training schedule of each evaluation
     keep_checkpoints: bool = False  # keep each evaluation's checkpoints (disk grows with the search)
     latency_runs: int = field(default=10, metadata=_range(0))  # timed forward passes per latency measurement (0: none)
-    sleep_median: float = field(default=1.0, metadata=_range(0.0))  # seconds, evaluator "sleep"
-    sleep_sigma: float = field(default=0.5, metadata=_range(0.0))  # log-normal shape, evaluator "sleep"
     zero_cost: bool = False  # also record grad-norm, SynFlow and NASWOT of each architecture at initialization
+    # the evaluator's own settings, written beside name and checked by its Options dataclass:
+    # sleep: sleep_median (1.0 s), sleep_sigma (0.5, the log-normal's shape); train: none
+    options: Any = field(default=None, metadata=_options_of("name"))
+
+    def __post_init__(self) -> None:
+        if self.options is None:
+            self.options = EVALUATORS[self.name].Options()
 
 
 @dataclass
@@ -522,7 +527,8 @@ def from_dict(cls: type, raw: Dict[str, Any], source: str, prefix: str = "") -> 
     if holder is not None:
         chooser = fields[holder.metadata["options_of"]]
         chosen = values.get(chooser.name, chooser.default)
-        values[holder.name] = plugin_options(chooser.metadata["registry"], chosen, settings, source, prefix)
+        shared = [name for name in fields if name != holder.name]
+        values[holder.name] = plugin_options(chooser.metadata["registry"], chosen, settings, source, prefix, shared)
     return cls(**values)
 
 
@@ -537,12 +543,14 @@ def _say_once(key: str, say: Callable[[], None]) -> None:
         say()
 
 
-def plugin_options(registry: Registry, chosen: str, raw: Dict[str, Any], source: str, prefix: str) -> Any:
+def plugin_options(
+    registry: Registry, chosen: str, raw: Dict[str, Any], source: str, prefix: str, shared: Sequence[str] = ()
+) -> Any:
     """The typed settings of plugin ``chosen`` from the keys ``raw`` written for it (its ``Options`` dataclass).
 
     A key renamed by the plugin (``Options.renamed``: old -> new) is read with a deprecation line; a setting of
     another plugin of the same kind is ignored with a warning (a config that switches strategies keeps working);
-    any other key is refused with the nearest setting."""
+    any other key is refused with the nearest setting, its own or one of the ``shared`` keys of its section."""
     options_cls = registry[chosen].Options
     own = [f.name for f in dataclasses.fields(options_cls)]
     renamed = getattr(options_cls, "renamed", {})
@@ -558,8 +566,10 @@ def plugin_options(registry: Registry, chosen: str, raw: Dict[str, Any], source:
             line = f"{prefix}{key} is not a setting of {registry.what} '{chosen}': ignored"
             _say_once(f"{prefix}{key}", lambda: warn(f"{line} ({source})"))
         else:
-            known = f" (settings of '{chosen}': {', '.join(own)})" if own else f" ('{chosen}' has no settings)"
-            hint = nearest(str(key), own) or known
+            known = f"settings of '{chosen}': {', '.join(own)}" if own else f"'{chosen}' has no settings"
+            if shared:
+                known += f"; of every {registry.what}: {', '.join(shared)}"
+            hint = nearest(str(key), [*own, *shared]) or f" ({known})"
             raise UserError(f"unknown key{hint}", source=source, key=f"{prefix}{key}")
     return from_dict(options_cls, mine, source, prefix)
 

@@ -242,8 +242,7 @@ class WorkerSetup:
     proxy_epochs: int = 5
     keep_checkpoints: bool = False
     latency_runs: int = 10  # timed forward passes for the latency objective (0: not measured)
-    sleep_median: float = 1.0  # evaluator "sleep"
-    sleep_sigma: float = 0.5
+    evaluator_options: Dict[str, Any] = field(default_factory=dict)  # the evaluator's Options, as plain data
     zero_cost: bool = False  # also score each architecture at initialization (grad-norm, SynFlow, NASWOT)
     local_size: int = 1  # ranks on this node: they share its host memory
 

@@ -131,3 +131,27 @@ def test_old_flat_evolve_keys_still_work_with_one_deprecation_line_each(tmp_path
     # the new sections need no migration, and say nothing
     assert load_config(None, ["evolve.strategy.name=nsga2"]).evolve.strategy.name == "nsga2"
     assert capsys.readouterr().err == ""
+
+
+def test_each_evaluator_reads_its_own_typed_settings(tmp_path, capsys):
+    from hpcnas.config import dump_config
+    from hpcnas.execution.orchestrator import worker_setup
+    from hpcnas.execution.worker import SleepEvaluator
+
+    cfg = load_config(None, ["evolve.evaluator.name=sleep", "evolve.evaluator.sleep_median=0.3"])
+    assert cfg.evolve.evaluator.options == SleepEvaluator.Options(sleep_median=0.3, sleep_sigma=0.5)
+    setup = worker_setup(cfg, tmp_path, "data.h5", 0, 1)  # what reaches the worker child, as JSON
+    assert setup.evaluator_options == {"sleep_median": 0.3, "sleep_sigma": 0.5}
+    assert SleepEvaluator(type(setup).from_dict(setup.to_dict())).options.sleep_median == 0.3
+    dump_config(cfg, tmp_path / "config.yaml")
+    assert "    name: sleep\n" in (tmp_path / "config.yaml").read_text()
+    assert load_config(str(tmp_path / "config.yaml")) == cfg
+    with pytest.raises(UserError, match="must be >= 0.0") as bad:
+        load_config(None, ["evolve.evaluator.name=sleep", "evolve.evaluator.sleep_sigma=-1"])
+    assert bad.value.key == "evolve.evaluator.sleep_sigma"
+    # the shared keys are named where a key is unknown; the sleep settings are ignored by 'train', with a warning
+    with pytest.raises(UserError, match="of every evaluator: name, proxy_epochs"):
+        load_config(None, ["evolve.evaluator.colour=1"])
+    capsys.readouterr()
+    assert load_config(None, ["evolve.evaluator.sleep_median=2"]).evolve.evaluator.name == "train"
+    assert "evolve.evaluator.sleep_median is not a setting of evaluator 'train': ignored" in capsys.readouterr().err

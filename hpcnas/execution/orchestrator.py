@@ -15,6 +15,7 @@ optional memory estimate (``evolve.memory``) and zero-cost pre-screen
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -478,19 +479,18 @@ def worker_setup(cfg: Config, run_dir: Path, data: str, local_rank: int, local_s
     threads = ev.executor.threads_per_rank or max(1, available_cpus()[0] // max(local_size, 1))
     e = ev.evaluator
     return WorkerSetup(
-        str(RunDir(run_dir).config),
-        data,
-        str(run_dir),
-        local_rank,
-        threads,
-        e.name,
-        e.proxy_epochs,
-        e.keep_checkpoints,
-        e.latency_runs,
-        e.sleep_median,
-        e.sleep_sigma,
-        e.zero_cost,
-        local_size,
+        config=str(RunDir(run_dir).config),
+        data=data,
+        run_dir=str(run_dir),
+        local_rank=local_rank,
+        threads=threads,
+        evaluator=e.name,
+        proxy_epochs=e.proxy_epochs,
+        keep_checkpoints=e.keep_checkpoints,
+        latency_runs=e.latency_runs,
+        evaluator_options=dataclasses.asdict(e.options),
+        zero_cost=e.zero_cost,
+        local_size=local_size,
     )
 
 

@@ -29,9 +29,10 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, TextIO, Tuple
 
-from hpcnas.plugins import EVALUATORS, OBJECTIVES
+from hpcnas.plugins import EVALUATORS, OBJECTIVES, in_range
 from hpcnas.records import Result, Status, Task, WorkerSetup
 from hpcnas.rundir import RunDir
 from hpcnas.space.genotype import Genotype
@@ -108,8 +109,14 @@ class Evaluator:
 
     name = ""
 
+    @dataclass
+    class Options:
+        """The evaluator's own settings in ``evolve.evaluator`` (beside the shared ones: ``proxy_epochs``...),
+        checked when the config is loaded; a subclass with settings declares its own."""
+
     def __init__(self, setup: WorkerSetup):
         self.setup = setup
+        self.options = self.Options(**setup.evaluator_options)  # what the orchestrator's config checked
 
     def device_memory(self) -> int:
         """Bytes one evaluation may use: the node's memory shared by its ranks (a GPU's own, in subclasses)."""
@@ -247,11 +254,16 @@ class SleepEvaluator(Evaluator):
 
     name = "sleep"
 
+    @dataclass
+    class Options:
+        sleep_median: float = field(default=1.0, metadata=in_range(0.0))  # seconds
+        sleep_sigma: float = field(default=0.5, metadata=in_range(0.0))  # the log-normal's shape
+
     def evaluate(self, task: Task, report: RungReport = never_stop) -> Result:
         """The duration is spread over ``proxy_epochs`` epochs; at a rung the fitness so far is the final one
         plus noise that shrinks as the epochs go (a noisy but informative early estimate)."""
         rng = random.Random(task.id)
-        duration = sleep_seconds(rng, self.setup.sleep_median, self.setup.sleep_sigma)
+        duration = sleep_seconds(rng, self.options.sleep_median, self.options.sleep_sigma)
         fitness = rng.random()
         if task.fault in ("kill", "hang", "error"):
             inject(task.fault, None)

@@ -14,7 +14,12 @@ LONG = 600.0  # a wait that only the child's line may end: if the wake-up were l
 
 def slot(tmp_path, epochs: int = 1) -> WorkerSlot:
     setup = WorkerSetup(
-        config="", data="", run_dir=str(tmp_path), evaluator="sleep", proxy_epochs=epochs, sleep_median=0.05
+        config="",
+        data="",
+        run_dir=str(tmp_path),
+        evaluator="sleep",
+        proxy_epochs=epochs,
+        evaluator_options={"sleep_median": 0.05},
     )
     return WorkerSlot(setup.to_dict(), tmp_path / "worker.log", timeout=LONG)
 
