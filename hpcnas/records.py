@@ -5,7 +5,8 @@ at the process and file boundary (``to_dict`` / ``from_dict``), shared
 by the strategies (which learn from :class:`Evaluation`), the orchestrator
 (which sends :class:`Task` and receives :class:`Result`) and the report.
 ``history.jsonl`` holds one :class:`Evaluation` per line, ``dispatch.jsonl``
-one :class:`Task` per line.
+one :class:`Task` per line.  Between processes, :func:`encode` / :func:`decode` carry the typed
+messages: :class:`Task`, :class:`Result`, :class:`RungReport`, :class:`Decision`, :class:`DeviceInfo`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 from hpcnas.space.genotype import Genotype
 
@@ -127,6 +128,65 @@ class Result:
         result = cls(**_known_fields(cls, raw))
         result.status = Status(result.status)
         return result
+
+
+class _PlainMessage:
+    """A message of plain fields: its JSON is its fields."""
+
+    def to_dict(self) -> Dict[str, Any]:
+        return _fields(self)
+
+    @classmethod
+    def from_dict(cls, raw: Dict[str, Any]) -> Any:
+        return cls(**_known_fields(cls, raw))
+
+
+@dataclass
+class RungReport(_PlainMessage):
+    """A task's fitness after one of its rungs; its child then waits for a :class:`Decision`."""
+
+    id: int
+    rung: int  # epochs trained
+    fitness: float
+
+
+@dataclass
+class Decision(_PlainMessage):
+    """Rank 0's answer to a rung report: train on, or stop and report."""
+
+    go_on: bool
+
+
+@dataclass
+class DeviceInfo(_PlainMessage):
+    """What a worker child says once, at start-up: the bytes of memory one evaluation may use."""
+
+    memory: int
+
+
+Message = Union[Task, Result, RungReport, Decision, DeviceInfo]
+MESSAGES: Dict[str, Any] = {
+    "task": Task,
+    "result": Result,
+    "rung": RungReport,
+    "decision": Decision,
+    "device": DeviceInfo,
+}
+
+
+def encode(message: Message) -> Dict[str, Any]:
+    """A message between the dispatcher, its ranks and their worker children, as plain data: its fields and
+    its ``type``, so that a reader never tells messages apart by which keys they happen to hold."""
+    kind = next(name for name, cls in MESSAGES.items() if isinstance(message, cls))
+    return dict(message.to_dict(), type=kind)
+
+
+def decode(raw: Dict[str, Any]) -> Message:
+    """The typed message :func:`encode` wrote."""
+    kind = raw.get("type") if isinstance(raw, dict) else None
+    if kind not in MESSAGES:
+        raise ValueError(f"not an hpcnas message: {str(raw)[:200]}")
+    return MESSAGES[kind].from_dict({k: v for k, v in raw.items() if k != "type"})
 
 
 # measured quantities that history records written before objectives existed kept as top-level keys

@@ -20,7 +20,7 @@ import logging
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 
 from hpcnas.board import Board
 from hpcnas.config import Config
@@ -30,7 +30,18 @@ from hpcnas.execution.history import RunningTally, SearchLog
 from hpcnas.execution.memory import MemoryGate, memory_limit
 from hpcnas.execution.slot import WorkerSlot
 from hpcnas.plugins import EVALUATORS
-from hpcnas.records import Evaluation, Origin, Result, Status, Task, WorkerSetup
+from hpcnas.records import (
+    Decision,
+    Evaluation,
+    Origin,
+    Result,
+    RungReport,
+    Status,
+    Task,
+    WorkerSetup,
+    decode,
+    encode,
+)
 from hpcnas.rundir import RunDir, heartbeat
 from hpcnas.signals import STOP, ignore_stop_signals
 from hpcnas.space.genotype import Genotype
@@ -149,6 +160,32 @@ def replay(strategy: Strategy, search_log: SearchLog) -> None:
             )
 
 
+class LocalRank:
+    """Rank 0's own worker slot, reached by calls."""
+
+    def __init__(self, slot: WorkerSlot):
+        self.slot = slot
+
+    def submit(self, task: Task) -> None:
+        self.slot.submit(task)
+
+    def decide(self, go_on: bool) -> None:
+        self.slot.decide(go_on)
+
+
+class RemoteRank:
+    """A serving rank, reached by MPI messages (typed, :func:`hpcnas.records.encode`)."""
+
+    def __init__(self, comm, rank: int):
+        self.comm, self.rank = comm, rank
+
+    def submit(self, task: Task) -> None:
+        self.comm.send(encode(task), dest=self.rank, tag=TAG_TASK)
+
+    def decide(self, go_on: bool) -> None:
+        self.comm.send(encode(Decision(go_on)), dest=self.rank, tag=TAG_DECISION)
+
+
 class Dispatcher:
     """Rank 0: ask the strategy, hand tasks to free ranks, record results."""
 
@@ -178,6 +215,8 @@ class Dispatcher:
         self.said: List[Tuple[str, tuple]] = []
         self.log, self.strategy = search_log, strategy
         self.world = comm.Get_size()
+        self.ranks: List[Union[LocalRank, RemoteRank]] = [LocalRank(slot)]  # rank 0 trains too
+        self.ranks += [RemoteRank(comm, rank) for rank in range(1, self.world)]
         self.faults = parse_faults(cfg.evolve.faults.inject)
         self.requeue: Deque[Task] = deque(search_log.in_flight())
         self.inflight: Dict[int, Task] = {}
@@ -255,47 +294,43 @@ class Dispatcher:
         self.log.log_dispatch(task)
         self.inflight[rank] = task
         self.committed[rank] = self._share(task.rungs[0] if task.rungs else None)
-        if rank == 0:
-            self.slot.submit(task.to_dict())
-        else:
-            self.comm.send(task.to_dict(), dest=rank, tag=TAG_TASK)
+        self.ranks[rank].submit(task)
 
-    def _collect(self) -> List[tuple]:
-        results = []
-        record = self.slot.poll()
-        if record is not None:
-            results.append((0, record))
+    def _collect(self) -> List[Tuple[int, Union[Result, RungReport]]]:
+        results: List[Tuple[int, Union[Result, RungReport]]] = []
+        message = self.slot.poll()
+        if message is not None:
+            results.append((0, message))
         status = self.status
         while self.comm.Iprobe(source=self.any_source, tag=TAG_RESULT, status=status):
             source = status.Get_source()
-            results.append((source, self.comm.recv(source=source, tag=TAG_RESULT)))
+            said = decode(self.comm.recv(source=source, tag=TAG_RESULT))
+            assert isinstance(said, (Result, RungReport)), said
+            results.append((source, said))
         return results
 
-    def _decide(self, rank: int, raw: Dict[str, Any]) -> None:
+    def _decide(self, rank: int, report: RungReport) -> None:
         """A rung report: ask the strategy whether the evaluation goes on, and tell its rank."""
         task = self.inflight[rank]
-        go_on = self.strategy.report(task.id, int(raw["rung"]), float(raw["fitness"]))
+        go_on = self.strategy.report(task.id, report.rung, report.fitness)
         if go_on:
-            later = [r for r in task.rungs if r > int(raw["rung"])]
+            later = [r for r in task.rungs if r > report.rung]
             self.committed[rank] = self._share(later[0] if later else None)
-        if rank == 0:
-            self.slot.decide(go_on)
-        else:
-            self.comm.send({"continue": go_on}, dest=rank, tag=TAG_DECISION)
+        self.ranks[rank].decide(go_on)
         self.said.append(
             (
                 "evaluation %d on rank %d: fitness %.4f after %d epoch(s): %s",
-                (task.id, rank, raw["fitness"], raw["rung"], "goes on" if go_on else "stopped"),
+                (task.id, rank, report.fitness, report.rung, "goes on" if go_on else "stopped"),
             )
         )
 
-    def _handle(self, rank: int, raw: Dict[str, Any]) -> None:
-        if "rung" in raw:
-            self._decide(rank, raw)
+    def _handle(self, rank: int, message: Union[Result, RungReport]) -> None:
+        if isinstance(message, RungReport):
+            self._decide(rank, message)
             return
         task = self.inflight.pop(rank)
         self.committed.pop(rank, None)
-        result = Result.from_dict(raw)
+        result = message
         if result.end is None:
             result.end = time.time()
         if (
@@ -446,13 +481,15 @@ def serve(comm, slot: WorkerSlot) -> None:
                 message = comm.recv(source=0, tag=tag)
                 if tag == TAG_STOP:
                     return
-                if tag == TAG_DECISION:
-                    slot.decide(message["continue"])
+                said = decode(message)
+                if isinstance(said, Decision):
+                    slot.decide(said.go_on)
                 else:
-                    slot.submit(message)
+                    assert isinstance(said, Task), said
+                    slot.submit(said)
             record = slot.poll()
             if record is not None:
-                comm.send(record, dest=0, tag=TAG_RESULT)
+                comm.send(encode(record), dest=0, tag=TAG_RESULT)
                 idle_since = time.monotonic()
                 continue
             if slot.busy:

@@ -6,7 +6,7 @@ group, and with the MPI launcher's variables removed so it never joins the
 MPI job.  It is reused across tasks and replaced after any failure.
 
 A task with rungs reports after each of them (:meth:`WorkerSlot.poll` returns
-that report, the task still running) and waits for :meth:`WorkerSlot.decide`.
+that :class:`RungReport`, the task still running) and waits for :meth:`WorkerSlot.decide`.
 
 :meth:`WorkerSlot.wait` blocks until the child writes a line (or a timeout), so
 a rank learns of a result at once instead of at its next poll.
@@ -23,7 +23,9 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
+
+from hpcnas.records import Decision, DeviceInfo, Result, RungReport, Status, Task, decode, encode
 
 MPI_ENV_PREFIXES = ("OMPI_", "PMIX_", "PMI_", "HYDRA_", "MPICH_", "I_MPI_", "OPAL_", "PRTE_")
 
@@ -34,13 +36,13 @@ def child_environment() -> Dict[str, str]:
 
 
 class WorkerSlot:
-    """Submit a task, poll for its result record; crashes and timeouts become records too."""
+    """Submit a task, poll for its result; crashes and timeouts become results too."""
 
     def __init__(self, setup: Dict[str, Any], log_path: Path, timeout: float):
         self.setup, self.log_path, self.timeout = setup, Path(log_path), timeout
         self.proc: Optional[subprocess.Popen] = None
         self.lines: "queue.Queue[Optional[str]]" = queue.Queue()
-        self.task: Optional[Dict[str, Any]] = None
+        self.task: Optional[Task] = None
         self.deadline = 0.0
         self.sent_at = 0.0
         self.memory: "queue.Queue[Optional[int]]" = queue.Queue()  # each child's device memory, as it starts
@@ -101,8 +103,9 @@ class WorkerSlot:
         assert proc.stdout is not None  # started with stdout=PIPE
         first = True
         for line in proc.stdout:
-            if first and line.startswith('{"device_memory"'):
-                memory.put(json.loads(line)["device_memory"])
+            said = decode(json.loads(line)) if first else None
+            if isinstance(said, DeviceInfo):
+                memory.put(said.memory)
             else:
                 lines.put(line)
                 arrived.set()
@@ -120,18 +123,19 @@ class WorkerSlot:
         except queue.Empty:
             return None
 
-    def submit(self, task: Dict[str, Any]) -> None:
+    def submit(self, task: Task) -> None:
         """Send a task to the child (starting one if needed)."""
         self.prestart()
         self.task = task
         self.sent_at = time.time()
         self.deadline = self.sent_at + self.timeout
         assert self.proc is not None and self.proc.stdin is not None  # prestart() started it with stdin=PIPE
-        self.proc.stdin.write(json.dumps(task) + "\n")
+        self.proc.stdin.write(json.dumps(encode(task)) + "\n")
         self.proc.stdin.flush()
 
-    def poll(self) -> Optional[Dict[str, Any]]:
-        """The running task's result if it is over (ok, oom, crashed or timeout), else ``None``."""
+    def poll(self) -> Optional[Union[Result, RungReport]]:
+        """The running task's result if it is over (ok, oom, crashed or timeout), its rung report if it reached
+        one, else ``None``."""
         if self.task is None:
             return None
         try:
@@ -139,13 +143,14 @@ class WorkerSlot:
         except queue.Empty:
             line = ""
         if line:
-            record = json.loads(line)
-            if "rung" in record:  # the task goes on (or not) when decide() says
+            message = decode(json.loads(line))
+            if isinstance(message, RungReport):  # the task goes on (or not) when decide() says
                 self.at_rung = True
-                return record
-            if record["status"] not in ("ok", "stopped"):
+                return message
+            assert isinstance(message, Result), message
+            if message.status not in (Status.OK, Status.STOPPED):
                 self._reap(grace=5.0)
-            return self._finish(record)
+            return self._finish(message)
         if line is None or self._child().poll() is not None:
             code = self._reap(grace=1.0)
             cause = (
@@ -153,16 +158,11 @@ class WorkerSlot:
                 if code is not None and code < 0
                 else f"exited with code {code}"
             )
-            return self._finish({"status": "crashed", "error": f"worker {cause}", "end": time.time()})
+            return self._finish(Result(self.task.id, Status.CRASHED, error=f"worker {cause}", end=time.time()))
         if time.time() > self.deadline:
             self.kill()
-            return self._finish(
-                {
-                    "status": "timeout",
-                    "error": f"no result after {self.timeout:g} s: process group killed",
-                    "end": time.time(),
-                }
-            )
+            error = f"no result after {self.timeout:g} s: process group killed"
+            return self._finish(Result(self.task.id, Status.TIMEOUT, error=error, end=time.time()))
         return None
 
     def decide(self, go_on: bool) -> None:
@@ -170,17 +170,18 @@ class WorkerSlot:
         assert self.proc is not None and self.proc.stdin is not None
         self.at_rung = False
         try:
-            self.proc.stdin.write(json.dumps({"continue": go_on}) + "\n")
+            self.proc.stdin.write(json.dumps(encode(Decision(go_on))) + "\n")
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             pass  # the child died meanwhile: poll() reports it
 
-    def _finish(self, record: Dict[str, Any]) -> Dict[str, Any]:
+    def _finish(self, result: Result) -> Result:
         task, self.task, self.at_rung = self.task, None, False
         assert task is not None  # only a running task finishes
-        record.setdefault("start", self.sent_at)
-        record["id"] = task["id"]
-        return record
+        if result.start is None:
+            result.start = self.sent_at
+        result.id = task.id
+        return result
 
     def _child(self) -> subprocess.Popen:
         assert self.proc is not None, "no child started"  # a task runs only in a started child

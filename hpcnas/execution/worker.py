@@ -11,11 +11,11 @@ Statuses: ``ok``; ``stopped`` (at a rung, told so by rank 0); ``oom`` (CUDA or
 host allocator out of memory); ``crashed`` (any other exception here; a signal or
 an exit is classified by the slot).
 
-Besides results, the child writes two kinds of lines: once at start-up its
-device's memory (``{"device_memory": bytes}``, for ``evolve.memory.limit: auto``),
-and after each rung of a task with rungs ``{"id", "rung", "fitness"}``, after
-which it waits for ``{"continue": true|false}`` on stdin, its model and
-optimizer kept in memory meanwhile.
+Every line is a typed message of :mod:`hpcnas.records` (``encode``/``decode``). Besides
+results, the child writes once at start-up a :class:`DeviceInfo` (for
+``evolve.memory.limit: auto``), and after each rung of a task with rungs a
+:class:`RungReport`, after which it waits for a :class:`Decision` on stdin, its
+model and optimizer kept in memory meanwhile.
 """
 
 from __future__ import annotations
@@ -30,10 +30,21 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, TextIO, Tuple
+from typing import Any, Callable, List, Optional, TextIO, Tuple
 
 from hpcnas.plugins import EVALUATORS, OBJECTIVES, in_range
-from hpcnas.records import Result, Status, Task, WorkerSetup
+from hpcnas.records import (
+    Decision,
+    DeviceInfo,
+    Message,
+    Result,
+    RungReport,
+    Status,
+    Task,
+    WorkerSetup,
+    decode,
+    encode,
+)
 from hpcnas.rundir import RunDir
 from hpcnas.space.genotype import Genotype
 
@@ -96,7 +107,7 @@ def host_memory_bytes() -> int:
     return total
 
 
-RungReport = Callable[[int, float], bool]  # (epochs done, fitness so far) -> whether to go on
+ReportRung = Callable[[int, float], bool]  # (epochs done, fitness so far) -> whether to go on
 
 
 def never_stop(epochs: int, fitness: float) -> bool:
@@ -122,7 +133,7 @@ class Evaluator:
         """Bytes one evaluation may use: the node's memory shared by its ranks (a GPU's own, in subclasses)."""
         return host_memory_bytes() // max(self.setup.local_size, 1)
 
-    def evaluate(self, task: Task, report: RungReport = never_stop) -> Result:
+    def evaluate(self, task: Task, report: ReportRung = never_stop) -> Result:
         """Evaluate one task; raise on failure (the caller classifies the exception).
 
         After each of ``task.rungs`` epochs, call ``report(epochs, fitness)`` and stop when it answers false.
@@ -180,7 +191,7 @@ class TrainEvaluator(Evaluator):
             return int(torch.cuda.get_device_properties(device).total_memory)
         return super().device_memory()
 
-    def evaluate(self, task: Task, report: RungReport = never_stop) -> Result:
+    def evaluate(self, task: Task, report: ReportRung = never_stop) -> Result:
         from hpcnas.runtime import peak_memory_mb, reset_peak_memory
         from hpcnas.strategies.objectives import Trained
         from hpcnas.train.spec import model_spec
@@ -259,7 +270,7 @@ class SleepEvaluator(Evaluator):
         sleep_median: float = field(default=1.0, metadata=in_range(0.0))  # seconds
         sleep_sigma: float = field(default=0.5, metadata=in_range(0.0))  # the log-normal's shape
 
-    def evaluate(self, task: Task, report: RungReport = never_stop) -> Result:
+    def evaluate(self, task: Task, report: ReportRung = never_stop) -> Result:
         """The duration is spread over ``proxy_epochs`` epochs; at a rung the fitness so far is the final one
         plus noise that shrinks as the epochs go (a noisy but informative early estimate)."""
         rng = random.Random(task.id)
@@ -306,18 +317,25 @@ class RungChannel:
 
     def __call__(self, epochs: int, fitness: float) -> bool:
         t0 = time.time()
-        send(self.results, {"id": self.task_id, "rung": epochs, "fitness": fitness})
-        line = self.answers.readline()
+        send(self.results, RungReport(self.task_id, epochs, fitness))
+        message = receive(self.answers)
         self.paused += time.time() - t0
-        if not line:  # the rank closed our input: it is going away
+        if message is None:  # the rank closed our input: it is going away
             raise SystemExit(0)
-        return bool(json.loads(line)["continue"])
+        assert isinstance(message, Decision), message
+        return message.go_on
 
 
-def send(stream: TextIO, record: Dict[str, Any]) -> None:
-    """One JSON line to the rank, at once."""
-    stream.write(json.dumps(record) + "\n")
+def send(stream: TextIO, message: Message) -> None:
+    """One message to the rank, one JSON line, at once."""
+    stream.write(json.dumps(encode(message)) + "\n")
     stream.flush()
+
+
+def receive(stream: TextIO) -> Optional[Message]:
+    """The rank's next message, or ``None`` when it closed the stream."""
+    line = stream.readline()
+    return decode(json.loads(line)) if line else None
 
 
 def main() -> int:
@@ -327,12 +345,12 @@ def main() -> int:
     os.dup2(2, 1)  # stray prints from libraries go to the log, not into the result stream
     _exit_with_parent()
     evaluator = EVALUATORS[setup.evaluator](setup)
-    send(results, {"device_memory": evaluator.device_memory()})
+    send(results, DeviceInfo(evaluator.device_memory()))
     while True:
-        line = sys.stdin.readline()
-        if not line:
+        task = receive(sys.stdin)
+        if task is None:
             return 0
-        task = Task.from_dict(json.loads(line))
+        assert isinstance(task, Task), task
         start = time.time()
         channel = RungChannel(task.id, results, sys.stdin)
         try:
@@ -344,7 +362,7 @@ def main() -> int:
             result = Result(task.id, Status.OOM if is_oom(exc) else Status.CRASHED, error=error)
             traceback.print_exc()
         result.start, result.end, result.paused = start, time.time(), round(channel.paused, 6)
-        send(results, result.to_dict())
+        send(results, result)
         if result.status not in (Status.OK, Status.STOPPED):
             return 3  # replaced by a fresh child
 

@@ -6,6 +6,7 @@ The mpirun tests cover the real thing end to end; these pin the bookkeeping
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections import deque
@@ -15,7 +16,7 @@ import pytest
 from hpcnas.config import load_config
 from hpcnas.execution.history import SearchLog
 from hpcnas.execution.orchestrator import TAG_RESULT, TAG_STOP, TAG_TASK, Dispatcher, make_strategy, replay
-from hpcnas.records import Evaluation, Origin, Result, Status, Task
+from hpcnas.records import Evaluation, Origin, Result, Status, Task, decode, encode
 from hpcnas.rundir import read_jsonl
 from hpcnas.space.searchspace import SearchSpace
 
@@ -30,18 +31,11 @@ class FakeStatus:
         return self.source
 
 
-def answer(task):
+def answer(task: Task) -> Result:
     """What a worker reports for a task: oom when asked to, else a fitness from its id."""
-    if task.get("fault") == "oom":
-        return {"id": task["id"], "status": "oom", "error": "injected", "start": 1.0, "end": 2.0}
-    return {
-        "id": task["id"],
-        "status": "ok",
-        "fitness": task["id"] / 100,
-        "measured": {"params": 10.0 * task["id"]},
-        "start": 1.0,
-        "end": 2.0,
-    }
+    if task.fault == "oom":
+        return Result(task.id, Status.OOM, error="injected", start=1.0, end=2.0)
+    return Result(task.id, Status.OK, fitness=task.id / 100, measured={"params": 10.0 * task.id}, start=1.0, end=2.0)
 
 
 class FakeComm:
@@ -57,8 +51,8 @@ class FakeComm:
 
     def send(self, message, dest, tag):
         self.sent.append((dest, tag, message))
-        if tag == TAG_TASK:
-            self.ready.append((dest, answer(message)))
+        if tag == TAG_TASK:  # the message as it crosses MPI: plain data, typed at each end
+            self.ready.append((dest, encode(answer(decode(message)))))
 
     def Iprobe(self, source, tag, status):
         assert tag == TAG_RESULT
@@ -147,7 +141,7 @@ def test_resume_requeues_what_was_in_flight_and_replays_the_strategy(tmp_path):
         task = Task(log.new_id(), strategy.ask().genotype, 2)
         log.log_dispatch(task)
         tasks.append(task)
-    log.log_result(Evaluation.of(tasks[1], Result.from_dict(answer(tasks[1].to_dict())), rank=1))
+    log.log_result(Evaluation.of(tasks[1], answer(tasks[1]), rank=1))
     log.close()
     assert [t.id for t in SearchLog(tmp_path).in_flight()] == [0, 2]
 
@@ -220,7 +214,7 @@ def test_records_are_written_after_the_dispatch_and_fsynced_in_a_burst(tmp_path,
     for _ in range(5):
         task = Task(log.new_id(), GENOTYPE, 4, origin=Origin.STRATEGY)
         log.log_dispatch(task)
-        log.log_result(Evaluation.of(task, Result.from_dict(answer(task.to_dict())), 1))
+        log.log_result(Evaluation.of(task, answer(task), 1))
     assert read_jsonl(tmp_path / "dispatch.jsonl") == read_jsonl(tmp_path / "history.jsonl") == []  # logged only
     log.write()
     assert synced == []  # nothing fsynced yet...
@@ -243,7 +237,7 @@ def test_a_result_whose_dispatch_was_lost_keeps_its_id(tmp_path):
     log = SearchLog(tmp_path)
     task = Task(log.new_id(), GENOTYPE, 4, origin=Origin.STRATEGY)
     log.log_dispatch(task)
-    log.log_result(Evaluation.of(task, Result.from_dict(answer(task.to_dict())), 1))
+    log.log_result(Evaluation.of(task, answer(task), 1))
     log.close()
     (tmp_path / "dispatch.jsonl").write_text("")
     assert SearchLog(tmp_path).next_id == 1
@@ -308,3 +302,15 @@ def test_the_running_tally_charts_what_a_recount_of_the_whole_history_gives():
     _, report = hypervolume_over_time(objectives, finished)
     assert charted == pytest.approx(report) and len(charted) > 30
     assert charted == sorted(charted)  # a fixed scale: the front only ever gains
+
+
+def test_every_message_crosses_a_process_boundary_as_its_own_type():
+    from hpcnas.records import Decision, DeviceInfo, RungReport
+
+    messages = [Task(4, GENOTYPE, 2, rungs=[1]), answer(Task(5, GENOTYPE, 2)), RungReport(4, 1, 0.25),
+                Decision(False), DeviceInfo(2**30)]  # fmt: skip
+    for message in messages:
+        raw = json.loads(json.dumps(encode(message)))
+        assert type(decode(raw)) is type(message) and decode(raw) == message
+    with pytest.raises(ValueError, match="not an hpcnas message"):
+        decode({"id": 1, "rung": 2, "fitness": 0.5})  # told apart by its type, never by its keys

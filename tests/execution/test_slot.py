@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from hpcnas.execution.slot import WorkerSlot
-from hpcnas.records import Task, WorkerSetup
+from hpcnas.records import Result, RungReport, Status, Task, WorkerSetup
 from hpcnas.space.searchspace import SearchSpace
 
 GENOTYPE = SearchSpace.of("darts_unet", "O_base", depth=2, nodes=2).sample(random.Random(0))
@@ -24,8 +24,8 @@ def slot(tmp_path, epochs: int = 1) -> WorkerSlot:
     return WorkerSlot(setup.to_dict(), tmp_path / "worker.log", timeout=LONG)
 
 
-def task(ident: int, rungs=(), fault=None) -> dict:
-    return Task(ident, GENOTYPE, 2, rungs=list(rungs), fault=fault).to_dict()
+def task(ident: int, rungs=(), fault=None) -> Task:
+    return Task(ident, GENOTYPE, 2, rungs=list(rungs), fault=fault)
 
 
 def test_a_result_wakes_the_waiting_rank(tmp_path):
@@ -38,7 +38,7 @@ def test_a_result_wakes_the_waiting_rank(tmp_path):
         assert s.training
         assert s.wait(LONG)
         record = s.poll()
-        assert record is not None and record["status"] == "ok" and record["id"] == 1
+        assert isinstance(record, Result) and record.status is Status.OK and record.id == 1
         assert not s.busy and not s.training
     finally:
         s.close()
@@ -50,13 +50,13 @@ def test_a_rung_report_wakes_the_rank_and_pauses_the_task(tmp_path):
         s.submit(task(2, rungs=[1]))
         assert s.wait(LONG)
         report = s.poll()
-        assert report == {"id": 2, "rung": 1, "fitness": report["fitness"]}
+        assert isinstance(report, RungReport) and (report.id, report.rung) == (2, 1)
         assert s.busy and not s.training  # waiting for the decision
         s.decide(False)
         assert s.training
         assert s.wait(LONG)
         record = s.poll()
-        assert record["status"] == "stopped" and record["epochs"] == 1
+        assert isinstance(record, Result) and record.status is Status.STOPPED and record.epochs == 1
     finally:
         s.close()
 
@@ -70,6 +70,6 @@ def test_a_dying_child_wakes_the_rank(tmp_path):
         while record is None:  # the exit may be seen a moment after the end of the stream
             s.wait(0.01)
             record = s.poll()
-        assert record["status"] == "crashed" and "SIGKILL" in record["error"]
+        assert record.status is Status.CRASHED and "SIGKILL" in record.error and record.id == 3
     finally:
         s.close()
