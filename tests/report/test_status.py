@@ -63,9 +63,12 @@ def test_a_running_search_then_stopped_by_sigusr2(tmp_path):
     (s,) = status_json(out)
     assert s["state"] == "stopped" and "SIGUSR2" in s["error"] and "eta_s" not in s
     assert s["state_detail"] == "resumable with --resume"
-    # stopped inside an epoch: its finished steps count (epochs from 1, as the stop message says)
-    assert f"in epoch {s['epoch']} after step {s['step']}/{s['steps']}" in s["error"]
-    assert s["fraction"] == pytest.approx((s["epochs_done"] + s["step"] / s["steps"]) / 40, abs=1e-4)
+    if "after step" in s["error"]:  # stopped inside an epoch: its finished steps count (epochs from 1)
+        assert f"in epoch {s['epoch']} after step {s['step']}/{s['steps']}" in s["error"]
+        assert s["fraction"] == pytest.approx((s["epochs_done"] + s["step"] / s["steps"]) / 40, abs=1e-4)
+    else:  # on loaded cores the signal may land while validating or between epochs: the other stop points
+        assert "while validating" in s["error"] or "after epoch" in s["error"], s["error"]
+        assert 0 < s["fraction"] < 1
 
 
 @pytest.mark.slow
