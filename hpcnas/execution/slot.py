@@ -35,6 +35,15 @@ def child_environment() -> Dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(MPI_ENV_PREFIXES)}
 
 
+def _start_up_message(line: str) -> Any:
+    """A child's first line as a message, or ``None``: this runs in the reader thread, which must live on to see
+    the child's end, so a line that is not a message goes to :meth:`WorkerSlot.poll` like any other."""
+    try:
+        return decode(json.loads(line))
+    except ValueError:  # json's errors are ValueErrors too
+        return None
+
+
 class WorkerSlot:
     """Submit a task, poll for its result; crashes and timeouts become results too."""
 
@@ -103,7 +112,7 @@ class WorkerSlot:
         assert proc.stdout is not None  # started with stdout=PIPE
         first = True
         for line in proc.stdout:
-            said = decode(json.loads(line)) if first else None
+            said = _start_up_message(line) if first else None
             if isinstance(said, DeviceInfo):
                 memory.put(said.memory)
             else:
