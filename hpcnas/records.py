@@ -12,9 +12,10 @@ messages: :class:`Task`, :class:`Result`, :class:`RungReport`, :class:`Decision`
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Dict, List, Optional, Union
+from typing import IO, Any, Dict, List, Optional, Union
 
 from hpcnas.space.genotype import Genotype
 
@@ -187,6 +188,18 @@ def decode(raw: Dict[str, Any]) -> Message:
     if kind not in MESSAGES:
         raise ValueError(f"not an hpcnas message: {str(raw)[:200]}")
     return MESSAGES[kind].from_dict({k: v for k, v in raw.items() if k != "type"})
+
+
+def send(stream: IO[str], message: Message) -> None:
+    """One message to the other end, one JSON line, at once."""
+    stream.write(json.dumps(encode(message)) + "\n")
+    stream.flush()
+
+
+def receive(stream: IO[str]) -> Optional[Message]:
+    """The other end's next message, or ``None`` when it closed the stream."""
+    line = stream.readline()
+    return decode(json.loads(line)) if line else None
 
 
 # measured quantities that history records written before objectives existed kept as top-level keys

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
-from hpcnas.records import Decision, DeviceInfo, Result, RungReport, Status, Task, decode, encode
+from hpcnas.records import Decision, DeviceInfo, Result, RungReport, Status, Task, decode, send
 
 MPI_ENV_PREFIXES = ("OMPI_", "PMIX_", "PMI_", "HYDRA_", "MPICH_", "I_MPI_", "OPAL_", "PRTE_")
 
@@ -139,8 +139,7 @@ class WorkerSlot:
         self.sent_at = time.time()
         self.deadline = self.sent_at + self.timeout
         assert self.proc is not None and self.proc.stdin is not None  # prestart() started it with stdin=PIPE
-        self.proc.stdin.write(json.dumps(encode(task)) + "\n")
-        self.proc.stdin.flush()
+        send(self.proc.stdin, task)
 
     def poll(self) -> Optional[Union[Result, RungReport]]:
         """The running task's result if it is over (ok, oom, crashed or timeout), its rung report if it reached
@@ -179,8 +178,7 @@ class WorkerSlot:
         assert self.proc is not None and self.proc.stdin is not None
         self.at_rung = False
         try:
-            self.proc.stdin.write(json.dumps(encode(Decision(go_on))) + "\n")
-            self.proc.stdin.flush()
+            send(self.proc.stdin, Decision(go_on))
         except (BrokenPipeError, OSError):
             pass  # the child died meanwhile: poll() reports it
 

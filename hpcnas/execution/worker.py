@@ -30,20 +30,19 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional, TextIO, Tuple
+from typing import Any, Callable, List, TextIO, Tuple
 
 from hpcnas.plugins import EVALUATORS, OBJECTIVES, in_range
 from hpcnas.records import (
     Decision,
     DeviceInfo,
-    Message,
     Result,
     RungReport,
     Status,
     Task,
     WorkerSetup,
-    decode,
-    encode,
+    receive,
+    send,
 )
 from hpcnas.rundir import RunDir
 from hpcnas.space.genotype import Genotype
@@ -324,18 +323,6 @@ class RungChannel:
             raise SystemExit(0)
         assert isinstance(message, Decision), message
         return message.go_on
-
-
-def send(stream: TextIO, message: Message) -> None:
-    """One message to the rank, one JSON line, at once."""
-    stream.write(json.dumps(encode(message)) + "\n")
-    stream.flush()
-
-
-def receive(stream: TextIO) -> Optional[Message]:
-    """The rank's next message, or ``None`` when it closed the stream."""
-    line = stream.readline()
-    return decode(json.loads(line)) if line else None
 
 
 def main() -> int:
