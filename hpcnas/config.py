@@ -31,7 +31,9 @@ from hpcnas.plugins import (
     OP_SETS,
     STRATEGIES,
     TOPOLOGIES,
+    ZERO_COST_SCORES,
     Registry,
+    check_op_set,
     in_range,
 )
 
@@ -263,7 +265,8 @@ class MemorySection:
 class PrescreenSection:
     """Zero-cost pre-screen: per dispatch, score ``sample`` proposals at initialization and send the best ``keep``."""
 
-    score: Optional[Literal["naswot", "synflow", "grad_norm", "params"]] = None  # None: no pre-screen
+    # a name in hpcnas.plugins.ZERO_COST_SCORES (naswot, synflow, grad_norm, params); None: no pre-screen
+    score: Optional[str] = field(default=None, metadata=_registered(ZERO_COST_SCORES))
     sample: int = field(default=10, metadata=_range(1))
     keep: int = field(default=1, metadata=_range(1))
     batch: int = field(default=8, metadata=_range(2))  # training patches scored (NASWOT needs two or more)
@@ -417,6 +420,7 @@ def check_consistency(cfg: Config, source: str) -> None:
             source=source,
             key="search.partial_channels",
         )
+    check_op_set(cfg.space.op_set or TOPOLOGIES[cfg.space.topology].op_set, source)
     for objective in cfg.evolve.measure:
         OBJECTIVES.check(objective, source, key=f"evolve.measure.{objective}")
         measure_options(cfg, objective, source)

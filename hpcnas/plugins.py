@@ -1,7 +1,7 @@
 """Plugins: one registry per kind, the only list of the names a config may use.
 
-Each kind of plugin (topology, op set, cell kind, strategy, evaluator,
-objective, architecture optimizer, cost, loss) has a :class:`Registry`.  The config checks a name
+Each kind of plugin (topology, op set, op, cell kind, strategy, evaluator,
+objective, architecture optimizer, cost, loss, zero-cost score) has a :class:`Registry`.  The config checks a name
 against it when it is loaded, and the code that builds the thing looks it up
 there.  A built-in entry is written ``"module:attribute"`` and imported only
 when first used, so checking a config imports no torch (the orchestrator of a
@@ -49,14 +49,20 @@ def in_range(lo: Optional[float] = None, hi: Optional[float] = None) -> Dict[str
     return {"range": (lo, hi)}
 
 
+def import_target(target: str) -> Any:
+    """The object ``"package.module:attribute"`` names, its module imported."""
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
 class _Builtin:
     """A registry entry not imported yet: ``module:attribute``."""
 
     def __init__(self, target: str):
-        self.module, _, self.attribute = target.partition(":")
+        self.target = target
 
     def load(self) -> Any:
-        return getattr(importlib.import_module(self.module), self.attribute)
+        return import_target(self.target)
 
 
 class Registry(Generic[T]):
@@ -64,12 +70,16 @@ class Registry(Generic[T]):
 
     Read like a mapping (``in``, ``[name]``, iteration over the names, :meth:`values`), where an unknown name
     is a :class:`UserError` naming the known ones; written with :meth:`add` or :meth:`register`.
+    Built-ins are ``builtins`` (imported one by one, when first used) or whatever the module ``registered_in``
+    adds when it is imported (before the registry first answers: for small records, such as ops, that are
+    cheaper to write as a list than as one module attribute each).
     """
 
-    def __init__(self, what: str, key: str, builtins: Mapping[str, str]):
+    def __init__(self, what: str, key: str, builtins: Mapping[str, str], registered_in: Optional[str] = None):
         self.what = what  # "strategy": how error messages name an entry
         self.key = key  # "evolve.strategy.name": the config key that chooses one
         self._entries: Dict[str, Any] = {name: _Builtin(target) for name, target in builtins.items()}
+        self._registered_in = registered_in
 
     def add(self, name: str, entry: T) -> T:
         """Register ``entry`` as ``name`` (replacing a built-in of that name); returns ``entry``."""
@@ -84,6 +94,8 @@ class Registry(Generic[T]):
 
     def names(self) -> List[str]:
         """Every registered name, the installed plugins' included."""
+        if self._registered_in is not None:
+            importlib.import_module(self._registered_in)  # its built-ins come first: it is imported before plugins
         load_installed_plugins()
         return list(self._entries)
 
@@ -150,6 +162,8 @@ TOPOLOGIES: Registry[Any] = Registry(
 OP_SETS: Registry[Any] = Registry(
     "op set", "space.op_set", _builtins("hpcnas.space.topology", O_base="O_BASE", O_large="O_LARGE")
 )
+# hpcnas.space.topology.Op records: what each op is (for decoding) and how to build it (imported only then)
+OPS: Registry[Any] = Registry("op", "space.op_set", {}, registered_in="hpcnas.space.topology")
 # the torch module of each cell kind, by the kind's name (a topology holds its CellKind itself)
 CELL_MODULES: Registry[Any] = Registry(
     "cell kind", "space.topology", _builtins("hpcnas.space.cells", darts="DartsCell", resnext="ResNeXtCell")
@@ -196,4 +210,20 @@ LOSSES: Registry[Any] = Registry(
         "dice": "hpcnas.train.losses:DiceLoss",
         "ce+dice": "hpcnas.train.losses:CrossEntropyDice",
     },
+)
+
+
+def check_op_set(op_set: str, source: Optional[str] = None) -> None:
+    """A :class:`UserError` when ``op_set`` is not registered or names an op that is not (a plugin's typo)."""
+    OP_SETS.check(op_set, source)
+    for op in OP_SETS[op_set]:
+        if op not in OPS:
+            raise UserError(f"op set '{op_set}' names an {unknown_name('op', op, OPS.names())}", source, OP_SETS.key)
+
+
+# each a function (model, images, masks) -> float, higher is better
+ZERO_COST_SCORES: Registry[Callable[..., float]] = Registry(
+    "zero-cost score",
+    "evolve.prescreen.score",
+    _builtins("hpcnas.train.zero_cost", grad_norm="grad_norm", synflow="synflow", naswot="naswot", params="params"),
 )

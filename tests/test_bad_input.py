@@ -91,6 +91,12 @@ CASES = [
         ["search", "--config", "good.yaml", "--set", "search.arch_optimizer=sgd", "--out", "r"],
         "unknown architecture optimizer 'sgd' (known: gaea, adam)",
     ),
+    (
+        "unknown zero-cost score",
+        ["evolve", "--config", "good.yaml", "--set", "evolve.prescreen.score=nasw0t", "--out", "r"],
+        "key 'evolve.prescreen.score': unknown zero-cost score 'nasw0t' (did you mean 'naswot'?) "
+        "(known: grad_norm, synflow, naswot, params)",
+    ),
     ("synth: negative count", ["data", "synth", "--out", "d.h5", "--n", "-5"], "--n: needs at least 1 patch"),
     ("synth: zero size", ["data", "synth", "--out", "d.h5", "--size", "0"], "--size: patches must be at least 16 px"),
     ("synth: folder as output", ["data", "synth", "--out", "a_folder"], "is a directory"),

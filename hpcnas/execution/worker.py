@@ -195,7 +195,7 @@ class TrainEvaluator(Evaluator):
         from hpcnas.strategies.objectives import Trained
         from hpcnas.train.spec import model_spec
         from hpcnas.train.trainer import Trainer
-        from hpcnas.train.zero_cost import SCORES, GenotypeScorer
+        from hpcnas.train.zero_cost import GenotypeScorer
 
         setup = self.setup
         device = _device(setup.local_rank)
@@ -208,7 +208,7 @@ class TrainEvaluator(Evaluator):
         scores = {}
         if setup.zero_cost:  # every score at initialization, on evolve.prescreen.batch patches read once
             if self.scorer is None:
-                self.scorer = GenotypeScorer(cfg, setup.data, SCORES, cfg.evolve.prescreen.batch, device)
+                self.scorer = GenotypeScorer(cfg, setup.data, None, cfg.evolve.prescreen.batch, device)
             scores = self.scorer.scores(spec)
         rungs, reported = set(task.rungs), {}
 

@@ -26,20 +26,21 @@ import numpy as np
 from hpcnas.space.genotype import Genotype
 from hpcnas.space.searchspace import SearchSpace
 from hpcnas.space.topology import (
-    PARAMETER_FREE_OPS,
-    SKIP_OPS,
-    ZERO_OPS,
     Cell,
     GridNode,
     Path_,
+    parameter_free_ops,
+    skip_ops,
     unetpp_in_edges,
     unetpp_nodes,
+    zero_ops,
 )
 
 
 def best_op(weights: np.ndarray, op_names: Sequence[str], banned: frozenset = frozenset()) -> Tuple[int, float]:
     """(index, weight) of the strongest op that is neither zero nor ``banned``; the first one wins a tie."""
-    allowed = np.array([name not in ZERO_OPS and name not in banned for name in op_names])
+    excluded = zero_ops(op_names) | banned
+    allowed = np.array([name not in excluded for name in op_names])
     masked = np.where(allowed, weights, -np.inf)
     k = int(np.argmax(masked))
     return k, float(weights[k])
@@ -60,10 +61,10 @@ def decode_cell(
     """
     caps = []
     if max_skips is not None:
-        caps.append((SKIP_OPS, max_skips))
+        caps.append((skip_ops(space.ops), max_skips))
     if max_parameter_free is not None:
         kept_edges = sum(min(count, space.kept_per_node()) for count in space.node_inputs())
-        caps.append((PARAMETER_FREE_OPS - ZERO_OPS, int(max_parameter_free * kept_edges + 1e-9)))
+        caps.append((parameter_free_ops(space.ops), int(max_parameter_free * kept_edges + 1e-9)))
     banned: Dict[int, frozenset] = {}  # edge index -> ops a cap has masked on it
     while True:
         cell, kept = _decode_cell_once(space, op_weights, edge_weights, banned)

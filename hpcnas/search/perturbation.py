@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from hpcnas.space.networks import ArchParams
-from hpcnas.space.topology import ZERO_OPS
+from hpcnas.space.topology import zero_ops
 
 log = logging.getLogger("hpcnas")
 
@@ -48,7 +48,8 @@ def perturbation_snapshot(
     ``tune()`` takes a few weight steps.  The
     decisions are left in ``arch.fixed_rows`` (cleared by the caller when the supernet is to be used again).
     """
-    candidates = [k for k, name in enumerate(arch.op_names) if name not in ZERO_OPS]
+    zero = zero_ops(arch.op_names)
+    candidates = [k for k, name in enumerate(arch.op_names) if name not in zero]
     device = arch.ops[arch.roles[0]].device
     op_drops = {role: np.full((sum(arch.node_inputs[role]), len(arch.op_names)), -np.inf) for role in arch.roles}
     order = [(role, e) for role in arch.roles for e in range(op_drops[role].shape[0])]

@@ -21,14 +21,13 @@ from typing import Any, Dict, Optional, Tuple
 from hpcnas.errors import UserError, nearest
 from hpcnas.space.topology import (  # noqa: F401 - re-exported: the vocabulary genotypes are written in
     OP_SETS,
-    PARAMETER_FREE_OPS,
-    SKIP_OPS,
     TOPOLOGIES,
-    ZERO_OPS,
     Cell,
     GridNode,
     Pair,
     Path_,
+    parameter_free_ops,
+    skip_ops,
     unetpp_in_edges,
     unetpp_nodes,
     unetpp_paths,
@@ -107,11 +106,14 @@ class Genotype:
     def parameter_free_fraction(self) -> float:
         """The fraction of the decoder cell's edges whose op has no weights (skip, pooling)."""
         ops = [op for node in self.decoder_cell() for op, _ in node]
-        return sum(op in PARAMETER_FREE_OPS for op in ops) / len(ops)
+        free = parameter_free_ops(ops)
+        return sum(op in free for op in ops) / len(ops)
 
     def skip_count(self) -> int:
         """How many edges of the decoder cell are skip connections."""
-        return sum(op in SKIP_OPS for node in self.decoder_cell() for op, _ in node)
+        ops = [op for node in self.decoder_cell() for op, _ in node]
+        skips = skip_ops(ops)
+        return sum(op in skips for op in ops)
 
     def describe(self) -> str:
         """A one-line summary for logs."""

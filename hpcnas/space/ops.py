@@ -8,10 +8,10 @@ channels with stride 1 or 2.
 
 from __future__ import annotations
 
-from typing import Callable, Dict
-
 import torch
 from torch import nn
+
+from hpcnas.space.topology import OPS
 
 
 class ReLUConvBN(nn.Sequential):
@@ -101,49 +101,92 @@ class FactorizedReduce(nn.Module):
         return self.bn(torch.cat([even, odd], dim=1))
 
 
-def _skip(c: int, stride: int, affine: bool) -> nn.Module:
-    return nn.Identity() if stride == 1 else FactorizedReduce(c, c, affine)
+# The built-in ops, each under the name genotypes store; hpcnas.space.topology registers them (with what kind
+# of op each is) in hpcnas.plugins.OPS.  Each builds (channels, stride, affine) -> module.
+
+# O_base (DARTS / PC-DARTS)
 
 
-def _pool(kind: str) -> Callable[[int, int, bool], nn.Module]:
-    def make(c: int, stride: int, affine: bool) -> nn.Module:
-        if kind == "avg":
-            return nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
-        return nn.MaxPool2d(3, stride=stride, padding=1)
-
-    return make
+def none(c: int, s: int, a: bool) -> nn.Module:
+    return Zero(s)
 
 
-OPS: Dict[str, Callable[[int, int, bool], nn.Module]] = {
-    # O_base (DARTS / PC-DARTS)
-    "none": lambda c, s, a: Zero(s),
-    "avg_pool_3x3": _pool("avg"),
-    "max_pool_3x3": _pool("max"),
-    "skip_connect": _skip,
-    "sep_conv_3x3": lambda c, s, a: SepConv(c, 3, s, a),
-    "sep_conv_5x5": lambda c, s, a: SepConv(c, 5, s, a),
-    "dil_conv_3x3": lambda c, s, a: DilConv(c, 3, s, 2, a),
-    "dil_conv_5x5": lambda c, s, a: DilConv(c, 5, s, 2, a),
-    # O_large (the paper's)
-    "conv2d_1": lambda c, s, a: ReLUConvBN(c, c, 3, s, 1, affine=a),
-    "conv2d_2": lambda c, s, a: ReLUConvBN(c, c, 5, s, 2, affine=a),
-    "conv2d_3": lambda c, s, a: ReLUConvBN(c, c, 7, s, 3, affine=a),
-    "depthconv2d_1": lambda c, s, a: ReLUConvBN(c, c, 3, s, 1, groups=c, affine=a),
-    "depthconv2d_2": lambda c, s, a: ReLUConvBN(c, c, 5, s, 2, groups=c, affine=a),
-    "depthconv2d_3": lambda c, s, a: ReLUConvBN(c, c, 7, s, 3, groups=c, affine=a),
-    "splitconv2d_1": lambda c, s, a: SplitConv(c, 3, s, a),
-    "splitconv2d_2": lambda c, s, a: SplitConv(c, 5, s, a),
-    "splitconv2d_3": lambda c, s, a: SplitConv(c, 7, s, a),
-    "skip": _skip,
-    "cut": lambda c, s, a: Zero(s),
-}
+def avg_pool_3x3(c: int, s: int, a: bool) -> nn.Module:
+    return nn.AvgPool2d(3, stride=s, padding=1, count_include_pad=False)
+
+
+def max_pool_3x3(c: int, s: int, a: bool) -> nn.Module:
+    return nn.MaxPool2d(3, stride=s, padding=1)
+
+
+def skip_connect(c: int, s: int, a: bool) -> nn.Module:
+    return nn.Identity() if s == 1 else FactorizedReduce(c, c, a)
+
+
+def sep_conv_3x3(c: int, s: int, a: bool) -> nn.Module:
+    return SepConv(c, 3, s, a)
+
+
+def sep_conv_5x5(c: int, s: int, a: bool) -> nn.Module:
+    return SepConv(c, 5, s, a)
+
+
+def dil_conv_3x3(c: int, s: int, a: bool) -> nn.Module:
+    return DilConv(c, 3, s, 2, a)
+
+
+def dil_conv_5x5(c: int, s: int, a: bool) -> nn.Module:
+    return DilConv(c, 5, s, 2, a)
+
+
+# O_large (the paper's): k x k convolutions, depthwise and spatially separable, k = 3, 5, 7
+
+
+def conv2d_1(c: int, s: int, a: bool) -> nn.Module:
+    return ReLUConvBN(c, c, 3, s, 1, affine=a)
+
+
+def conv2d_2(c: int, s: int, a: bool) -> nn.Module:
+    return ReLUConvBN(c, c, 5, s, 2, affine=a)
+
+
+def conv2d_3(c: int, s: int, a: bool) -> nn.Module:
+    return ReLUConvBN(c, c, 7, s, 3, affine=a)
+
+
+def depthconv2d_1(c: int, s: int, a: bool) -> nn.Module:
+    return ReLUConvBN(c, c, 3, s, 1, groups=c, affine=a)
+
+
+def depthconv2d_2(c: int, s: int, a: bool) -> nn.Module:
+    return ReLUConvBN(c, c, 5, s, 2, groups=c, affine=a)
+
+
+def depthconv2d_3(c: int, s: int, a: bool) -> nn.Module:
+    return ReLUConvBN(c, c, 7, s, 3, groups=c, affine=a)
+
+
+def splitconv2d_1(c: int, s: int, a: bool) -> nn.Module:
+    return SplitConv(c, 3, s, a)
+
+
+def splitconv2d_2(c: int, s: int, a: bool) -> nn.Module:
+    return SplitConv(c, 5, s, a)
+
+
+def splitconv2d_3(c: int, s: int, a: bool) -> nn.Module:
+    return SplitConv(c, 7, s, a)
+
+
+skip = skip_connect
+cut = none
 
 
 def build_op(name: str, channels: int, stride: int, affine: bool) -> nn.Module:
-    """Instantiate op ``name`` for ``channels`` channels and ``stride`` 1 or 2."""
-    return OPS[name](channels, stride, affine)
+    """Instantiate the registered op ``name`` for ``channels`` channels and ``stride`` 1 or 2."""
+    return OPS[name].module(channels, stride, affine)
 
 
 def is_parameter_free_pool(name: str) -> bool:
     """Pooling ops get a BatchNorm inside a mixed op (as in DARTS) to match conv scales."""
-    return name in ("avg_pool_3x3", "max_pool_3x3")
+    return bool(OPS[name].rescaled)

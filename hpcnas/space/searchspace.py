@@ -13,8 +13,18 @@ from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 from hpcnas.errors import UserError
+from hpcnas.plugins import check_op_set
 from hpcnas.space.genotype import Genotype
-from hpcnas.space.topology import OP_SETS, TOPOLOGIES, ZERO_OPS, CellKind, CellShape, Path_, Topology, unetpp_paths
+from hpcnas.space.topology import (
+    OP_SETS,
+    TOPOLOGIES,
+    CellKind,
+    CellShape,
+    Path_,
+    Topology,
+    unetpp_paths,
+    zero_ops,
+)
 
 
 @dataclass(frozen=True)
@@ -39,6 +49,7 @@ class SearchSpace:
     ) -> "SearchSpace":
         """The space of a topology by name (its own op set unless ``op_set`` is given)."""
         topo = TOPOLOGIES[topology]
+        check_op_set(op_set or topo.op_set)
         return cls(topo, op_set or topo.op_set, CellShape(nodes, towers, tower_depth, edges_per_node), depth)
 
     @classmethod
@@ -64,7 +75,8 @@ class SearchSpace:
     @property
     def sampled_ops(self) -> List[str]:
         """The ops a discrete architecture may hold (no zero op)."""
-        return [op for op in self.ops if op not in ZERO_OPS]
+        zero = zero_ops(self.ops)
+        return [op for op in self.ops if op not in zero]
 
     def node_count(self) -> int:
         """Intermediate nodes per cell."""
@@ -126,7 +138,8 @@ class SearchSpace:
 
     def mutate(self, rng: random.Random, genotype: Genotype) -> Genotype:
         """A copy of ``genotype`` with exactly one change: one op, one free input edge, or one UNet++ path."""
-        ops = [o for o in OP_SETS[genotype.op_set] if o not in ZERO_OPS]
+        zero = zero_ops(OP_SETS[genotype.op_set])
+        ops = [o for o in OP_SETS[genotype.op_set] if o not in zero]
         kinds = ["op"] + (["input"] if self.kind.free_inputs else []) + (["path"] if self.topology.nested else [])
         candidate = genotype
         for _ in range(100):  # redraw until the mutation really changes something

@@ -14,11 +14,12 @@ grand-parent and parent; a ResNeXt cell 1), then node ``j`` is index
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Sequence, Tuple, Union
 
-from hpcnas.plugins import OP_SETS, TOPOLOGIES  # noqa: F401 - re-exported: the registries of this vocabulary
+from hpcnas.plugins import OP_SETS, OPS, TOPOLOGIES, import_target  # noqa: F401 - re-exported: this vocabulary
 
-# the op sets and topologies a config names are registered in hpcnas.plugins (OP_SETS, TOPOLOGIES)
+# the op sets and topologies a config names are registered in hpcnas.plugins (OP_SETS, TOPOLOGIES); the ops
+# here, below (OPS)
 O_BASE: Tuple[str, ...] = (
     "sep_conv_3x3",
     "sep_conv_5x5",
@@ -42,10 +43,63 @@ O_LARGE: Tuple[str, ...] = (
     "skip",
     "cut",
 )
-ZERO_OPS = frozenset({"none", "cut"})  # never decoded, never sampled
-SKIP_OPS = frozenset({"skip_connect", "skip"})
-# Ops with no weights: what a collapsed DARTS cell is made of (skips and pooling win the softmax early).
-PARAMETER_FREE_OPS = SKIP_OPS | {"avg_pool_3x3", "max_pool_3x3"} | ZERO_OPS
+
+
+@dataclass(frozen=True)
+class Op:
+    """A candidate operation: the name genotypes store, what kind of op it is, and how its module is built.
+
+    ``build(channels, stride, affine)`` returns a torch module mapping C channels to C channels with stride 1
+    or 2; it is a callable, or ``"package.module:function"`` imported only when a network is built (so the
+    vocabulary, decoding and the strategies stay torch-free).  A new op is one call,
+    ``OPS.add(name, Op(name, build))``, plus an op set (``OP_SETS.add``) that names it.
+    """
+
+    name: str
+    build: Union[str, Callable[[int, int, bool], Any]]
+    weighted: bool = True  # False: no weights (skips, pooling, zero); what a parameter-free cap counts
+    skip: bool = False  # an identity at stride 1: what a skip cap counts
+    zero: bool = False  # the "none" of a mixed op: never decoded, never sampled
+    rescaled: bool = False  # a BatchNorm follows it inside a mixed op, to match the convolutions' scale (DARTS)
+
+    def module(self, channels: int, stride: int, affine: bool) -> Any:
+        """The op's torch module for ``channels`` channels at ``stride``."""
+        build = import_target(self.build) if isinstance(self.build, str) else self.build
+        return build(channels, stride, affine)
+
+
+def _register_builtin_ops() -> None:
+    free = {"weighted": False}
+    kinds: Dict[str, Dict[str, bool]] = {
+        "none": {**free, "zero": True},
+        "cut": {**free, "zero": True},
+        "skip_connect": {**free, "skip": True},
+        "skip": {**free, "skip": True},
+        "avg_pool_3x3": {**free, "rescaled": True},
+        "max_pool_3x3": {**free, "rescaled": True},
+    }
+    for name in dict.fromkeys(O_BASE + O_LARGE):
+        OPS.add(name, Op(name, f"hpcnas.space.ops:{name}", **kinds.get(name, {})))
+
+
+_register_builtin_ops()
+
+
+def zero_ops(names: Sequence[str]) -> FrozenSet[str]:
+    """Those of ``names`` that are zero ops."""
+    return frozenset(name for name in names if OPS[name].zero)
+
+
+def skip_ops(names: Sequence[str]) -> FrozenSet[str]:
+    """Those of ``names`` that are skips."""
+    return frozenset(name for name in names if OPS[name].skip)
+
+
+def parameter_free_ops(names: Sequence[str]) -> FrozenSet[str]:
+    """Those of ``names`` that have no weights and are not zero (skips, pooling): what a collapsed DARTS cell is
+    made of (they win the softmax early)."""
+    return frozenset(name for name in names if not OPS[name].weighted and not OPS[name].zero)
+
 
 Pair = Tuple[str, int]
 Cell = Tuple[Tuple[Pair, ...], ...]

@@ -9,6 +9,9 @@
 
 Every score is computed on a fresh network initialized from a fixed seed, on CPU or GPU, and higher is
 "better" as each paper ranks them (the parameter count too: larger networks train to higher mIoU).
+
+The scores are registered in :data:`hpcnas.plugins.ZERO_COST_SCORES`; a score of your own is a function
+``(model, images, masks) -> float`` added there (``ZERO_COST_SCORES.add("name", function)``).
 """
 
 from __future__ import annotations
@@ -19,10 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from hpcnas.plugins import ZERO_COST_SCORES
+
 if TYPE_CHECKING:
     from hpcnas.train.spec import ModelSpec
-
-SCORES = ("grad_norm", "synflow", "naswot", "params")
 
 
 def training_batch(data: str, count: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -50,7 +53,7 @@ def grad_norm(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return float(sum(p.grad.norm() for p in model.parameters() if p.grad is not None))
 
 
-def synflow(model: nn.Module, x: torch.Tensor) -> float:
+def synflow(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> float:
     """SynFlow, data-free: the model is turned to float64 with |weights| (and left so)."""
     model = model.double().eval()
     with torch.no_grad():
@@ -62,7 +65,7 @@ def synflow(model: nn.Module, x: torch.Tensor) -> float:
         return float(sum((p * p.grad).abs().sum() for p in model.parameters() if p.grad is not None))
 
 
-def naswot(model: nn.Module, x: torch.Tensor) -> float:
+def naswot(model: nn.Module, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> float:
     """log |det K| of the Hamming-similarity kernel of the batch's ReLU activation codes."""
     codes = []
 
@@ -82,26 +85,27 @@ def naswot(model: nn.Module, x: torch.Tensor) -> float:
     return float(torch.linalg.slogdet(kernel).logabsdet)
 
 
+def params(model: nn.Module, x: Optional[torch.Tensor] = None, y: Optional[torch.Tensor] = None) -> float:
+    """The parameter count."""
+    return float(sum(p.numel() for p in model.parameters()))
+
+
 def zero_cost_scores(
-    build: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor, names: Sequence[str] = SCORES, seed: int = 0
+    build: Callable[[], nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    names: Optional[Sequence[str]] = None,
+    seed: int = 0,
 ) -> Dict[str, float]:
-    """The named scores of the network ``build()`` makes, each on a fresh copy initialized from ``seed``."""
+    """The named scores (None: every registered one) of the network ``build()`` makes, each on a fresh copy
+    initialized from ``seed``."""
     device = x.device
     scores: Dict[str, float] = {}
-    for name in names:
+    for name in ZERO_COST_SCORES.names() if names is None else names:
+        score = ZERO_COST_SCORES[name]
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
-            model = build().to(device)
-            if name == "grad_norm":
-                scores[name] = grad_norm(model, x, y)
-            elif name == "synflow":
-                scores[name] = synflow(model, x)
-            elif name == "naswot":
-                scores[name] = naswot(model, x)
-            elif name == "params":
-                scores[name] = float(sum(p.numel() for p in model.parameters()))
-            else:
-                raise ValueError(f"unknown zero-cost score {name!r} (known: {', '.join(SCORES)})")
+            scores[name] = float(score(build().to(device), x, y))
     return scores
 
 
@@ -114,11 +118,12 @@ class GenotypeScorer:
         self,
         cfg,
         data: str,
-        names: Sequence[str],
+        names: Optional[Sequence[str]],
         batch: int,
         device: Optional[torch.device] = None,
         one_thread: bool = False,
     ):
+        names = ZERO_COST_SCORES.names() if names is None else names  # None: every registered score
         self.cfg, self.data, self.names, self.batch_size = cfg, data, list(names), batch
         self.device, self.one_thread = device or torch.device("cpu"), one_thread
         self.info = None

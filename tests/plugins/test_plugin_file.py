@@ -56,7 +56,8 @@ def sets(*items: str) -> list:
 
 
 def test_nothing_in_the_package_names_the_example_plugin():
-    names = ("hill_climber", "HillClimber", "toy_hpcnas_plugin", "sparsity", "chain_unet", "ChainCell")
+    names = ("hill_climber", "HillClimber", "toy_hpcnas_plugin", "sparsity", "chain_unet", "ChainCell", "weight_norm")
+    names += ("conv_1x1", "O_chain")
     hits = [str(p) for p in PACKAGE.rglob("*") if p.is_file() and any(n in p.read_text(errors="ignore") for n in names)]
     assert hits == []
 
@@ -114,11 +115,13 @@ def test_the_readme_plugin_drives_an_evolve_and_a_search_from_yaml(tmp_path):
         *sets(
             "evolve.objectives=[miou, sparsity]",
             "evolve.measure.sparsity.threshold=0.0",
+            "evolve.evaluator.zero_cost=true",
         ),
     )
     assert trained.returncode == 0, trained.stderr[-2000:]
     records = read_jsonl(tmp_path / "trained" / "history.jsonl")
     assert len(records) == 2 and all(r["objectives"]["sparsity"] == 0.0 for r in records)  # no |w| < 0
+    assert all(r["scores"]["weight_norm"] > 0 and "naswot" in r["scores"] for r in records)  # plugin and built-in
 
     # the plugin cell kind, searched by the plugin optimizer, then retrained and exported like any network
     chain = ("space.topology=chain_unet",)
@@ -127,7 +130,9 @@ def test_the_readme_plugin_drives_an_evolve_and_a_search_from_yaml(tmp_path):
     epochs = read_jsonl(tmp_path / "search" / "metrics.jsonl")
     assert {e["arch_lr"] for e in epochs} == {0.0125}  # the plugin optimizer's own default step
     genotype = json.loads((tmp_path / "search" / "genotype.json").read_text())
-    assert genotype["topology"] == "chain_unet"
+    assert genotype["topology"] == "chain_unet" and genotype["op_set"] == "O_chain"
+    arch = json.loads((tmp_path / "search" / "arch.json").read_text())
+    assert all(len(row) == 12 for rows in arch["ops"].values() for row in rows)  # O_large's 11 ops and the plugin's
     assert all(len(node) == 1 and node[0][1] == j for cell in genotype["cells"].values() for j, node in enumerate(cell))
     train = hpcnas(
         site,

@@ -11,12 +11,14 @@ from hpcnas.errors import UserError
 REGISTRIES = [
     plugins.TOPOLOGIES,
     plugins.OP_SETS,
+    plugins.OPS,
     plugins.STRATEGIES,
     plugins.EVALUATORS,
     plugins.OBJECTIVES,
     plugins.ARCH_OPTIMIZERS,
     plugins.COSTS,
     plugins.LOSSES,
+    plugins.ZERO_COST_SCORES,
 ]
 
 
@@ -28,10 +30,27 @@ def test_every_built_in_resolves_and_answers_to_its_own_name(registry):
         assert getattr(entry, "name", name) == name  # a class or record that names itself names itself alike
 
 
-def test_every_op_of_every_op_set_has_a_builder():
-    from hpcnas.space.ops import OPS
+def test_every_op_of_every_op_set_is_registered_and_builds():
+    import torch
 
-    assert {op for ops in plugins.OP_SETS.values() for op in ops} <= set(OPS)
+    from hpcnas.space.ops import build_op
+
+    assert {op for ops in plugins.OP_SETS.values() for op in ops} == set(plugins.OPS)
+    for name in plugins.OPS:
+        for stride in (1, 2):
+            out = build_op(name, 4, stride, affine=True)(torch.randn(1, 4, 8, 8))
+            assert out.shape == (1, 4, 8 // stride, 8 // stride), name
+
+
+def test_an_op_set_naming_an_unregistered_op_is_refused_with_the_op_named():
+    from hpcnas.space.searchspace import SearchSpace
+
+    plugins.OP_SETS.add("O_typo", ("sep_conv_3x3", "sep_conv_3x4", "none"))
+    try:
+        with pytest.raises(UserError, match=r"op set 'O_typo' names an unknown op 'sep_conv_3x4' \(did you mean"):
+            SearchSpace.of("darts_unet", "O_typo")
+    finally:
+        plugins.OP_SETS._entries.pop("O_typo")
 
 
 def test_checking_a_config_imports_no_torch():

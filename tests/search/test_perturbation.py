@@ -16,7 +16,7 @@ from hpcnas.search.perturbation import perturbation_snapshot
 from hpcnas.space.genotype import Genotype
 from hpcnas.space.networks import ArchParams
 from hpcnas.space.searchspace import SearchSpace
-from hpcnas.space.topology import PARAMETER_FREE_OPS
+from hpcnas.space.topology import parameter_free_ops
 from tests.search.test_collapse import SMOKE, TINY
 
 ROLES = tuple(SearchSpace.of("darts_unet", "O_base", depth=2, nodes=3).topology.cell_names)
@@ -78,7 +78,8 @@ def test_each_edge_keeps_the_op_whose_removal_costs_most_and_each_node_its_costl
 def test_the_decode_caps_apply_to_the_measured_drops():
     space = _space()
     arch, importance, measure = _linear_supernet(space, seed=1)
-    free = [k for k, op in enumerate(space.ops) if op in PARAMETER_FREE_OPS and op != "none"]
+    parameter_free = parameter_free_ops(space.ops)
+    free = [k for k, op in enumerate(space.ops) if op in parameter_free]
     for role in ROLES:
         importance[role][:, free] += 10.0  # the supernet relies on its parameter-free ops everywhere
     snapshot = perturbation_snapshot(arch, space.kept_per_node(), measure, lambda: None, seed=0)
@@ -86,9 +87,9 @@ def test_the_decode_caps_apply_to_the_measured_drops():
     capped = decode_genotype(space, snapshot, max_parameter_free=0.5, max_parameter_free_other=0.5)
     for (_, cell), limit in zip(capped.cells, (0.5, 0.5)):
         ops = [op for node in cell for op, _ in node]
-        assert sum(op in PARAMETER_FREE_OPS for op in ops) <= limit * len(ops)
+        assert sum(op in parameter_free for op in ops) <= limit * len(ops)
     free_uncapped = [op for _, cell in uncapped.cells for node in cell for op, _ in node]
-    assert all(op in PARAMETER_FREE_OPS for op in free_uncapped)
+    assert all(op in parameter_free for op in free_uncapped)
 
 
 def test_a_removed_op_changes_the_supernet_output_and_fixed_rows_clear():
