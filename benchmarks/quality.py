@@ -172,6 +172,12 @@ VARIANTS: Dict[str, dict] = {
         "about": "theta's step scaled to the search: a total movement of 12 over its architecture steps, on "
         "gradients divided by their running spread (GAEA's default since this benchmark)",
     },
+    "per-stage": {
+        "kind": "search",
+        "set": ["space.cells=per_stage"],
+        "about": "every encoder and decoder level its own theta and genotype cell (the reduction cells too, each "
+        "decoded on its own), instead of one reduction and one normal cell shared by every level",
+    },
     "fixed-arch-lr-10": {
         "kind": "search",
         "set": ["search.arch_lr=10"],

@@ -87,6 +87,9 @@ class SpaceConfig:
     nodes: int = field(default=4, metadata=_range(1, 8))  # intermediate nodes per DARTS cell
     towers: int = field(default=4, metadata=_range(1, 16))  # ResNeXt cell: parallel towers
     tower_depth: int = field(default=2, metadata=_range(1, 8))  # ResNeXt cell: nodes per tower
+    # shared: one cell per type (DARTS' reduction and normal cell) at every level; per_stage: every encoder and
+    # decoder level its own architecture weights and genotype cell
+    cells: Literal["shared", "per_stage"] = "shared"
 
 
 @dataclass

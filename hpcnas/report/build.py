@@ -13,7 +13,7 @@ from hpcnas.execution.history import read_search
 from hpcnas.report import graphs, html, plots
 from hpcnas.rundir import SUMMARY, RunDir, atomic_write_text, read_jsonl
 from hpcnas.search.diagnosis import unmoved_theta
-from hpcnas.space.genotype import TOPOLOGIES, Genotype
+from hpcnas.space.genotype import Genotype
 from hpcnas.strategies.objectives import hypervolume_over_time
 
 
@@ -99,7 +99,7 @@ def build_report(runs: Sequence[Path], out: Optional[Path] = None) -> Path:
             continue
         drawn.add(g)
         stem = label.replace("/", "_")
-        for role in TOPOLOGIES[g.topology].cell_names:
+        for role, _ in g.cells:
             made = graphs.draw_cell(g, role, out / f"cell_{stem}_{role}.png")
             if made:
                 figures.append(made.name)

@@ -157,13 +157,13 @@ def decode_genotype(
 ) -> Genotype:
     """A genotype of ``space`` from an :meth:`ArchParams.snapshot`.
 
-    ``max_skips`` and ``max_parameter_free`` cap the decoder (normal) cell; ``max_parameter_free_other``
-    caps every other cell type (the reduction cells) on its own."""
+    ``max_skips`` and ``max_parameter_free`` cap each decoder (normal) cell; ``max_parameter_free_other``
+    caps every other cell (the reduction cells) on its own; per-stage cells are capped one by one."""
     topo = space.topology
     cells = []
-    for role in topo.cell_names:
+    for role in space.roles():
         edges = snapshot["edges"][role] if snapshot.get("edges") else None
-        decoder = role == topo.cell_names[1]  # the caps apply to the normal (decoder) cell, as in P-DARTS
+        decoder = topo.is_decoder(role)  # the caps apply to the normal (decoder) cells, as in P-DARTS
         cells.append(
             (
                 role,

@@ -44,7 +44,7 @@ class GraphCell(nn.Module):
     """The DAG evaluation shared by both cell kinds."""
 
     kind: CellKind
-    role: Optional[str] = None  # the cell type whose architecture weights it uses (set by the network builder)
+    role: Optional[str] = None  # whose architecture weights it uses: a cell type or type@level (set by the builder)
 
     def __init__(self, nodes: List[List[Edge]], out_channels: int):
         super().__init__()

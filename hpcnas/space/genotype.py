@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from hpcnas.errors import UserError, nearest
 from hpcnas.space.topology import (  # noqa: F401 - re-exported: the vocabulary genotypes are written in
@@ -28,6 +28,7 @@ from hpcnas.space.topology import (  # noqa: F401 - re-exported: the vocabulary 
     Path_,
     parameter_free_ops,
     skip_ops,
+    split_role,
     unetpp_in_edges,
     unetpp_nodes,
     unetpp_paths,
@@ -43,12 +44,21 @@ class Genotype:
 
     topology: str
     op_set: str
-    cells: Tuple[Tuple[str, Cell], ...]  # (cell type, nodes) in the topology's order
+    cells: Tuple[Tuple[str, Cell], ...]  # (role, nodes) in the topology's order (roles: see Topology)
     paths: Optional[Tuple[Path_, ...]] = None  # UNet++ only
 
-    def cell(self, name: str) -> Cell:
-        """The nodes of cell type ``name``."""
-        return dict(self.cells)[name]
+    def cell(self, role: str) -> Cell:
+        """The nodes of the cells of ``role``."""
+        return dict(self.cells)[role]
+
+    @property
+    def per_stage(self) -> bool:
+        """Whether each resolution level has its own cell (else one cell per type, shared by every level)."""
+        return split_role(self.cells[0][0])[1] is not None
+
+    def depth(self) -> Optional[int]:
+        """The network depth a per-stage genotype was made for (None: shared cells fit any depth)."""
+        return _implied_depth(TOPOLOGIES[self.topology], [role for role, _ in self.cells]) if self.per_stage else None
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain JSON-able data."""
@@ -99,21 +109,25 @@ class Genotype:
 
         atomic_write_text(path, self.to_json())
 
-    def decoder_cell(self) -> Cell:
-        """The cell type of the decoder (DARTS' normal cell, ResNeXt's up cell)."""
-        return self.cells[1][1]
+    def decoder_cells(self) -> List[Cell]:
+        """The decoder cells (DARTS' normal cell, ResNeXt's up cell): one, or one per level."""
+        topo = TOPOLOGIES[self.topology]
+        return [cell for role, cell in self.cells if topo.is_decoder(role)]
 
     def parameter_free_fraction(self) -> float:
-        """The fraction of the decoder cell's edges whose op has no weights (skip, pooling)."""
-        ops = [op for node in self.decoder_cell() for op, _ in node]
+        """The fraction of the decoder cells' edges whose op has no weights (skip, pooling)."""
+        ops = [op for cell in self.decoder_cells() for node in cell for op, _ in node]
         free = parameter_free_ops(ops)
         return sum(op in free for op in ops) / len(ops)
 
     def skip_count(self) -> int:
-        """How many edges of the decoder cell are skip connections."""
-        ops = [op for node in self.decoder_cell() for op, _ in node]
-        skips = skip_ops(ops)
-        return sum(op in skips for op in ops)
+        """How many edges of a decoder cell are skip connections (per-stage cells: the most any one holds)."""
+        counts = []
+        for cell in self.decoder_cells():
+            ops = [op for node in cell for op, _ in node]
+            skips = skip_ops(ops)
+            counts.append(sum(op in skips for op in ops))
+        return max(counts)
 
     def describe(self) -> str:
         """A one-line summary for logs."""
@@ -142,18 +156,12 @@ def _parse(raw: Any, source: str) -> Genotype:
     OP_SETS.check(op_set, source, key="op_set")
     ops = OP_SETS[op_set]
     cells_raw = raw.get("cells")
-    if not isinstance(cells_raw, dict):
+    if not isinstance(cells_raw, dict) or not cells_raw:
         raise err("cells", f"expected a mapping of cell types {list(topo.cell_names)}")
-    for name in cells_raw:
-        if name not in topo.cell_names:
-            raise err(
-                f"cells.{name}",
-                f"unknown cell type for {topo_name}{nearest(str(name), topo.cell_names)} "
-                f"(expected {list(topo.cell_names)})",
-            )
+    roles = _roles(topo, [str(name) for name in cells_raw], topo_name, err)
     cells = []
     n_in = topo.cell_kind.inputs
-    for name in topo.cell_names:
+    for name in roles:
         if name not in cells_raw:
             raise err(f"cells.{name}", "missing cell")
         nodes_raw = cells_raw[name]
@@ -185,6 +193,26 @@ def _parse(raw: Any, source: str) -> Genotype:
     elif raw.get("paths") is not None:
         raise err("paths", f"only UNet++ genotypes have paths, not {topo_name}")
     return Genotype(topo_name, op_set, tuple(cells), paths)
+
+
+def _implied_depth(topo, roles: List[str]) -> int:
+    """The depth per-stage roles imply: encoder cells make levels 1..D, decoder cells work at 0..D-1."""
+    levels = [level + topo.is_decoder(role) for role in roles if (level := split_role(role)[1]) is not None]
+    return max(levels, default=1)
+
+
+def _roles(topo, names: List[str], topo_name: str, err) -> Tuple[str, ...]:
+    """The roles a genotype's cells must have: one per cell type, or (per-stage) one per type and level."""
+    per_stage = any("@" in name for name in names)
+    expected = topo.roles(_implied_depth(topo, names), per_stage)
+    for name in names:
+        if name not in expected:
+            shape = "a cell type@level" if per_stage else "a cell type"
+            raise err(
+                f"cells.{name}",
+                f"unknown cell for {topo_name}{nearest(name, list(expected))} (expected {shape}: {list(expected)})",
+            )
+    return expected
 
 
 def _parse_paths(raw: Any, source: str) -> Tuple[Path_, ...]:

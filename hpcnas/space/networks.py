@@ -11,13 +11,15 @@
   divisible by the network's :func:`stride`.
 
 Encoder cells share one set of architecture weights, decoder cells another
-(the DARTS convention of one reduction and one normal cell).
+(the DARTS convention of one reduction and one normal cell), unless each
+level has its own (``space.cells: per_stage``): a cell's *role* says which
+weights and which genotype cell it uses (see :class:`Topology`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -28,7 +30,7 @@ from hpcnas.space.genotype import Genotype
 from hpcnas.space.mixed import MixedOp
 from hpcnas.space.ops import ReLUConvBN
 from hpcnas.space.searchspace import SearchSpace
-from hpcnas.space.topology import TOPOLOGIES, CellKind, GridNode, unetpp_in_edges, unetpp_nodes
+from hpcnas.space.topology import TOPOLOGIES, CellKind, GridNode, stage_role, unetpp_in_edges, unetpp_nodes
 
 
 class ArchParams(nn.Module):
@@ -124,23 +126,29 @@ class CellFactory:
     def __init__(
         self,
         kind: CellKind,
-        roles: Sequence[str],
+        cell_types: Sequence[str],
         space: Optional[SearchSpace] = None,
         partial: int = 1,
         generator=None,
         genotype: Optional[Genotype] = None,
         sampling: str = "shuffle",
     ):
-        self.kind, self.roles, self.space = kind, tuple(roles), space
+        self.kind, self.cell_types, self.space = kind, tuple(cell_types), space
         self.partial, self.generator, self.genotype, self.sampling = partial, generator, genotype, sampling
+        per_stage = genotype.per_stage if genotype is not None else space is not None and space.per_stage
+        self.role = stage_role if per_stage else (lambda cell_type, level: cell_type)
 
     @property
     def search(self) -> bool:
         """Whether the cells hold mixed ops."""
         return self.genotype is None
 
-    def __call__(self, role: str, in_channels: Sequence[int], c: int, reduce_prev: bool = False) -> GraphCell:
-        reduction = role == self.roles[0]
+    def __call__(
+        self, cell_type: str, level: int, in_channels: Sequence[int], c: int, reduce_prev: bool = False
+    ) -> GraphCell:
+        """A cell of ``cell_type`` (encoder or decoder) that works at resolution ``level``."""
+        reduction = cell_type == self.cell_types[0]
+        role = self.role(cell_type, level)
         if self.genotype is None:
             edges = search_edges(self.space, c, reduction, self.partial, self.generator, self.sampling)
         else:
@@ -163,7 +171,8 @@ class UNet(nn.Module):
         arch: Optional[ArchParams] = None,
     ):
         super().__init__()
-        self.kind, self.roles, self.arch = factory.kind, factory.roles, arch
+        self.kind, self.arch = factory.kind, arch
+        encoder, decoder = factory.cell_types
         two_inputs = (
             self.kind.inputs == 2
         )  # a cell that also reads its grand-parent, at twice the resolution from level 2
@@ -172,28 +181,43 @@ class UNet(nn.Module):
         self.down = nn.ModuleList()
         for level in range(1, depth + 1):
             ins = self.kind.network_inputs([enc_ch[max(level - 2, 0)], enc_ch[level - 1]])
-            cell = factory(self.roles[0], ins, channels * 2**level, reduce_prev=two_inputs and level >= 2)
+            cell = factory(encoder, level, ins, channels * 2**level, reduce_prev=two_inputs and level >= 2)
             self.down.append(cell)
             enc_ch.append(cell.out_channels)
         self.up = nn.ModuleList()
         prev = enc_ch[-1]
         for level in reversed(range(depth)):
-            cell = factory(self.roles[1], [enc_ch[level], prev], channels * 2**level)
+            cell = factory(decoder, level, [enc_ch[level], prev], channels * 2**level)
             self.up.append(cell)
             prev = cell.out_channels
         self.head = nn.Conv2d(prev, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        enc_arch = self.arch.cell_arch(self.roles[0]) if self.arch is not None else None
-        dec_arch = self.arch.cell_arch(self.roles[1]) if self.arch is not None else None
+        arch = cell_archs(self.arch)
         enc = [self.stem(x)]
         for level, cell in enumerate(self.down, start=1):
-            enc.append(cell(self.kind.network_inputs([enc[max(level - 2, 0)], enc[level - 1]]), enc_arch))
+            enc.append(cell(self.kind.network_inputs([enc[max(level - 2, 0)], enc[level - 1]]), arch(cell)))
         d = enc[-1]
         for level, cell in zip(reversed(range(len(self.down))), self.up):
             up = F.interpolate(d, size=enc[level].shape[-2:], mode="bilinear", align_corners=False)
-            d = cell([enc[level], up], dec_arch)
+            d = cell([enc[level], up], arch(cell))
         return self.head(d)
+
+
+def cell_archs(arch: Optional[ArchParams]) -> Callable[[GraphCell], Optional[CellArch]]:
+    """``arch(cell)``: the weights of one forward pass for ``cell``'s role (None in a discrete network), each
+    role's computed once per pass."""
+    memo: Dict[str, CellArch] = {}
+
+    def of(cell: GraphCell) -> Optional[CellArch]:
+        if arch is None:
+            return None
+        role = str(cell.role)
+        if role not in memo:
+            memo[role] = arch.cell_arch(role)
+        return memo[role]
+
+    return of
 
 
 class EdgeAdapter(nn.Module):
@@ -224,7 +248,8 @@ class UNetPlusPlus(nn.Module):
         paths=None,
     ):
         super().__init__()
-        self.kind, self.roles, self.arch, self.depth = factory.kind, factory.roles, arch, depth
+        self.kind, self.arch, self.depth = factory.kind, arch, depth
+        encoder, decoder = factory.cell_types
         half = max(channels // 2, 1)
         self.stem = nn.Sequential(  # two fixed stem cells: 4x smaller
             nn.Conv2d(in_channels, half, 3, stride=2, padding=1, bias=False),
@@ -251,12 +276,12 @@ class UNetPlusPlus(nn.Module):
             if j == 0:
                 pp = (max(i - 2, 0), 0)
                 ins = self.kind.network_inputs([out_ch[pp], out_ch[(i - 1, 0)]])
-                cell = factory(self.roles[0], ins, c, reduce_prev=self.kind.inputs == 2 and i >= 2)
+                cell = factory(encoder, i, ins, c, reduce_prev=self.kind.inputs == 2 and i >= 2)
             else:
                 for s in srcs:
                     self.adapters[_key(s, node)] = EdgeAdapter(out_ch[s], c, upsample=s[0] > i, affine=arch is None)
                 ins = [c] * self.kind.inputs
-                cell = factory(self.roles[1], ins, c)
+                cell = factory(decoder, i, ins, c)
             self.cells[_key(node)] = cell
             out_ch[node] = cell.out_channels
             self.inputs[node] = srcs
@@ -267,8 +292,7 @@ class UNetPlusPlus(nn.Module):
         self.head = nn.Conv2d(out_ch[self.output], num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        enc_arch = self.arch.cell_arch(self.roles[0]) if self.arch is not None else None
-        dec_arch = self.arch.cell_arch(self.roles[1]) if self.arch is not None else None
+        arch = cell_archs(self.arch)
         states = {(0, 0): self.stem(x)}
         n_in = self.kind.inputs
         for node in self.order:
@@ -276,7 +300,7 @@ class UNetPlusPlus(nn.Module):
             cell = self.cells[_key(node)]
             if j == 0:
                 states[node] = cell(
-                    self.kind.network_inputs([states[(max(i - 2, 0), 0)], states[(i - 1, 0)]]), enc_arch
+                    self.kind.network_inputs([states[(max(i - 2, 0), 0)], states[(i - 1, 0)]]), arch(cell)
                 )
                 continue
             size = states[(i, 0)].shape[-2:]
@@ -286,7 +310,7 @@ class UNetPlusPlus(nn.Module):
                 agg = sum(wk * a for wk, a in zip(w, adapted))
             else:
                 agg = sum(adapted) / len(adapted)
-            states[node] = cell([agg] * n_in, dec_arch)
+            states[node] = cell([agg] * n_in, arch(cell))
         logits = self.head(states[self.output])
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
@@ -357,7 +381,7 @@ def build_search_network(
     betas = [n for n in unetpp_nodes(space.depth) if n[1] > 0] if topo.nested else []
     arch = ArchParams(
         arch_mode,
-        {role: counts for role in topo.cell_names},
+        {role: counts for role in space.roles()},
         space.ops,
         edge_norm and space.kind.edge_normalization,
         betas,

@@ -29,12 +29,13 @@ from hpcnas.space.topology import (
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """A topology, an op set, the cells' shape and the network depth."""
+    """A topology, an op set, the cells' shape, the network depth, and whether each level has its own cell."""
 
     topology: Topology
     op_set: str
     shape: CellShape
     depth: int
+    per_stage: bool = False  # space.cells: per_stage (one theta and one genotype cell per level) or shared
 
     @classmethod
     def of(
@@ -46,18 +47,27 @@ class SearchSpace:
         tower_depth: int = 2,
         depth: int = 3,
         edges_per_node: int = 2,
+        per_stage: bool = False,
     ) -> "SearchSpace":
         """The space of a topology by name (its own op set unless ``op_set`` is given)."""
         topo = TOPOLOGIES[topology]
         check_op_set(op_set or topo.op_set)
-        return cls(topo, op_set or topo.op_set, CellShape(nodes, towers, tower_depth, edges_per_node), depth)
+        shape = CellShape(nodes, towers, tower_depth, edges_per_node)
+        return cls(topo, op_set or topo.op_set, shape, depth, per_stage)
 
     @classmethod
     def from_config(cls, cfg) -> "SearchSpace":
         """The space of a run's configuration (``space`` and ``search.decode.edges_per_node``)."""
         sp = cfg.space
         return cls.of(
-            sp.topology, sp.op_set, sp.nodes, sp.towers, sp.tower_depth, sp.depth, cfg.search.decode.edges_per_node
+            sp.topology,
+            sp.op_set,
+            sp.nodes,
+            sp.towers,
+            sp.tower_depth,
+            sp.depth,
+            cfg.search.decode.edges_per_node,
+            per_stage=sp.cells == "per_stage",
         )
 
     # -- structure --------------------------------------------------------------
@@ -66,6 +76,10 @@ class SearchSpace:
     def kind(self) -> CellKind:
         """The cell kind's rules."""
         return self.topology.cell_kind
+
+    def roles(self) -> Tuple[str, ...]:
+        """The roles of this space's cells (one per cell type, or one per cell type and level), encoder first."""
+        return self.topology.roles(self.depth, self.per_stage)
 
     @property
     def ops(self) -> Tuple[str, ...]:
@@ -108,7 +122,7 @@ class SearchSpace:
         for j in range(self.node_count()):
             choices = len(self.sampled_ops) * (len(self.sources(j)) if self.kind.free_inputs else 1)
             per_cell *= choices ** self.kept_per_node()
-        total = per_cell ** len(self.topology.cell_names)
+        total = per_cell ** len(self.roles())
         if self.topology.nested:
             n = len(self.paths())
             total *= sum(math.comb(n, k) for k in range(1, 4))
@@ -120,7 +134,7 @@ class SearchSpace:
         """A uniformly random genotype: each node's ops (and free inputs) drawn with replacement."""
         ops = self.sampled_ops
         cells = []
-        for name in self.topology.cell_names:
+        for name in self.roles():
             nodes = []
             for j in range(self.node_count()):
                 sources = self.sources(j)
@@ -187,6 +201,12 @@ class SearchSpace:
             problem = self.kind.problem(cell, self.shape)
             if problem is not None:
                 raise UserError(problem[1], source=source, key=f"cells.{name}[{problem[0]}]")
+        if genotype.per_stage and genotype.depth() != self.depth:
+            raise UserError(
+                f"has a cell for each of {genotype.depth()} levels, the config's space.depth is {self.depth}",
+                source=source,
+                key="cells",
+            )
         if genotype.paths is not None and genotype.paths[0][-1][1] != self.depth:
             raise UserError(
                 f"paths end at depth {genotype.paths[0][-1][1]}, the config's space.depth is {self.depth}",

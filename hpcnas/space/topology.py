@@ -14,7 +14,7 @@ grand-parent and parent; a ResNeXt cell 1), then node ``j`` is index
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, FrozenSet, List, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
 
 from hpcnas.plugins import OP_SETS, OPS, TOPOLOGIES, import_target  # noqa: F401 - re-exported: this vocabulary
 
@@ -199,7 +199,14 @@ CELL_KINDS: Dict[str, CellKind] = {kind.name: kind for kind in (DartsKind(), Res
 
 @dataclass(frozen=True)
 class Topology:
-    """Network structure + cell structure + default op set."""
+    """Network structure + cell structure + default op set.
+
+    A *role* names the cells that share one set of architecture weights and one genotype cell.  Shared cells
+    (the DARTS convention): one role per cell type, ``"reduce"`` and ``"normal"``.  Per-stage cells: one role
+    per cell type and resolution level, ``"reduce@1"`` .. ``"reduce@D"`` for the encoder cells that make level
+    1..D, ``"normal@0"`` .. ``"normal@D-1"`` for the decoder cells at level 0..D-1 (UNet++: every decoder cell
+    of grid row i is at level i).
+    """
 
     name: str
     cell_kind: CellKind
@@ -210,6 +217,31 @@ class Topology:
     def stride(self, depth: int) -> int:
         """Input sizes must be multiples of this."""
         return 2**depth * (4 if self.nested else 1)
+
+    def levels(self, cell_type: str, depth: int) -> range:
+        """The resolution levels the cells of ``cell_type`` work at: 1..depth (encoder), 0..depth-1 (decoder)."""
+        return range(1, depth + 1) if cell_type == self.cell_names[0] else range(depth)
+
+    def roles(self, depth: int, per_stage: bool) -> Tuple[str, ...]:
+        """Every role of a network of ``depth`` levels, encoder first."""
+        if not per_stage:
+            return tuple(self.cell_names)
+        return tuple(stage_role(t, level) for t in self.cell_names for level in self.levels(t, depth))
+
+    def is_decoder(self, role: str) -> bool:
+        """Whether ``role`` names decoder (normal, up) cells."""
+        return split_role(role)[0] == self.cell_names[1]
+
+
+def stage_role(cell_type: str, level: int) -> str:
+    """The role of the cells of ``cell_type`` at resolution ``level`` when every stage has its own cell."""
+    return f"{cell_type}@{level}"
+
+
+def split_role(role: str) -> Tuple[str, Optional[int]]:
+    """``(cell type, level)`` of a role; the level is None for a shared role."""
+    cell_type, at, level = role.partition("@")
+    return cell_type, (int(level) if at and level.isdigit() else None)
 
 
 # registered in hpcnas.plugins.TOPOLOGIES

@@ -214,3 +214,45 @@ def test_killed_search_resumes_exactly(tmp_path):
     for k in ref_theta:
         assert torch.equal(ref_theta[k], got_theta[k]), k
     assert [r["epoch"] for r in read_jsonl(victim / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_a_per_stage_search_writes_a_cell_per_level_that_retrains_and_exports(tmp_path):
+    from hpcnas.pipeline import train
+
+    genotype, run_dir = search(SMOKE, TINY + ["space.cells=per_stage"], out=str(tmp_path / "run"))
+    roles = ["reduce@1", "reduce@2", "normal@0", "normal@1"]
+    assert genotype.per_stage and [role for role, _ in genotype.cells] == roles
+    assert set(read_jsonl(run_dir / "metrics.jsonl")[-1]["entropy"]) == set(roles) | {"mean"}
+    assert set(json.loads((run_dir / "arch.json").read_text())["ops"]) == set(roles)
+    assert json.loads((run_dir / "genotype.json").read_text())["cells"].keys() == set(roles)
+    # the genotype decides the cells of a retraining, whatever space.cells says
+    epochs = ["train.epochs=1", "train.select_from_epoch=0", "train.batch_size=4"]
+    _, trained = train(SMOKE, TINY + epochs, genotype=str(run_dir / "genotype.json"), out=str(tmp_path / "train"))
+    assert Genotype.load(str(trained / "genotype.json")) == genotype
+    export = run_cli(
+        "export",
+        "--checkpoint",
+        str(trained / "checkpoints" / "best.pt"),
+        "--format",
+        "onnx",
+        "--out",
+        str(tmp_path / "net.onnx"),
+    )
+    assert export.returncode == 0 and "parity ok" in export.stdout + export.stderr, export.stderr[-2000:]
+    wrong_depth = run_cli(
+        "train",
+        "--config",
+        SMOKE,
+        "--genotype",
+        str(run_dir / "genotype.json"),
+        "--out",
+        str(tmp_path / "refused"),
+        *set_args(TINY + epochs + ["space.depth=3"]),
+    )
+    assert wrong_depth.returncode == 2 and not (tmp_path / "refused").exists()
+    assert (
+        wrong_depth.stderr.strip()
+        .splitlines()[-1]
+        .endswith("key 'cells': has a cell for each of 2 levels, the config's space.depth is 3")
+    )

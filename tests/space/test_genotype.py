@@ -26,8 +26,8 @@ def test_sampling_and_mutation_are_seeded():
         a = SearchSpace.of(topology).sample(random.Random(7))
         assert a == SearchSpace.of(topology).sample(random.Random(7))
         assert a != SearchSpace.of(topology).sample(random.Random(8))
-        m = SearchSpace.of(a.topology, nodes=len(a.decoder_cell())).mutate(random.Random(1), a)
-        assert m == SearchSpace.of(a.topology, nodes=len(a.decoder_cell())).mutate(random.Random(1), a) and m != a
+        m = SearchSpace.of(a.topology, nodes=len(a.decoder_cells()[0])).mutate(random.Random(1), a)
+        assert m == SearchSpace.of(a.topology, nodes=len(a.decoder_cells()[0])).mutate(random.Random(1), a) and m != a
         # exactly one change
         diffs = sum(
             x != y for (_, ca), (_, cb) in zip(a.cells, m.cells) for na, nb in zip(ca, cb) for x, y in zip(na, nb)
