@@ -40,7 +40,7 @@ def measure_rank0_cost(tasks: int = 400, group_commit: bool = True) -> Dict[str,
     from hpcnas.execution.history import RunningTally, SearchLog
     from hpcnas.execution.orchestrator import make_strategy
     from hpcnas.records import Evaluation, Result, Status, Task
-    from hpcnas.rundir import Heartbeat
+    from hpcnas.run import Heartbeat
 
     cfg = load_config(None, ["evolve.strategy.population=16", "evolve.strategy.sample_size=4"])
     with tempfile.TemporaryDirectory(dir=".") as tmp:

@@ -13,15 +13,8 @@ from typing import Any, Optional, Sequence
 
 from hpcnas.config import Config, dump_config, load_config
 from hpcnas.errors import Interrupted, UserError
-from hpcnas.rundir import (
-    RunDir,
-    guard_run_dir,
-    holds_run_dirs,
-    lock_run_dir,
-    make_run_dir,
-    snapshot_run_dir,
-    start_heartbeat,
-)
+from hpcnas.run import Run, RunScope, holds_run_dirs, snapshot_run_dir
+from hpcnas.rundir import RunDir
 from hpcnas.signals import stoppable
 
 log = logging.getLogger("hpcnas")
@@ -51,8 +44,11 @@ def start_or_resume(out: Optional[str]) -> tuple:
     return out, None
 
 
-def open_run(command: str, cfg: Config, out: Optional[str], resume: Optional[str], write_config: bool = True) -> Path:
-    """Create (or reopen) the run directory and lock it; write config.yaml and log into log.txt.
+def open_run(
+    runs: RunScope, command: str, cfg: Config, out: Optional[str], resume: Optional[str], write_config: bool = True
+) -> Run:
+    """Create (or reopen) the run directory and lock it in ``runs``; write config.yaml, log into log.txt and, on
+    rank 0, start the heartbeat.
 
     ``write_config=False`` leaves config.yaml to the caller, for a resume that must check its
     input first: a refused resume must not rewrite the run's config.
@@ -61,11 +57,11 @@ def open_run(command: str, cfg: Config, out: Optional[str], resume: Optional[str
         raise UserError(
             f"already holds a run: continue it with --resume {out}, or choose another --out", source=str(out)
         )
-    run_dir = Path(resume) if resume else make_run_dir(out, command)
+    run_dir = Path(resume) if resume else runs.make_run_dir(out, command)
     before = snapshot_run_dir(run_dir) if resume else None
-    lock_run_dir(run_dir)
+    runs.lock(run_dir)
     if before is not None:
-        guard_run_dir(before)  # now the writer: a resume refused further on leaves the run directory as it was
+        runs.guard(before)  # now the writer: a resume refused further on leaves the run directory as it was
     if not resume and RunDir(run_dir).config.exists():  # another start got here first
         raise UserError(
             f"already holds a run: continue it with --resume {out}, or choose another --out", source=str(out)
@@ -75,9 +71,8 @@ def open_run(command: str, cfg: Config, out: Optional[str], resume: Optional[str
     _log_to(RunDir(run_dir).log)
     from hpcnas.distributed import launched_rank
 
-    if launched_rank() == 0:
-        start_heartbeat(run_dir, command)
-    return run_dir
+    heart = runs.start_heartbeat(run_dir, command) if launched_rank() == 0 else None
+    return Run(run_dir, heart)
 
 
 def _log_to(path: Path) -> None:
@@ -191,6 +186,8 @@ def search(
     resume: Optional[str] = None,
     device: Optional[str] = None,
     plan: bool = False,
+    *,
+    runs: RunScope,
 ):
     """``hpcnas search``: continuous search into a run directory; returns (genotype, run_dir).
 
@@ -228,12 +225,13 @@ def search(
             step_note="; an architecture step and a weight step",
         )
         return None, None
-    placed = None
+    placed, opened = None, None
     if ctx.is_root:  # rank 0 alone creates the run directory and the synthetic data
-        run_dir = open_run("search", cfg, out, resume, write_config=not resume)
-        placed = (str(run_dir), resolve_data(cfg, run_dir))
+        opened = open_run(runs, "search", cfg, out, resume, write_config=not resume)
+        placed = (str(opened.path), resolve_data(cfg, opened.path))
     run_dir, data_path = ctx.broadcast_object(placed)
-    run_dir = Path(run_dir)
+    run = opened or Run(Path(run_dir))
+    run_dir = run.path
     info = read_info(data_path)
     problem = None
     if ctx.is_root:
@@ -246,7 +244,7 @@ def search(
         raise problem
     if resume and ctx.is_root:
         dump_config(cfg, RunDir(run_dir).config)
-    runner = SupernetSearch(cfg, run_dir, data_path, info, dev, ctx)
+    runner = SupernetSearch(cfg, run, data_path, info, dev, ctx)
     latest = checkpoint_to_resume(run_dir) if resume else None
     if latest is not None:
         runner.restore(latest)  # every rank reads the same file: identical state, nothing to broadcast
@@ -308,6 +306,8 @@ def train(
     device: Optional[str] = None,
     evaluate_split: Optional[str] = None,
     plan: bool = False,
+    *,
+    runs: RunScope,
 ):
     """``hpcnas train``: retrain a genotype file, a random cell (``genotype="random"``) or a baseline.
 
@@ -368,7 +368,8 @@ def train(
         return None, None
     # config.yaml, which marks a run as started, is written once the model is: a job killed in between starts
     # afresh under --resume-existing instead of meeting a run without model.json
-    run_dir = open_run("train", cfg, out, resume, write_config=False)
+    run = open_run(runs, "train", cfg, out, resume, write_config=False)
+    run_dir = run.path
     from hpcnas.distributed import use_cpu_threads
     from hpcnas.runtime import select_device
     from hpcnas.train.spec import ModelSpec, model_spec
@@ -392,7 +393,7 @@ def train(
         if geno is not None:
             geno.save(RunDir(run_dir).genotype)
         dump_config(cfg, RunDir(run_dir).config)
-    trainer = Trainer(cfg, run_dir, data_path, info, dev, spec)
+    trainer = Trainer(cfg, run, data_path, info, dev, spec)
     latest = checkpoint_to_resume(run_dir) if resume else None
     if latest is not None:
         trainer.restore(latest)
@@ -509,7 +510,12 @@ def pareto(run_dir: str, export: Optional[str] = None) -> "tuple[Any, Optional[P
 @holds_run_dirs
 @stoppable
 def evolve(
-    config_path: Optional[str], overrides: Sequence[str] = (), out: Optional[str] = None, resume: Optional[str] = None
+    config_path: Optional[str],
+    overrides: Sequence[str] = (),
+    out: Optional[str] = None,
+    resume: Optional[str] = None,
+    *,
+    runs: RunScope,
 ) -> Optional[Path]:
     """``hpcnas-evolve`` / ``hpcnas evolve``: discrete search on every MPI rank of this job.
 
@@ -524,7 +530,7 @@ def evolve(
     from hpcnas.execution.orchestrator import check_evolve_config, run_orchestrator
 
     comm = MPI.COMM_WORLD
-    payload = None
+    payload, opened = None, None
     if comm.Get_rank() == 0:
         try:
             cfg = resolve_config(config_path, overrides, resume)
@@ -533,9 +539,9 @@ def evolve(
                 from hpcnas.data.hdf5 import read_info
 
                 read_info(cfg.data.path)
-            run_dir = open_run("evolve", cfg, out, resume)
-            data = resolve_data(cfg, run_dir)
-            payload = (to_dict(cfg), str(run_dir.resolve()), data)
+            opened = open_run(runs, "evolve", cfg, out, resume)
+            data = resolve_data(cfg, opened.path)
+            payload = (to_dict(cfg), str(opened.path.resolve()), data)
         except Exception as exc:
             comm.bcast(None, root=0)
             raise exc
@@ -546,7 +552,7 @@ def evolve(
     run_dir = Path(payload[1])
     outcome, failure = None, None
     try:
-        outcome = run_orchestrator(comm, cfg, run_dir, payload[2])
+        outcome = run_orchestrator(comm, cfg, opened or run_dir, payload[2])
     except Exception as exc:  # on rank 0: the others must not wait for a verdict that never comes
         failure = exc
     code, stopped_by = comm.bcast((2 if isinstance(failure, UserError) else 1 if failure else 0, outcome), root=0)

@@ -14,16 +14,19 @@ from typing import Optional, Sequence
 from hpcnas.config import load_config
 from hpcnas.pipeline import SMOKE_CONFIG, search, train
 from hpcnas.report.build import report
-from hpcnas.rundir import SUMMARY, RunDir, holds_run_dirs, make_run_dir
+from hpcnas.run import RunScope, holds_run_dirs
+from hpcnas.rundir import SUMMARY, RunDir
 
 
 @holds_run_dirs
-def smoke(out: Optional[str] = None, config_path: Optional[str] = None, overrides: Sequence[str] = ()) -> Path:
+def smoke(
+    out: Optional[str] = None, config_path: Optional[str] = None, overrides: Sequence[str] = (), *, runs: RunScope
+) -> Path:
     """``hpcnas smoke``: data -> search -> decode -> retrain -> evaluate -> report, on synthetic data."""
     t0 = time.time()
     config = config_path or str(SMOKE_CONFIG)
     cfg = load_config(config, overrides)  # a bad --set stops here, before anything is written
-    root = make_run_dir(out, "smoke")
+    root = runs.make_run_dir(out, "smoke")
     data = RunDir(root).data
     if not data.exists():
         from hpcnas.data.synth import synthesize

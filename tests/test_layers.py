@@ -12,6 +12,7 @@ LAYERS = {
     "plugins": 0,  # the registries: built-ins are imported by name, only when used
     "progress": 0,
     "rundir": 1,
+    "run": 1,  # an open run: its lock, heartbeat and stop flag
     "signals": 1,
     "runtime": 1,
     "config": 2,

@@ -95,6 +95,7 @@ def test_a_refused_resume_of_a_live_run_leaves_that_run_s_files_to_it(tmp_path, 
     nothing back over it (it restores only files it touched as the writer, and here it never was one)."""
     from hpcnas import pipeline
     from hpcnas.errors import UserError
+    from hpcnas.run import RunScope
 
     out = tmp_path / "run"
     done = run_cli(
@@ -107,13 +108,13 @@ def test_a_refused_resume_of_a_live_run_leaves_that_run_s_files_to_it(tmp_path, 
     )
     assert done.returncode == 0, done.stderr[-2000:]
 
-    def held_by_a_live_writer(path):
+    def held_by_a_live_writer(scope, path):
         with open(out / "log.txt", "a") as log:  # what the live run writes at this very moment
             log.write("a line of the live run\n")
         (out / "heartbeat.json").write_text('{"state": "running"}\n')
         raise UserError("in use by pid 1 on elsewhere: one writer per run directory", source=str(path))
 
-    monkeypatch.setattr(pipeline, "lock_run_dir", held_by_a_live_writer)
+    monkeypatch.setattr(RunScope, "lock", held_by_a_live_writer)
     with pytest.raises(UserError, match="one writer per run directory"):
         pipeline.search(None, [], resume=str(out))
     assert (out / "log.txt").read_text().endswith("a line of the live run\n")

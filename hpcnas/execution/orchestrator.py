@@ -42,8 +42,9 @@ from hpcnas.records import (
     decode,
     encode,
 )
-from hpcnas.rundir import RunDir, heartbeat
-from hpcnas.signals import STOP, ignore_stop_signals
+from hpcnas.run import Run, as_run
+from hpcnas.rundir import RunDir
+from hpcnas.signals import ignore_stop_signals
 from hpcnas.space.genotype import Genotype
 from hpcnas.space.searchspace import SearchSpace
 from hpcnas.strategies import STRATEGIES, Generational, Strategy
@@ -194,14 +195,15 @@ class Dispatcher:
         comm,
         slot: WorkerSlot,
         cfg: Config,
-        run_dir: Path,
+        run: "Run | Path",
         search_log: SearchLog,
         strategy: Strategy,
         status=None,
         any_source=None,
         gate: Optional[MemoryGate] = None,
     ):
-        self.comm, self.slot, self.cfg, self.run_dir = comm, slot, cfg, run_dir
+        run = as_run(run)
+        self.comm, self.slot, self.cfg, self.run_dir = comm, slot, cfg, run.path
         self.gate = gate
         self.rungs = strategy.rungs if isinstance(strategy, SuccessiveHalving) else []
         self.proxy_epochs = cfg.evolve.evaluator.proxy_epochs
@@ -221,10 +223,9 @@ class Dispatcher:
         self.requeue: Deque[Task] = deque(search_log.in_flight())
         self.inflight: Dict[int, Task] = {}
         self.idle: List[int] = list(range(self.world))
-        self.stop = STOP
-        self.heart = heartbeat(run_dir)
+        self.stop, self.heart = run.stop, run.heart
         # TensorBoard in the background: the dispatcher only queues what to chart
-        self.board = Board(RunDir(run_dir).tb, background=True) if self.heart and cfg.monitor.tensorboard else None
+        self.board = Board(run.dir.tb, background=True) if self.heart and cfg.monitor.tensorboard else None
         self.started = time.time()
         self.tally: Optional[RunningTally] = None  # what the board charts, kept up to date
         if self.board is not None:
@@ -531,13 +532,16 @@ def worker_setup(cfg: Config, run_dir: Path, data: str, local_rank: int, local_s
     )
 
 
-def run_orchestrator(comm, cfg: Config, run_dir: Path, data: str) -> Optional[str]:
-    """Every rank calls this: rank 0 dispatches (and trains), the others serve.
+def run_orchestrator(comm, cfg: Config, run: "Run | Path", data: str) -> Optional[str]:
+    """Every rank calls this: rank 0 dispatches (and trains), the others serve.  ``run`` is rank 0's open run
+    (its heartbeat) or, on the others, the run directory.
 
     Returns, on rank 0, the signal that stopped the search with work left (else ``None``).
     """
     from mpi4py import MPI
 
+    run = as_run(run)
+    run_dir = run.path
     rank = comm.Get_rank()
     local = comm.Split_type(MPI.COMM_TYPE_SHARED)
     setup = worker_setup(cfg, run_dir, data, local.Get_rank(), local.Get_size())
@@ -554,7 +558,7 @@ def run_orchestrator(comm, cfg: Config, run_dir: Path, data: str) -> Optional[st
         replay(strategy, search_log)
         limit = memory_limit(cfg, reported)
         gate = MemoryGate(cfg, data, limit) if limit is not None else None
-        dispatcher = Dispatcher(comm, slot, cfg, run_dir, search_log, strategy, gate=gate)
+        dispatcher = Dispatcher(comm, slot, cfg, run, search_log, strategy, gate=gate)
     except BaseException:  # the other ranks are serving already: release them before failing
         stop_serving(comm)
         slot.close()

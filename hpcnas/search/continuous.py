@@ -33,6 +33,7 @@ from hpcnas.data.hdf5 import DatasetInfo
 from hpcnas.data.torch_dataset import SegmentationDataset, make_loader, split_indices, validation_loader
 from hpcnas.errors import Interrupted, UserError, warn
 from hpcnas.plugins import ARCH_OPTIMIZERS
+from hpcnas.run import Run
 from hpcnas.rundir import RunDir, read_jsonl, write_json
 from hpcnas.runtime import ComputeFormat, seed_everything
 from hpcnas.search.cost import ExpectedCost
@@ -83,8 +84,10 @@ def decode(cfg: Config, model: SearchNetwork) -> Genotype:
 class SupernetSearch(EpochLoop):
     """One search run in one run directory; :meth:`run` trains, checkpoints and decodes."""
 
-    def __init__(self, cfg: Config, run_dir: Path, data_path: str, info: DatasetInfo, device: torch.device, ctx=None):
-        super().__init__(run_dir, device, info.class_names, ctx)
+    def __init__(
+        self, cfg: Config, run: "Run | Path", data_path: str, info: DatasetInfo, device: torch.device, ctx=None
+    ):
+        super().__init__(run, device, info.class_names, ctx)
         ctx = self.ctx
         self.cfg, self.info = cfg, info
         self.monitor = cfg.monitor

@@ -17,17 +17,9 @@ from hpcnas.checkpoint import load_checkpoint, save_checkpoint
 from hpcnas.distributed import SingleProcess
 from hpcnas.errors import Interrupted, UserError, warn
 from hpcnas.progress import progress
-from hpcnas.rundir import (
-    Heartbeat,
-    JsonlWriter,
-    RunDir,
-    atomic_write_text,
-    heartbeat,
-    read_jsonl_text,
-    remove_stale_temporaries,
-)
+from hpcnas.run import Heartbeat, Run, as_run
+from hpcnas.rundir import JsonlWriter, RunDir, atomic_write_text, read_jsonl_text, remove_stale_temporaries
 from hpcnas.runtime import peak_memory_mb, reset_peak_memory, restore_rng_state, rng_state
-from hpcnas.signals import STOP
 from hpcnas.train.metrics import confusion, summarize
 
 log = logging.getLogger("hpcnas")
@@ -116,8 +108,9 @@ class EpochLoop:
     steps_per_epoch: int
     val_every: int = 1
 
-    def __init__(self, run_dir, device: torch.device, class_names, ctx=None):
-        self.run_dir, self.device, self.class_names = Path(run_dir), device, list(class_names)
+    def __init__(self, run: "Run | Path", device: torch.device, class_names, ctx=None):
+        self.opened_run = as_run(run)  # a bare folder (an evaluation's): no heartbeat, this process's stop flag
+        self.run_dir, self.device, self.class_names = self.opened_run.path, device, list(class_names)
         self.heart: Optional[Heartbeat] = None
         self.board: Optional[Board] = None
         self.monitor = None  # the config's monitor section (set by subclasses): TensorBoard and its images
@@ -126,7 +119,7 @@ class EpochLoop:
         self.best_miou = -1.0
         self.resume_step, self.resume_sums, self.resume_rng = 0, {}, None  # set by a mid-epoch checkpoint
         self.resume_record: Optional[dict] = None  # the metrics line of the epoch a restored checkpoint ended
-        self.stop = STOP
+        self.stop = self.opened_run.stop
         self.epoch_sums: Dict[str, float] = {}  # the summed step values of the epoch being finished
         self.stopped_early = False  # set by stop_early(); checkpointed by subclasses that stop early
 
@@ -338,7 +331,7 @@ class EpochLoop:
             self.reconcile_metrics(metrics_path)
             remove_stale_temporaries(self.run_dir)  # a kill midway through a checkpoint's write left one
         metrics = JsonlWriter(metrics_path) if root else None
-        self.heart = heartbeat(self.run_dir)  # rank 0 of a command's own run (not a discrete search's evaluation)
+        self.heart = self.opened_run.heart  # rank 0 of a command's own run (not a discrete search's evaluation)
         if self.heart is not None and self.monitor is not None and self.monitor.tensorboard:
             self.board = Board(RunDir(self.run_dir).tb, background=True)  # a step only queues its scalars
         try:

@@ -19,6 +19,7 @@ from hpcnas.config import Config
 from hpcnas.data.hdf5 import DatasetInfo
 from hpcnas.data.torch_dataset import SegmentationDataset, make_loader, validation_loader
 from hpcnas.errors import Interrupted, UserError
+from hpcnas.run import Run
 from hpcnas.rundir import RunDir, write_json
 from hpcnas.runtime import ComputeFormat, seed_everything
 from hpcnas.train.loop import EpochLoop, StopWhileValidating, cosine_sgd, log
@@ -32,7 +33,7 @@ class Trainer(EpochLoop):
     def __init__(
         self,
         cfg: Config,
-        run_dir: Path,
+        run: "Run | Path",
         data_path: str,
         info: DatasetInfo,
         device: torch.device,
@@ -41,7 +42,7 @@ class Trainer(EpochLoop):
     ):
         """``epoch_done(epochs, best mIoU so far)`` is asked after every epoch whether to go on (successive
         halving's rungs); the run stops early when it answers false."""
-        super().__init__(run_dir, device, info.class_names)
+        super().__init__(run, device, info.class_names)
         self.cfg, self.spec, self.info = cfg, spec, info
         self.epoch_done = epoch_done
         self.epochs_done = 0
