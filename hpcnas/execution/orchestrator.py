@@ -11,6 +11,10 @@ Only mpi4py, the strategy and the slot live here: no torch, except what the
 optional memory estimate (``evolve.memory``) and zero-cost pre-screen
 (``evolve.prescreen``) import on rank 0 when they are configured.  With
 ``evolve.asha`` a task reports at its rungs and rank 0 answers go on or stop.
+
+The :class:`Dispatcher` keeps the dispatch loop and reaches ranks through ``LocalRank`` / ``RemoteRank``;
+what it spends (:class:`Budget`), what the memory gate refuses (:class:`TooBig`) and what it charts
+(:class:`Charts`) are small collaborators it calls.
 """
 
 from __future__ import annotations
@@ -187,6 +191,126 @@ class RemoteRank:
         self.comm.send(encode(Decision(go_on)), dest=self.rank, tag=TAG_DECISION)
 
 
+class Budget:
+    """What the search may still spend: ``evolve.max_evaluations`` counted in proxy schedules (an evaluation
+    stopped at a rung spends the part it trained) and ``evolve.time_budget`` seconds from :meth:`start`.
+
+    An evaluation in flight *commits* the budget it is sure to use, up to its next rung (all of it without
+    rungs), so that ranks are not left idle for budget that stopping may yet give back."""
+
+    def __init__(self, cfg: Config, rungs: List[int], finished: List[Evaluation]):
+        self.max_evaluations, self.time_budget = cfg.evolve.max_evaluations, cfg.evolve.time_budget
+        self.proxy_epochs = cfg.evolve.evaluator.proxy_epochs
+        self.spent = sum(e.budget_used(self.proxy_epochs) for e in finished)
+        self.committed: Dict[int, float] = {}  # rank -> the share its evaluation in flight is sure to use
+        self.first_share = self.share(rungs[0] if rungs else None)  # what a new evaluation commits
+        self.started = time.time()
+
+    def start(self) -> None:
+        """The time budget counts from now."""
+        self.started = time.time()
+
+    def share(self, epochs: Optional[int]) -> float:
+        """The part of one evaluation that ``epochs`` of training are (``None``: the whole proxy schedule)."""
+        return 1.0 if epochs is None else epochs / self.proxy_epochs
+
+    def commit(self, rank: int, epochs: Optional[int]) -> None:
+        """``rank``'s evaluation is sure to train ``epochs`` (``None``: all of them) from here."""
+        self.committed[rank] = self.share(epochs)
+
+    def spend(self, evaluation: Evaluation) -> None:
+        """A finished evaluation: what it trained is spent."""
+        self.spent += evaluation.budget_used(self.proxy_epochs)
+
+    def release(self, rank: int) -> None:
+        """``rank``'s evaluation has ended (finished, or retried afresh)."""
+        self.committed.pop(rank, None)
+
+    def out_of_time(self) -> bool:
+        """Whether the time budget is spent."""
+        return self.time_budget is not None and time.time() - self.started >= self.time_budget
+
+    def allows_another(self) -> bool:
+        """Whether a new evaluation fits beside those in flight."""
+        if self.out_of_time():
+            return False
+        return self.spent + sum(self.committed.values()) + self.first_share <= self.max_evaluations + 1e-9
+
+    def work_left(self) -> bool:
+        """Whether a resume would have evaluations left to run (those in flight aside)."""
+        return self.spent + self.first_share <= self.max_evaluations + 1e-9 and not self.out_of_time()
+
+
+class Charts:
+    """TensorBoard of a discrete search, in the background (the dispatcher only queues what to chart): per
+    finished evaluation its objectives, the best so far, counts by status, the ranks' utilization and, for
+    several objectives, the front's size and hypervolume."""
+
+    def __init__(self, run: Run, objectives, world: int, finished: List[Evaluation]):
+        self.board = Board(run.dir.tb, background=True)
+        self.started = time.time()
+        self.tally = RunningTally(objectives, world, self.started)
+        for earlier in finished:  # a resumed search's records
+            self.tally.add(earlier, self.started)
+
+    def add(self, evaluation: Evaluation, finished: int) -> None:
+        """Chart ``evaluation``, the ``finished``-th to finish."""
+        tally, now = self.tally, time.time()
+        tally.add(evaluation, now)
+        out: Dict[str, Any] = {
+            "status": dict(tally.by_status),
+            "evaluation": dict(evaluation.objectives) if evaluation.ok else {},
+            "utilization": tally.utilization(now),
+        }
+        if tally.best_fitness is not None:
+            out["best_fitness"] = tally.best_fitness
+        objectives, front, scale = tally.objectives, list(tally.front), tally.hypervolume_bounds()
+
+        def values() -> Dict[str, Any]:  # the hypervolume, the one costly figure, in the board's thread
+            if len(objectives) > 1:
+                out["front"] = {"size": len(front)}
+                if scale is not None:  # the report's definition: a scale fixed by the first evaluations
+                    out["front"]["hypervolume"] = hypervolume(objectives, front, *scale)
+            return out
+
+        self.board.scalars_later(values, finished, walltime=evaluation.end)
+
+    def close(self) -> None:
+        """Write what is queued and close the event file."""
+        self.board.close()
+
+
+class TooBig:
+    """The memory gate's side of dispatching: which proposals it refuses, and when a search whose proposals it
+    keeps refusing gives up (the space hardly fits ``evolve.memory.limit``)."""
+
+    def __init__(self, gate: Optional[MemoryGate], max_evaluations: int):
+        self.gate = gate
+        self.in_a_row = 0
+        self.limit = max(100, max_evaluations)  # refusals in a row after which the search gives up
+
+    def admits(self, task: Task) -> bool:
+        """Whether ``task`` may train (it fits, or there is no gate); counts the refusals in a row."""
+        if self.gate is None or self.gate.admit(task):
+            self.in_a_row = 0
+            return True
+        self.in_a_row += 1
+        return False
+
+    def refusal(self, task: Task) -> Result:
+        """The too_big result of a refused task, with the estimate that refused it."""
+        assert self.gate is not None  # only the gate refuses
+        error = (
+            f"estimated {task.estimate_mb:.0f} MB at batch {task.batch_size}, "
+            f"over the limit of {self.gate.limit / 2**20:.0f} MB"
+        )
+        return Result(task.id, Status.TOO_BIG, error=error, start=task.submit, end=task.submit, epochs=0)
+
+    def gave_up(self) -> bool:
+        """Whether the search stopped because nothing it proposed fitted the memory limit."""
+        return self.in_a_row >= self.limit
+
+
 class Dispatcher:
     """Rank 0: ask the strategy, hand tasks to free ranks, record results."""
 
@@ -204,15 +328,9 @@ class Dispatcher:
     ):
         run = as_run(run)
         self.comm, self.slot, self.cfg, self.run_dir = comm, slot, cfg, run.path
-        self.gate = gate
         self.rungs = strategy.rungs if isinstance(strategy, SuccessiveHalving) else []
-        self.proxy_epochs = cfg.evolve.evaluator.proxy_epochs
-        self.spent = sum(e.budget_used(self.proxy_epochs) for e in search_log.finished)
-        # the budget an evaluation in flight is sure to use: up to its next rung (all of it without rungs), so
-        # that ranks are not left idle for budget that stopping may yet give back
-        self.committed: Dict[int, float] = {}
-        self.first_share = self._share(self.rungs[0] if self.rungs else None)  # what a new evaluation commits
-        self.too_big_in_a_row = 0
+        self.budget = Budget(cfg, self.rungs, search_log.finished)
+        self.too_big = TooBig(gate, cfg.evolve.max_evaluations)
         # log lines of the results in hand, written after the next dispatch (stderr is a pipe to mpirun)
         self.said: List[Tuple[str, tuple]] = []
         self.log, self.strategy = search_log, strategy
@@ -224,14 +342,8 @@ class Dispatcher:
         self.inflight: Dict[int, Task] = {}
         self.idle: List[int] = list(range(self.world))
         self.stop, self.heart = run.stop, run.heart
-        # TensorBoard in the background: the dispatcher only queues what to chart
-        self.board = Board(run.dir.tb, background=True) if self.heart and cfg.monitor.tensorboard else None
-        self.started = time.time()
-        self.tally: Optional[RunningTally] = None  # what the board charts, kept up to date
-        if self.board is not None:
-            self.tally = RunningTally(strategy.objectives, self.world, self.started)
-            for earlier in search_log.finished:  # a resumed search's records
-                self.tally.add(earlier, self.started)
+        charted = self.heart is not None and cfg.monitor.tensorboard
+        self.charts = Charts(run, strategy.objectives, self.world, search_log.finished) if charted else None
         if status is None:
             from mpi4py import MPI  # imported here, not at module level: importing it initializes MPI
 
@@ -256,37 +368,24 @@ class Dispatcher:
                 scores=dict(proposal.scores),
                 screened=dict(proposal.screened),
             )
-            if self.gate is None or self.gate.admit(task):
-                self.too_big_in_a_row = 0
+            if self.too_big.admits(task):
                 return task
             self._record_too_big(task)
-            if self.too_big_in_a_row >= self.too_big_limit:
+            if self.too_big.gave_up():
                 log.error(
-                    "the last %d proposals were all too big for the memory limit: stopping", self.too_big_in_a_row
+                    "the last %d proposals were all too big for the memory limit: stopping", self.too_big.in_a_row
                 )
                 return None
 
-    @property
-    def too_big_limit(self) -> int:
-        """Proposals too big in a row after which the search gives up: the space hardly fits the limit."""
-        return max(100, self.cfg.evolve.max_evaluations)
-
     def gave_up(self) -> bool:
         """Whether the search stopped because nothing it proposed fitted the memory limit."""
-        return self.too_big_in_a_row >= self.too_big_limit
+        return self.too_big.gave_up()
 
     def _record_too_big(self, task: Task) -> None:
         """Log the ask and its too_big result at once: the strategy learns it, no rank trains it."""
-        self.too_big_in_a_row += 1
         task.submit = time.time()
         self.log.log_dispatch(task)
-        assert self.gate is not None  # only the gate refuses
-        error = (
-            f"estimated {task.estimate_mb:.0f} MB at batch {task.batch_size}, "
-            f"over the limit of {self.gate.limit / 2**20:.0f} MB"
-        )
-        result = Result(task.id, Status.TOO_BIG, error=error, start=task.submit, end=task.submit, epochs=0)
-        evaluation = Evaluation.of(task, result, rank=-1)
+        evaluation = Evaluation.of(task, self.too_big.refusal(task), rank=-1)
         evaluation.rank = None
         self._finished(evaluation)
 
@@ -294,7 +393,7 @@ class Dispatcher:
         task.submit, task.rank, task.fault = time.time(), rank, self.faults.get(task.id)
         self.log.log_dispatch(task)
         self.inflight[rank] = task
-        self.committed[rank] = self._share(task.rungs[0] if task.rungs else None)
+        self.budget.commit(rank, task.rungs[0] if task.rungs else None)
         self.ranks[rank].submit(task)
 
     def _collect(self) -> List[Tuple[int, Union[Result, RungReport]]]:
@@ -316,7 +415,7 @@ class Dispatcher:
         go_on = self.strategy.report(task.id, report.rung, report.fitness)
         if go_on:
             later = [r for r in task.rungs if r > report.rung]
-            self.committed[rank] = self._share(later[0] if later else None)
+            self.budget.commit(rank, later[0] if later else None)
         self.ranks[rank].decide(go_on)
         self.said.append(
             (
@@ -330,7 +429,7 @@ class Dispatcher:
             self._decide(rank, message)
             return
         task = self.inflight.pop(rank)
-        self.committed.pop(rank, None)
+        self.budget.release(rank)
         result = message
         if result.end is None:
             result.end = time.time()
@@ -360,82 +459,46 @@ class Dispatcher:
 
     def _finished(self, evaluation: Evaluation) -> None:
         self.log.log_result(evaluation)
-        self.spent += evaluation.budget_used(self.proxy_epochs)
+        self.budget.spend(evaluation)
         self.strategy.tell(evaluation)
-        self._chart(evaluation)
-
-    def _chart(self, evaluation: Evaluation) -> None:
-        """TensorBoard, per finished evaluation: its objectives, the best so far, counts by status,
-        the ranks' utilization so far and, for several objectives, the front's size and hypervolume."""
-        if self.tally is None or self.board is None:
-            return
-        tally, now = self.tally, time.time()
-        tally.add(evaluation, now)
-        out: Dict[str, Any] = {
-            "status": dict(tally.by_status),
-            "evaluation": dict(evaluation.objectives) if evaluation.ok else {},
-            "utilization": tally.utilization(now),
-        }
-        if tally.best_fitness is not None:
-            out["best_fitness"] = tally.best_fitness
-        objectives, front, scale = tally.objectives, list(tally.front), tally.hypervolume_bounds()
-
-        def values() -> Dict[str, Any]:  # the hypervolume, the one costly figure, in the board's thread
-            if len(objectives) > 1:
-                out["front"] = {"size": len(front)}
-                if scale is not None:  # the report's definition: a scale fixed by the first evaluations
-                    out["front"]["hypervolume"] = hypervolume(objectives, front, *scale)
-            return out
-
-        self.board.scalars_later(values, len(self.log.finished), walltime=evaluation.end)
+        if self.charts is not None:
+            self.charts.add(evaluation, len(self.log.finished))
 
     # -- loop ----------------------------------------------------------------
 
-    def _out_of_time(self, started: float) -> bool:
-        budget = self.cfg.evolve.time_budget
-        return budget is not None and time.time() - started >= budget
-
-    def _budget_left(self, started: float) -> bool:
-        if self.stop.signal or self._out_of_time(started):
-            return False
-        return self.spent + sum(self.committed.values()) + self.first_share <= self.cfg.evolve.max_evaluations + 1e-9
-
-    def _share(self, epochs: Optional[int]) -> float:
-        """The part of one evaluation that ``epochs`` of training are (``None``: the whole proxy schedule)."""
-        return 1.0 if epochs is None else epochs / self.proxy_epochs
+    def _may_dispatch(self) -> bool:
+        return not self.stop.signal and self.budget.allows_another()
 
     def run(self) -> Optional[str]:
         """Dispatch until the budget is spent (or a signal), then stop every rank.
 
         Returns the signal's name when one cut the search short (work is left for ``--resume``).
         """
-        started = time.time()
+        self.budget.start()
         try:
             with self.stop:
-                self._dispatch_loop(started)
+                self._dispatch_loop()
         finally:
             stop_serving(self.comm)
-            if self.board is not None:
-                self.board.close()
+            if self.charts is not None:
+                self.charts.close()
             if self.slot.busy:
                 self.slot.kill()
             self.slot.close()
             self.log.close()
         if not self.stop.requested:
             return None
-        work_left = bool(self.inflight) or (
-            self.spent + self.first_share <= self.cfg.evolve.max_evaluations + 1e-9 and not self._out_of_time(started)
-        )
+        work_left = bool(self.inflight) or self.budget.work_left()
         return self.stop.signal if work_left else None
 
-    def _dispatch_loop(self, started: float) -> None:
+    def _dispatch_loop(self) -> None:
         stop_deadline = None
         while True:
             results = self._collect()
             for rank, result in results:
                 self._handle(rank, result)
             dispatched = 0
-            while self.idle and self._budget_left(started):
+            while self.idle and self._may_dispatch():
                 task = self._next_task()
                 if task is None:
                     break
@@ -449,7 +512,7 @@ class Dispatcher:
             self.said.clear()
             if self.heart is not None:
                 self.heart.beat(ranks=self.world, finished=len(self.log.finished), in_flight=len(self.inflight))
-            if not self.inflight and (not self._budget_left(started) or not (dispatched or results)):
+            if not self.inflight and (not self._may_dispatch() or not (dispatched or results)):
                 break  # budget spent, or nothing in flight and nothing left to propose
             if self.stop.signal and stop_deadline is None:
                 stop_deadline = time.time() + self.cfg.evolve.executor.grace_period
@@ -580,7 +643,7 @@ def run_orchestrator(comm, cfg: Config, run: "Run | Path", data: str) -> Optiona
         assert gate is not None  # only the gate refuses
         smallest = 1 if cfg.evolve.memory.policy == "shrink_batch" else cfg.train.batch_size
         raise SearchFailed(
-            f"the last {dispatcher.too_big_in_a_row} proposals were all estimated over evolve.memory.limit "
+            f"the last {dispatcher.too_big.in_a_row} proposals were all estimated over evolve.memory.limit "
             f"({gate.limit / 2**20:.0f} MB) at batch {smallest} and nothing was trained: raise the limit or make "
             f"the space smaller (the estimates are in {RunDir(run_dir).history})"
         )

@@ -314,3 +314,33 @@ def test_every_message_crosses_a_process_boundary_as_its_own_type():
         assert type(decode(raw)) is type(message) and decode(raw) == message
     with pytest.raises(ValueError, match="not an hpcnas message"):
         decode({"id": 1, "rung": 2, "fitness": 0.5})  # told apart by its type, never by its keys
+
+
+def test_the_budget_counts_what_evaluations_in_flight_are_sure_to_spend():
+    from hpcnas.config import load_config
+    from hpcnas.execution.orchestrator import Budget
+
+    cfg = load_config(None, ["evolve.max_evaluations=2", "evolve.evaluator.proxy_epochs=9"])
+
+    class Stopped:  # an evaluation stopped at its first rung: a third of the proxy schedule
+        def budget_used(self, proxy_epochs):
+            return 3 / proxy_epochs
+
+    budget = Budget(cfg, rungs=[3, 9], finished=[])
+    assert budget.first_share == pytest.approx(1 / 3)
+    for rank in range(5):  # each new evaluation commits its first rung only
+        budget.commit(rank, 3)
+    assert budget.allows_another()  # 5/3 + 1/3 = 2
+    budget.commit(5, 3)
+    assert not budget.allows_another()
+    budget.commit(0, None)  # rank 0's evaluation went on past its rung: the rest of its schedule is committed
+    budget.release(5)
+    assert not budget.allows_another()  # 1 + 4/3 + 1/3 > 2
+    for rank in range(1, 5):
+        budget.release(rank)
+        budget.spend(Stopped())
+    assert budget.spent == pytest.approx(4 / 3) and budget.work_left()  # 4/3 + 1/3 <= 2
+    budget.release(0)
+    assert budget.allows_another() and budget.work_left()
+    timed = Budget(load_config(None, ["evolve.time_budget=0"]), rungs=[], finished=[])
+    assert timed.out_of_time() and not timed.allows_another() and not timed.work_left()
