@@ -18,8 +18,8 @@ from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tup
 
 from hpcnas.plugins import OP_SETS, OPS, TOPOLOGIES, import_target  # noqa: F401 - re-exported: this vocabulary
 
-# the op sets and topologies a config names are registered in hpcnas.plugins (OP_SETS, TOPOLOGIES); the ops
-# here, below (OPS)
+# the op sets and topologies a config names are registered in hpcnas.plugins (OP_SETS, TOPOLOGIES), and the
+# ops below in OPS
 O_BASE: Tuple[str, ...] = (
     "sep_conv_3x3",
     "sep_conv_5x5",
