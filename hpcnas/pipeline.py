@@ -552,7 +552,9 @@ def evolve(
     run_dir = Path(payload[1])
     outcome, failure = None, None
     try:
-        outcome = run_orchestrator(comm, cfg, opened or run_dir, payload[2])
+        # every rank the same resolved path (as broadcast); rank 0 its heartbeat too
+        run = Run(run_dir, opened.heart) if opened is not None else Run(run_dir)
+        outcome = run_orchestrator(comm, cfg, run, payload[2])
     except Exception as exc:  # on rank 0: the others must not wait for a verdict that never comes
         failure = exc
     code, stopped_by = comm.bcast((2 if isinstance(failure, UserError) else 1 if failure else 0, outcome), root=0)
