@@ -178,6 +178,15 @@ VARIANTS: Dict[str, dict] = {
         "about": "every encoder and decoder level its own theta and genotype cell (the reduction cells too, each "
         "decoded on its own), instead of one reduction and one normal cell shared by every level",
     },
+    # NAS inside the hand-designed network (the paper's section 6): the ResNet-UNet at B-default's width, its
+    # encoder blocks, skips and decoder convs searched among O_blocks, one choice per level; against B-default
+    "resnet-unet": {
+        "kind": "search",
+        "set": ["space.topology=resnet_unet", "space.cells=per_stage", "space.channels=16"],
+        "versus": "B-default",
+        "about": "the ResNet-UNet of B-default's width with its second encoder block, skip and second decoder conv "
+        "at every level searched among 27 block variants (the others' ops hand-designed), against B-default",
+    },
     "fixed-arch-lr-10": {
         "kind": "search",
         "set": ["search.arch_lr=10"],
@@ -761,7 +770,7 @@ def paired_differences(rows: List[dict], boot: int = 10_000, min_seeds: int = 3)
     if "A" in by_seed and cells:
         out.append(versus_random_cells(by_seed["A"], cells, rng, boot, min_seeds))
     comparisons = [("A", "B-matched"), ("A-large", "B-default")]
-    comparisons += [(arm, "A") for arm in by_seed if arm.startswith("D:")]
+    comparisons += [(arm, VARIANTS.get(arm[2:], {}).get("versus", "A")) for arm in by_seed if arm.startswith("D:")]
     for mine, other in comparisons:
         common = sorted(set(by_seed.get(mine, {})) & set(by_seed.get(other, {})))
         if not common:
@@ -974,6 +983,10 @@ def main() -> int:
     needs_a += [f"D:{v}" for v in args.variants if VARIANTS[v].get("base") == "A"]
     if needs_a and "A" not in args.arms:
         parser.error(f"{', '.join(needs_a)} need(s) arm A")
+    for name in args.variants:
+        versus = VARIANTS[name].get("versus")
+        if versus and versus not in args.arms:
+            parser.error(f"D:{name} is compared with arm {versus}: add it to --arms")
     for name in args.variants:  # a derived variant needs the arm it derives from
         base = VARIANTS[name].get("base", "A")
         if base.startswith("D:") and base[2:] not in args.variants:

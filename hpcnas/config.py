@@ -90,6 +90,8 @@ class SpaceConfig:
     # shared: one cell per type (DARTS' reduction and normal cell) at every level; per_stage: every encoder and
     # decoder level its own architecture weights and genotype cell
     cells: Literal["shared", "per_stage"] = "shared"
+    # resnet_unet: the block groups searched (encoder, decoder, skip); the others stay hand-designed.  null: all
+    searchable: Optional[List[str]] = None
 
 
 @dataclass
@@ -424,6 +426,7 @@ def check_consistency(cfg: Config, source: str) -> None:
             key="search.partial_channels",
         )
     check_op_set(cfg.space.op_set or TOPOLOGIES[cfg.space.topology].op_set, source)
+    TOPOLOGIES[cfg.space.topology].check_searchable(cfg.space.searchable, source)
     for objective in cfg.evolve.measure:
         OBJECTIVES.check(objective, source, key=f"evolve.measure.{objective}")
         measure_options(cfg, objective, source)

@@ -156,17 +156,28 @@ TOPOLOGIES: Registry[Any] = Registry(
     "topology",
     "space.topology",
     _builtins(
-        "hpcnas.space.topology", darts_unet="DARTS_UNET", darts_unetpp="DARTS_UNETPP", resnext_unet="RESNEXT_UNET"
+        "hpcnas.space.topology",
+        darts_unet="DARTS_UNET",
+        darts_unetpp="DARTS_UNETPP",
+        resnext_unet="RESNEXT_UNET",
+        resnet_unet="RESNET_UNET",
     ),
 )
 OP_SETS: Registry[Any] = Registry(
-    "op set", "space.op_set", _builtins("hpcnas.space.topology", O_base="O_BASE", O_large="O_LARGE")
+    "op set",
+    "space.op_set",
+    _builtins("hpcnas.space.topology", O_base="O_BASE", O_large="O_LARGE", O_blocks="O_BLOCKS"),
 )
 # hpcnas.space.topology.Op records: what each op is (for decoding) and how to build it (imported only then)
 OPS: Registry[Any] = Registry("op", "space.op_set", {}, registered_in="hpcnas.space.topology")
 # the torch module of each cell kind, by the kind's name (a topology holds its CellKind itself)
 CELL_MODULES: Registry[Any] = Registry(
-    "cell kind", "space.topology", _builtins("hpcnas.space.cells", darts="DartsCell", resnext="ResNeXtCell")
+    "cell kind",
+    "space.topology",
+    {
+        **_builtins("hpcnas.space.cells", darts="DartsCell", resnext="ResNeXtCell"),
+        **_builtins("hpcnas.space.blocks", block="BlockCell"),
+    },
 )
 STRATEGIES: Registry[Any] = Registry(
     "strategy",

@@ -48,7 +48,7 @@ def test_file_then_overrides(tmp_path):
             "space:\n  topology: darts_unet+\n",
             [],
             "key 'space.topology': unknown topology 'darts_unet+' (did you mean 'darts_unet'?) "
-            "(known: darts_unet, darts_unetpp, resnext_unet)",
+            "(known: darts_unet, darts_unetpp, resnext_unet, resnet_unet)",
         ),
         ("search:\n  edge_normalization: 1\n", [], "key 'search.edge_normalization': expected true or false"),
         ("search: 3\n", [], "key 'search': expected a section"),

@@ -49,6 +49,12 @@ def test_verdicts_below_zero_and_with_too_few_seeds(quality):
     assert by_name(quality.paired_differences(two))["D:worse - A"]["verdict"].startswith("too few seeds")
 
 
+def test_a_variant_of_the_hand_designed_network_is_paired_with_b_default(quality):
+    rows = rows_of("B-default", [0.6, 0.7, 0.65]) + rows_of("D:resnet-unet", [0.63, 0.72, 0.69])
+    entry = by_name(quality.paired_differences(rows))["D:resnet-unet - B-default"]
+    assert entry["difference"] == pytest.approx(0.03) and entry["verdict"] == "beyond noise (above 0)"
+
+
 def test_the_random_cells_are_resampled_with_the_seeds_they_were_trained_under(quality):
     a = [0.66, 0.70, 0.62, 0.68, 0.64]
     cells = [{"arm": "C", "seed": k % 5, "cell": k, "test_miou": a[k % 5] - 0.03 - 0.002 * k} for k in range(8)]

@@ -164,6 +164,7 @@ def decode_genotype(
     for role in space.roles():
         edges = snapshot["edges"][role] if snapshot.get("edges") else None
         decoder = topo.is_decoder(role)  # the caps apply to the normal (decoder) cells, as in P-DARTS
+        capped = space.kind.capped
         cells.append(
             (
                 role,
@@ -171,8 +172,8 @@ def decode_genotype(
                     space,
                     snapshot["ops"][role],
                     edges,
-                    max_skips if decoder else None,
-                    max_parameter_free if decoder else max_parameter_free_other,
+                    max_skips if decoder and capped else None,
+                    (max_parameter_free if decoder else max_parameter_free_other) if capped else None,
                 ),
             )
         )

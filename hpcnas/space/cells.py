@@ -132,7 +132,7 @@ class ResNeXtCell(GraphCell):
 
 
 def _stride(kind: CellKind, src: int, reduction: bool) -> int:
-    return 2 if reduction and src < kind.inputs else 1
+    return 2 if kind.reduces and reduction and src < kind.inputs else 1
 
 
 def search_edges(

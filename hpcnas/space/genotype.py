@@ -48,8 +48,11 @@ class Genotype:
     paths: Optional[Tuple[Path_, ...]] = None  # UNet++ only
 
     def cell(self, role: str) -> Cell:
-        """The nodes of the cells of ``role``."""
-        return dict(self.cells)[role]
+        """The nodes of the cells of ``role`` (a role the genotype leaves out: its topology's hand-designed cell)."""
+        cell = dict(self.cells).get(role) or TOPOLOGIES[self.topology].default_cell(role)
+        if cell is None:
+            raise KeyError(role)
+        return cell
 
     @property
     def per_stage(self) -> bool:
@@ -115,10 +118,10 @@ class Genotype:
         return [cell for role, cell in self.cells if topo.is_decoder(role)]
 
     def parameter_free_fraction(self) -> float:
-        """The fraction of the decoder cells' edges whose op has no weights (skip, pooling)."""
+        """The fraction of the decoder cells' edges whose op has no weights (skip, pooling); 0 without any."""
         ops = [op for cell in self.decoder_cells() for node in cell for op, _ in node]
         free = parameter_free_ops(ops)
-        return sum(op in free for op in ops) / len(ops)
+        return sum(op in free for op in ops) / max(len(ops), 1)
 
     def skip_count(self) -> int:
         """How many edges of a decoder cell are skip connections (per-stage cells: the most any one holds)."""
@@ -127,7 +130,7 @@ class Genotype:
             ops = [op for node in cell for op, _ in node]
             skips = skip_ops(ops)
             counts.append(sum(op in skips for op in ops))
-        return max(counts)
+        return max(counts, default=0)
 
     def describe(self) -> str:
         """A one-line summary for logs."""
@@ -163,6 +166,8 @@ def _parse(raw: Any, source: str) -> Genotype:
     n_in = topo.cell_kind.inputs
     for name in roles:
         if name not in cells_raw:
+            if topo.default_cell(name) is not None:  # a block left hand-designed
+                continue
             raise err(f"cells.{name}", "missing cell")
         nodes_raw = cells_raw[name]
         if not isinstance(nodes_raw, list) or not nodes_raw:
@@ -196,9 +201,8 @@ def _parse(raw: Any, source: str) -> Genotype:
 
 
 def _implied_depth(topo, roles: List[str]) -> int:
-    """The depth per-stage roles imply: encoder cells make levels 1..D, decoder cells work at 0..D-1."""
-    levels = [level + topo.is_decoder(role) for role in roles if (level := split_role(role)[1]) is not None]
-    return max(levels, default=1)
+    """The depth per-stage roles imply: encoder cells make levels 1..D, the others work at 0..D-1."""
+    return max((topo.depth_of(role) for role in roles if split_role(role)[1] is not None), default=1)
 
 
 def _roles(topo, names: List[str], topo_name: str, err) -> Tuple[str, ...]:

@@ -30,7 +30,16 @@ from hpcnas.space.genotype import Genotype
 from hpcnas.space.mixed import MixedOp
 from hpcnas.space.ops import ReLUConvBN
 from hpcnas.space.searchspace import SearchSpace
-from hpcnas.space.topology import TOPOLOGIES, CellKind, GridNode, stage_role, unetpp_in_edges, unetpp_nodes
+from hpcnas.space.topology import (
+    TOPOLOGIES,
+    CellKind,
+    GridNode,
+    Topology,
+    import_target,
+    stage_role,
+    unetpp_in_edges,
+    unetpp_nodes,
+)
 
 
 class ArchParams(nn.Module):
@@ -143,17 +152,26 @@ class CellFactory:
         """Whether the cells hold mixed ops."""
         return self.genotype is None
 
+    def _hand_designed(self, role: str):
+        assert self.space is not None  # only a supernet has roles it does not search
+        cell = self.space.topology.default_cell(role)
+        if cell is None:
+            raise KeyError(role)
+        return cell
+
     def __call__(
         self, cell_type: str, level: int, in_channels: Sequence[int], c: int, reduce_prev: bool = False
     ) -> GraphCell:
         """A cell of ``cell_type`` (encoder or decoder) that works at resolution ``level``."""
         reduction = cell_type == self.cell_types[0]
         role = self.role(cell_type, level)
-        if self.genotype is None:
+        searched = self.space is not None and role in self.space.roles()
+        if self.genotype is None and searched:
             edges = search_edges(self.space, c, reduction, self.partial, self.generator, self.sampling)
-        else:
-            edges = discrete_edges(self.kind, self.genotype.cell(role), c, reduction)
-        cell = make_cell(self.kind, edges, in_channels, c, reduction, reduce_prev, affine=not self.search)
+        else:  # a genotype's cell, or (in a supernet) a block left hand-designed
+            cell_of = self.genotype.cell if self.genotype is not None else self._hand_designed
+            edges = discrete_edges(self.kind, cell_of(role), c, reduction)
+        cell = make_cell(self.kind, edges, in_channels, c, reduction, reduce_prev, affine=not searched)
         cell.role = role  # which cell type's architecture weights it uses
         return cell
 
@@ -210,9 +228,9 @@ def cell_archs(arch: Optional[ArchParams]) -> Callable[[GraphCell], Optional[Cel
     memo: Dict[str, CellArch] = {}
 
     def of(cell: GraphCell) -> Optional[CellArch]:
-        if arch is None:
-            return None
         role = str(cell.role)
+        if arch is None or role not in arch.node_inputs:  # a discrete network, or a block not searched
+            return None
         if role not in memo:
             memo[role] = arch.cell_arch(role)
         return memo[role]
@@ -386,7 +404,7 @@ def build_search_network(
         edge_norm and space.kind.edge_normalization,
         betas,
     )
-    cls = UNetPlusPlus if topo.nested else UNet
+    cls = network_class(topo)
     return SearchNetwork(cls(factory, in_channels, num_classes, channels, space.depth, arch=arch), arch, rng)
 
 
@@ -398,4 +416,11 @@ def build_discrete_network(
     factory = CellFactory(topo.cell_kind, topo.cell_names, genotype=genotype)
     if topo.nested:
         return UNetPlusPlus(factory, in_channels, num_classes, channels, depth, paths=genotype.paths)
-    return UNet(factory, in_channels, num_classes, channels, depth)
+    return network_class(topo)(factory, in_channels, num_classes, channels, depth)
+
+
+def network_class(topology: Topology) -> type:
+    """The torch network a topology names (its ``network``), else the U-Net or UNet++ of cells."""
+    if topology.network:
+        return import_target(topology.network)
+    return UNetPlusPlus if topology.nested else UNet

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from hpcnas.errors import UserError
 from hpcnas.plugins import check_op_set
@@ -36,6 +36,8 @@ class SearchSpace:
     shape: CellShape
     depth: int
     per_stage: bool = False  # space.cells: per_stage (one theta and one genotype cell per level) or shared
+    # space.searchable: the cell types searched, of a topology with hand-designed defaults; None: every type
+    searchable: Optional[Tuple[str, ...]] = None
 
     @classmethod
     def of(
@@ -48,12 +50,15 @@ class SearchSpace:
         depth: int = 3,
         edges_per_node: int = 2,
         per_stage: bool = False,
+        searchable: Optional[Sequence[str]] = None,
     ) -> "SearchSpace":
         """The space of a topology by name (its own op set unless ``op_set`` is given)."""
         topo = TOPOLOGIES[topology]
         check_op_set(op_set or topo.op_set)
+        topo.check_searchable(searchable)
         shape = CellShape(nodes, towers, tower_depth, edges_per_node)
-        return cls(topo, op_set or topo.op_set, shape, depth, per_stage)
+        chosen = tuple(searchable) if searchable is not None else None
+        return cls(topo, op_set or topo.op_set, shape, depth, per_stage, chosen)
 
     @classmethod
     def from_config(cls, cfg) -> "SearchSpace":
@@ -68,6 +73,7 @@ class SearchSpace:
             sp.depth,
             cfg.search.decode.edges_per_node,
             per_stage=sp.cells == "per_stage",
+            searchable=sp.searchable,
         )
 
     # -- structure --------------------------------------------------------------
@@ -78,8 +84,8 @@ class SearchSpace:
         return self.topology.cell_kind
 
     def roles(self) -> Tuple[str, ...]:
-        """The roles of this space's cells (one per cell type, or one per cell type and level), encoder first."""
-        return self.topology.roles(self.depth, self.per_stage)
+        """The roles searched (one per cell type, or one per cell type and level), encoder first."""
+        return self.topology.roles(self.depth, self.per_stage, self.searchable)
 
     @property
     def ops(self) -> Tuple[str, ...]:
@@ -201,7 +207,9 @@ class SearchSpace:
             problem = self.kind.problem(cell, self.shape)
             if problem is not None:
                 raise UserError(problem[1], source=source, key=f"cells.{name}[{problem[0]}]")
-        if genotype.per_stage and genotype.depth() != self.depth:
+        implied = genotype.depth()
+        optional = self.topology.default_cell(genotype.cells[0][0]) is not None  # roles may be left out
+        if implied is not None and (implied > self.depth if optional else implied != self.depth):
             raise UserError(
                 f"has a cell for each of {genotype.depth()} levels, the config's space.depth is {self.depth}",
                 source=source,

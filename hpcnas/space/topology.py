@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
 
+from hpcnas.errors import UserError, unknown_name
 from hpcnas.plugins import OP_SETS, OPS, TOPOLOGIES, import_target  # noqa: F401 - re-exported: this vocabulary
 
 # the op sets and topologies a config names are registered in hpcnas.plugins (OP_SETS, TOPOLOGIES), and the
@@ -56,21 +57,23 @@ class Op:
     """
 
     name: str
-    build: Union[str, Callable[[int, int, bool], Any]]
+    build: Union[str, Callable[..., Any]]
     weighted: bool = True  # False: no weights (skips, pooling, zero); what a parameter-free cap counts
     skip: bool = False  # an identity at stride 1: what a skip cap counts
     zero: bool = False  # the "none" of a mixed op: never decoded, never sampled
     rescaled: bool = False  # a BatchNorm follows it inside a mixed op, to match the convolutions' scale (DARTS)
+    settings: Tuple[Any, ...] = ()  # passed to ``build`` after (channels, stride, affine): one builder, many ops
+    strides: Tuple[int, ...] = (1, 2)  # the strides it is built at (a block of a hand-designed network: 1 only)
 
     def module(self, channels: int, stride: int, affine: bool) -> Any:
         """The op's torch module for ``channels`` channels at ``stride``."""
         build = import_target(self.build) if isinstance(self.build, str) else self.build
-        return build(channels, stride, affine)
+        return build(channels, stride, affine, *self.settings)
 
 
 def _register_builtin_ops() -> None:
     free = {"weighted": False}
-    kinds: Dict[str, Dict[str, bool]] = {
+    kinds: Dict[str, Dict[str, Any]] = {
         "none": {**free, "zero": True},
         "cut": {**free, "zero": True},
         "skip_connect": {**free, "skip": True},
@@ -83,6 +86,38 @@ def _register_builtin_ops() -> None:
 
 
 _register_builtin_ops()
+
+# The block variants of a searchable ResNet-UNet (each maps C to C channels at stride 1; "w" scales the inner
+# width: the expansion of the IR-NAS row of the search spaces).  plain_3x3 is the hand-designed decoder's
+# conv-BN-ReLU, basic_3x3_w1 the hand-designed encoder's ResNet block, identity the hand-designed skip.
+BLOCK_VARIANTS: Tuple[str, ...] = ("basic", "bottleneck", "separable", "dilated")
+BLOCK_KERNELS: Tuple[int, ...] = (3, 5)
+BLOCK_WIDTHS: Tuple[float, ...] = (0.5, 1.0, 1.5)
+
+
+def _block_name(variant: str, kernel: int, width: float) -> str:
+    return f"{variant}_{kernel}x{kernel}_w{width:g}"
+
+
+def _register_block_ops() -> None:
+    def add(name: str, builder: str, *settings: Any, **kind: bool) -> None:
+        OPS.add(name, Op(name, f"hpcnas.space.blocks:{builder}", settings=settings, strides=(1,), **kind))
+
+    add("identity", "identity", weighted=False, skip=True)
+    for kernel in BLOCK_KERNELS:
+        add(f"plain_{kernel}x{kernel}", "plain", kernel)
+    for variant in BLOCK_VARIANTS:
+        for kernel in BLOCK_KERNELS:
+            for width in BLOCK_WIDTHS:
+                add(_block_name(variant, kernel, width), variant, kernel, width)
+
+
+_register_block_ops()
+O_BLOCKS: Tuple[str, ...] = (
+    ("identity",)
+    + tuple(f"plain_{k}x{k}" for k in BLOCK_KERNELS)
+    + tuple(_block_name(v, k, w) for v in BLOCK_VARIANTS for k in BLOCK_KERNELS for w in BLOCK_WIDTHS)
+)
 
 
 def zero_ops(names: Sequence[str]) -> FrozenSet[str]:
@@ -126,6 +161,8 @@ class CellKind:
     edge_normalization = False  # whether eq. 8's edge weights apply
     free_inputs = False  # whether a node chooses its inputs (mutable, decoded) or has fixed ones
     size_keys = ""  # the config keys that set the node count, for error messages
+    reduces = True  # whether the encoder cells halve the resolution themselves (their input edges are strided)
+    capped = True  # whether decoding's skip and parameter-free caps apply (they fight DARTS' collapse)
 
     def node_count(self, shape: CellShape) -> int:
         """Intermediate nodes per cell."""
@@ -194,7 +231,29 @@ class ResNeXtKind(CellKind):
         return 1
 
 
-CELL_KINDS: Dict[str, CellKind] = {kind.name: kind for kind in (DartsKind(), ResNeXtKind())}
+class BlockKind(CellKind):
+    """A choice point of a hand-designed network: one block, applied to the block's input.
+
+    The network around it does the downsampling, so no edge is strided; the caps do not apply, because the
+    hand-designed network's own blocks include the identity (a plain skip connection)."""
+
+    name = "block"
+    inputs = 1
+    size_keys = "(one block per choice point)"
+    reduces = False
+    capped = False
+
+    def node_count(self, shape: CellShape) -> int:
+        return 1
+
+    def sources(self, shape: CellShape, node: int) -> List[int]:
+        return [0]
+
+    def kept_per_node(self, shape: CellShape) -> int:
+        return 1
+
+
+CELL_KINDS: Dict[str, CellKind] = {kind.name: kind for kind in (DartsKind(), ResNeXtKind(), BlockKind())}
 
 
 @dataclass(frozen=True)
@@ -213,24 +272,77 @@ class Topology:
     cell_names: Tuple[str, str]  # (encoder cell type, decoder cell type)
     op_set: str
     nested: bool  # UNet++ (paths decoded) or U-Net
+    network: str = ""  # "module:Class" of the torch network; empty: the U-Net (or UNet++) of cells
+
+    @property
+    def cell_types(self) -> Tuple[str, ...]:
+        """Every type of cell (of choice point) the network has, encoder first."""
+        return tuple(self.cell_names)
 
     def stride(self, depth: int) -> int:
         """Input sizes must be multiples of this."""
         return 2**depth * (4 if self.nested else 1)
 
     def levels(self, cell_type: str, depth: int) -> range:
-        """The resolution levels the cells of ``cell_type`` work at: 1..depth (encoder), 0..depth-1 (decoder)."""
+        """The resolution levels the cells of ``cell_type`` work at: 1..depth (encoder), 0..depth-1 (others)."""
         return range(1, depth + 1) if cell_type == self.cell_names[0] else range(depth)
 
-    def roles(self, depth: int, per_stage: bool) -> Tuple[str, ...]:
-        """Every role of a network of ``depth`` levels, encoder first."""
+    def roles(self, depth: int, per_stage: bool, searchable: Optional[Sequence[str]] = None) -> Tuple[str, ...]:
+        """Every role of a network of ``depth`` levels, encoder first; of the cell types ``searchable`` only,
+        when given (those of a topology with hand-designed :meth:`default_cell` s)."""
+        types = [t for t in self.cell_types if searchable is None or t in searchable]
         if not per_stage:
-            return tuple(self.cell_names)
-        return tuple(stage_role(t, level) for t in self.cell_names for level in self.levels(t, depth))
+            return tuple(types)
+        return tuple(stage_role(t, level) for t in types for level in self.levels(t, depth))
 
     def is_decoder(self, role: str) -> bool:
         """Whether ``role`` names decoder (normal, up) cells."""
         return split_role(role)[0] == self.cell_names[1]
+
+    def depth_of(self, role: str) -> int:
+        """The least network depth that has a per-stage ``role``."""
+        cell_type, level = split_role(role)
+        return (level or 0) + (cell_type != self.cell_names[0])
+
+    def default_cell(self, role: str) -> Optional[Cell]:
+        """The hand-designed cell of ``role``, which a genotype may then leave out; None: every role is searched."""
+        return None
+
+    def check_searchable(self, searchable: Optional[Sequence[str]], source: Optional[str] = None) -> None:
+        """A :class:`UserError` when ``space.searchable`` names no cell type, or one this topology lacks, or this
+        topology has no hand-designed cells to fall back on."""
+        if searchable is None:
+            return
+        key = "space.searchable"
+        if self.default_cell(self.cell_types[0]) is None:
+            raise UserError(
+                f"{self.name} searches every cell; space.searchable applies to a topology with hand-designed "
+                f"blocks (resnet_unet)",
+                source=source,
+                key=key,
+            )
+        if not searchable:
+            raise UserError(f"names no block group (known: {', '.join(self.cell_types)})", source=source, key=key)
+        for name in searchable:
+            if name not in self.cell_types:
+                raise UserError(unknown_name("block group", name, self.cell_types), source=source, key=key)
+
+
+@dataclass(frozen=True)
+class BlockTopology(Topology):
+    """A hand-designed network whose blocks are choice points (NNI's ``LayerChoice``): each cell type is a group
+    of blocks with a hand-designed default op; ``space.searchable`` picks the groups searched, and a genotype
+    lists only those (a block it leaves out is the hand-designed one)."""
+
+    groups: Tuple[Tuple[str, str], ...] = ()  # (cell type, its hand-designed op), encoder first
+
+    @property
+    def cell_types(self) -> Tuple[str, ...]:
+        return tuple(group for group, _ in self.groups)
+
+    def default_cell(self, role: str) -> Optional[Cell]:
+        op = dict(self.groups)[split_role(role)[0]]
+        return (((op, 0),),)
 
 
 def stage_role(cell_type: str, level: int) -> str:
@@ -248,6 +360,17 @@ def split_role(role: str) -> Tuple[str, Optional[int]]:
 DARTS_UNET = Topology("darts_unet", CELL_KINDS["darts"], ("reduce", "normal"), "O_base", nested=False)
 DARTS_UNETPP = Topology("darts_unetpp", CELL_KINDS["darts"], ("reduce", "normal"), "O_base", nested=True)
 RESNEXT_UNET = Topology("resnext_unet", CELL_KINDS["resnext"], ("down", "up"), "O_large", nested=False)
+# the ResNet-UNet baseline with choice points: the second block of each encoder stage, the second conv of each
+# decoder stage, and each skip connection (hpcnas.space.blocks)
+RESNET_UNET = BlockTopology(
+    "resnet_unet",
+    CELL_KINDS["block"],
+    ("encoder", "decoder"),
+    "O_blocks",
+    nested=False,
+    network="hpcnas.space.blocks:ResNetUNetOfChoices",
+    groups=(("encoder", "basic_3x3_w1"), ("decoder", "plain_3x3"), ("skip", "identity")),
+)
 
 
 # --------------------------------------------------------------------------

@@ -6,27 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-
-class BasicBlock(nn.Module):
-    """ResNet basic block: two 3x3 conv-BN, ReLU, projection shortcut when the shape changes."""
-
-    def __init__(self, c_in: int, c_out: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.shortcut = nn.Identity()
-        if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
-
-
-def _conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+from hpcnas.space.blocks import BasicBlock, conv_bn_relu
 
 
 class ResNetUNet(nn.Module):
@@ -40,7 +20,7 @@ class ResNetUNet(nn.Module):
         super().__init__()
         widths = [max(1, round(width * 2**level)) for level in range(depth + 1)]
         width = widths[0]
-        self.stem = nn.Sequential(_conv_bn_relu(in_channels, width), BasicBlock(width, width))
+        self.stem = nn.Sequential(conv_bn_relu(in_channels, width), BasicBlock(width, width))
         self.down = nn.ModuleList(
             nn.Sequential(
                 BasicBlock(widths[level - 1], widths[level], stride=2),
@@ -50,8 +30,8 @@ class ResNetUNet(nn.Module):
         )
         self.up = nn.ModuleList(
             nn.Sequential(
-                _conv_bn_relu(widths[level + 1] + widths[level], widths[level]),
-                _conv_bn_relu(widths[level], widths[level]),
+                conv_bn_relu(widths[level + 1] + widths[level], widths[level]),
+                conv_bn_relu(widths[level], widths[level]),
             )
             for level in reversed(range(depth))
         )
