@@ -182,10 +182,23 @@ VARIANTS: Dict[str, dict] = {
     # encoder blocks, skips and decoder convs searched among O_blocks, one choice per level; against B-default
     "resnet-unet": {
         "kind": "search",
-        "set": ["space.topology=resnet_unet", "space.cells=per_stage", "space.channels=16"],
+        "set": ["space.topology=resnet_unet", "space.op_set=O_blocks", "space.cells=per_stage", "space.channels=16"],
         "versus": "B-default",
         "about": "the ResNet-UNet of B-default's width with its second encoder block, skip and second decoder conv "
         "at every level searched among 27 block variants (the others' ops hand-designed), against B-default",
+    },
+    "resnet-unet-auto3": {
+        "kind": "search",
+        "set": [
+            "space.topology=resnet_unet",
+            "space.op_set=O_blocks",
+            "space.cells=per_stage",
+            "space.channels=16",
+            "space.searchable=auto:3",
+        ],
+        "versus": "B-default",
+        "about": "as resnet-unet, but only the 3 of its 9 blocks whose theta the warm-up epoch decided most are "
+        "searched after it (space.searchable auto:3); the other 6 stay hand-designed",
     },
     "fixed-arch-lr-10": {
         "kind": "search",

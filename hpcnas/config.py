@@ -90,8 +90,9 @@ class SpaceConfig:
     # shared: one cell per type (DARTS' reduction and normal cell) at every level; per_stage: every encoder and
     # decoder level its own architecture weights and genotype cell
     cells: Literal["shared", "per_stage"] = "shared"
-    # resnet_unet: the block groups searched (encoder, decoder, skip); the others stay hand-designed.  null: all
-    searchable: Optional[List[str]] = None
+    # resnet_unet: the block groups searched (encoder, decoder, skip), the others hand-designed; null: all; or
+    # "auto:K": every block through a warm-up epoch of architecture steps, then the K most decided ones only
+    searchable: Union[None, List[str], str] = None
 
 
 @dataclass
@@ -425,8 +426,10 @@ def check_consistency(cfg: Config, source: str) -> None:
             source=source,
             key="search.partial_channels",
         )
-    check_op_set(cfg.space.op_set or TOPOLOGIES[cfg.space.topology].op_set, source)
-    TOPOLOGIES[cfg.space.topology].check_searchable(cfg.space.searchable, source)
+    topology = TOPOLOGIES[cfg.space.topology]
+    check_op_set(cfg.space.op_set or topology.op_set, source)
+    topology.check_candidates(cfg.space.op_set or topology.op_set, source)
+    topology.check_searchable(cfg.space.searchable, source)
     for objective in cfg.evolve.measure:
         OBJECTIVES.check(objective, source, key=f"evolve.measure.{objective}")
         measure_options(cfg, objective, source)

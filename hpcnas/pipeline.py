@@ -175,6 +175,30 @@ def check_architecture_budget(cfg) -> None:
             "own step size, or give a positive one",
             key="search.arch_lr",
         )
+    check_auto_blocks(cfg)
+
+
+def check_auto_blocks(cfg) -> None:
+    """``space.searchable: auto:K`` needs a warm-up epoch with architecture steps and an epoch after it, at most
+    as many blocks as the network has, and theta's ranking (not perturbation) to decode."""
+    from hpcnas.space.searchspace import SearchSpace
+    from hpcnas.space.topology import auto_blocks
+
+    se, k = cfg.search, auto_blocks(cfg.space.searchable)
+    if k is None:
+        return
+    key = "space.searchable"
+    if se.arch_start_epoch >= se.epochs:
+        raise UserError(
+            f"auto:{k} picks the blocks after the warm-up epoch search.arch_start_epoch={se.arch_start_epoch}, and "
+            f"searches them after it: search.epochs={se.epochs} leaves no epoch for that",
+            key=key,
+        )
+    blocks = SearchSpace.from_config(cfg).roles()
+    if k > len(blocks):
+        raise UserError(f"auto:{k}, but the network has {len(blocks)} blocks: {', '.join(blocks)}", key=key)
+    if se.decode.method != "theta":
+        raise UserError(f"auto:{k} decodes by theta; search.decode.method={se.decode.method} is not supported", key=key)
 
 
 @holds_run_dirs

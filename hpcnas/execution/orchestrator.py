@@ -123,6 +123,12 @@ def check_evolve_config(cfg: Config, world: int) -> None:
     """
     make_strategy(cfg, world)
     EVALUATORS.check(cfg.evolve.evaluator.name)
+    if isinstance(cfg.space.searchable, str):
+        raise UserError(
+            f"space.searchable={cfg.space.searchable} picks blocks by a supernet's warm-up, which evolve has not: "
+            "name the groups it samples (a list), or leave it null for every block",
+            key="space.searchable",
+        )
     parse_faults(cfg.evolve.faults.inject)
     ev = cfg.evolve
     population = getattr(ev.strategy.options, "population", None)  # only a strategy with a population has one

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -43,6 +44,7 @@ from hpcnas.search.perturbation import perturbation_snapshot
 from hpcnas.space.genotype import Genotype
 from hpcnas.space.networks import SearchNetwork, build_search_network
 from hpcnas.space.searchspace import SearchSpace
+from hpcnas.space.topology import auto_blocks
 from hpcnas.train.loop import EpochLoop, StopWhileValidating, cosine_sgd
 from hpcnas.train.losses import WeightedCrossEntropy
 
@@ -77,8 +79,12 @@ def build_supernet(cfg: Config, info: DatasetInfo, device: Optional[torch.device
 
 
 def decode(cfg: Config, model: SearchNetwork) -> Genotype:
-    """The genotype the current architecture weights stand for."""
-    return decode_configured(cfg, model.arch.snapshot())
+    """The genotype the current architecture weights stand for (without the blocks auto:K left hand-designed)."""
+    genotype = decode_configured(cfg, model.arch.snapshot())
+    held = model.arch.held
+    if not held:
+        return genotype
+    return replace(genotype, cells=tuple((role, cell) for role, cell in genotype.cells if role not in held))
 
 
 class SupernetSearch(EpochLoop):
@@ -158,6 +164,7 @@ class SupernetSearch(EpochLoop):
         self.kept_genotype = None  # DARTS+: the genotype of the last epoch before the skips piled up
         self.optimizers = {"w": self.w_opt, "arch": self.a_opt}
         self.epochs = se.epochs
+        self.auto_blocks = auto_blocks(cfg.space.searchable)  # auto:K: K blocks picked after the warm-up epoch
         ctx.broadcast_state(self.model, self.optimizers)
 
     def check_replicas(self) -> None:
@@ -169,6 +176,7 @@ class SupernetSearch(EpochLoop):
             "channel_rng": self.model.channel_rng.get_state(),
             "kept_genotype": kept,
             "stopped_early": self.stopped_early,
+            "held_blocks": dict(self.model.arch.held),
         }
 
     def load_extra_state(self, state: Dict[str, Any]) -> None:
@@ -182,6 +190,7 @@ class SupernetSearch(EpochLoop):
         kept = state.get("kept_genotype")
         self.kept_genotype = Genotype.from_dict(kept) if kept is not None else None
         self.stopped_early = state.get("stopped_early", False)
+        self.model.arch.held = {str(role): int(op) for role, op in state.get("held_blocks", {}).items()}
 
     def arch_active(self, epoch: int) -> bool:
         """Whether epoch ``epoch`` (0-based index) takes architecture steps: from ``arch_start_epoch`` (1-based) on."""
@@ -191,6 +200,28 @@ class SupernetSearch(EpochLoop):
         """DARTS-: the auxiliary skip decays linearly from ``aux_skip`` at the first epoch to 0 after the last."""
         self.aux_coefficient = self.cfg.search.aux_skip * (1 - epoch / self.epochs)
         self.model.set_aux_skip(self.aux_coefficient)
+        if self.auto_blocks and epoch == self.cfg.search.arch_start_epoch and not self.model.arch.held:
+            self.pick_blocks(self.auto_blocks)
+
+    def pick_blocks(self, k: int) -> None:
+        """``space.searchable: auto:K`` after its warm-up (the first epoch of architecture steps): the K blocks whose
+        theta that epoch decided most (the lowest entropy) stay searched, every other one holds its hand-designed
+        op from now on.  theta is the same on every rank, so every rank picks the same blocks."""
+        arch = self.model.arch
+        entropy = arch.entropies(normalized=True)
+        ranked = sorted(arch.roles, key=lambda role: (entropy[role], arch.roles.index(role)))
+        topology = SearchSpace.from_config(self.cfg).topology
+        for role in ranked[k:]:
+            cell = topology.default_cell(role)
+            assert cell is not None  # auto:K is accepted only for a topology with hand-designed blocks
+            arch.held[role] = arch.op_names.index(cell[0][0][0])
+        log.info(
+            "auto:%d after the warm-up: searching %s (theta entropy %s of uniform); %d block(s) stay hand-designed",
+            k,
+            ", ".join(ranked[:k]),
+            ", ".join(f"{entropy[role]:.3f}" for role in ranked[:k]),
+            len(ranked) - k,
+        )
 
     def epoch_extras(self) -> Dict[str, Any]:
         genotype = decode(self.cfg, self.model)
@@ -205,6 +236,7 @@ class SupernetSearch(EpochLoop):
             "genotype": genotype.to_dict(),
             "skips": genotype.skip_count(),
             "parameter_free": genotype.parameter_free_fraction(),
+            **({"searched_blocks": self.model.arch.searched_roles()} if self.auto_blocks else {}),
         }
 
     def write_board(self, epoch: int, record: Dict[str, Any]) -> None:

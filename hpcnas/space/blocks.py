@@ -154,14 +154,17 @@ class ResNetUNetOfChoices(nn.Module):
         self.arch = arch
         widths = [channels * 2**level for level in range(depth + 1)]
         self.stem = nn.Sequential(conv_bn_relu(in_channels, widths[0]), BasicBlock(widths[0], widths[0]))
-        self.down = nn.ModuleList(
-            BasicBlock(widths[level - 1], widths[level], stride=2) for level in range(1, depth + 1)
-        )
-        self.encoder = nn.ModuleList(factory("encoder", lv, [widths[lv]], widths[lv]) for lv in range(1, depth + 1))
+        # built in the baseline's order (each stage's strided block, then its second block; each decoder stage's
+        # fuse, then its second conv), so that with the hand-designed choices and one seed both draw equal weights
+        self.down, self.encoder = nn.ModuleList(), nn.ModuleList()
+        for level in range(1, depth + 1):
+            self.down.append(BasicBlock(widths[level - 1], widths[level], stride=2))
+            self.encoder.append(factory("encoder", level, [widths[level]], widths[level]))
         self.skips = nn.ModuleList(factory("skip", level, [widths[level]], widths[level]) for level in range(depth))
-        levels = list(reversed(range(depth)))
-        self.fuse = nn.ModuleList(conv_bn_relu(widths[level + 1] + widths[level], widths[level]) for level in levels)
-        self.decoder = nn.ModuleList(factory("decoder", level, [widths[level]], widths[level]) for level in levels)
+        self.fuse, self.decoder = nn.ModuleList(), nn.ModuleList()
+        for level in reversed(range(depth)):
+            self.fuse.append(conv_bn_relu(widths[level + 1] + widths[level], widths[level]))
+            self.decoder.append(factory("decoder", level, [widths[level]], widths[level]))
         self.head = nn.Conv2d(widths[0], num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -73,6 +73,9 @@ class ArchParams(nn.Module):
         # role -> edge -> the op weights that edge carries instead of theta's (a decision of perturbation-based
         # selection, or an op removed while it is measured); not a parameter, never checkpointed
         self.fixed_rows: Dict[str, Dict[int, torch.Tensor]] = {}
+        # role -> the op its every edge holds, one-hot, whatever theta says: a block left hand-designed by
+        # space.searchable auto:K after its warm-up (checkpointed by the search loop)
+        self.held: Dict[str, int] = {}
 
     def _init(self, *shape: int) -> nn.Parameter:
         if self.mode == "simplex":
@@ -88,12 +91,22 @@ class ArchParams(nn.Module):
         edges = None
         if len(self.edges):
             edges = [self.weights(self.edges[f"{role}_{j}"]) for j in range(len(self.node_inputs[role]))]
-        ops = self.weights(self.ops[role])
+        ops = self._op_weights(role)
         fixed = self.fixed_rows.get(role)
         if fixed:
             index = torch.tensor(list(fixed), device=ops.device)
             ops = ops.index_put((index,), torch.stack(list(fixed.values())).to(ops))
         return CellArch(ops, edges)
+
+    def _op_weights(self, role: str) -> torch.Tensor:
+        weights = self.weights(self.ops[role])
+        if role in self.held:  # no gradient reaches theta's rows of a held role
+            return F.one_hot(torch.tensor(self.held[role]), weights.shape[-1]).to(weights).expand_as(weights)
+        return weights
+
+    def searched_roles(self) -> List[str]:
+        """The roles whose theta is still searched (every role but those :attr:`held`)."""
+        return [role for role in self.roles if role not in self.held]
 
     def beta(self, node: GridNode) -> torch.Tensor:
         """softmax(beta) over the incoming network edges of UNet++ node ``node``."""
@@ -102,7 +115,7 @@ class ArchParams(nn.Module):
     def snapshot(self) -> Dict[str, object]:
         """Plain numpy copies of every probability vector (for decoding and logs)."""
         with torch.no_grad():
-            out: Dict[str, object] = {"ops": {r: self.weights(p).cpu().numpy() for r, p in self.ops.items()}}
+            out: Dict[str, object] = {"ops": {r: self._op_weights(r).cpu().numpy() for r in self.ops}}
             out["edges"] = (
                 {
                     r: [self.weights(self.edges[f"{r}_{j}"]).cpu().numpy() for j in range(len(c))]
@@ -117,15 +130,16 @@ class ArchParams(nn.Module):
         return out
 
     def entropies(self, normalized: bool = False) -> Dict[str, float]:
-        """Mean entropy of the op distributions per cell type, and their mean: in nats, or
+        """Mean entropy of the op distributions per searched role, and their mean: in nats, or
         ``normalized`` by ln|O| (1 = uniform, 0 = one op)."""
         with torch.no_grad():
             out = {}
-            for role, p in self.ops.items():
+            for role in self.searched_roles():
+                p = self.ops[role]
                 w = self.weights(p).clamp_min(1e-12)
                 scale = math.log(p.shape[-1]) if normalized and p.shape[-1] > 1 else 1.0
                 out[role] = float(-(w * w.log()).sum(-1).mean()) / scale
-            out["mean"] = sum(out.values()) / len(self.ops)
+            out["mean"] = sum(out.values()) / len(out)
         return out
 
 

@@ -22,6 +22,7 @@ from hpcnas.space.topology import (
     CellShape,
     Path_,
     Topology,
+    auto_blocks,
     unetpp_paths,
     zero_ops,
 )
@@ -55,6 +56,7 @@ class SearchSpace:
         """The space of a topology by name (its own op set unless ``op_set`` is given)."""
         topo = TOPOLOGIES[topology]
         check_op_set(op_set or topo.op_set)
+        topo.check_candidates(op_set or topo.op_set)
         topo.check_searchable(searchable)
         shape = CellShape(nodes, towers, tower_depth, edges_per_node)
         chosen = tuple(searchable) if searchable is not None else None
@@ -73,7 +75,7 @@ class SearchSpace:
             sp.depth,
             cfg.search.decode.edges_per_node,
             per_stage=sp.cells == "per_stage",
-            searchable=sp.searchable,
+            searchable=None if auto_blocks(sp.searchable) else sp.searchable,  # auto:K: a supernet of every block
         )
 
     # -- structure --------------------------------------------------------------

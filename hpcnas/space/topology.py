@@ -13,6 +13,7 @@ grand-parent and parent; a ResNeXt cell 1), then node ``j`` is index
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
 
@@ -308,9 +309,25 @@ class Topology:
         """The hand-designed cell of ``role``, which a genotype may then leave out; None: every role is searched."""
         return None
 
-    def check_searchable(self, searchable: Optional[Sequence[str]], source: Optional[str] = None) -> None:
-        """A :class:`UserError` when ``space.searchable`` names no cell type, or one this topology lacks, or this
-        topology has no hand-designed cells to fall back on."""
+    def check_candidates(self, op_set: str, source: Optional[str] = None) -> None:
+        """A :class:`UserError` when ``op_set`` cannot stand for this topology's cells (its hand-designed ops
+        missing, so the searched network could not even be the hand-designed one)."""
+        missing = [op for op in dict.fromkeys(op for op, _ in self.hand_designed_ops()) if op not in OP_SETS[op_set]]
+        if missing:
+            raise UserError(
+                f"op set '{op_set}' lacks {self.name}'s hand-designed op(s) {', '.join(missing)}: use {self.op_set} "
+                f"(space.op_set: null) or an op set that holds them",
+                source=source,
+                key="space.op_set",
+            )
+
+    def hand_designed_ops(self) -> List[Tuple[str, str]]:
+        """``(op, cell type)`` of every cell type with a hand-designed op."""
+        return [(cell[0][0][0], t) for t in self.cell_types if (cell := self.default_cell(t)) is not None]
+
+    def check_searchable(self, searchable: "Sequence[str] | str | None", source: Optional[str] = None) -> None:
+        """A :class:`UserError` when ``space.searchable`` names no cell type, or one this topology lacks, or is a
+        string other than ``auto:K``, or this topology has no hand-designed cells to fall back on."""
         if searchable is None:
             return
         key = "space.searchable"
@@ -321,11 +338,28 @@ class Topology:
                 source=source,
                 key=key,
             )
+        if isinstance(searchable, str):
+            auto_blocks(searchable, source)
+            return
         if not searchable:
             raise UserError(f"names no block group (known: {', '.join(self.cell_types)})", source=source, key=key)
         for name in searchable:
             if name not in self.cell_types:
                 raise UserError(unknown_name("block group", name, self.cell_types), source=source, key=key)
+
+
+def auto_blocks(searchable: "Sequence[str] | str | None", source: Optional[str] = None) -> Optional[int]:
+    """K of ``space.searchable: auto:K`` (a warm-up picks the K blocks searched); None for a list of groups."""
+    if not isinstance(searchable, str):
+        return None
+    match = re.fullmatch(r"auto:(\d+)", searchable.strip())
+    if match is None or int(match.group(1)) < 1:
+        raise UserError(
+            f"expected a list of block groups or auto:K (K >= 1 blocks, picked by a warm-up), got {searchable!r}",
+            source=source,
+            key="space.searchable",
+        )
+    return int(match.group(1))
 
 
 @dataclass(frozen=True)

@@ -217,6 +217,67 @@ def test_killed_search_resumes_exactly(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_search_inside_the_resnet_unet_retrains_and_exports_its_chosen_blocks(tmp_path):
+    from hpcnas.pipeline import train
+
+    space = ["space.topology=resnet_unet", "space.cells=per_stage", "space.searchable=[decoder,skip]"]
+    genotype, run_dir = search(SMOKE, TINY + space, out=str(tmp_path / "run"))
+    roles = ["decoder@0", "decoder@1", "skip@0", "skip@1"]
+    assert [role for role, _ in genotype.cells] == roles
+    assert set(read_jsonl(run_dir / "metrics.jsonl")[-1]["entropy"]) == set(roles) | {"mean"}
+    epochs = ["train.epochs=1", "train.select_from_epoch=0", "train.batch_size=4"]
+    _, trained = train(
+        SMOKE, TINY + epochs + space[:1], genotype=str(run_dir / "genotype.json"), out=str(tmp_path / "t")
+    )
+    assert Genotype.load(str(trained / "genotype.json")) == genotype
+    onnx = tmp_path / "net.onnx"
+    export = run_cli(
+        "export", "--checkpoint", str(trained / "checkpoints" / "best.pt"), "--format", "onnx", "--out", str(onnx)
+    )
+    assert export.returncode == 0 and "parity ok" in export.stdout + export.stderr, export.stderr[-2000:]
+
+
+AUTO = ["space.topology=resnet_unet", "space.cells=per_stage", "space.searchable=auto:2", "search.epochs=4"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cut_epoch", [2, 3], ids=["killed-before-the-pick-is-saved", "killed-after"])
+def test_auto_k_searches_the_blocks_the_warm_up_decided_most_and_resumes_exactly(tmp_path, monkeypatch, cut_epoch):
+    from hpcnas.search.continuous import SupernetSearch
+
+    full, full_dir = search(SMOKE, TINY + AUTO, out=str(tmp_path / "full"))
+    records = read_jsonl(full_dir / "metrics.jsonl")
+    warm = {role: e for role, e in records[1]["entropy_normalized"].items() if role != "mean"}  # epoch 2: warm-up
+    assert len(warm) == 6 and records[1]["searched_blocks"] == list(warm)
+    picked = sorted(warm, key=warm.get)[:2]
+    assert sorted(records[-1]["searched_blocks"]) == sorted(picked)
+    assert set(records[-1]["entropy_normalized"]) == set(picked) | {"mean"}
+    assert sorted(role for role, _ in full.cells) == sorted(picked)  # the others: hand-designed, left out
+    cut = tmp_path / "cut"
+    run_interrupted_in_epoch(monkeypatch, SupernetSearch, cut_epoch, lambda: search(SMOKE, TINY + AUTO, out=str(cut)))
+    resumed, cut_dir = search(None, [], resume=str(cut))
+    assert resumed == full
+    for k, v in _final_theta(full_dir).items():
+        assert torch.equal(v, _final_theta(cut_dir)[k]), k
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["search.epochs=2"], "auto:2 picks the blocks after the warm-up epoch search.arch_start_epoch=2"),
+        (["space.searchable=auto:7"], "auto:7, but the network has 6 blocks"),
+        (["search.decode.method=perturbation"], "auto:2 decodes by theta"),
+    ],
+)
+def test_auto_k_is_refused_where_it_cannot_work_and_leaves_nothing(tmp_path, extra, message):
+    from hpcnas.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        search(SMOKE, TINY + AUTO + extra, out=str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
 def test_a_per_stage_search_writes_a_cell_per_level_that_retrains_and_exports(tmp_path):
     from hpcnas.pipeline import train
 
