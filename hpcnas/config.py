@@ -404,6 +404,7 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> Co
         set_dotted(to_dict(cfg), key, value, source="--set")  # a key through a value (seed.x) is named as such
         set_dotted(raw, key, value, source="--set")
         cfg = from_dict(Config, raw, source="--set")
+    if overrides:  # the rules between keys once all are given: the overrides may change the keys of a rule in turn
         check_consistency(cfg, "--set")
     return cfg
 

@@ -130,3 +130,12 @@ def test_evolve_refuses_auto_k_it_has_no_warm_up_for():
     with pytest.raises(UserError, match="space.searchable=auto:2 picks blocks by a supernet's warm-up"):
         check_evolve_config(cfg, 2)
     check_evolve_config(load_config(str(ROOT / "configs" / "smoke-evolve.yaml"), sets[:1]), 2)
+
+
+def test_overrides_may_change_both_keys_of_a_rule_in_turn():
+    cfg = load_config(
+        str(ROOT / "configs" / "darts_unet.yaml"), ["space.topology=resnet_unet", "space.op_set=O_blocks"]
+    )
+    assert (cfg.space.topology, cfg.space.op_set) == ("resnet_unet", "O_blocks")
+    with pytest.raises(UserError, match="--set: key 'space.op_set': op set 'O_base' lacks"):
+        load_config(str(ROOT / "configs" / "darts_unet.yaml"), ["space.topology=resnet_unet"])
