@@ -39,7 +39,7 @@ def draw_cell(genotype: Genotype, role: str, path: Path) -> Optional[Path]:
     cell = genotype.cell(role)
     for j in range(len(cell)):
         g.node(str(j + n_in), str(j), fillcolor="lightblue", shape="circle")
-    out = "c_{k}" if kind.concatenates else "sum + x"
+    out = "c_{k}" if kind.concatenates else "sum + x" if kind.residual else "out"
     g.node("out", out, fillcolor="palegoldenrod", shape="box")
     used = set()
     for j, node in enumerate(cell):
@@ -49,7 +49,7 @@ def draw_cell(genotype: Genotype, role: str, path: Path) -> Optional[Path]:
     for j in range(len(cell)):
         if kind.concatenates or (j + n_in) not in used:  # a concatenation of every node, or a sum of tower ends
             g.edge(str(j + n_in), "out", color="grey")
-    if not kind.concatenates:
+    if kind.residual:
         g.edge("0", "out", style="dashed", color="grey", label="residual", fontsize="9")
     return _render(g, path)
 

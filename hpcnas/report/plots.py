@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Dict, List, Sequence
 
@@ -46,11 +47,12 @@ def entropy_curves(runs: Dict[str, List[dict]], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, records in runs.items():
         epochs = [r["epoch"] for r in records]
-        for cell in records[0]["entropy_normalized"]:
+        # every cell any epoch has (auto:K stops recording the blocks it leaves hand-designed)
+        cells = dict.fromkeys(cell for r in records for cell in r["entropy_normalized"])
+        for cell in cells:
             style = "-" if cell == "mean" else "--"
-            ax.plot(
-                epochs, [r["entropy_normalized"][cell] for r in records], style, marker=".", label=f"{label}: {cell}"
-            )
+            values = [r["entropy_normalized"].get(cell, math.nan) for r in records]
+            ax.plot(epochs, values, style, marker=".", label=f"{label}: {cell}")
     ax.axhline(1.0, color="grey", linewidth=1, linestyle=":", label="uniform (no preference)")
     ax.set(
         xlabel="epoch",

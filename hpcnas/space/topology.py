@@ -158,7 +158,8 @@ class CellKind:
 
     name = ""
     inputs = 1  # cell inputs before the first node
-    concatenates = False  # output: the concatenation of every node (else the sum of the tower ends + the input)
+    concatenates = False  # output: the concatenation of every node (else the sum of the nodes nothing reads)
+    residual = False  # whether the cell's input is added to that output (a residual block: ResNeXt)
     edge_normalization = False  # whether eq. 8's edge weights apply
     free_inputs = False  # whether a node chooses its inputs (mutable, decoded) or has fixed ones
     size_keys = ""  # the config keys that set the node count, for error messages
@@ -220,6 +221,7 @@ class ResNeXtKind(CellKind):
 
     name = "resnext"
     inputs = 1
+    residual = True
     size_keys = "space.towers * space.tower_depth"
 
     def node_count(self, shape: CellShape) -> int:

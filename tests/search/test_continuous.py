@@ -253,6 +253,12 @@ def test_auto_k_searches_the_blocks_the_warm_up_decided_most_and_resumes_exactly
     assert sorted(records[-1]["searched_blocks"]) == sorted(picked)
     assert set(records[-1]["entropy_normalized"]) == set(picked) | {"mean"}
     assert sorted(role for role, _ in full.cells) == sorted(picked)  # the others: hand-designed, left out
+    from hpcnas.report.build import report
+
+    summary = report([str(full_dir)], str(tmp_path / "report"))
+    assert summary.exists() and (tmp_path / "report" / "entropy.png").exists()
+    drawing = (tmp_path / "report" / f"cell_full_{picked[0]}.dot").read_text()
+    assert "residual" not in drawing  # a block cell's output is its op's, which holds any residual
     cut = tmp_path / "cut"
     run_interrupted_in_epoch(monkeypatch, SupernetSearch, cut_epoch, lambda: search(SMOKE, TINY + AUTO, out=str(cut)))
     resumed, cut_dir = search(None, [], resume=str(cut))
