@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from hpcnas.space.genotype import TOPOLOGIES
 from tests.conftest import ROOT
 
 
@@ -29,7 +30,7 @@ def test_the_gpu_check_runs_every_item_on_a_cpu_and_writes_json_and_a_table(tmp_
     assert set(step) == {"fp32", "bf16"} and step["fp32"]["ratio_to_fp32"] == 1.0
     assert all(r["images_per_s"] > 0 for r in step.values())
     memory = results["items"]["memory"]["rows"]
-    assert {r["topology"] for r in memory} == {"darts_unet", "darts_unetpp", "resnext_unet"}
+    assert {r["topology"] for r in memory} == set(TOPOLOGIES)  # every registered space, the ResNet-UNet's too
     assert all(r["estimate_mb"] > r["parameters_mb"] > 0 for r in memory)
     latency = results["items"]["latency"]["rows"]
     assert latency[-1]["summary"] and -1 <= latency[-1]["tau_table"] <= 1
