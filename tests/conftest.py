@@ -12,6 +12,12 @@ import pytest
 
 from hpcnas.distributed import MPI_LAUNCH_ENV
 
+# One torch thread per process, here and in every process a test starts (they inherit it): the tests run several
+# processes at once (ranks, worker children, SLURM jobs) on a few cores, and torch's default of a thread per core
+# then spins them against each other; on 2 busy cores a smoke search took 55 s with the default and 9 s with one
+# thread. Set before torch is first imported; a value already set is kept.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 ROOT = Path(__file__).resolve().parents[1]
 MPIRUN = shutil.which("mpirun")
 # Open MPI as root, more ranks than cores, Python's output unbuffered (tests read it while a run goes on)
