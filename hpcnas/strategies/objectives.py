@@ -165,14 +165,18 @@ def scale_bounds(objectives: Sequence[Objective], evaluations: Sequence[Evaluati
     return lows, highs
 
 
-HYPERVOLUME_BASIS = 5  # the successful evaluations (the first, in end order) whose range scales the hypervolume
+HYPERVOLUME_BASIS = 5  # the successful evaluations (the first recorded) whose range scales the hypervolume
 
 
 def hypervolume_bounds(objectives: Sequence[Objective], evaluations: Sequence[Evaluation]) -> "Optional[tuple]":
     """The one scale of a run's hypervolume, shared by TensorBoard and the report: per objective the range of the
-    first :data:`HYPERVOLUME_BASIS` successful evaluations (in end order), fixed from then on, so the chart
-    never rescales; None while there are fewer."""
-    first = [e for e in sorted(evaluations, key=lambda e: e.end or 0.0) if e.ok and e.end is not None]
+    first :data:`HYPERVOLUME_BASIS` successful evaluations, fixed from then on, so the chart never rescales; None
+    while there are fewer.
+
+    ``evaluations`` in the order they were recorded (``history.jsonl``'s), which is the order TensorBoard charted
+    them in: a result can reach rank 0 after one that ended later on another rank, so the end times may disagree.
+    """
+    first = [e for e in evaluations if e.ok and e.end is not None]
     if len(first) < HYPERVOLUME_BASIS:
         return None
     return scale_bounds(objectives, first[:HYPERVOLUME_BASIS])
@@ -196,7 +200,8 @@ def hypervolume(
 def hypervolume_over_time(
     objectives: Sequence[Objective], evaluations: Sequence[Evaluation], bounds: "Optional[tuple]" = None
 ) -> "tuple[list, list]":
-    """``(end times, hypervolumes)``: the hypervolume of the front after each finished evaluation, in end order.
+    """``(times, hypervolumes)``: the hypervolume of the front after each finished evaluation, in the order they
+    were recorded (as TensorBoard charts it; see :func:`hypervolume_bounds`); a time is the latest end so far.
 
     ``bounds``: the ``(lows, highs)`` that scale the objectives (default: :func:`hypervolume_bounds`, the scale
     TensorBoard charts; nothing is charted before it is fixed); give the same bounds to compare runs.
@@ -208,11 +213,15 @@ def hypervolume_over_time(
     front: List[Evaluation] = []
     times, volumes = [], []
     ok = 0
-    for e in sorted((e for e in evaluations if e.end is not None), key=lambda e: e.end or 0.0):
+    latest = -math.inf
+    for e in evaluations:
+        if e.end is None:
+            continue
         front = extend_front(objectives, front, e)
         ok += e.ok
+        latest = max(latest, e.end)
         if bounds is None and ok < HYPERVOLUME_BASIS:
             continue  # as TensorBoard: the scale is fixed by the first successful evaluations
-        times.append(e.end)
+        times.append(latest)
         volumes.append(hypervolume(objectives, front, lows, highs))
     return times, volumes

@@ -268,7 +268,7 @@ def test_the_running_tally_charts_what_a_recount_of_the_whole_history_gives():
 
     objectives = parse_objectives(["miou", "params <= 60"])
     rng = random.Random(3)
-    tally, finished, charted = RunningTally(objectives, ranks=3, since=10.0), [], []
+    tally, finished, charted, now = RunningTally(objectives, ranks=3, since=10.0), [], [], 0.0
     for i in range(60):
         status = rng.choice([Status.OK] * 4 + [Status.OOM, Status.TOO_BIG])
         miou = round(rng.random(), 2)  # rounded: equal points too
@@ -278,11 +278,11 @@ def test_the_running_tally_charts_what_a_recount_of_the_whole_history_gives():
             status,
             fitness=miou if status is Status.OK else None,
             objectives={"miou": miou, "params": rng.randint(10, 80)} if status is Status.OK else {},
-            end=8.0 + i,  # results arrive one after another, some started before `since`
+            end=8.0 + i + rng.uniform(-1.5, 1.5),  # some arrive after one that ended later; some began before `since`
             paused=rng.choice([0.0, 0.5]),
         )
         e.start = e.end - rng.uniform(1.0, 5.0)
-        now = e.end + 0.1
+        now = max(now, e.end + 0.1)  # rank 0 records a result after it ended, and after every earlier one
         tally.add(e, now)
         finished.append(e)
         counts = {}
