@@ -28,6 +28,28 @@ MPI_ENV = {
     "OMPI_MCA_rmaps_base_oversubscribe": "1",
     "PYTHONUNBUFFERED": "1",
 }
+# pytest-xdist runs the suite in 3 processes (pyproject's addopts). The tests that drive the dev SLURM cluster (and
+# stop and start it) run one after another in one of them, beside the rest, since they mostly wait on the cluster.
+# The listener on TensorBoard's port would stall a job step that probes X displays, so it runs there too.
+ON_THE_DEV_CLUSTER = (
+    "tests/cluster/test_dev_cluster.py::",
+    "tests/cluster/test_slurm.py::",
+    "tests/execution/test_orchestrator.py::test_mpirun_starts_beside_a_listener_on_tensorboards_port",
+)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Tests load-balanced one by one, except the dev cluster's, which are one unit of work for one process."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class DevClusterApart(LoadScopeScheduling):
+        # xdist's own loadgroup reads xdist_group marks through a node id that pytest 9 no longer lets it change
+        def _split_scope(self, nodeid: str) -> str:
+            return "dev-cluster" if nodeid.startswith(ON_THE_DEV_CLUSTER) else nodeid
+
+    return DevClusterApart(config, log)
+
+
 needs_mpi = pytest.mark.skipif(MPIRUN is None, reason="no mpirun (envs/setup.sh installs Open MPI)")
 DUBAI = ROOT.parent / "shared" / "data" / "dubai_aerial" / "Semantic segmentation dataset"
 
