@@ -340,7 +340,9 @@ def item_tests(args, work: Path, row: Callable) -> None:
     # the files that hold gpu-marked tests: collecting every file would import what a GPU image may lack (Horovod)
     files = sorted({str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py")
                     if "mark.gpu" in p.read_text()})  # fmt: skip
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", *files]
+    # one process (not the suite's 3): the tests share the one GPU, and one of them fills its memory on purpose
+    one_process = ["-p", "no:xdist", "-o", "addopts="]
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", *one_process, *files]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     lines = proc.stdout.strip().splitlines()
     row({"exit": proc.returncode, "summary": lines[-1] if lines else "", "output": proc.stdout[-4000:]})

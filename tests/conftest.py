@@ -38,6 +38,7 @@ ON_THE_DEV_CLUSTER = (
 )
 
 
+@pytest.hookimpl(optionalhook=True)  # a run without xdist (-p no:xdist) still loads this file
 def pytest_xdist_make_scheduler(config, log):
     """Tests load-balanced one by one, except the dev cluster's, which are one unit of work for one process."""
     from xdist.scheduler import LoadScopeScheduling
