@@ -14,11 +14,15 @@
 # * Requeue: SIGUSR2 before the time limit (#SBATCH --signal) makes hpcnas save
 #   its state and exit 75; the job then requeues itself and the next start
 #   continues the run (--resume-existing), at most $HPCNAS_MAX_REQUEUES times (20).
+#   A task that SIGUSR2 ended before hpcnas could catch it (a warning that
+#   lands while Python is still starting) requeues too: what is on disk is
+#   always a state a run can resume from.
 # * $HPCNAS_SRUN_ARGS: extra srun options (e.g. --mpi=pmix where the cluster's
 #   default MPI plugin does not start Open MPI).
 
 HPCNAS_ROOT=${HPCNAS_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}
 EXIT_RESUMABLE=75
+EXIT_KILLED_BY_WARNING=$((128 + $(kill -l USR2)))  # srun's code for a task that SIGUSR2 ended
 
 hpcnas_job_error() {
   echo "hpcnas job: error: $*" >&2
@@ -73,6 +77,10 @@ hpcnas_job() {
   # shellcheck disable=SC2086
   srun ${HPCNAS_SRUN_ARGS:-} hpcnas "$command" "$@" --resume-existing
   local code=$?
+  if [ "$code" -eq "$EXIT_KILLED_BY_WARNING" ]; then
+    echo "[hpcnas job] $(date -Is) SIGUSR2 ended hpcnas $command before it could catch it: the next start continues from its last saved state"
+    code=$EXIT_RESUMABLE
+  fi
   if [ "$code" -eq "$EXIT_RESUMABLE" ]; then
     if [ "$restarts" -ge "${HPCNAS_MAX_REQUEUES:-20}" ]; then
       echo "[hpcnas job] $(date -Is) stopped with work left after $restarts requeue(s) (HPCNAS_MAX_REQUEUES): submit the script again with --out $out to continue" >&2
