@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import rasterio
@@ -62,10 +64,15 @@ def cluster():
         pytest.skip(reason)
 
 
+def sbatch_command(output) -> list:
+    """``sbatch --wait`` with a 10-minute limit, so that a job that went wrong ends by itself (later options may set
+    their own); the script and its arguments follow."""
+    return ["sbatch", "--wait", "--time=10", f"--output={output}"]
+
+
 def sbatch(script, *args, sbatch_args=(), output=None, timeout=600):
     """``sbatch --wait`` from the repository root; returns (completed process, job output text)."""
-    # --time: a job that went wrong ends by itself (sbatch_args may set their own)
-    cmd = ["sbatch", "--wait", "--time=10", f"--output={output}", *sbatch_args, str(ROOT / "slurm" / script), *args]
+    cmd = [*sbatch_command(output), *sbatch_args, str(ROOT / "slurm" / script), *args]
     proc = subprocess.run(cmd, cwd=ROOT, env=JOB_ENV, capture_output=True, text=True, timeout=timeout)
     return proc, output.read_text() if output.exists() else ""
 
@@ -74,20 +81,63 @@ def final_model(run_dir):
     return torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)["model"]
 
 
+class Started:
+    """A command started now in the background, its output kept in files; ``wait()`` gives its completed process."""
+
+    def __init__(self, cmd, out_dir, env, timeout: float = 600):
+        self.cmd, self.out_dir = cmd, out_dir
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with open(out_dir / "stdout", "w") as stdout, open(out_dir / "stderr", "w") as stderr:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=stdout, stderr=stderr, text=True)
+        self.deadline = time.monotonic() + timeout
+
+    def wait(self) -> subprocess.CompletedProcess:
+        returncode = self.proc.wait(timeout=max(1.0, self.deadline - time.monotonic()))
+        out, err = ((self.out_dir / name).read_text() for name in ("stdout", "stderr"))
+        return subprocess.CompletedProcess(self.cmd, returncode, out, err)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """The LONG search run here without SLURM, one thread (as the jobs with --cpus-per-task=1)."""
-    out = tmp_path_factory.mktemp("reference") / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "hpcnas.cli", "search", "--config", SMOKE, *sets(LONG), "--out", str(out)],
-        cwd=ROOT,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def at_time_limit(cluster, tmp_path_factory):
+    """The LONG search three times at once: without SLURM (the reference), and as a job with a 2-minute limit, both
+    through the sbatch script and through ``hpcnas submit``.
+
+    They start together because the jobs mostly wait: SLURM signals each start 30 s in and starts it again.
+    """
+    base = tmp_path_factory.mktemp("time-limit")
+    search = [sys.executable, "-m", "hpcnas.cli", "search", "--config", SMOKE, *sets(LONG)]
+    sbatch_job = [
+        *sbatch_command(base / "sbatch" / "job.out"),
+        *["--time=2", "--signal=USR2@90", "--cpus-per-task=1", "--nodes=1", "--ntasks-per-node=1"],
+        str(ROOT / "slurm" / "search_darts_unet.sh"),
+        *["--config", SMOKE, "--out", str(base / "sbatch" / "run"), *sets(LONG)],
+    ]
+    submit_job = [sys.executable, "-m", "hpcnas.cli", "submit", "--config", SMOKE, *sets(LONG), "--command", "search"]
+    submit_job += ["--nodes", "1", "--gpus-per-node", "1", "--cpus-per-task", "1", "--time", "00:02:00"]
+    submit_job += ["--signal-delay", "90", "--out", str(base / "submit" / "run")]
+    submit_job += ["--logs", str(base / "submit" / "logs"), "--wait"]
+    one_thread = dict(os.environ, OMP_NUM_THREADS="1")  # as the jobs with --cpus-per-task=1
+    started = {
+        "reference": Started([*search, "--out", str(base / "reference" / "run")], base / "reference", one_thread),
+        "sbatch": Started(sbatch_job, base / "sbatch", JOB_ENV),
+        "submit": Started(submit_job, base / "submit", JOB_ENV),
+    }
+    yield base, started
+    for job in started.values():
+        job.stop()
+
+
+def reference_run(at_time_limit):
+    """The uninterrupted LONG search's run directory, once it has ended well."""
+    base, started = at_time_limit
+    proc = started["reference"].wait()
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+    return base / "reference" / "run"
 
 
 def assert_same_run(run_dir, reference):
@@ -170,22 +220,40 @@ def test_random_baseline_array_trains_one_cell_per_task(cluster, tmp_path):
     assert all((out / str(i) / "checkpoints" / "best.pt").exists() for i in (0, 1))
 
 
-def test_time_limit_signals_requeues_and_resumes_to_the_same_genotype(cluster, tmp_path, reference):
-    run = tmp_path / "run"
-    proc, log = sbatch(
-        "search_darts_unet.sh",
-        "--config",
-        SMOKE,
-        "--out",
-        str(run),
-        *sets(LONG),
-        sbatch_args=["--time=2", "--signal=USR2@90", "--cpus-per-task=1", "--nodes=1", "--ntasks-per-node=1"],
-        output=tmp_path / "job.out",
-    )
+def test_time_limit_signals_requeues_and_resumes_to_the_same_genotype(at_time_limit):
+    base, started = at_time_limit
+    proc = started["sbatch"].wait()
+    log = (base / "sbatch" / "job.out").read_text() if (base / "sbatch" / "job.out").exists() else ""
     assert proc.returncode == 0, log[-3000:] + proc.stderr
     assert "hpcnas: stopped by SIGUSR2" in log and "requeueing job" in log, log[-3000:]
+    run = base / "sbatch" / "run"
     assert re.search(r"job \d+ start 2 on", log) and "resuming" in (run / "log.txt").read_text()
-    assert_same_run(run, reference)
+    assert_same_run(run, reference_run(at_time_limit))
+
+
+def test_a_task_that_sigusr2_ends_before_hpcnas_catches_it_is_requeued_and_resumed(cluster, tmp_path):
+    """The warning can land while Python is still starting (a loaded node) and end the task with the signal's
+    default action: the job requeues all the same, as it does on hpcnas's exit 75."""
+    shim, marker = tmp_path / "bin", tmp_path / "ended-once"
+    shim.mkdir()
+    venv_hpcnas = shlex.quote(str(Path(sys.executable).parent / "hpcnas"))
+    (shim / "hpcnas").write_text(
+        "#!/bin/bash\n"
+        f"[ -e {shlex.quote(str(marker))} ] || {{ touch {shlex.quote(str(marker))}; kill -USR2 $$; }}\n"
+        f'exec {venv_hpcnas} "$@"\n'
+    )
+    (shim / "hpcnas").chmod(0o755)
+    run = tmp_path / "run"
+    env = dict(JOB_ENV, HPCNAS_ENV=f"export PATH={shlex.quote(str(shim))}:$PATH")
+    cmd = [*sbatch_command(tmp_path / "job.out"), "--nodes=1", "--ntasks-per-node=1", "--cpus-per-task=1"]
+    cmd += [str(ROOT / "slurm" / "search_darts_unet.sh"), "--config", SMOKE, "--out", str(run)]
+    proc = subprocess.run(
+        [*cmd, *sets(TINY + ["search.epochs=1"])], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    log = (tmp_path / "job.out").read_text()
+    assert proc.returncode == 0, log[-3000:] + proc.stderr
+    assert "SIGUSR2 ended hpcnas search before it could catch it" in log and "requeueing job" in log, log[-3000:]
+    assert re.search(r"job \d+ start 2 on", log) and (run / "genotype.json").exists()
 
 
 def test_submit_search_completes_through_submitit(cluster, tmp_path):
@@ -270,36 +338,13 @@ def test_submit_evolve_and_a_random_cell_array(cluster, tmp_path):
     assert genotypes[0] != genotypes[1]
 
 
-def test_submitted_job_is_requeued_at_its_time_limit_and_resumes(cluster, tmp_path, reference):
-    run = tmp_path / "run"
-    done = run_cli(
-        "submit",
-        "--config",
-        SMOKE,
-        *sets(LONG),
-        "--command",
-        "search",
-        "--nodes",
-        "1",
-        "--gpus-per-node",
-        "1",
-        "--cpus-per-task",
-        "1",
-        "--time",
-        "00:02:00",
-        "--signal-delay",
-        "90",
-        "--out",
-        str(run),
-        "--logs",
-        str(tmp_path / "logs"),
-        "--wait",
-        env=JOB_ENV,
-    )
+def test_submitted_job_is_requeued_at_its_time_limit_and_resumes(at_time_limit):
+    base, started = at_time_limit
+    done = started["submit"].wait()
     assert done.returncode == 0, done.stderr
-    logs = "".join(p.read_text() for p in (tmp_path / "logs").rglob("*_log.err"))
+    logs = "".join(p.read_text() for p in (base / "submit" / "logs").rglob("*_log.err"))
     assert "Requeued job" in logs, logs[-3000:]
-    assert_same_run(run, reference)
+    assert_same_run(base / "submit" / "run", reference_run(at_time_limit))
 
 
 @pytest.fixture(scope="module")
