@@ -200,6 +200,20 @@ VARIANTS: Dict[str, dict] = {
         "about": "as resnet-unet, but only the 3 of its 9 blocks whose theta the warm-up epoch decided most are "
         "searched after it (space.searchable auto:3); the other 6 stay hand-designed",
     },
+    "resnet-unet-cost": {
+        "kind": "search",
+        "set": [
+            "space.topology=resnet_unet",
+            "space.op_set=O_blocks",
+            "space.cells=per_stage",
+            "space.channels=16",
+            "search.cost.kind=params",
+            "search.cost.weight=0.1",
+        ],
+        "versus": "B-default",
+        "about": "as resnet-unet, with the parameter term in the architecture loss (search.cost params, weight "
+        "0.1): the search pays for the weights it adds, to hold B-default's size",
+    },
     "fixed-arch-lr-10": {
         "kind": "search",
         "set": ["search.arch_lr=10"],
