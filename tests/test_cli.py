@@ -163,6 +163,16 @@ def _console(*args):
     )
 
 
+def catches(pid: int, sig: signal.Signals) -> bool:
+    """Whether process ``pid`` has a handler for ``sig`` (the SigCgt mask of /proc/PID/status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    return bool(caught >> (sig - 1) & 1)
+
+
 @pytest.mark.slow
 def test_a_warning_during_start_up_stops_a_search_cleanly(tmp_path):
     """USR2 while the command is still importing (a loaded node): kept for the first step, exit 75, resumable."""
@@ -178,7 +188,11 @@ def test_a_warning_during_start_up_stops_a_search_cleanly(tmp_path):
         "--set",
         "device=cpu",
     )
-    time.sleep(0.3)  # the handler is installed first thing; torch takes seconds to import after it
+    # the handler is installed first thing and torch takes seconds to import after it: signal as soon as the
+    # process catches USR2 (a fixed wait fell before the handler on a loaded machine, where Python starts slowly)
+    deadline = time.time() + 60
+    while time.time() < deadline and not catches(proc.pid, signal.SIGUSR2):
+        time.sleep(0.01)
     proc.send_signal(signal.SIGUSR2)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 75, err
