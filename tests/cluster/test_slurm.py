@@ -40,8 +40,10 @@ TINY = [
     "search.partial_channels=2",
     "device=cpu",
 ]
-# long enough (about a minute on 2 cores) that a job with a 2-minute limit and the warning 90 s before it (30 s after
-# its start) is signalled at least once
+# Long enough (about a minute on 2 cores) that a job with a 3-minute limit and the warning 120 s before it is
+# signalled at least once. SLURM checks time limits every 30 s and sends a warning at the check before it is due:
+# here 30 to 60 s after a start. (With a 2-minute limit and the warning 90 s before it, it came 0.2 s after one
+# start, before the task had started Python, and another time before the step existed, so it was lost.)
 LONG_EPOCHS = 60
 LONG = ["data.synth.n=32", *TINY[1:], f"search.epochs={LONG_EPOCHS}"]
 JOB_ENV = dict(os.environ, OMPI_MCA_btl="self,tcp")  # Open MPI between emulated nodes of one host: TCP
@@ -104,10 +106,10 @@ class Started:
 
 @pytest.fixture(scope="module")
 def at_time_limit(cluster, tmp_path_factory):
-    """The LONG search three times at once: without SLURM (the reference), and as a job with a 2-minute limit, both
+    """The LONG search three times at once: without SLURM (the reference), and as a job with a 3-minute limit, both
     through the sbatch script and through ``hpcnas submit``.
 
-    They start together because the jobs mostly wait: SLURM signals each start 30 s in and starts it again. The
+    They start together because the jobs mostly wait: SLURM signals each start 30-60 s in and starts it again. The
     reference runs at the lowest priority: on a loaded host it must not starve the emulated nodes' slurmd, whose
     late answers kept a time-limit warning from a job once (it then ran into its limit).
     """
@@ -115,13 +117,13 @@ def at_time_limit(cluster, tmp_path_factory):
     search = [sys.executable, "-m", "hpcnas.cli", "search", "--config", SMOKE, *sets(LONG)]
     sbatch_job = [
         *sbatch_command(base / "sbatch" / "job.out"),
-        *["--time=2", "--signal=USR2@90", "--cpus-per-task=1", "--nodes=1", "--ntasks-per-node=1"],
+        *["--time=3", "--signal=USR2@120", "--cpus-per-task=1", "--nodes=1", "--ntasks-per-node=1"],
         str(ROOT / "slurm" / "search_darts_unet.sh"),
         *["--config", SMOKE, "--out", str(base / "sbatch" / "run"), *sets(LONG)],
     ]
     submit_job = [sys.executable, "-m", "hpcnas.cli", "submit", "--config", SMOKE, *sets(LONG), "--command", "search"]
-    submit_job += ["--nodes", "1", "--gpus-per-node", "1", "--cpus-per-task", "1", "--time", "00:02:00"]
-    submit_job += ["--signal-delay", "90", "--out", str(base / "submit" / "run")]
+    submit_job += ["--nodes", "1", "--gpus-per-node", "1", "--cpus-per-task", "1", "--time", "00:03:00"]
+    submit_job += ["--signal-delay", "120", "--out", str(base / "submit" / "run")]
     submit_job += ["--logs", str(base / "submit" / "logs"), "--wait"]
     one_thread = dict(os.environ, OMP_NUM_THREADS="1")  # as the jobs with --cpus-per-task=1
     started = {
