@@ -109,9 +109,7 @@ def at_time_limit(cluster, tmp_path_factory):
     """The LONG search three times at once: without SLURM (the reference), and as a job with a 3-minute limit, both
     through the sbatch script and through ``hpcnas submit``.
 
-    They start together because the jobs mostly wait: SLURM signals each start 30-60 s in and starts it again. The
-    reference runs at the lowest priority: on a loaded host it must not starve the emulated nodes' slurmd, whose
-    late answers kept a time-limit warning from a job once (it then ran into its limit).
+    They start together because the jobs mostly wait: SLURM signals each start 30-60 s in and starts it again.
     """
     base = tmp_path_factory.mktemp("time-limit")
     search = [sys.executable, "-m", "hpcnas.cli", "search", "--config", SMOKE, *sets(LONG)]
@@ -127,9 +125,7 @@ def at_time_limit(cluster, tmp_path_factory):
     submit_job += ["--logs", str(base / "submit" / "logs"), "--wait"]
     one_thread = dict(os.environ, OMP_NUM_THREADS="1")  # as the jobs with --cpus-per-task=1
     started = {
-        "reference": Started(
-            ["nice", "-n", "19", *search, "--out", str(base / "reference" / "run")], base / "reference", one_thread
-        ),
+        "reference": Started([*search, "--out", str(base / "reference" / "run")], base / "reference", one_thread),
         "sbatch": Started(sbatch_job, base / "sbatch", JOB_ENV),
         "submit": Started(submit_job, base / "submit", JOB_ENV),
     }
