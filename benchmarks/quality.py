@@ -109,6 +109,8 @@ PRESETS: Dict[str, dict] = {
 # training settings ("retrain": a loss, say), or stopped where DARTS+ would
 # stop ("early_stop": the genotype of the epoch before the decoder cell reached N skips, read off the
 # search's per-epoch genotypes: the run up to that epoch is the same).
+# the searchable ResNet-UNet at B-default's width (the variants below that search it start from these)
+RESNET_UNET = ["space.topology=resnet_unet", "space.op_set=O_blocks", "space.cells=per_stage", "space.channels=16"]
 VARIANTS: Dict[str, dict] = {
     "random-channels": {
         "kind": "search",
@@ -182,34 +184,21 @@ VARIANTS: Dict[str, dict] = {
     # encoder blocks, skips and decoder convs searched among O_blocks, one choice per level; against B-default
     "resnet-unet": {
         "kind": "search",
-        "set": ["space.topology=resnet_unet", "space.op_set=O_blocks", "space.cells=per_stage", "space.channels=16"],
+        "set": RESNET_UNET,
         "versus": "B-default",
         "about": "the ResNet-UNet of B-default's width with its second encoder block, skip and second decoder conv "
         "at every level searched among 27 block variants (the others' ops hand-designed), against B-default",
     },
     "resnet-unet-auto3": {
         "kind": "search",
-        "set": [
-            "space.topology=resnet_unet",
-            "space.op_set=O_blocks",
-            "space.cells=per_stage",
-            "space.channels=16",
-            "space.searchable=auto:3",
-        ],
+        "set": [*RESNET_UNET, "space.searchable=auto:3"],
         "versus": "B-default",
         "about": "as resnet-unet, but only the 3 of its 9 blocks whose theta the warm-up epoch decided most are "
         "searched after it (space.searchable auto:3); the other 6 stay hand-designed",
     },
     "resnet-unet-cost": {
         "kind": "search",
-        "set": [
-            "space.topology=resnet_unet",
-            "space.op_set=O_blocks",
-            "space.cells=per_stage",
-            "space.channels=16",
-            "search.cost.kind=params",
-            "search.cost.weight=0.1",
-        ],
+        "set": [*RESNET_UNET, "search.cost.kind=params", "search.cost.weight=0.1"],
         "versus": "B-default",
         "about": "as resnet-unet, with the parameter term in the architecture loss (search.cost params, weight "
         "0.1): the search pays for the weights it adds, to hold B-default's size",
