@@ -66,16 +66,16 @@ def cluster():
         pytest.skip(reason)
 
 
-def sbatch_command(output) -> list:
-    """``sbatch --wait`` with a 10-minute limit, so that a job that went wrong ends by itself (later options may set
-    their own); the script and its arguments follow."""
-    return ["sbatch", "--wait", "--time=10", f"--output={output}"]
+def sbatch_command(script, *args, sbatch_args=(), output=None) -> list:
+    """``sbatch --wait`` of ``slurm/SCRIPT ARGS``, with a 10-minute limit so that a job that went wrong ends by itself
+    (``sbatch_args`` may set their own)."""
+    return ["sbatch", "--wait", "--time=10", f"--output={output}", *sbatch_args, str(ROOT / "slurm" / script), *args]
 
 
-def sbatch(script, *args, sbatch_args=(), output=None, timeout=600):
+def sbatch(script, *args, sbatch_args=(), output=None, timeout=600, env=JOB_ENV):
     """``sbatch --wait`` from the repository root; returns (completed process, job output text)."""
-    cmd = [*sbatch_command(output), *sbatch_args, str(ROOT / "slurm" / script), *args]
-    proc = subprocess.run(cmd, cwd=ROOT, env=JOB_ENV, capture_output=True, text=True, timeout=timeout)
+    cmd = sbatch_command(script, *args, sbatch_args=sbatch_args, output=output)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     return proc, output.read_text() if output.exists() else ""
 
 
@@ -113,12 +113,12 @@ def at_time_limit(cluster, tmp_path_factory):
     """
     base = tmp_path_factory.mktemp("time-limit")
     search = [sys.executable, "-m", "hpcnas.cli", "search", "--config", SMOKE, *sets(LONG)]
-    sbatch_job = [
-        *sbatch_command(base / "sbatch" / "job.out"),
-        *["--time=3", "--signal=USR2@120", "--cpus-per-task=1", "--nodes=1", "--ntasks-per-node=1"],
-        str(ROOT / "slurm" / "search_darts_unet.sh"),
+    sbatch_job = sbatch_command(
+        "search_darts_unet.sh",
         *["--config", SMOKE, "--out", str(base / "sbatch" / "run"), *sets(LONG)],
-    ]
+        sbatch_args=["--time=3", "--signal=USR2@120", "--cpus-per-task=1", "--nodes=1", "--ntasks-per-node=1"],
+        output=base / "sbatch" / "job.out",
+    )
     submit_job = [sys.executable, "-m", "hpcnas.cli", "submit", "--config", SMOKE, *sets(LONG), "--command", "search"]
     submit_job += ["--nodes", "1", "--gpus-per-node", "1", "--cpus-per-task", "1", "--time", "00:03:00"]
     submit_job += ["--signal-delay", "120", "--out", str(base / "submit" / "run")]
@@ -246,13 +246,13 @@ def test_a_task_that_sigusr2_ends_before_hpcnas_catches_it_is_requeued_and_resum
     )
     (shim / "hpcnas").chmod(0o755)
     run = tmp_path / "run"
-    env = dict(JOB_ENV, HPCNAS_ENV=f"export PATH={shlex.quote(str(shim))}:$PATH")
-    cmd = [*sbatch_command(tmp_path / "job.out"), "--nodes=1", "--ntasks-per-node=1", "--cpus-per-task=1"]
-    cmd += [str(ROOT / "slurm" / "search_darts_unet.sh"), "--config", SMOKE, "--out", str(run)]
-    proc = subprocess.run(
-        [*cmd, *sets(TINY + ["search.epochs=1"])], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    proc, log = sbatch(
+        "search_darts_unet.sh",
+        *["--config", SMOKE, "--out", str(run), *sets(TINY + ["search.epochs=1"])],
+        sbatch_args=["--nodes=1", "--ntasks-per-node=1", "--cpus-per-task=1"],
+        output=tmp_path / "job.out",
+        env=dict(JOB_ENV, HPCNAS_ENV=f"export PATH={shlex.quote(str(shim))}:$PATH"),
     )
-    log = (tmp_path / "job.out").read_text()
     assert proc.returncode == 0, log[-3000:] + proc.stderr
     assert "SIGUSR2 ended hpcnas search before it could catch it" in log and "requeueing job" in log, log[-3000:]
     assert re.search(r"job \d+ start 2 on", log) and (run / "genotype.json").exists()
