@@ -5,6 +5,10 @@ kills a job step) at instants drawn from a seeded generator, restarted with the 
 kill, and finally run to the end. The search and the train must end exactly as an uninterrupted run (genotype,
 theta, weights, metrics); the evolve must hold every evaluation exactly once. The seed and the instants are
 printed; ``HPCNAS_SOAK_SEED=N`` replays a run.
+
+Each run of the suite kills 6 searches, 6 trainings and 3 evolves (15 kills: 89 CPU-seconds here, 147 with twice
+the kills), at instants drawn afresh every time, so the runs of the suite add up to a soak. ``HPCNAS_SOAK_KILLS=K``
+multiplies the kills by K for a deeper soak in one go (K=2 is what the suite ran before it had to fit in 8 minutes).
 """
 
 from __future__ import annotations
@@ -27,12 +31,13 @@ from tests.conftest import MPI_ENV, MPIRUN, ROOT, needs_mpi, set_args
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 TINY = ["data.synth.n=16", "data.synth.size=32", "space.channels=8", "space.depth=2", "space.nodes=2", "device=cpu",
         "monitor.tensorboard=false"]  # fmt: skip
+DEPTH = int(os.environ.get("HPCNAS_SOAK_KILLS", "1"))
 COMMANDS = {
-    "search": (["search", "--config", SMOKE] + set_args(TINY + ["search.epochs=4", "search.arch_start_epoch=2"]), 12),
+    "search": (["search", "--config", SMOKE] + set_args(TINY + ["search.epochs=4", "search.arch_start_epoch=2"]), 6),
     "train": (
         ["train", "--config", SMOKE, "--genotype", "random", "--seed", "3"]
         + set_args(TINY + ["train.epochs=4", "train.select_from_epoch=2"]),
-        12,
+        6,
     ),
 }
 EVOLVE = ["evolve", "--config", str(ROOT / "configs" / "smoke-evolve.yaml")] + set_args(
@@ -44,7 +49,7 @@ EVOLVE = ["evolve", "--config", str(ROOT / "configs" / "smoke-evolve.yaml")] + s
         "monitor.tensorboard=false",
     ]  # fmt: skip
 )
-EVOLVE_KILLS = 6
+EVOLVE_KILLS = 3
 TIMING = ("time_s", "train_s", "data_wait_s", "peak_memory_mb")  # wall-clock figures differ between runs
 
 
@@ -129,7 +134,7 @@ def same_weights(a: Path, b: Path) -> bool:
 def test_killed_at_random_instants_a_run_resumes_to_the_uninterrupted_end(command, tmp_path):
     seed, rng = soak_rng()
     argv, kills = COMMANDS[command]
-    reference, chains, instants = soak(argv, tmp_path, kills, random.Random(f"{seed}-{command}"))
+    reference, chains, instants = soak(argv, tmp_path, kills * DEPTH, random.Random(f"{seed}-{command}"))
     for cut, chain in zip(chains, instants):
         replay = f"{cut.name}, replay: HPCNAS_SOAK_SEED={seed} (instants {chain})"
         assert metrics(cut) == metrics(reference), replay
@@ -146,7 +151,7 @@ def test_killed_at_random_instants_a_run_resumes_to_the_uninterrupted_end(comman
 @pytest.mark.slow
 def test_a_killed_three_rank_evolve_holds_every_evaluation_exactly_once(tmp_path):
     seed, rng = soak_rng()
-    _, chains, instants = soak(EVOLVE, tmp_path, EVOLVE_KILLS, random.Random(f"{seed}-evolve"), ranks=3)
+    _, chains, instants = soak(EVOLVE, tmp_path, EVOLVE_KILLS * DEPTH, random.Random(f"{seed}-evolve"), ranks=3)
     for cut, chain in zip(chains, instants):
         history = read_jsonl(cut / "history.jsonl")
         replay = f"{cut.name}, replay: HPCNAS_SOAK_SEED={seed} (instants {chain})"
