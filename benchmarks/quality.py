@@ -39,7 +39,10 @@ slurm/train.sh) and returns; run the same command again once they finish,
 until it writes the table.  Writes ``quality.json``, ``quality.md`` and
 ``quality.png`` into ``--out`` and copies them to ``--results`` with the
 command line.  ``--fidelity`` adds Kendall tau between cheap estimates and
-the retrained test mIoU.
+the retrained test mIoU: each network's epoch-1 validation mIoU, its
+zero-cost scores at initialization, and (with arm A) the one-shot estimate,
+the validation mIoU of A's and C's architectures inside the trained supernet
+of A's search with the same seed.
 """
 
 from __future__ import annotations
@@ -878,15 +881,20 @@ def fidelity(plan: Plan, rows: List[dict], boot: int = 1000) -> dict:
     from zero_cost import zero_cost_scores  # benchmarks/zero_cost.py, beside this script
 
     cells = [r for r in rows if "genotype" in r and r["arm"] not in ("A-large",)]
-    truth = np.array([r["test_miou"] for r in cells])
     estimates = {"epoch-1 val mIoU (short training)": [r["epoch1_val_miou"] for r in cells]}
     scores = [zero_cost_scores(plan.runs[r["run"]].out(plan.root), plan.data) for r in cells]
     for key in scores[0]:
         estimates[key] = [s[key] for s in scores]
+    one_shot = one_shot_estimates(plan, cells)
+    estimates["one-shot val mIoU (A's supernet of the same seed)"] = [o and o.miou for o in one_shot]
+    estimates["one-shot val loss, negated (A's supernet of the same seed)"] = [o and -o.loss for o in one_shot]
     rng = np.random.default_rng(0)
-    out = {"architectures": len(cells)}
+    out: Dict[str, object] = {"architectures": len(cells)}
     for name, values in estimates.items():
-        v = np.array(values, dtype=float)
+        pairs = [(v, r["test_miou"]) for v, r in zip(values, cells) if v is not None]
+        if len(pairs) < 3:
+            continue
+        v, truth = (np.array(column, dtype=float) for column in zip(*pairs))
         tau = float(kendalltau(v, truth).statistic)
         taus = []
         for _ in range(boot):
@@ -894,8 +902,29 @@ def fidelity(plan: Plan, rows: List[dict], boot: int = 1000) -> dict:
             t = kendalltau(v[idx], truth[idx]).statistic
             if not np.isnan(t):
                 taus.append(t)
-        out[name] = {"tau": tau, "ci95": [float(np.percentile(taus, 2.5)), float(np.percentile(taus, 97.5))]}
+        out[name] = {
+            "tau": tau,
+            "ci95": [float(np.percentile(taus, 2.5)), float(np.percentile(taus, 97.5))],
+            "architectures": len(v),
+        }
     return out
+
+
+def one_shot_estimates(plan: Plan, cells: List[dict]) -> list:
+    """Each arm-A and arm-C architecture's validation figures inside the trained supernet of A's search with its
+    training seed, the weights inherited (``hpcnas.search.one_shot``); None for the others and without arm A."""
+    from hpcnas.search.one_shot import one_shot_scores
+    from hpcnas.space.genotype import Genotype
+
+    estimates = []
+    for row in cells:
+        supernet = plan.root / f"A/seed-{row['seed']}/search"
+        if row["arm"] not in ("A", "C") or not (supernet / "genotype.json").exists():
+            estimates.append(None)
+            continue
+        model = json.loads((plan.runs[row["run"]].out(plan.root) / "model.json").read_text())
+        estimates.append(one_shot_scores(supernet, [Genotype.from_dict(model["genotype"])], plan.data)[0])
+    return estimates
 
 
 # --------------------------------------------------------------------------
@@ -1055,7 +1084,7 @@ def main() -> int:
     if "fidelity" in payload:
         text += "\nFidelity (Kendall tau against test mIoU, bootstrap 95% interval):\n\n"
         text += "".join(
-            f"- {k}: {v['tau']:+.2f} [{v['ci95'][0]:+.2f}, {v['ci95'][1]:+.2f}]\n"
+            f"- {k}: {v['tau']:+.2f} [{v['ci95'][0]:+.2f}, {v['ci95'][1]:+.2f}] ({v['architectures']} architectures)\n"
             for k, v in payload["fidelity"].items()
             if isinstance(v, dict)
         )
