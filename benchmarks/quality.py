@@ -688,8 +688,9 @@ def run_row(plan: Plan, run: Run, walls: Dict[str, float]) -> Optional[dict]:
         "params": model["params"],
         "flops": model["flops"],
         "wall_s": wall,
-        "epoch1_val_miou": next((m.get("val_miou") for m in read_jsonl(out / "metrics.jsonl")), None),
+        "val_miou_by_epoch": [m.get("val_miou") for m in read_jsonl(out / "metrics.jsonl")],
     }
+    row["epoch1_val_miou"] = next(iter(row["val_miou_by_epoch"]), None)
     target = ((yaml.safe_load((out / "config.yaml").read_text()) or {}).get("train") or {}).get("target_params")
     if target:
         row["target_params"] = target
@@ -874,6 +875,9 @@ def figure(rows: List[dict], summary: List[dict], path: Path) -> None:
     plt.close(fig)
 
 
+PROXY_EPOCHS = (2, 3)  # besides epoch 1: proxies of up to half the quick preset's 6 training epochs
+
+
 def fidelity(plan: Plan, rows: List[dict], boot: int = 1000) -> dict:
     """Kendall tau between cheap estimates and the retrained test mIoU, with a bootstrap 95% interval."""
     import numpy as np
@@ -882,6 +886,9 @@ def fidelity(plan: Plan, rows: List[dict], boot: int = 1000) -> dict:
 
     cells = [r for r in rows if "genotype" in r and r["arm"] not in ("A-large",)]
     estimates = {"epoch-1 val mIoU (short training)": [r["epoch1_val_miou"] for r in cells]}
+    for k in PROXY_EPOCHS:  # the retraining's own epoch k: a k-epoch proxy, but on the full run's LR schedule
+        by_epoch = [r.get("val_miou_by_epoch", []) for r in cells]
+        estimates[f"epoch-{k} val mIoU of the retraining"] = [e[k - 1] if len(e) >= k else None for e in by_epoch]
     scores = [zero_cost_scores(plan.runs[r["run"]].out(plan.root), plan.data) for r in cells]
     for key in scores[0]:
         estimates[key] = [s[key] for s in scores]
