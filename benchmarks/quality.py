@@ -895,9 +895,9 @@ def fidelity(plan: Plan, rows: List[dict], boot: int = 1000) -> dict:
     one_shot = one_shot_estimates(plan, cells)
     estimates["one-shot val mIoU (A's supernet of the same seed)"] = [o and o.miou for o in one_shot]
     estimates["one-shot val loss, negated (A's supernet of the same seed)"] = [o and -o.loss for o in one_shot]
-    rng = np.random.default_rng(0)
     out: Dict[str, object] = {"architectures": len(cells)}
     for name, values in estimates.items():
+        rng = np.random.default_rng(0)  # each estimate its own draws: adding one leaves the others' intervals
         pairs = [(v, r["test_miou"]) for v, r in zip(values, cells) if v is not None]
         if len(pairs) < 3:
             continue
