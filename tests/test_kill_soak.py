@@ -8,7 +8,7 @@ printed; ``HPCNAS_SOAK_SEED=N`` replays a run.
 
 Each run of the suite kills 6 searches, 6 trainings and 3 evolves (15 kills: 89 CPU-seconds here, 147 with twice
 the kills), at instants drawn afresh every time, so the runs of the suite add up to a soak. ``HPCNAS_SOAK_KILLS=K``
-multiplies the kills by K for a deeper soak in one go (K=2 is what the suite ran before it had to fit in 8 minutes).
+multiplies the kills by K for a deeper soak in one go (K=2 is what the suite ran before the cut for its time).
 """
 
 from __future__ import annotations
