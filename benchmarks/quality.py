@@ -885,9 +885,9 @@ def fidelity(plan: Plan, rows: List[dict], boot: int = 1000) -> dict:
     from zero_cost import zero_cost_scores  # benchmarks/zero_cost.py, beside this script
 
     cells = [r for r in rows if "genotype" in r and r["arm"] not in ("A-large",)]
-    estimates = {"epoch-1 val mIoU (short training)": [r["epoch1_val_miou"] for r in cells]}
+    by_epoch = [r["val_miou_by_epoch"] for r in cells]
+    estimates = {"epoch-1 val mIoU (short training)": [e[0] if e else None for e in by_epoch]}
     for k in PROXY_EPOCHS:  # the retraining's own epoch k: a k-epoch proxy, but on the full run's LR schedule
-        by_epoch = [r.get("val_miou_by_epoch", []) for r in cells]
         estimates[f"epoch-{k} val mIoU of the retraining"] = [e[k - 1] if len(e) >= k else None for e in by_epoch]
     scores = [zero_cost_scores(plan.runs[r["run"]].out(plan.root), plan.data) for r in cells]
     for key in scores[0]:
@@ -919,18 +919,22 @@ def fidelity(plan: Plan, rows: List[dict], boot: int = 1000) -> dict:
 
 def one_shot_estimates(plan: Plan, cells: List[dict]) -> list:
     """Each arm-A and arm-C architecture's validation figures inside the trained supernet of A's search with its
-    training seed, the weights inherited (``hpcnas.search.one_shot``); None for the others and without arm A."""
+    training seed, the weights inherited (``hpcnas.search.one_shot``); None for the others and without arm A.
+    Each supernet is loaded once, for every architecture it scores."""
     from hpcnas.search.one_shot import one_shot_scores
     from hpcnas.space.genotype import Genotype
 
-    estimates = []
-    for row in cells:
+    by_supernet: Dict[Path, List[int]] = {}
+    for i, row in enumerate(cells):
         supernet = plan.root / f"A/seed-{row['seed']}/search"
-        if row["arm"] not in ("A", "C") or not (supernet / "genotype.json").exists():
-            estimates.append(None)
-            continue
-        model = json.loads((plan.runs[row["run"]].out(plan.root) / "model.json").read_text())
-        estimates.append(one_shot_scores(supernet, [Genotype.from_dict(model["genotype"])], plan.data)[0])
+        if row["arm"] in ("A", "C") and (supernet / "genotype.json").exists():
+            by_supernet.setdefault(supernet, []).append(i)
+    estimates: list = [None] * len(cells)
+    for supernet, indices in by_supernet.items():
+        models = [json.loads((plan.runs[cells[i]["run"]].out(plan.root) / "model.json").read_text()) for i in indices]
+        scores = one_shot_scores(supernet, [Genotype.from_dict(m["genotype"]) for m in models], plan.data)
+        for i, score in zip(indices, scores):
+            estimates[i] = score
     return estimates
 
 
