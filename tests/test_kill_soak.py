@@ -31,7 +31,7 @@ from tests.conftest import MPI_ENV, MPIRUN, ROOT, needs_mpi, set_args
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 TINY = ["data.synth.n=16", "data.synth.size=32", "space.channels=8", "space.depth=2", "space.nodes=2", "device=cpu",
         "monitor.tensorboard=false"]  # fmt: skip
-DEPTH = int(os.environ.get("HPCNAS_SOAK_KILLS", "1"))
+SOAK_KILLS = int(os.environ.get("HPCNAS_SOAK_KILLS", "1"))
 COMMANDS = {
     "search": (["search", "--config", SMOKE] + set_args(TINY + ["search.epochs=4", "search.arch_start_epoch=2"]), 6),
     "train": (
@@ -134,7 +134,7 @@ def same_weights(a: Path, b: Path) -> bool:
 def test_killed_at_random_instants_a_run_resumes_to_the_uninterrupted_end(command, tmp_path):
     seed, rng = soak_rng()
     argv, kills = COMMANDS[command]
-    reference, chains, instants = soak(argv, tmp_path, kills * DEPTH, random.Random(f"{seed}-{command}"))
+    reference, chains, instants = soak(argv, tmp_path, kills * SOAK_KILLS, random.Random(f"{seed}-{command}"))
     for cut, chain in zip(chains, instants):
         replay = f"{cut.name}, replay: HPCNAS_SOAK_SEED={seed} (instants {chain})"
         assert metrics(cut) == metrics(reference), replay
@@ -151,7 +151,7 @@ def test_killed_at_random_instants_a_run_resumes_to_the_uninterrupted_end(comman
 @pytest.mark.slow
 def test_a_killed_three_rank_evolve_holds_every_evaluation_exactly_once(tmp_path):
     seed, rng = soak_rng()
-    _, chains, instants = soak(EVOLVE, tmp_path, EVOLVE_KILLS * DEPTH, random.Random(f"{seed}-evolve"), ranks=3)
+    _, chains, instants = soak(EVOLVE, tmp_path, EVOLVE_KILLS * SOAK_KILLS, random.Random(f"{seed}-evolve"), ranks=3)
     for cut, chain in zip(chains, instants):
         history = read_jsonl(cut / "history.jsonl")
         replay = f"{cut.name}, replay: HPCNAS_SOAK_SEED={seed} (instants {chain})"
