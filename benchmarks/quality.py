@@ -39,10 +39,12 @@ slurm/train.sh) and returns; run the same command again once they finish,
 until it writes the table.  Writes ``quality.json``, ``quality.md`` and
 ``quality.png`` into ``--out`` and copies them to ``--results`` with the
 command line.  ``--fidelity`` adds Kendall tau between cheap estimates and
-the retrained test mIoU: each network's epoch-1 validation mIoU, its
-zero-cost scores at initialization, and (with arm A) the one-shot estimate,
-the validation mIoU of A's and C's architectures inside the trained supernet
-of A's search with the same seed.
+the retrained test mIoU: each network's validation mIoU at epochs 1-3 of its
+retraining, its zero-cost scores at initialization, and (with arm A) two
+estimates inside the trained supernet of A's search with the same seed, for
+A's and C's architectures: the one-shot validation mIoU and loss, and the
+perturbation score (the supernet's loss rise when each of the architecture's
+ops is removed from it alone).
 """
 
 from __future__ import annotations
@@ -893,8 +895,9 @@ def fidelity(plan: Plan, rows: List[dict], boot: int = 1000) -> dict:
     for key in scores[0]:
         estimates[key] = [s[key] for s in scores]
     one_shot = one_shot_estimates(plan, cells)
-    estimates["one-shot val mIoU (A's supernet of the same seed)"] = [o and o.miou for o in one_shot]
-    estimates["one-shot val loss, negated (A's supernet of the same seed)"] = [o and -o.loss for o in one_shot]
+    estimates["one-shot val mIoU (A's supernet of the same seed)"] = [o and o[0].miou for o in one_shot]
+    estimates["one-shot val loss, negated (A's supernet of the same seed)"] = [o and -o[0].loss for o in one_shot]
+    estimates["perturbation score (A's supernet of the same seed)"] = [o and o[1] for o in one_shot]
     out: Dict[str, object] = {"architectures": len(cells)}
     for name, values in estimates.items():
         rng = np.random.default_rng(0)  # each estimate its own draws: adding one leaves the others' intervals
@@ -918,10 +921,11 @@ def fidelity(plan: Plan, rows: List[dict], boot: int = 1000) -> dict:
 
 
 def one_shot_estimates(plan: Plan, cells: List[dict]) -> list:
-    """Each arm-A and arm-C architecture's validation figures inside the trained supernet of A's search with its
-    training seed, the weights inherited (``hpcnas.search.one_shot``); None for the others and without arm A.
-    Each supernet is loaded once, for every architecture it scores."""
-    from hpcnas.search.one_shot import one_shot_scores
+    """Each arm-A and arm-C architecture's figures inside the trained supernet of A's search with its training
+    seed, the weights inherited (``hpcnas.search.one_shot``): its one-shot validation figures and its perturbation
+    score, as a pair; None for the others and without arm A. Each supernet is loaded once, for every architecture
+    it scores."""
+    from hpcnas.search.one_shot import TrainedSupernet
     from hpcnas.space.genotype import Genotype
 
     by_supernet: Dict[Path, List[int]] = {}
@@ -932,9 +936,10 @@ def one_shot_estimates(plan: Plan, cells: List[dict]) -> list:
     estimates: list = [None] * len(cells)
     for supernet, indices in by_supernet.items():
         models = [json.loads((plan.runs[cells[i]["run"]].out(plan.root) / "model.json").read_text()) for i in indices]
-        scores = one_shot_scores(supernet, [Genotype.from_dict(m["genotype"]) for m in models], plan.data)
-        for i, score in zip(indices, scores):
-            estimates[i] = score
+        genotypes = [Genotype.from_dict(m["genotype"]) for m in models]
+        trained = TrainedSupernet(supernet, plan.data)
+        for i, pair in zip(indices, zip(trained.one_shot(genotypes), trained.perturbation(genotypes))):
+            estimates[i] = pair
     return estimates
 
 

@@ -1,4 +1,4 @@
-"""One-shot estimates: a genotype's validation mIoU in a trained supernet, its weights inherited.
+"""One-shot estimates: a genotype scored inside a trained supernet, its weights inherited.
 
 Weight sharing (ENAS; Bender et al., "Understanding and simplifying one-shot architecture search") ranks
 architectures without training each one: the supernet of a finished search holds every op of every edge, so a
@@ -9,6 +9,9 @@ ranks architectures as their retrained test mIoU does.
 What is left is the supernet restricted to the genotype's ops, not the discrete network: with partial channels
 an edge's bypassed channels still pass, and the edge weights (PC-DARTS) and the UNet++ path weights stay as the
 search left them. The BatchNorm statistics are the supernet's own, as in its validation.
+
+The perturbation score asks the other way round, as DARTS-PT's selection does: how much the whole supernet's
+validation loss rises when each of the genotype's ops is removed from it alone, summed over the genotype's ops.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from hpcnas.errors import UserError
 from hpcnas.rundir import RunDir
 from hpcnas.runtime import select_device
 from hpcnas.search.continuous import build_supernet
+from hpcnas.search.perturbation import removal_drops
 from hpcnas.space.genotype import Genotype
 from hpcnas.space.searchspace import SearchSpace
 from hpcnas.train.losses import WeightedCrossEntropy
@@ -67,54 +71,100 @@ class OneShotScore:
     loss: float
 
 
-def one_shot_scores(
-    search_run: Path,
-    genotypes: Sequence[Genotype],
-    data_path: Optional[str] = None,
-    max_tiles: Optional[int] = None,
-    device: str = "cpu",
-) -> List[OneShotScore]:
-    """Each genotype's validation figures in the trained supernet of ``search_run`` (a ``hpcnas search`` run
-    directory), on ``data_path`` (default: the data the search ran on) or its first ``max_tiles`` validation
-    tiles. A genotype of another space is a :class:`UserError`."""
-    run = RunDir(search_run)
-    cfg = load_config(str(run.config))
-    if data_path is None:
-        data_path = str(json.loads(run.data_fingerprint.read_text())["path"])
-    info = read_info(data_path)
-    space = SearchSpace.from_config(cfg)
-    for genotype in genotypes:
-        space.check(genotype, source=str(search_run))
-    torch_device = select_device(device)
-    model = build_supernet(cfg, info, torch_device)
-    state = load_checkpoint(run.latest, torch_device)
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError) as exc:
-        raise UserError(
-            f"checkpoint does not match the run's supernet ({str(exc).splitlines()[0][:200]})", source=str(run.latest)
-        ) from None
-    loader = validation_loader(data_path, cfg.search.batch_size, max_tiles=max_tiles)
-    if loader is None:
-        raise UserError("one-shot scores validate the supernet, and the validation split is empty", source=data_path)
-    criterion = WeightedCrossEntropy(info.class_weights, torch_device, SingleProcess())
-    model.eval()
-    scores = []
-    try:
+class TrainedSupernet:
+    """The supernet of a finished ``hpcnas search`` run (its run directory), loaded once and validated as often as
+    asked, on ``data_path`` (default: the data the search ran on) or its first ``max_tiles`` validation tiles."""
+
+    def __init__(
+        self, search_run: Path, data_path: Optional[str] = None, max_tiles: Optional[int] = None, device: str = "cpu"
+    ):
+        run = RunDir(search_run)
+        self.source = str(search_run)
+        cfg = load_config(str(run.config))
+        if data_path is None:
+            data_path = str(json.loads(run.data_fingerprint.read_text())["path"])
+        self.info = read_info(data_path)
+        self.space = SearchSpace.from_config(cfg)
+        self.device = select_device(device)
+        self.model = build_supernet(cfg, self.info, self.device)
+        state = load_checkpoint(run.latest, self.device)
+        try:
+            self.model.load_state_dict(state["model"])
+        except (RuntimeError, KeyError) as exc:
+            raise UserError(
+                f"checkpoint does not match the run's supernet ({str(exc).splitlines()[0][:200]})",
+                source=str(run.latest),
+            ) from None
+        self.model.eval()
+        loader = validation_loader(data_path, cfg.search.batch_size, max_tiles=max_tiles)
+        if loader is None:
+            raise UserError("the supernet is validated, and the validation split is empty", source=data_path)
+        self.loader = loader
+        self.criterion = WeightedCrossEntropy(self.info.class_weights, self.device, SingleProcess())
+        self._drops: Optional[Dict[str, np.ndarray]] = None
+
+    def one_shot(self, genotypes: Sequence[Genotype]) -> List[OneShotScore]:
+        """Each genotype's validation figures with the supernet's weights inherited: on every edge the ops the
+        genotype does not choose switched off. A genotype of another space is a :class:`UserError`."""
+        self._check(genotypes)
+        scores = []
+        for genotype in genotypes:
+            self.model.arch.fixed_rows = self._rows(genotype)
+            try:
+                scores.append(self.validate())
+            finally:
+                self.model.arch.fixed_rows = {}
+        return scores
+
+    def perturbation(self, genotypes: Sequence[Genotype]) -> List[float]:
+        """Each genotype's perturbation score (DARTS-PT's measure, :mod:`hpcnas.search.perturbation`): what
+        removing each of its ops from the whole supernet costs in validation loss, summed over its ops (an op it
+        puts on an edge twice counts twice). Higher: the supernet relies more on the genotype's ops. The removals
+        are measured once, on the first call (one validation per op and edge)."""
+        self._check(genotypes)
+        if self._drops is None:
+            base = self.validate().loss
+            self._drops = {
+                role: np.stack(
+                    [
+                        removal_drops(self.model.arch, role, edge, -base, lambda: -self.validate().loss)
+                        for edge in range(sum(self.model.arch.node_inputs[role]))
+                    ]
+                )
+                for role in self.model.arch.roles
+            }
+        measured = {role: np.where(np.isfinite(d), d, 0.0) for role, d in self._drops.items()}
+        scores = []
+        for genotype in genotypes:
+            rows = genotype_rows(self.space, genotype, self.model.arch.roles)
+            scores.append(
+                sum(
+                    float(np.dot(row.numpy(), measured[role][edge]))
+                    for role, edges in rows.items()
+                    for edge, row in edges.items()
+                )
+            )
+        return scores
+
+    def _check(self, genotypes: Sequence[Genotype]) -> None:
+        for genotype in genotypes:
+            self.space.check(genotype, source=self.source)
+
+    def _rows(self, genotype: Genotype) -> Dict[str, Dict[int, torch.Tensor]]:
+        return {
+            role: {edge: row.to(self.device) for edge, row in edges.items()}
+            for role, edges in genotype_rows(self.space, genotype, self.model.arch.roles).items()
+        }
+
+    def validate(self) -> OneShotScore:
+        """The supernet's validation figures as it stands: theta's weights, but for the rows fixed in
+        ``model.arch.fixed_rows``."""
+        conf = np.zeros((self.info.num_classes, self.info.num_classes), dtype=np.int64)
+        loss, weights = 0.0, 0.0
         with torch.no_grad():
-            for genotype in genotypes:
-                model.arch.fixed_rows = {
-                    role: {edge: row.to(torch_device) for edge, row in edges.items()}
-                    for role, edges in genotype_rows(space, genotype, model.arch.roles).items()
-                }
-                conf = np.zeros((info.num_classes, info.num_classes), dtype=np.int64)
-                loss, weights = 0.0, 0.0
-                for images, masks in loader:
-                    logits = model(images.to(torch_device)).float()
-                    total, weight = criterion.terms(logits, masks.to(torch_device))
-                    loss, weights = loss + float(total), weights + float(weight)
-                    conf += confusion(logits.argmax(1).cpu().numpy(), masks.numpy(), info.num_classes)
-                scores.append(OneShotScore(miou(conf), loss / max(weights, 1e-12)))
-    finally:
-        model.arch.fixed_rows = {}
-    return scores
+            for images, masks in self.loader:
+                logits = self.model(images.to(self.device)).float()
+                total, weight = self.criterion.terms(logits, masks.to(self.device))
+                loss, weights = loss + float(total), weights + float(weight)
+                conf += confusion(logits.argmax(1).cpu().numpy(), masks.numpy(), self.info.num_classes)
+        return OneShotScore(miou(conf), loss / max(weights, 1e-12))

@@ -56,12 +56,7 @@ def perturbation_snapshot(
     random.Random(seed).shuffle(order)
     base = measure()
     for done, (role, edge) in enumerate(order, 1):
-        theta_row = arch.weights(arch.ops[role]).detach()[edge]
-        for k in candidates:
-            without = theta_row.clone()
-            without[k] = 0.0
-            arch.fixed_rows.setdefault(role, {})[edge] = without
-            op_drops[role][edge, k] = base - measure()
+        op_drops[role][edge] = removal_drops(arch, role, edge, base, measure)
         chosen = max(candidates, key=lambda k: (op_drops[role][edge, k], -k))
         arch.fixed_rows[role][edge] = _one_hot(len(arch.op_names), chosen, device)
         tune()
@@ -103,6 +98,31 @@ def perturbation_snapshot(
             "edges": edge_drops,
         },
     }
+
+
+def removal_drops(arch: ArchParams, role: str, edge: int, base: float, measure: Callable[[], float]) -> np.ndarray:
+    """What removing each op of one edge costs the supernet: ``base - measure()`` with that op's weight set to 0
+    and the others as theta has them, one op at a time; -inf for the zero ops (never measured). The edge's
+    fixed row is left as it was."""
+    theta_row = arch.op_weights(role).detach()[edge]
+    zero = zero_ops(arch.op_names)
+    fixed = arch.fixed_rows.setdefault(role, {})
+    before = fixed.get(edge)
+    drops = np.full(len(arch.op_names), -np.inf)
+    try:
+        for k, name in enumerate(arch.op_names):
+            if name in zero:
+                continue
+            without = theta_row.clone()
+            without[k] = 0.0
+            fixed[edge] = without
+            drops[k] = base - measure()
+    finally:
+        if before is None:
+            del fixed[edge]
+        else:
+            fixed[edge] = before
+    return drops
 
 
 def _scores(op_drops: Dict[str, np.ndarray], edge_drops: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:

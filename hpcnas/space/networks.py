@@ -91,14 +91,15 @@ class ArchParams(nn.Module):
         edges = None
         if len(self.edges):
             edges = [self.weights(self.edges[f"{role}_{j}"]) for j in range(len(self.node_inputs[role]))]
-        ops = self._op_weights(role)
+        ops = self.op_weights(role)
         fixed = self.fixed_rows.get(role)
         if fixed:
             index = torch.tensor(list(fixed), device=ops.device)
             ops = ops.index_put((index,), torch.stack(list(fixed.values())).to(ops))
         return CellArch(ops, edges)
 
-    def _op_weights(self, role: str) -> torch.Tensor:
+    def op_weights(self, role: str) -> torch.Tensor:
+        """The op weights of ``role``'s edges as its cells use them (theta's, or the op a held role holds)."""
         weights = self.weights(self.ops[role])
         if role in self.held:  # no gradient reaches theta's rows of a held role
             return F.one_hot(torch.tensor(self.held[role]), weights.shape[-1]).to(weights).expand_as(weights)
@@ -115,7 +116,7 @@ class ArchParams(nn.Module):
     def snapshot(self) -> Dict[str, object]:
         """Plain numpy copies of every probability vector (for decoding and logs)."""
         with torch.no_grad():
-            out: Dict[str, object] = {"ops": {r: self._op_weights(r).cpu().numpy() for r in self.ops}}
+            out: Dict[str, object] = {"ops": {r: self.op_weights(r).cpu().numpy() for r in self.ops}}
             out["edges"] = (
                 {
                     r: [self.weights(self.edges[f"{r}_{j}"]).cpu().numpy() for j in range(len(c))]

@@ -11,7 +11,7 @@ import torch
 from hpcnas.errors import UserError
 from hpcnas.pipeline import search
 from hpcnas.search.decode import decode_genotype
-from hpcnas.search.one_shot import genotype_rows, one_shot_scores
+from hpcnas.search.one_shot import TrainedSupernet, genotype_rows
 from hpcnas.space.searchspace import SearchSpace
 from tests.search.test_collapse import SMOKE, TINY
 
@@ -54,16 +54,36 @@ def test_an_input_a_random_cell_draws_twice_carries_both_of_its_ops():
 
 
 @pytest.mark.slow
-def test_one_shot_scores_tell_genotypes_apart_and_leave_the_search_as_it_was(tmp_path):
+def test_one_shot_and_perturbation_scores_tell_genotypes_apart_and_leave_the_search_as_it_was(tmp_path):
     genotype, run_dir = search(SMOKE, TINY, out=str(tmp_path / "search"))
     space = SearchSpace.of("darts_unet", "O_base", depth=2, nodes=2)
     others = [space.sample(random.Random(seed)) for seed in range(4)]
     checkpoint = (run_dir / "checkpoints" / "latest.pt").read_bytes()
-    scores = one_shot_scores(run_dir, [genotype, *others])
+    supernet = TrainedSupernet(run_dir)
+    scores = supernet.one_shot([genotype, *others])
     assert all(0.0 <= s.miou <= 1.0 and s.loss > 0 for s in scores)
     assert len({s.loss for s in scores}) == len(scores), scores  # each genotype's own ops, not the whole supernet
-    assert one_shot_scores(run_dir, [others[2]]) == [scores[3]]  # nothing of one genotype stays for the next
+    assert supernet.one_shot([others[2]]) == [scores[3]]  # nothing of one genotype stays for the next
+    assert not supernet.model.arch.fixed_rows
+
+    perturbation = supernet.perturbation([genotype, *others])
+    assert len(set(perturbation)) == len(perturbation), perturbation
+    assert not any(supernet.model.arch.fixed_rows.values())  # every removal put back
+    whole = supernet.validate().loss
+    by_hand = 0.0  # each op of the genotype removed alone from the whole supernet, its loss rise summed
+    for role, edges in genotype_rows(space, others[1], supernet.model.arch.roles).items():
+        for edge, row in edges.items():
+            for k in torch.nonzero(row).flatten().tolist():
+                without = supernet.model.arch.op_weights(role).detach()[edge].clone()
+                without[k] = 0.0
+                supernet.model.arch.fixed_rows = {role: {edge: without}}
+                by_hand += float(row[k]) * (supernet.validate().loss - whole)
+    supernet.model.arch.fixed_rows = {}
+    assert by_hand == pytest.approx(perturbation[2], rel=1e-6, abs=1e-9)
+    assert supernet.perturbation([others[1]]) == [perturbation[2]]  # measured once, reused
+
     assert (run_dir / "checkpoints" / "latest.pt").read_bytes() == checkpoint
     wrong = SearchSpace.of("resnet_unet", "O_blocks", depth=2).sample(random.Random(0))
-    with pytest.raises(UserError, match="genotype is resnet_unet but the config's space.topology is darts_unet"):
-        one_shot_scores(run_dir, [wrong])
+    for score in (supernet.one_shot, supernet.perturbation):
+        with pytest.raises(UserError, match="genotype is resnet_unet but the config's space.topology is darts_unet"):
+            score([wrong])
