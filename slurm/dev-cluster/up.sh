@@ -97,9 +97,10 @@ CONF
 chmod 600 /etc/slurm/slurmdbd.conf
 
 last_port=$((17000 + nodes))
-# MinJobAge=0 keeps finished jobs' records (this cluster lives for one test run). With the default 300,
-# `sbatch --wait` polls at 2, 8 and then every 32 s, so a 12 s job returned after 42 s; it polls every 2 s
-# when MinJobAge/2 is no more than that.
+# `sbatch --wait` polls at 2, 8 and then every 32 s while MinJobAge/2 (integer) exceeds its sleep, so with the
+# default MinJobAge of 300 a 12 s job returned after 42 s. With 5 it polls every 2 s, and a finished job's record
+# (which it reads the exit code from) lives at least 5 s: 0 or 1 would be raised to 2 by slurmctld, with an
+# error line, leaving no margin between a poll and the purge.
 cat > /etc/slurm/slurm.conf <<CONF
 ClusterName=hpcnas-dev
 SlurmctldHost=$host
@@ -130,7 +131,7 @@ SlurmdLogFile=/var/log/hpcnas-slurm/slurmd-%n.log
 TmpFS=$state/tmp-%n
 InactiveLimit=0
 KillWait=5
-MinJobAge=0
+MinJobAge=5
 NodeName=n[1-$nodes] NodeHostname=$host Port=17001-$last_port CPUs=$cpus RealMemory=2000 Gres=gpu:$gpus State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 CONF
