@@ -135,15 +135,25 @@ def at_time_limit(cluster, tmp_path_factory):
         job.stop()
 
 
+STOP_LINE = re.compile(
+    r"stopped by SIG\w+ (?:in epoch (\d+) (?:after step (\d+)/\d+|while validating)|after epoch (\d+))"
+)
+RESUME_LINE = re.compile(r"resuming \S+ at epoch (\d+)(?:, after step (\d+))?")
+
+
 def assert_resumed_where_it_stopped(run_dir, stops_in: str):
     """Every stop that ``stops_in`` records (the job's output; submitit's job logs it in the run's log) is followed
-    by a start that resumes at the step it saved, and every epoch ran once."""
+    by a start that resumes at the step it saved (a stop between epochs: at the next epoch's start; a stop while
+    validating: at that epoch, whose steps are all saved), and every epoch ran once."""
     log = (run_dir / "log.txt").read_text()
-    stops = re.findall(r"stopped by SIG\w+ in epoch (\d+) (?:after step (\d+)/\d+|while validating)", stops_in)
-    resumes = re.findall(r"resuming \S+ at epoch (\d+), after step (\d+)", log)
+    stops, resumes = STOP_LINE.findall(stops_in), RESUME_LINE.findall(log)
     assert stops and len(resumes) == len(stops), stops_in[-3000:] + log[-3000:]
-    for (epoch, step), (resumed_epoch, resumed_step) in zip(stops, resumes):
-        assert resumed_epoch == epoch and (not step or resumed_step == step), log[-3000:]
+    for (epoch, step, after_epoch), (resumed_epoch, resumed_step) in zip(stops, resumes):
+        if after_epoch:
+            assert (int(resumed_epoch), resumed_step) == (int(after_epoch) + 1, ""), log[-3000:]
+        else:
+            assert int(resumed_epoch) == int(epoch), log[-3000:]
+            assert step == "" or int(resumed_step or 0) == int(step), log[-3000:]  # validating: its steps are done
     assert [r["epoch"] for r in read_jsonl(run_dir / "metrics.jsonl")] == list(range(1, LONG_EPOCHS + 1))
 
 
