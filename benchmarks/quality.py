@@ -115,6 +115,7 @@ PRESETS: Dict[str, dict] = {
 # stop ("early_stop": the genotype of the epoch before the decoder cell reached N skips, read off the
 # search's per-epoch genotypes: the run up to that epoch is the same).
 # the searchable ResNet-UNet at B-default's width (the variants below that search it start from these)
+PERTURBATION_TILES = 64  # the validation tiles a perturbation measures on: the selection variant's and --fidelity's
 RESNET_UNET = ["space.topology=resnet_unet", "space.op_set=O_blocks", "space.cells=per_stage", "space.channels=16"]
 VARIANTS: Dict[str, dict] = {
     "random-channels": {
@@ -242,9 +243,10 @@ VARIANTS: Dict[str, dict] = {
     "perturbation": {
         "kind": "select",
         "base": "A",
-        "set": ["search.decode.method=perturbation", "search.decode.perturbation_tiles=64"],
+        "set": ["search.decode.method=perturbation", f"search.decode.perturbation_tiles={PERTURBATION_TILES}"],
         "about": "DARTS-PT: A's supernet, each edge's op and each node's inputs chosen by how much removing them "
-        "raises the loss on 64 validation tiles (4 weight steps after each decision), A's parameter-free caps on top",
+        f"raises the loss on {PERTURBATION_TILES} validation tiles (4 weight steps after each decision), "
+        "A's parameter-free caps on top",
     },
     # Data-parallel searches: "ranks" ranks under mpirun, each with 1/ranks of A's batch, so the global batch and
     # the steps are A's. With synchronized BatchNorm such a search computes what A computes; with local BatchNorm
@@ -937,8 +939,9 @@ def one_shot_estimates(plan: Plan, cells: List[dict]) -> list:
     for supernet, indices in by_supernet.items():
         models = [json.loads((plan.runs[cells[i]["run"]].out(plan.root) / "model.json").read_text()) for i in indices]
         genotypes = [Genotype.from_dict(m["genotype"]) for m in models]
-        trained = TrainedSupernet(supernet, plan.data)
-        for i, pair in zip(indices, zip(trained.one_shot(genotypes), trained.perturbation(genotypes))):
+        one_shot = TrainedSupernet(supernet, plan.data).one_shot(genotypes)
+        perturbation = TrainedSupernet(supernet, plan.data, max_tiles=PERTURBATION_TILES).perturbation(genotypes)
+        for i, pair in zip(indices, zip(one_shot, perturbation)):
             estimates[i] = pair
     return estimates
 

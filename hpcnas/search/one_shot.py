@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -101,7 +101,8 @@ class TrainedSupernet:
             raise UserError("the supernet is validated, and the validation split is empty", source=data_path)
         self.loader = loader
         self.criterion = WeightedCrossEntropy(self.info.class_weights, self.device, SingleProcess())
-        self._drops: Optional[Dict[str, np.ndarray]] = None
+        self._whole_loss: Optional[float] = None  # the whole supernet's validation loss, once measured
+        self._drops: Dict[Tuple[str, int], Dict[int, float]] = {}  # (role, edge) -> op -> its removal's loss rise
 
     def one_shot(self, genotypes: Sequence[Genotype]) -> List[OneShotScore]:
         """Each genotype's validation figures with the supernet's weights inherited: on every edge the ops the
@@ -119,32 +120,32 @@ class TrainedSupernet:
     def perturbation(self, genotypes: Sequence[Genotype]) -> List[float]:
         """Each genotype's perturbation score (DARTS-PT's measure, :mod:`hpcnas.search.perturbation`): what
         removing each of its ops from the whole supernet costs in validation loss, summed over its ops (an op it
-        puts on an edge twice counts twice). Higher: the supernet relies more on the genotype's ops. The removals
-        are measured once, on the first call (one validation per op and edge)."""
+        puts on an edge twice counts twice). Higher: the supernet relies more on the genotype's ops. Each removal
+        is measured once (one validation of the whole supernet), when a genotype first holds that op there."""
         self._check(genotypes)
-        if self._drops is None:
-            base = self.validate().loss
-            self._drops = {
-                role: np.stack(
-                    [
-                        removal_drops(self.model.arch, role, edge, -base, lambda: -self.validate().loss)
-                        for edge in range(sum(self.model.arch.node_inputs[role]))
-                    ]
-                )
-                for role in self.model.arch.roles
-            }
-        measured = {role: np.where(np.isfinite(d), d, 0.0) for role, d in self._drops.items()}
-        scores = []
-        for genotype in genotypes:
-            rows = genotype_rows(self.space, genotype, self.model.arch.roles)
-            scores.append(
-                sum(
-                    float(np.dot(row.numpy(), measured[role][edge]))
-                    for role, edges in rows.items()
-                    for edge, row in edges.items()
-                )
+        chosen = [self._chosen_ops(genotype) for genotype in genotypes]
+        unmeasured: Dict[Tuple[str, int], set] = {}
+        for ops in chosen:
+            for role, edge, op, _ in ops:
+                if op not in self._drops.get((role, edge), {}):
+                    unmeasured.setdefault((role, edge), set()).add(op)
+        for (role, edge), wanted in sorted(unmeasured.items()):
+            if self._whole_loss is None:
+                self._whole_loss = self.validate().loss
+            row = removal_drops(
+                self.model.arch, role, edge, -self._whole_loss, lambda: -self.validate().loss, sorted(wanted)
             )
-        return scores
+            self._drops.setdefault((role, edge), {}).update({op: float(row[op]) for op in wanted})
+        return [sum(count * self._drops[(role, edge)][op] for role, edge, op, count in ops) for ops in chosen]
+
+    def _chosen_ops(self, genotype: Genotype) -> List[Tuple[str, int, int, float]]:
+        """(role, edge, op column, how many times) for every op the genotype puts on an edge."""
+        return [
+            (role, edge, int(op), float(row[op]))
+            for role, edges in genotype_rows(self.space, genotype, self.model.arch.roles).items()
+            for edge, row in edges.items()
+            for op in torch.nonzero(row).flatten()
+        ]
 
     def _check(self, genotypes: Sequence[Genotype]) -> None:
         for genotype in genotypes:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Callable, Dict, List
+from typing import Callable, Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
@@ -100,19 +100,25 @@ def perturbation_snapshot(
     }
 
 
-def removal_drops(arch: ArchParams, role: str, edge: int, base: float, measure: Callable[[], float]) -> np.ndarray:
+def removal_drops(
+    arch: ArchParams,
+    role: str,
+    edge: int,
+    base: float,
+    measure: Callable[[], float],
+    ops: Optional[Iterable[int]] = None,
+) -> np.ndarray:
     """What removing each op of one edge costs the supernet: ``base - measure()`` with that op's weight set to 0
-    and the others as theta has them, one op at a time; -inf for the zero ops (never measured). The edge's
-    fixed row is left as it was."""
+    and the others as theta has them, one op at a time: the ``ops`` asked (column indices; default every op but
+    the zero ops), -inf for the others (not measured). The edge's fixed row is left as it was."""
     theta_row = arch.op_weights(role).detach()[edge]
     zero = zero_ops(arch.op_names)
+    wanted = [k for k, name in enumerate(arch.op_names) if name not in zero] if ops is None else list(ops)
     fixed = arch.fixed_rows.setdefault(role, {})
     before = fixed.get(edge)
     drops = np.full(len(arch.op_names), -np.inf)
     try:
-        for k, name in enumerate(arch.op_names):
-            if name in zero:
-                continue
+        for k in wanted:
             without = theta_row.clone()
             without[k] = 0.0
             fixed[edge] = without

@@ -66,7 +66,13 @@ def test_one_shot_and_perturbation_scores_tell_genotypes_apart_and_leave_the_sea
     assert supernet.one_shot([others[2]]) == [scores[3]]  # nothing of one genotype stays for the next
     assert not supernet.model.arch.fixed_rows
 
+    validations = []
+    validate = supernet.validate
+    supernet.validate = lambda: validations.append(1) or validate()  # type: ignore[method-assign]
     perturbation = supernet.perturbation([genotype, *others])
+    held = {(role, edge, op) for g in [genotype, *others] for role, edge, op, _ in supernet._chosen_ops(g)}
+    assert len(validations) == 1 + len(held)  # the whole supernet once, then each op a genotype holds, once
+    supernet.validate = validate  # type: ignore[method-assign]
     assert len(set(perturbation)) == len(perturbation), perturbation
     assert not any(supernet.model.arch.fixed_rows.values())  # every removal put back
     whole = supernet.validate().loss
