@@ -901,6 +901,10 @@ def fidelity(plan: Plan, rows: List[dict], boot: int = 1000) -> dict:
     estimates["one-shot val loss, negated (A's supernet of the same seed)"] = [o and -o[0].loss for o in one_shot]
     estimates["perturbation score (A's supernet of the same seed)"] = [o and o[1] for o in one_shot]
     out: Dict[str, object] = {"architectures": len(cells)}
+    out["values"] = [  # each architecture's estimates beside its truth: one flat record per network
+        {"run": r["run"], "arm": r["arm"], "test_miou": r["test_miou"], **{k: v[i] for k, v in estimates.items()}}
+        for i, r in enumerate(cells)
+    ]
     for name, values in estimates.items():
         rng = np.random.default_rng(0)  # each estimate its own draws: adding one leaves the others' intervals
         pairs = [(v, r["test_miou"]) for v, r in zip(values, cells) if v is not None]
