@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from hpcnas import __version__
-from hpcnas.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_RESUMABLE, Interrupted, SearchFailed, UserError
+from hpcnas.errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_RESUMABLE, Interrupted, SearchFailed, UserError, say
 from hpcnas.rundir import SUMMARY, RunDir
 from hpcnas.signals import STOP, ignore_stop_signals
 
@@ -631,7 +631,7 @@ def run(func: Callable[[argparse.Namespace], Optional[int]], args: argparse.Name
         return int(func(args) or 0)
     except Interrupted as exc:
         if launched_rank() == 0:
-            print(f"hpcnas: {exc}", file=sys.stderr)
+            say(str(exc))  # in the run's log.txt too: a job's stops and resumes are read there side by side
         return EXIT_RESUMABLE
     except UserError as exc:
         if launched_rank() == 0:  # every rank sees the same bad input: one line, from rank 0

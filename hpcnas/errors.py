@@ -73,11 +73,19 @@ def unknown_name(what: str, name: object, known: Iterable[str]) -> str:
 def warn(message: str) -> None:
     """One ``hpcnas: warning: MESSAGE`` line on stderr, also kept in the run's log.txt when one is open."""
     import logging
+
+    say(f"warning: {message}", logging.WARNING)
+
+
+def say(message: str, level: int = 20) -> None:
+    """One ``hpcnas: MESSAGE`` line on stderr, also kept in the run's log.txt when one is open (``level``: a
+    :mod:`logging` level, INFO by default), so that the log says what the terminal said."""
+    import logging
     import sys
 
-    print(f"hpcnas: warning: {message}", file=sys.stderr, flush=True)
+    print(f"hpcnas: {message}", file=sys.stderr, flush=True)
     logger = logging.getLogger("hpcnas")
-    record = logger.makeRecord(logger.name, logging.WARNING, __file__, 0, "warning: %s", (message,), None)
+    record = logger.makeRecord(logger.name, level, __file__, 0, "%s", (message,), None)
     for handler in logger.handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)

@@ -141,13 +141,13 @@ STOP_LINE = re.compile(
 RESUME_LINE = re.compile(r"resuming \S+ at epoch (\d+)(?:, after step (\d+))?")
 
 
-def assert_resumed_where_it_stopped(run_dir, stops_in: str):
-    """Every stop that ``stops_in`` records (the job's output; submitit's job logs it in the run's log) is followed
-    by a start that resumes at the step it saved (a stop between epochs: at the next epoch's start; a stop while
-    validating: at that epoch, whose steps are all saved), and every epoch ran once."""
+def assert_resumed_where_it_stopped(run_dir):
+    """Every stop the run's log records is followed by a start that resumes at the step it saved (a stop between
+    epochs: at the next epoch's start; a stop while validating: at that epoch, whose steps are all saved), and
+    every epoch ran once."""
     log = (run_dir / "log.txt").read_text()
-    stops, resumes = STOP_LINE.findall(stops_in), RESUME_LINE.findall(log)
-    assert stops and len(resumes) == len(stops), stops_in[-3000:] + log[-3000:]
+    stops, resumes = STOP_LINE.findall(log), RESUME_LINE.findall(log)
+    assert stops and len(resumes) == len(stops), log[-3000:]
     for (epoch, step, after_epoch), (resumed_epoch, resumed_step) in zip(stops, resumes):
         if after_epoch:
             assert (int(resumed_epoch), resumed_step) == (int(after_epoch) + 1, ""), log[-3000:]
@@ -243,7 +243,7 @@ def test_time_limit_signals_requeues_and_resumes_where_it_stopped(at_time_limit)
     assert proc.returncode == 0, log[-3000:] + proc.stderr
     assert "hpcnas: stopped by SIGUSR2" in log and "requeueing job" in log, log[-3000:]
     assert re.search(r"job \d+ start 2 on", log)
-    assert_resumed_where_it_stopped(base / "sbatch" / "run", log)
+    assert_resumed_where_it_stopped(base / "sbatch" / "run")
 
 
 def test_a_task_that_sigusr2_ends_before_hpcnas_catches_it_is_requeued_and_resumed(cluster, tmp_path):
@@ -359,7 +359,7 @@ def test_submitted_job_is_requeued_at_its_time_limit_and_resumes(at_time_limit):
     assert done.returncode == 0, done.stderr
     logs = "".join(p.read_text() for p in (base / "submit" / "logs").rglob("*_log.err"))
     assert "Requeued job" in logs, logs[-3000:]
-    assert_resumed_where_it_stopped(base / "submit" / "run", (base / "submit" / "run" / "log.txt").read_text())
+    assert_resumed_where_it_stopped(base / "submit" / "run")
     assert started["sbatch"].wait().returncode == 0
     assert_same_run(base / "submit" / "run", base / "sbatch" / "run")  # the sbatch and submitit paths end alike
 

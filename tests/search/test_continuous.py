@@ -172,6 +172,8 @@ def test_usr2_exits_75_and_resume_existing_finishes(tmp_path):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 75, err
     assert "stopped by SIGUSR2" in err and f"continue with --resume {run}" in err
+    stop_line = next(line for line in err.splitlines() if "stopped by SIGUSR2" in line)
+    assert stop_line.removeprefix("hpcnas: ") in (run / "log.txt").read_text()  # the log says it too
     assert not (run / "genotype.json").exists()
     done = run_cli(*again)
     assert done.returncode == 0, done.stderr
