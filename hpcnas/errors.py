@@ -14,6 +14,8 @@ which the SLURM job scripts answer with a requeue.
 from __future__ import annotations
 
 import difflib
+import logging
+import sys
 from typing import Iterable, Optional
 
 EXIT_BAD_INPUT = 2
@@ -72,17 +74,12 @@ def unknown_name(what: str, name: object, known: Iterable[str]) -> str:
 
 def warn(message: str) -> None:
     """One ``hpcnas: warning: MESSAGE`` line on stderr, also kept in the run's log.txt when one is open."""
-    import logging
-
     say(f"warning: {message}", logging.WARNING)
 
 
-def say(message: str, level: int = 20) -> None:
-    """One ``hpcnas: MESSAGE`` line on stderr, also kept in the run's log.txt when one is open (``level``: a
-    :mod:`logging` level, INFO by default), so that the log says what the terminal said."""
-    import logging
-    import sys
-
+def say(message: str, level: int = logging.INFO) -> None:
+    """One ``hpcnas: MESSAGE`` line on stderr, also kept in the run's log.txt when one is open, at ``level``, so
+    that the log says what the terminal said."""
     print(f"hpcnas: {message}", file=sys.stderr, flush=True)
     logger = logging.getLogger("hpcnas")
     record = logger.makeRecord(logger.name, level, __file__, 0, "%s", (message,), None)
