@@ -929,8 +929,9 @@ def fidelity(plan: Plan, rows: List[dict], boot: int = 1000) -> dict:
 def one_shot_estimates(plan: Plan, cells: List[dict]) -> list:
     """Each arm-A and arm-C architecture's figures inside the trained supernet of A's search with its training
     seed, the weights inherited (``hpcnas.search.one_shot``): its one-shot validation figures and its perturbation
-    score, as a pair; None for the others and without arm A. Each supernet is loaded once, for every architecture
-    it scores."""
+    score, as a pair; None for the others and without arm A. Each supernet is loaded once for every architecture
+    it scores on the whole validation split, and once more for the perturbation's tiles (a load costs a fraction
+    of one validation)."""
     from hpcnas.search.one_shot import TrainedSupernet
     from hpcnas.space.genotype import Genotype
 

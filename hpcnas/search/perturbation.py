@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List
 
 import numpy as np
 import torch
@@ -56,7 +56,7 @@ def perturbation_snapshot(
     random.Random(seed).shuffle(order)
     base = measure()
     for done, (role, edge) in enumerate(order, 1):
-        op_drops[role][edge] = removal_drops(arch, role, edge, base, measure)
+        op_drops[role][edge] = removal_drops(arch, role, edge, base, measure, candidates)
         chosen = max(candidates, key=lambda k: (op_drops[role][edge, k], -k))
         arch.fixed_rows[role][edge] = _one_hot(len(arch.op_names), chosen, device)
         tune()
@@ -106,19 +106,17 @@ def removal_drops(
     edge: int,
     base: float,
     measure: Callable[[], float],
-    ops: Optional[Iterable[int]] = None,
+    ops: Iterable[int],
 ) -> np.ndarray:
-    """What removing each op of one edge costs the supernet: ``base - measure()`` with that op's weight set to 0
-    and the others as theta has them, one op at a time: the ``ops`` asked (column indices; default every op but
-    the zero ops), -inf for the others (not measured). The edge's fixed row is left as it was."""
+    """What removing each of ``ops`` (column indices) from one edge costs the supernet: ``base - measure()`` with
+    that op's weight set to 0 and the others as theta has them, one op at a time; -inf for the other columns (not
+    measured). The edge's fixed row is left as it was."""
     theta_row = arch.op_weights(role).detach()[edge]
-    zero = zero_ops(arch.op_names)
-    wanted = [k for k, name in enumerate(arch.op_names) if name not in zero] if ops is None else list(ops)
     fixed = arch.fixed_rows.setdefault(role, {})
     before = fixed.get(edge)
     drops = np.full(len(arch.op_names), -np.inf)
     try:
-        for k in wanted:
+        for k in ops:
             without = theta_row.clone()
             without[k] = 0.0
             fixed[edge] = without
