@@ -923,6 +923,38 @@ def fidelity(plan: Plan, rows: List[dict], boot: int = 1000) -> dict:
             "ci95": [float(np.percentile(taus, 2.5)), float(np.percentile(taus, 97.5))],
             "architectures": len(v),
         }
+    out["shortlist"] = shortlist(cells, estimates, boot=10 * boot)
+    return out
+
+
+def shortlist(cells: List[dict], estimates: Dict[str, list], boot: int) -> List[dict]:
+    """What choosing by an estimate gains: under each seed, the random cell trained with it that the estimate
+    ranks highest, against the median of those cells and against A's network of that seed (paired by seed,
+    the seeds resampled). A tau says how well an estimate orders; this says what a user who retrains only its
+    top pick gets."""
+    a = {r["seed"]: r["test_miou"] for r in cells if r["arm"] == "A"}
+    out = []
+    for name, values in estimates.items():
+        pools: Dict[int, List[tuple]] = {}
+        for value, row in zip(values, cells):
+            if row["arm"] == "C" and value is not None:
+                pools.setdefault(row["seed"], []).append((value, row["test_miou"]))
+        seeds = sorted(s for s, pool in pools.items() if len(pool) >= 2)
+        if len(seeds) < 3:
+            continue
+        top = {}
+        for s in seeds:  # cells the estimate ties at the top count as one pick: their mean
+            best = max(value for value, _ in pools[s])
+            top[s] = statistics.fmean(m for value, m in pools[s] if value == best)
+        against = {"median C": {s: statistics.median(m for _, m in pools[s]) for s in seeds}}
+        if all(s in a for s in seeds):
+            against["A"] = a
+        for other, values_by_seed in against.items():
+            d = np.array([top[s] - values_by_seed[s] for s in seeds])
+            rng = np.random.default_rng(0)
+            draws = d[rng.integers(0, len(d), (boot, len(d)))].mean(axis=1)
+            entry = difference_entry(f"top C by {name} - {other}", float(d.mean()), draws, len(seeds), 0, 3)
+            out.append(dict(entry, cells=sum(len(pools[s]) for s in seeds)))
     return out
 
 
@@ -1112,6 +1144,11 @@ def main() -> int:
             for k, v in payload["fidelity"].items()
             if isinstance(v, dict)
         )
+        text += (
+            "\nChoosing by an estimate (under each seed, the random cell it ranks highest among those trained with"
+            " that seed, paired by seed):\n\n"
+        )
+        text += "".join(line + "\n" for line in paired_lines(payload["fidelity"]["shortlist"]))
     (root / "quality.md").write_text(text)
     figure(rows, summary, root / "quality.png")
     print(text)

@@ -66,6 +66,28 @@ def test_the_random_cells_are_resampled_with_the_seeds_they_were_trained_under(q
     assert by_name(quality.paired_differences(rows_of("A", a) + spread))["A - median C"]["verdict"] == "within noise"
 
 
+def test_choosing_by_an_estimate_retrains_its_top_random_cell_of_each_seed(quality):
+    # per seed: A's network and three random cells as (estimate, test mIoU); the estimate ties two cells at seed 2
+    seeds = {0: (0.70, [(3, 0.68), (1, 0.60), (2, 0.64)]), 1: (0.66, [(1, 0.70), (5, 0.62), (0, 0.58)]),
+             2: (0.69, [(4, 0.66), (4, 0.62), (1, 0.61)]), 3: (0.71, [(0, 0.59), (9, 0.67), (2, 0.63)])}  # fmt: skip
+    cells, values = [], []
+    for seed, (a, pool) in seeds.items():
+        cells.append({"arm": "A", "seed": seed, "test_miou": a})
+        values.append(None)  # A's own estimate plays no part: only the random cells are chosen among
+        for value, miou in pool:
+            cells.append({"arm": "C", "seed": seed, "test_miou": miou})
+            values.append(value)
+    entries = by_name(quality.shortlist(cells, {"score": values}, boot=2000))
+    top, median = [0.68, 0.62, 0.64, 0.67], [0.64, 0.62, 0.62, 0.63]  # seed 2's tie counts as the mean pick
+    versus_median, versus_a = entries["top C by score - median C"], entries["top C by score - A"]
+    assert versus_median["difference"] == pytest.approx(np.mean(np.subtract(top, median)))
+    assert versus_a["difference"] == pytest.approx(np.mean(np.subtract(top, [0.70, 0.66, 0.69, 0.71])))
+    assert versus_a["verdict"] == "beyond noise (below 0)" and (versus_a["seeds"], versus_a["cells"]) == (4, 12)
+    assert versus_median["ci95"][0] <= versus_median["difference"] <= versus_median["ci95"][1]
+    # an estimate with fewer than three seeds of at least two scored cells says nothing rather than a guess
+    assert quality.shortlist(cells[:8], {"score": values[:8]}, boot=100) == []
+
+
 def test_the_plan_pairs_every_arm_by_seed(quality, tmp_path):
     args = argparse.Namespace(
         out=str(tmp_path),
