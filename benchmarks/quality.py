@@ -44,7 +44,9 @@ retraining, its zero-cost scores at initialization, and (with arm A) two
 estimates inside the trained supernet of A's search with the same seed, for
 A's and C's architectures: the one-shot validation mIoU and loss, and the
 perturbation score (the supernet's loss rise when each of the architecture's
-ops is removed from it alone).
+ops is removed from it alone); and, for each estimate, what retraining only
+its top-ranked random cell of each seed gains over those cells' median and
+against A's network.
 """
 
 from __future__ import annotations
@@ -937,7 +939,7 @@ def shortlist(cells: List[dict], estimates: Dict[str, list], boot: int) -> List[
     for name, values in estimates.items():
         pools: Dict[int, List[tuple]] = {}
         for value, row in zip(values, cells):
-            if row["arm"] == "C" and value is not None:
+            if row["arm"] == "C" and value is not None and not np.isnan(value):  # NaN: no rank to take
                 pools.setdefault(row["seed"], []).append((value, row["test_miou"]))
         seeds = sorted(s for s, pool in pools.items() if len(pool) >= 2)
         if len(seeds) < 3:

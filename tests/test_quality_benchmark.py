@@ -84,6 +84,10 @@ def test_choosing_by_an_estimate_retrains_its_top_random_cell_of_each_seed(quali
     assert versus_a["difference"] == pytest.approx(np.mean(np.subtract(top, [0.70, 0.66, 0.69, 0.71])))
     assert versus_a["verdict"] == "beyond noise (below 0)" and (versus_a["seeds"], versus_a["cells"]) == (4, 12)
     assert versus_median["ci95"][0] <= versus_median["difference"] <= versus_median["ci95"][1]
+    # a cell the estimate could not score (NaN) is left out of its seed's pool, not ranked first or last
+    values[1] = float("nan")  # seed 0's top cell
+    unscored = by_name(quality.shortlist(cells, {"score": values}, boot=100))["top C by score - median C"]
+    assert unscored["difference"] == pytest.approx(np.mean(np.subtract([0.64] + top[1:], [0.62] + median[1:])))
     # an estimate with fewer than three seeds of at least two scored cells says nothing rather than a guess
     assert quality.shortlist(cells[:8], {"score": values[:8]}, boot=100) == []
 
