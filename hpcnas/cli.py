@@ -276,6 +276,26 @@ def cmd_pareto(args: argparse.Namespace) -> None:
         print(f"exported {len(front)} genotype(s) -> {target}/eval-*/genotype.json (hpcnas train --genotype ...)")
 
 
+def cmd_score(args: argparse.Namespace) -> None:
+    from hpcnas.pipeline import score
+
+    rows = score(args.run, args.genotypes, args.random, args.seed, args.tiles, args.data, args.device)
+    if args.json:
+        print(json.dumps({"search": args.run, "tiles": args.tiles, "candidates": rows}, indent=2))
+        return
+    print(
+        f"{args.run}: {len(rows)} candidate(s) by perturbation score, highest first (how much the supernet's "
+        f"validation loss on {args.tiles} tiles rises when each of a candidate's ops is removed, summed)"
+    )
+    print("rank  perturbation  candidate")
+    for rank, row in enumerate(rows, 1):
+        print(f"{rank:>4}  {row['perturbation']:>+12.5f}  {row['candidate']}")
+    print(
+        "retrain the first few (hpcnas train --genotype FILE, or --genotype random --seed S with this search's "
+        "space): the score orders retrained networks better than chance, not perfectly"
+    )
+
+
 def cmd_status(args: argparse.Namespace) -> None:
     from hpcnas.report.status import status_screens
 
@@ -547,6 +567,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--watch", type=float, metavar="N", help="redraw every N seconds until Ctrl-C")
     p.add_argument("--json", action="store_true", help="one JSON object ({'runs': [...]}) instead of the screens")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "score", help="rank candidate architectures by their perturbation score in a finished search's supernet"
+    )
+    p.add_argument("run", metavar="SEARCH_DIR", help="a continuous search's run directory (hpcnas search)")
+    p.add_argument(
+        "genotypes", nargs="*", metavar="GENOTYPE", help="genotype files to rank beside the search's own genotype"
+    )
+    p.add_argument("--random", type=int, default=0, metavar="N", help="also N random cells of the search's space")
+    p.add_argument(
+        "--seed", type=int, default=0, help="the first random cell's seed (then seed+1, ...): as train --seed draws"
+    )
+    p.add_argument("--tiles", type=int, default=64, help="validation tiles each removal is measured on (64)")
+    p.add_argument("--data", help="HDF5 data set (default: the search's own)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of the table")
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser(
         "pareto", help="the Pareto front of a discrete search; --export writes each member's genotype.json"

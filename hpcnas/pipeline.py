@@ -531,6 +531,53 @@ def pareto(run_dir: str, export: Optional[str] = None) -> "tuple[Any, Optional[P
     return search, target
 
 
+def score(
+    search_run: str,
+    genotype_files: Sequence[str] = (),
+    random_cells: int = 0,
+    first_seed: int = 0,
+    tiles: int = 64,
+    data: Optional[str] = None,
+    device: Optional[str] = None,
+) -> "list[dict[str, Any]]":
+    """``hpcnas score``: candidate architectures ranked by their perturbation score inside a finished search's
+    supernet (:meth:`hpcnas.search.one_shot.TrainedSupernet.perturbation`), highest first. The candidates: the
+    search's own genotype (when it has one), ``genotype_files``, and ``random_cells`` random cells drawn with the
+    seeds ``first_seed``, ``first_seed + 1``, ..., the cells ``hpcnas train --genotype random --seed S`` trains
+    under the search's space. Writes nothing.
+    """
+    import random
+
+    from hpcnas.space.genotype import Genotype
+
+    run = RunDir(search_run)
+    if not Path(search_run).is_dir():
+        raise UserError("no such run directory", source=str(search_run))
+    if not run.config.is_file() or not run.latest.is_file():
+        raise UserError(
+            "holds no search supernet (config.yaml and checkpoints/latest.pt): give an hpcnas search run",
+            source=str(search_run),
+        )
+    if random_cells < 0:
+        raise UserError(f"must be 0 or more, not {random_cells}", source="--random")
+    if tiles < 1:
+        raise UserError(f"must be at least 1, not {tiles}", source="--tiles")
+    files = ([str(run.genotype)] if run.genotype.is_file() else []) + list(genotype_files)
+    candidates = [({"candidate": path, "genotype": path}, Genotype.load(path)) for path in files]
+    if not candidates and random_cells == 0:
+        raise UserError("nothing to score: the search has no genotype.json yet; give genotype files or --random N")
+    from hpcnas.search.one_shot import TrainedSupernet  # torch: only once the input is known to be good
+
+    supernet = TrainedSupernet(Path(search_run), data, max_tiles=tiles, device=device or "auto")
+    for seed in range(first_seed, first_seed + random_cells):
+        row = {"candidate": f"random cell, seed {seed}", "random_seed": seed}
+        candidates.append((row, supernet.space.sample(random.Random(seed))))
+    scores = supernet.perturbation([genotype for _, genotype in candidates])
+    rows = [dict(row, perturbation=value) for (row, _), value in zip(candidates, scores)]
+    rows.sort(key=lambda row: -row["perturbation"])
+    return rows
+
+
 @holds_run_dirs
 @stoppable
 def evolve(

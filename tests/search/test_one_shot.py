@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -10,9 +11,12 @@ import torch
 
 from hpcnas.errors import UserError
 from hpcnas.pipeline import search
+from hpcnas.rundir import RunDir
 from hpcnas.search.decode import decode_genotype
 from hpcnas.search.one_shot import TrainedSupernet, genotype_rows
+from hpcnas.space.genotype import Genotype
 from hpcnas.space.searchspace import SearchSpace
+from tests.conftest import run_cli
 from tests.search.test_collapse import SMOKE, TINY
 
 
@@ -53,9 +57,15 @@ def test_an_input_a_random_cell_draws_twice_carries_both_of_its_ops():
             first += len(sources)
 
 
+@pytest.fixture(scope="module")
+def finished_search(tmp_path_factory):
+    """A tiny finished search: its genotype and run directory (read, never written, by the tests)."""
+    return search(SMOKE, TINY, out=str(tmp_path_factory.mktemp("one-shot") / "search"))
+
+
 @pytest.mark.slow
-def test_one_shot_and_perturbation_scores_tell_genotypes_apart_and_leave_the_search_as_it_was(tmp_path):
-    genotype, run_dir = search(SMOKE, TINY, out=str(tmp_path / "search"))
+def test_one_shot_and_perturbation_scores_tell_genotypes_apart_and_leave_the_search_as_it_was(finished_search):
+    genotype, run_dir = finished_search
     space = SearchSpace.of("darts_unet", "O_base", depth=2, nodes=2)
     others = [space.sample(random.Random(seed)) for seed in range(4)]
     checkpoint = (run_dir / "checkpoints" / "latest.pt").read_bytes()
@@ -93,3 +103,54 @@ def test_one_shot_and_perturbation_scores_tell_genotypes_apart_and_leave_the_sea
     for score in (supernet.one_shot, supernet.perturbation):
         with pytest.raises(UserError, match="genotype is resnet_unet but the config's space.topology is darts_unet"):
             score([wrong])
+
+
+def files_under(folder) -> dict:
+    return {str(p): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_score_ranks_the_search_s_genotype_files_and_random_cells_and_writes_nothing(finished_search, tmp_path):
+    genotype, run_dir = finished_search
+    space = SearchSpace.of("darts_unet", "O_base", depth=2, nodes=2)
+    mine = tmp_path / "mine.json"
+    space.sample(random.Random(99)).save(mine)
+    before = files_under(run_dir)
+    proc = run_cli("score", str(run_dir), str(mine), "--random", "3", "--seed", "5", "--json", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout)
+    rows = got["candidates"]
+    assert (got["search"], got["tiles"]) == (str(run_dir), 64)
+    assert [r["perturbation"] for r in rows] == sorted((r["perturbation"] for r in rows), reverse=True)
+    by_name = {r["candidate"]: r for r in rows}
+    expected = [str(RunDir(run_dir).genotype), str(mine)] + [f"random cell, seed {s}" for s in (5, 6, 7)]
+    assert sorted(by_name) == sorted(expected) and [by_name[f"random cell, seed {s}"]["random_seed"] for s in (5, 6, 7)]
+    # the same figures as the Python API gives for the same genotypes: the random cells are train --seed's draws
+    genotypes = [genotype, Genotype.load(str(mine))] + [space.sample(random.Random(s)) for s in (5, 6, 7)]
+    want = TrainedSupernet(run_dir, max_tiles=64).perturbation(genotypes)
+    assert [by_name[name]["perturbation"] for name in expected] == pytest.approx(want, rel=1e-6, abs=1e-9)
+    table = run_cli("score", str(run_dir), "--random", "1", "--device", "cpu")
+    assert table.returncode == 0, table.stderr[-3000:]
+    lines = table.stdout.splitlines()
+    assert lines[0].startswith(f"{run_dir}: 2 candidate(s) by perturbation score") and lines[1].split() == [
+        "rank", "perturbation", "candidate"
+    ]  # fmt: skip
+    assert lines[2].split()[0] == "1" and lines[3].split()[0] == "2" and lines[-1].startswith("retrain the first few")
+    assert files_under(run_dir) == before  # a ranking reads the search, never writes into it
+
+    other_space = tmp_path / "resnet.json"
+    SearchSpace.of("resnet_unet", "O_blocks", depth=2).sample(random.Random(0)).save(other_space)
+    (tmp_path / "empty").mkdir()
+    bad = {
+        (str(tmp_path / "nope"),): "no such run directory",
+        (str(tmp_path / "empty"),): "holds no search supernet",
+        (str(run_dir), "--random", "-1"): "--random: must be 0 or more, not -1",
+        (str(run_dir), "--tiles", "0"): "--tiles: must be at least 1, not 0",
+        (str(run_dir), str(tmp_path / "missing.json")): "missing.json: no such file",
+        (str(run_dir), str(other_space)): "genotype is resnet_unet but the config's space.topology is darts_unet",
+    }
+    for args, message in bad.items():
+        proc = run_cli("score", *args, "--device", "cpu")
+        assert proc.returncode == 2 and message in proc.stderr, (args, proc.stderr[-2000:])
+        assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("hpcnas: error:"), proc.stderr[-2000:]
+    assert files_under(run_dir) == before and not any((tmp_path / "empty").iterdir())
