@@ -558,6 +558,12 @@ def score(
             "holds no search supernet (config.yaml and checkpoints/latest.pt): give an hpcnas search run",
             source=str(search_run),
         )
+    try:  # a train run has a checkpoint too, of a network that is no supernet
+        command = json.loads(run.heartbeat.read_text()).get("command", "search")
+    except (OSError, ValueError, AttributeError):  # no heartbeat (an older run) or an unreadable one: try it
+        command = "search"
+    if command != "search":
+        raise UserError(f"is an hpcnas {command} run: give an hpcnas search run", source=str(search_run))
     if random_cells < 0:
         raise UserError(f"must be 0 or more, not {random_cells}", source="--random")
     if tiles < 1:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -141,9 +142,14 @@ def test_score_ranks_the_search_s_genotype_files_and_random_cells_and_writes_not
     other_space = tmp_path / "resnet.json"
     SearchSpace.of("resnet_unet", "O_blocks", depth=2).sample(random.Random(0)).save(other_space)
     (tmp_path / "empty").mkdir()
+    trained = tmp_path / "trained"  # a run with a checkpoint of its own, not of a supernet
+    shutil.copytree(run_dir, trained)
+    heartbeat = json.loads((trained / "heartbeat.json").read_text())
+    (trained / "heartbeat.json").write_text(json.dumps(dict(heartbeat, command="train")))
     bad = {
         (str(tmp_path / "nope"),): "no such run directory",
         (str(tmp_path / "empty"),): "holds no search supernet",
+        (str(trained),): "is an hpcnas train run: give an hpcnas search run",
         (str(run_dir), "--random", "-1"): "--random: must be 0 or more, not -1",
         (str(run_dir), "--tiles", "0"): "--tiles: must be at least 1, not 0",
         (str(run_dir), str(tmp_path / "missing.json")): "missing.json: no such file",
