@@ -558,10 +558,8 @@ def score(
             "holds no search supernet (config.yaml and checkpoints/latest.pt): give an hpcnas search run",
             source=str(search_run),
         )
-    try:  # a train run has a checkpoint too, of a network that is no supernet
-        command = json.loads(run.heartbeat.read_text()).get("command", "search")
-    except (OSError, ValueError, AttributeError):  # no heartbeat (an older run) or an unreadable one: try it
-        command = "search"
+    # a train run has a checkpoint too, of a network that is no supernet; without a heartbeat (an older run), try it
+    command = run.heartbeat_record().get("command", "search")
     if command != "search":
         raise UserError(f"is an hpcnas {command} run: give an hpcnas search run", source=str(search_run))
     if random_cells < 0:

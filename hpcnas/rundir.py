@@ -67,6 +67,15 @@ class RunDir:
         """Discrete search: what the worker children of one MPI rank print."""
         return self.path / "workers" / f"rank-{rank:03d}.log"
 
+    def heartbeat_record(self) -> Dict[str, Any]:
+        """The heartbeat's last record (the command, state, progress, ...); ``{}`` when there is none (a run from
+        before heartbeats) or it is not a readable JSON object."""
+        try:
+            record = json.loads(self.heartbeat.read_text())
+        except (OSError, ValueError):
+            return {}
+        return record if isinstance(record, dict) else {}
+
     def holds_a_run(self) -> bool:
         """Whether any command has left its results here."""
         return any(p.exists() for p in (self.metrics, self.evaluation, self.history, self.genotype))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import socket
 import time
@@ -100,12 +99,7 @@ def run_status(run_dir: str, now: Optional[float] = None) -> Dict[str, Any]:
     if not path.is_dir():
         raise UserError("no such run directory", source=str(run_dir))
     run = RunDir(path)
-    beat: Dict[str, Any] = {}
-    if run.heartbeat.exists():
-        try:
-            beat = json.loads(run.heartbeat.read_text())
-        except (OSError, ValueError):
-            beat = {}
+    beat = run.heartbeat_record()
     if not beat and not run.config.exists():
         raise UserError("not a run directory (no config.yaml, no heartbeat.json)", source=str(run_dir))
     config = _read_config(run)

@@ -125,7 +125,8 @@ def test_score_ranks_the_search_s_genotype_files_and_random_cells_and_writes_not
     assert [r["perturbation"] for r in rows] == sorted((r["perturbation"] for r in rows), reverse=True)
     by_name = {r["candidate"]: r for r in rows}
     expected = [str(RunDir(run_dir).genotype), str(mine)] + [f"random cell, seed {s}" for s in (5, 6, 7)]
-    assert sorted(by_name) == sorted(expected) and [by_name[f"random cell, seed {s}"]["random_seed"] for s in (5, 6, 7)]
+    assert sorted(by_name) == sorted(expected)
+    assert [by_name[f"random cell, seed {s}"]["random_seed"] for s in (5, 6, 7)] == [5, 6, 7]
     # the same figures as the Python API gives for the same genotypes: the random cells are train --seed's draws
     genotypes = [genotype, Genotype.load(str(mine))] + [space.sample(random.Random(s)) for s in (5, 6, 7)]
     want = TrainedSupernet(run_dir, max_tiles=64).perturbation(genotypes)
